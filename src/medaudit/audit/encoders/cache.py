@@ -1,0 +1,276 @@
+"""Resumable on-disk embedding cache.
+
+Layout of ``cache_dir/<encoder-name>-<key16>/`` (``key16`` = first 16 hex digits of the encoder's
+``cache_key()``)::
+
+    meta.json                    full cache key, encoder name, embedding width
+    shard-<uid>.npy              float32 (rows, dim), one per computed batch
+    shard-<uid>.keys.parquet     item key (and case id) of each row of that shard; written last
+    index.parquet                consolidated (item, shard, row) table, rewritten at the end of a run
+
+Every file is written atomically (``medaudit.io``), and a shard counts only once its keys file exists, so a
+run killed at any point resumes with exactly the batches it had finished. Items are keyed by content
+(image file bytes, or path + size + mtime with ``content="stat"``; text; metadata row values), so
+duplicates are computed once and a changed file is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from medaudit.audit.encoders.base import Encoder, as_list
+from medaudit.errors import InputError
+from medaudit.io import atomic_save, atomic_write_json
+from medaudit.progress import make_progress
+
+ContentMode = Literal["bytes", "stat"]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_key(path: str, content: ContentMode) -> str:
+    p = Path(path)
+    try:
+        if content == "stat":
+            st = p.stat()
+            return _sha(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        return h.hexdigest()
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read image file ({exc.strerror or exc})") from exc
+
+
+def item_keys(encoder: Encoder, inputs: Any, content: ContentMode = "bytes") -> list[str]:
+    """Content key of each input item for ``encoder``'s modality (see module docstring)."""
+    if encoder.modality == "image":
+        return [_file_key(str(p), content) for p in as_list(inputs, "image inputs")]
+    if encoder.modality == "report":
+        out = []
+        for t in as_list(inputs, "report inputs"):
+            s = "" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t)
+            out.append(_sha(s.encode("utf-8")))
+        return out
+    if encoder.modality == "metadata":
+        if not isinstance(inputs, pd.DataFrame):
+            raise InputError(f"metadata inputs: expected a pandas DataFrame, got {type(inputs).__name__}")
+        cols = _sha("\x1f".join(map(str, inputs.columns)).encode())
+        rows = pd.util.hash_pandas_object(inputs.astype(object), index=False).to_numpy()
+        return [_sha(f"{cols}|{int(r)}".encode()) for r in rows]
+    raise InputError(
+        f"encoder {getattr(encoder, 'name', encoder)!r} has unknown modality {encoder.modality!r}"
+    )
+
+
+def _subset(inputs: Any, positions: list[int]) -> Any:
+    if isinstance(inputs, pd.DataFrame):
+        return inputs.iloc[positions]
+    if isinstance(inputs, (pd.Series, pd.Index)):
+        return inputs[positions].tolist() if isinstance(inputs, pd.Index) else inputs.iloc[positions].tolist()
+    return [inputs[i] for i in positions]
+
+
+def _embedding_batches(
+    encoder: Encoder, inputs: Any, positions: list[int], batch_size: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(start, stop, embeddings)`` over ``positions[start:stop]`` in shards of ~``batch_size`` rows.
+
+    Encoders with an ``iter_encode`` generator (the image encoders) stream all missing items through one
+    DataLoader; others are called once per shard.
+    """
+    if not positions:
+        return
+    stream = getattr(encoder, "iter_encode", None)
+    if stream is None:
+        for start in range(0, len(positions), batch_size):
+            stop = min(len(positions), start + batch_size)
+            yield start, stop, np.asarray(encoder.encode(_subset(inputs, positions[start:stop])), np.float32)
+        return
+    buf: list[np.ndarray] = []
+    done = n_buf = 0
+    for emb in stream(_subset(inputs, positions)):
+        buf.append(np.asarray(emb, np.float32))
+        n_buf += len(emb)
+        while n_buf >= batch_size:
+            block = np.concatenate(buf)
+            yield done, done + batch_size, block[:batch_size]
+            done += batch_size
+            buf, n_buf = [block[batch_size:]], n_buf - batch_size
+    if n_buf:
+        yield done, done + n_buf, np.concatenate(buf)
+    if done + n_buf != len(positions):
+        raise InputError(
+            f"encoder {encoder.name!r} yielded {done + n_buf} embeddings for {len(positions)} inputs"
+        )
+
+
+def cache_folder(encoder: Encoder, cache_dir: str | os.PathLike[str]) -> Path:
+    """The folder holding ``encoder``'s cached embeddings under ``cache_dir`` (fit the encoder first)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(encoder.name))
+    return Path(cache_dir) / f"{safe}-{encoder.cache_key()[:16]}"
+
+
+def _load_index(folder: Path) -> pd.DataFrame:
+    parts = []
+    covered: set[str] = set()
+    idx_path = folder / "index.parquet"
+    if idx_path.is_file():
+        idx = pd.read_parquet(idx_path)
+        parts.append(idx[["item", "shard", "row"]])
+        covered = set(idx["shard"].unique())
+    for kf in sorted(folder.glob("shard-*.keys.parquet")):
+        shard = kf.name[: -len(".keys.parquet")]
+        if shard in covered or not (folder / f"{shard}.npy").is_file():
+            continue
+        keys = pd.read_parquet(kf)
+        parts.append(pd.DataFrame({"item": keys["item"], "shard": shard, "row": np.arange(len(keys))}))
+    if not parts:
+        return pd.DataFrame({"item": pd.Series(dtype=str), "shard": pd.Series(dtype=str), "row": []})
+    df = pd.concat(parts, ignore_index=True)
+    return df.drop_duplicates("item", keep="first").reset_index(drop=True)
+
+
+def encode_cached(
+    encoder: Encoder,
+    ids: Sequence[Any],
+    inputs: Any,
+    cache_dir: str | os.PathLike[str],
+    batch_size: int = 64,
+    progress: bool = True,
+    content: ContentMode = "bytes",
+    on_batch: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Embed ``inputs`` with ``encoder``, reusing and extending an on-disk cache; ``(n, dim)`` float32.
+
+    Args:
+        encoder: any registered/user encoder. One that ``requires_fit`` and is not fitted is first
+            fitted on all ``inputs`` (so its cache key covers the fitted state).
+        ids: one case id per input (unique); stored with the shards and used in error messages.
+        inputs: image paths, report strings, or a metadata DataFrame, aligned with ``ids``.
+        cache_dir: root cache folder (one subfolder per encoder configuration).
+        batch_size: items per computed shard; a killed run loses at most one batch.
+        progress: show a rich progress bar (also silenced by ``MEDAUDIT_QUIET=1``).
+        content: image item key: ``"bytes"`` (hash of the file) or ``"stat"`` (path + size + mtime, faster).
+        on_batch: called as ``on_batch(done, total)`` after each shard is safely on disk.
+
+    Only items whose key is missing from the cache are computed; the result is assembled from shards
+    memory-mapped one at a time.
+    """
+    ids = list(ids)
+    n = len(inputs)
+    if len(ids) != n:
+        raise InputError(f"encode_cached: {len(ids)} ids but {n} inputs")
+    seen: set[Any] = set()
+    for i in ids:
+        if i in seen:
+            raise InputError(f"encode_cached: duplicate case id {i!r}")
+        seen.add(i)
+    if batch_size < 1:
+        raise InputError(f"encode_cached: batch_size must be positive, got {batch_size}")
+    if getattr(encoder, "requires_fit", False) and not getattr(encoder, "is_fitted", True):
+        encoder.fit(inputs)
+
+    folder = cache_folder(encoder, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        atomic_write_json(
+            meta_path, {"encoder": encoder.name, "modality": encoder.modality, "key": encoder.cache_key()}
+        )
+
+    with make_progress(disable=None if progress else True) as prog:
+        task = prog.add_task(f"{encoder.name}: hashing inputs", total=n)
+        keys: list[str] = []
+        for start in range(0, n, 4096):
+            keys += item_keys(encoder, _subset(inputs, list(range(start, min(n, start + 4096)))), content)
+            prog.update(task, completed=len(keys))
+
+        index = _load_index(folder)
+        where: dict[str, tuple[str, int]] = dict(
+            zip(index["item"], zip(index["shard"], index["row"].astype(int), strict=True), strict=True)
+        )
+        todo_first: dict[str, int] = {}
+        for pos, k in enumerate(keys):
+            if k not in where and k not in todo_first:
+                todo_first[k] = pos
+        todo = list(todo_first.items())
+
+        enc_task = prog.add_task(f"{encoder.name}: encoding", total=len(todo))
+        new_rows: list[pd.DataFrame] = []
+        dim: int | None = None
+        for start, stop, emb in _embedding_batches(encoder, inputs, [p for _, p in todo], batch_size):
+            chunk = todo[start:stop]
+            positions = [p for _, p in chunk]
+            emb = np.asarray(emb, dtype=np.float32)
+            if emb.ndim != 2 or emb.shape[0] != len(chunk):
+                raise InputError(
+                    f"encoder {encoder.name!r} returned shape {emb.shape} for {len(chunk)} inputs "
+                    f"(cases {ids[positions[0]]!r}..{ids[positions[-1]]!r})"
+                )
+            bad = ~np.isfinite(emb).all(axis=1)
+            if bad.any():
+                raise InputError(
+                    f"encoder {encoder.name!r} gave non-finite values for case {ids[positions[int(np.argmax(bad))]]!r}"
+                )
+            if dim is not None and emb.shape[1] != dim:
+                raise InputError(f"encoder {encoder.name!r} changed width from {dim} to {emb.shape[1]}")
+            dim = emb.shape[1]
+            shard = f"shard-{uuid.uuid4().hex[:16]}"
+            with atomic_save(folder / f"{shard}.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, emb)
+            keys_df = pd.DataFrame({"item": [k for k, _ in chunk], "id": [str(ids[p]) for p in positions]})
+            with atomic_save(folder / f"{shard}.keys.parquet") as tmp:
+                keys_df.to_parquet(tmp, index=False)
+            for row, (k, _) in enumerate(chunk):
+                where[k] = (shard, row)
+            new_rows.append(
+                pd.DataFrame({"item": keys_df["item"], "shard": shard, "row": np.arange(len(chunk))})
+            )
+            prog.advance(enc_task, len(chunk))
+            if on_batch is not None:
+                on_batch(stop, len(todo))
+
+    if new_rows or not (folder / "index.parquet").is_file():
+        full = pd.concat([index, *new_rows], ignore_index=True) if new_rows else index
+        with atomic_save(folder / "index.parquet") as tmp:
+            full.to_parquet(tmp, index=False)
+
+    if not keys:
+        return np.zeros((0, int(encoder.dim)), dtype=np.float32)
+    return _assemble(folder, keys, where)
+
+
+def _assemble(folder: Path, keys: list[str], where: dict[str, tuple[str, int]]) -> np.ndarray:
+    by_shard: dict[str, list[tuple[int, int]]] = {}
+    for pos, k in enumerate(keys):
+        shard, row = where[k]
+        by_shard.setdefault(shard, []).append((pos, row))
+    out: np.ndarray | None = None
+    for shard, pairs in by_shard.items():
+        arr = np.load(folder / f"{shard}.npy", mmap_mode="r")
+        if out is None:
+            out = np.empty((len(keys), arr.shape[1]), dtype=np.float32)
+        elif arr.shape[1] != out.shape[1]:
+            raise InputError(
+                f"{folder / shard}.npy: width {arr.shape[1]} differs from {out.shape[1]}; clear the cache"
+            )
+        pos = np.fromiter((p for p, _ in pairs), dtype=np.int64, count=len(pairs))
+        rows = np.fromiter((r for _, r in pairs), dtype=np.int64, count=len(pairs))
+        out[pos] = arr[rows]
+        del arr
+    if out is None:
+        return np.zeros((0, 0), dtype=np.float32)
+    return out

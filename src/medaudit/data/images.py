@@ -1,0 +1,184 @@
+"""Read chest radiographs (DICOM, JPEG, PNG) as float32 grayscale in [0, 1], and resize them square.
+
+DICOM follows the display pipeline of PS3.3 C.11: stored values -> Modality LUT / rescale -> VOI LUT or
+Window Center/Width -> [0, 1], inverted for MONOCHROME1 so that higher always means brighter.
+JPEG and PNG (8- and 16-bit) are read with Pillow.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from medaudit.errors import InputError
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+ResizeMode = Literal["crop", "pad", "stretch"]
+
+
+def is_dicom(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` has a DICOM suffix or the ``DICM`` magic at byte 128."""
+    p = Path(path)
+    if p.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as a 2-D float32 array in [0, 1] (higher = brighter).
+
+    DICOM: Modality LUT / rescale, then the VOI LUT sequence or Window Center/Width when present
+    (otherwise min-max), MONOCHROME1 inverted; multi-frame files give their first frame, colour files
+    their luminance. JPEG/PNG/other Pillow formats: 8-bit divided by 255, 16-bit by 65535, colour
+    converted to luminance.
+
+    Raises:
+        InputError: the file is missing, unreadable, empty or corrupt (the message names the path).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: image file not found")
+    try:
+        img = _read_dicom(p) if is_dicom(p) else _read_pillow(p)
+    except InputError:
+        raise
+    except Exception as exc:  # pydicom / Pillow raise many different types for corrupt files
+        raise InputError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    if img.ndim != 2 or img.size == 0:
+        raise InputError(f"{p}: expected a 2-D image, got shape {img.shape}")
+    if not np.isfinite(img).all():
+        raise InputError(f"{p}: image contains non-finite values")
+    return np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float64, copy=False)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
+
+
+def _window_output_range(ds) -> tuple[float, float]:
+    """Output range of pydicom's ``apply_windowing`` (mirrors PS3.3 C.11.2.1.2 as pydicom implements it)."""
+    if ds.get("ModalityLUTSequence"):
+        bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    bits = int(ds.BitsStored)
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        y_min, y_max = 0.0, float(2**bits - 1)
+    else:
+        y_min, y_max = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope = ds.get("RescaleSlope", None)
+    intercept = ds.get("RescaleIntercept", None)
+    if slope is not None and intercept is not None:
+        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
+    return y_min, y_max
+
+
+def _read_dicom(p: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(p)
+    except Exception as exc:
+        raise InputError(f"{p}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise InputError(f"{p}: DICOM file has no pixel data")
+    arr = ds.pixel_array
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        arr = arr[0]
+    if samples > 1:
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            arr = convert_color_space(arr, photometric, "RGB")
+        rgb = arr.astype(np.float64)
+        maxval = float(2 ** int(ds.get("BitsStored", 8)) - 1)
+        return (rgb @ np.array([0.299, 0.587, 0.114]) / maxval).astype(np.float32)
+
+    arr = apply_modality_lut(arr, ds)
+    has_lut = bool(ds.get("VOILUTSequence")) and all(
+        ds.VOILUTSequence[0].get(k) is not None for k in ("LUTDescriptor", "LUTData")
+    )
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if has_lut:
+        out = apply_voi_lut(arr, ds)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        img = (out.astype(np.float64) / float(2**bits - 1)).astype(np.float32)
+    elif has_window:
+        out = apply_voi_lut(arr.astype(np.float64), ds)
+        y_min, y_max = _window_output_range(ds)
+        img = ((out - y_min) / (y_max - y_min)).astype(np.float32)
+    else:
+        img = _minmax(arr)
+    img = np.clip(img, 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        img = 1.0 - img
+    return img.astype(np.float32)
+
+
+def _read_pillow(p: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(p) as im:
+        im.load()
+        mode = im.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            return (np.asarray(im, dtype=np.float64) / 65535.0).astype(np.float32)
+        if mode == "I":
+            arr = np.asarray(im, dtype=np.float64)
+            if arr.min() >= 0 and arr.max() <= 65535 and im.format == "PNG":
+                return (arr / 65535.0).astype(np.float32)
+            return _minmax(arr)
+        if mode == "F":
+            return _minmax(np.asarray(im, dtype=np.float64))
+        if mode != "L":
+            if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA").convert("RGB")
+            im = im.convert("L")
+        return (np.asarray(im, dtype=np.float32) / 255.0).astype(np.float32)
+
+
+def resize_square(img: np.ndarray, size: int, mode: ResizeMode = "crop") -> np.ndarray:
+    """Resize a 2-D image to ``size x size`` (bilinear, antialiased) as float32.
+
+    ``mode``: ``"crop"`` takes the centred square first (as torchxrayvision does), ``"pad"`` pads the
+    short side with zeros (keeps the whole field of view), ``"stretch"`` ignores the aspect ratio.
+    """
+    from PIL import Image
+
+    if img.ndim != 2:
+        raise InputError(f"resize_square expects a 2-D image, got shape {img.shape}")
+    if size < 1:
+        raise InputError(f"resize_square: size must be positive, got {size}")
+    arr = np.asarray(img, dtype=np.float32)
+    h, w = arr.shape
+    if mode == "crop":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        arr = arr[top : top + s, left : left + s]
+    elif mode == "pad":
+        s = max(h, w)
+        out = np.zeros((s, s), dtype=np.float32)
+        top, left = (s - h) // 2, (s - w) // 2
+        out[top : top + h, left : left + w] = arr
+        arr = out
+    elif mode != "stretch":
+        raise InputError(f"resize_square: unknown mode {mode!r} (expected crop, pad or stretch)")
+    if arr.shape == (size, size):
+        return np.ascontiguousarray(arr)
+    pil = Image.fromarray(np.ascontiguousarray(arr))
+    return np.array(pil.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
