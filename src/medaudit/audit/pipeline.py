@@ -1,0 +1,460 @@
+"""The audit pipeline: case table -> embeddings -> fusion -> slicer -> explanations -> outputs.
+
+Python API::
+
+    from medaudit.audit.pipeline import AuditConfig, run_audit
+    from medaudit.audit.table import ColumnMap
+
+    cfg = AuditConfig(columns=ColumnMap(prob="score"), meta=["sex", "age"], cache_dir="cache")
+    result = run_audit("cases.csv", cfg, "audit_out")
+    result.slices[0]["error_rate"], result.membership.head()
+
+Slice membership rule: a case is a *member* of a slice when its membership score for that slice is
+greater than ``membership_threshold`` (0.5). A slice's ``size``, ``error_rate`` (with a Wilson 95%
+interval), composition, explanations and ``member_ids`` use its members; ``soft_size`` and
+``soft_error_rate`` weight every case by its score instead. A slice with no member is explained from its
+``n_exemplars`` highest-scoring cases (``explanation.basis = "top_k"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medaudit import __version__
+from medaudit.audit import explain
+from medaudit.audit.outputs import (
+    MEMBERSHIP_FILE,
+    REPORT_FILE,
+    SCHEMA_VERSION,
+    SLICES_FILE,
+    membership_frame,
+    to_jsonable,
+    write_membership,
+    write_slices_json,
+)
+from medaudit.audit.table import MODALITIES, CaseTable, ColumnMap, load_case_table, load_embeddings
+from medaudit.errors import InputError
+from medaudit.io import atomic_output_dir
+from medaudit.progress import make_progress
+
+__all__ = ["DEFAULT_ENCODERS", "AuditConfig", "AuditResult", "run_audit"]
+
+DEFAULT_ENCODERS: dict[str, str] = {
+    "image": "efficientnet-lite0",
+    "report": "tfidf-svd",
+    "metadata": "tabular",
+}
+
+# AuditConfig fields -> ErrorAwareMixtureSlicer parameter names (passed when the slicer accepts them).
+_SLICER_PARAMS = {
+    "n_slices": "n_slices",
+    "n_components": "n_mixture_components",
+    "y_weight": "y_log_likelihood_weight",
+    "y_hat_weight": "y_hat_log_likelihood_weight",
+    "pca": "n_pca_components",
+}
+
+
+@dataclass
+class AuditConfig:
+    """Everything that defines an audit run. Defaults follow the multimodal study.
+
+    Attributes:
+        columns: the table's column names per role.
+        meta: metadata columns (used by the metadata encoder and the enrichment tests).
+        modalities: any subset of ``image``, ``report``, ``metadata``; ``None`` = image and report, plus
+            metadata when ``meta`` is given.
+        encoders: encoder name per modality (defaults: efficientnet-lite0, tfidf-svd, tabular).
+        encoder_kwargs: extra keyword arguments per modality for ``get_encoder``.
+        fusion / fusion_weights / fusion_dim: passed to :func:`medaudit.audit.fusion.fuse`.
+        slicer: ``mixture`` (Domino-style error-aware Gaussian mixture) or ``kmeans``.
+        n_slices / n_components / y_weight / y_hat_weight / pca: slicer settings (study: 5 slices,
+            20 mixture components, label and prediction weights 10, PCA to 128 dimensions).
+        slicer_kwargs: further slicer parameters (must be accepted by the slicer).
+        threshold: probability cut-off for the hard prediction when no prediction column is given.
+        cache_dir: embedding cache (``None``: ``$MEDAUDIT_CACHE`` or ``~/.cache/medaudit``).
+        skip_bad: drop bad rows (counted) instead of failing.
+        seed: seed of every random step.
+        device: torch device for encoders and slicer (``None``: CUDA when present).
+        embeddings: precomputed embeddings per modality (path), replacing that modality's encoder.
+        top_ngrams / n_exemplars / membership_threshold: explanation settings.
+        write_report: also write ``report.html``.
+    """
+
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    meta: list[str] = field(default_factory=list)
+    modalities: tuple[str, ...] | None = None
+    encoders: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ENCODERS))
+    encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fusion: str = "concat"
+    fusion_weights: dict[str, float] | None = None
+    fusion_dim: int = 64
+    slicer: str = "mixture"
+    n_slices: int = 5
+    n_components: int = 20
+    y_weight: float = 10.0
+    y_hat_weight: float = 10.0
+    pca: int | None = 128
+    slicer_kwargs: dict[str, Any] = field(default_factory=dict)
+    threshold: float = 0.5
+    cache_dir: str | os.PathLike[str] | None = None
+    skip_bad: bool = False
+    seed: int = 0
+    device: str | None = None
+    embeddings: dict[str, str | os.PathLike[str]] = field(default_factory=dict)
+    top_ngrams: int = 10
+    n_exemplars: int = 8
+    membership_threshold: float = 0.5
+    write_report: bool = True
+
+    def resolved_modalities(self) -> tuple[str, ...]:
+        """The modalities used, validated."""
+        mods = self.modalities
+        if mods is None:
+            mods = ("image", "report", "metadata") if self.meta else ("image", "report")
+        mods = tuple(dict.fromkeys(m.strip().lower() for m in mods if m.strip()))
+        if not mods:
+            raise InputError("no modality selected (choose from image, report, metadata)")
+        for m in mods:
+            if m not in MODALITIES:
+                raise InputError(f"unknown modality '{m}' (choose from {', '.join(MODALITIES)})")
+        for m in self.embeddings:
+            if m not in MODALITIES:
+                raise InputError(
+                    f"--embeddings: unknown modality '{m}' (choose from {', '.join(MODALITIES)})"
+                )
+            if m not in mods:
+                raise InputError(
+                    f"--embeddings: modality '{m}' is not among the selected modalities {','.join(mods)}"
+                )
+        return mods
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        return Path(os.environ.get("MEDAUDIT_CACHE", Path.home() / ".cache" / "medaudit"))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # no deep copy
+        d["modalities"] = list(self.resolved_modalities())
+        d["cache_dir"] = str(self.resolved_cache_dir())
+        return to_jsonable(d)
+
+
+@dataclass
+class AuditResult:
+    """The outcome of :func:`run_audit`.
+
+    Attributes:
+        slices: one dict per slice in rank order (the ``slices`` entries of slices.json).
+        membership: ``id`` + ``slice_1..slice_k`` membership scores.
+        out_dir: the output folder.
+        paths: ``slices_json``, ``membership``, ``report`` (when written).
+        counts: the ``counts`` block of slices.json.
+        embedding: the fused (n, d) embedding the slicer saw.
+        table: the validated case table.
+    """
+
+    slices: list[dict[str, Any]]
+    membership: pd.DataFrame
+    out_dir: Path
+    paths: dict[str, Path]
+    counts: dict[str, Any]
+    embedding: np.ndarray
+    table: CaseTable
+    payload: dict[str, Any]
+
+
+def _make_slicer(config: AuditConfig, n_cases: int) -> Any:
+    from medaudit.audit.slicers import get_slicer
+
+    try:
+        slicer = get_slicer(config.slicer)
+    except KeyError as exc:
+        raise InputError(f"unknown slicer '{config.slicer}' ({exc})") from exc
+    accepted = set(slicer.get_params(deep=False))
+    params: dict[str, Any] = {}
+    for attr, name in _SLICER_PARAMS.items():
+        if name in accepted:
+            params[name] = getattr(config, attr)
+    if "random_state" in accepted:
+        params["random_state"] = config.seed
+    if "device" in accepted and config.device is not None:
+        params["device"] = config.device
+    for k, v in config.slicer_kwargs.items():
+        if k not in accepted:
+            raise InputError(
+                f"slicer '{config.slicer}' has no parameter '{k}' (accepted: {', '.join(sorted(accepted))})"
+            )
+        params[k] = v
+    need = max(int(params.get("n_mixture_components", 0) or 0), int(params.get("n_slices", 0) or 0), 2)
+    if n_cases < need:
+        raise InputError(
+            f"{n_cases} cases, fewer than the slicer needs ({need}: n_slices={params.get('n_slices')}, "
+            f"mixture components={params.get('n_mixture_components', '-')}); lower --n-components / --n-slices"
+        )
+    slicer.set_params(**params)
+    return slicer
+
+
+def _encode(
+    table: CaseTable, config: AuditConfig, modalities: tuple[str, ...], progress: Any
+) -> dict[str, np.ndarray]:
+    """Embeddings per modality: precomputed files, else the encoder through the on-disk cache."""
+    out: dict[str, np.ndarray] = {}
+    ids = table.ids
+    for m in modalities:
+        task = progress.add_task(f"embed {m}", total=1)
+        if m in config.embeddings:
+            out[m] = load_embeddings(config.embeddings[m], ids, ignore_ids=table.skipped_ids)
+        else:
+            from medaudit.audit.encoders import encode_cached, get_encoder
+
+            name = config.encoders.get(m, DEFAULT_ENCODERS[m])
+            user_kw = dict(config.encoder_kwargs.get(m, {}))
+            attempts = [user_kw]
+            if config.device is not None and "device" not in user_kw:
+                # encoders without a torch model (tf-idf, tabular) take no device: retry without it
+                attempts.insert(0, {**user_kw, "device": config.device})
+            encoder = None
+            for i, kw in enumerate(attempts):
+                try:
+                    encoder = get_encoder(m, name, **kw)
+                    break
+                except KeyError as exc:
+                    raise InputError(f"unknown {m} encoder '{name}' ({exc})") from exc
+                except TypeError as exc:
+                    if i == len(attempts) - 1:
+                        raise InputError(f"{m} encoder '{name}': {exc}") from exc
+            if m == "image":
+                inputs: Any = table.df["image"].tolist()
+            elif m == "report":
+                inputs = [r if isinstance(r, str) else "" for r in table.df["report"].tolist()]
+            else:
+                inputs = table.meta
+            progress.update(task, total=len(ids))
+
+            def _on_batch(done: int, total: int, _task: Any = task) -> None:
+                progress.update(_task, completed=done, total=total)
+
+            emb = encode_cached(
+                encoder, ids, inputs, config.resolved_cache_dir(), progress=False, on_batch=_on_batch
+            )
+            out[m] = np.asarray(emb, dtype=np.float32)
+        if out[m].shape[0] != len(ids):
+            raise InputError(f"{m} embeddings have {out[m].shape[0]} rows for {len(ids)} cases")
+        progress.update(task, total=len(ids), completed=len(ids))
+    return out
+
+
+def _wilson(k: int, n: int) -> tuple[float | None, float | None]:
+    if n <= 0:
+        return None, None
+    from medaudit.audit.metrics import wilson_ci
+
+    lo, hi = wilson_ci(k, n)
+    p = k / n  # guard against round-off putting the estimate just outside its interval
+    return min(float(lo), p), max(float(hi), p)
+
+
+def _slice_summary(
+    j: int,
+    scores: np.ndarray,
+    table: CaseTable,
+    config: AuditConfig,
+    slicer_error: float | None,
+    tfidf: tuple[Any, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    df = table.df
+    labels = df["label"].to_numpy()
+    preds = df["pred"].to_numpy()
+    errors = labels != preds
+    ids = np.asarray(df["id"].tolist(), dtype=object)
+    s = scores[:, j]
+    members = s > config.membership_threshold
+    order = explain.exemplars(s, k=len(s))
+    member_order = [int(i) for i in order if members[i]]
+    size = int(members.sum())
+    n_err = int(errors[members].sum())
+    lo, hi = _wilson(n_err, size)
+    soft = float(s.sum())
+    if size:
+        basis, mask = "members", members
+    else:
+        basis = "top_k"
+        mask = np.zeros(len(s), dtype=bool)
+        mask[explain.exemplars(s, k=config.n_exemplars)] = True
+    lab, prd = labels[mask], preds[mask]
+    composition = {
+        "label_1": int((lab == 1).sum()),
+        "label_0": int((lab == 0).sum()),
+        "pred_1": int((prd == 1).sum()),
+        "pred_0": int((prd == 0).sum()),
+        "tp": int(((lab == 1) & (prd == 1)).sum()),
+        "fp": int(((lab == 0) & (prd == 1)).sum()),
+        "tn": int(((lab == 0) & (prd == 0)).sum()),
+        "fn": int(((lab == 1) & (prd == 0)).sum()),
+    }
+    majority = int((lab == 1).sum() >= (lab == 0).sum())  # ties (and empty) -> 1
+    composition["majority_label"] = majority
+
+    explanation: dict[str, Any] = {"basis": basis, "ngrams": [], "metadata": []}
+    if tfidf is not None:
+        reference = (labels == majority) & ~errors & ~mask
+        ref_kind = f"correctly classified cases with label {majority}"
+        if not reference.any():
+            reference = ~mask
+            ref_kind = "all cases outside the slice"
+        explanation["reference"] = ref_kind
+        ng = explain.report_ngrams(None, mask, reference, top_k=config.top_ngrams, tfidf=tfidf)
+        explanation["ngrams"] = ng.to_dict(orient="records")
+    if table.meta.shape[1]:
+        me = explain.metadata_enrichment(table.meta, mask)
+        explanation["metadata"] = me.to_dict(orient="records")
+    return {
+        "rank": j + 1,
+        "name": f"slice_{j + 1}",
+        "size": size,
+        "soft_size": soft,
+        "error_rate": (n_err / size) if size else None,
+        "error_ci": [lo, hi],
+        "n_errors": n_err,
+        "soft_error_rate": float((s * errors).sum() / soft) if soft > 0 else None,
+        "slicer_error": slicer_error,
+        "composition": composition,
+        "explanation": explanation,
+        "exemplar_ids": [str(ids[i]) for i in explain.exemplars(s, k=config.n_exemplars)],
+        "member_ids": [str(ids[i]) for i in member_order],
+    }
+
+
+def run_audit(
+    table: CaseTable | pd.DataFrame | str | os.PathLike[str],
+    config: AuditConfig | None = None,
+    out_dir: str | os.PathLike[str] = "audit_out",
+) -> AuditResult:
+    """Run the whole audit and write ``slices.json``, ``membership.parquet`` and ``report.html``.
+
+    Args:
+        table: a validated :class:`CaseTable`, or a DataFrame / table file validated here with
+            ``config.columns``, ``config.meta`` and ``config.skip_bad``.
+        config: the run's settings (defaults: :class:`AuditConfig`).
+        out_dir: output folder, replaced atomically: on any failure no (partial) folder is left.
+
+    Returns:
+        An :class:`AuditResult`.
+
+    Raises:
+        InputError: bad table, embeddings, encoder / slicer names, or too few cases.
+    """
+    from medaudit.device import seed_everything
+
+    config = config or AuditConfig()
+    modalities = config.resolved_modalities()
+    seed_everything(config.seed)
+    min_cases = max(config.n_components if config.slicer in ("mixture", "domino") else 0, config.n_slices, 2)
+    with make_progress() as progress:
+        if not isinstance(table, CaseTable):
+            task = progress.add_task("read case table", total=1)
+            require = tuple(m for m in modalities if m not in config.embeddings)
+            table = load_case_table(
+                table,
+                config.columns,
+                config.meta,
+                skip_bad=config.skip_bad,
+                require=require,
+                threshold=config.threshold,
+                min_cases=min_cases,
+            )
+            progress.update(task, completed=1)
+        elif "metadata" in modalities and table.meta.shape[1] == 0:
+            raise InputError("the metadata modality needs at least one metadata column (--meta)")
+        n = len(table)
+        slicer = _make_slicer(config, n)
+
+        embs = _encode(table, config, modalities, progress)
+        task = progress.add_task("fuse + fit slicer", total=2)
+        from medaudit.audit.fusion import fuse
+
+        fused = fuse(
+            embs,
+            method=config.fusion,
+            weights=config.fusion_weights,
+            dim=config.fusion_dim,
+            random_state=config.seed,
+        )
+        fused = np.asarray(fused, dtype=np.float32)
+        progress.update(task, advance=1)
+        targets = table.df["label"].to_numpy().astype(np.int64)
+        probs = table.df["prob"].to_numpy().astype(np.float64)
+        slicer.fit(fused, targets, probs)
+        scores = np.asarray(slicer.predict_proba(fused, targets, probs), dtype=np.float64)
+        progress.update(task, advance=1)
+        slicer_err = getattr(slicer, "slice_error_", None)
+
+        k = scores.shape[1]
+        task = progress.add_task("explain slices", total=k)
+        reports = [r if isinstance(r, str) else "" for r in table.df["report"].tolist()]
+        tfidf = explain.ngram_tfidf(reports) if any(r.strip() for r in reports) else None
+        slices = []
+        for j in range(k):
+            se = float(slicer_err[j]) if slicer_err is not None and j < len(slicer_err) else None
+            slices.append(_slice_summary(j, scores, table, config, se, tfidf))
+            progress.update(task, advance=1)
+
+        errors = table.errors
+        counts = {
+            "cases": n,
+            "skipped_rows": table.n_skipped,
+            "skipped_reasons": table.skipped_reasons,
+            "errors": int(errors.sum()),
+            "error_rate": float(errors.mean()) if n else None,
+            "positives": int(table.df["label"].sum()),
+            "predicted_positives": int(table.df["pred"].sum()),
+        }
+        payload: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "medaudit_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": str(table.source) if table.source else None,
+            "config": config.to_dict(),
+            "modalities": list(modalities),
+            "embedding_dims": {m: int(e.shape[1]) for m, e in embs.items()},
+            "fused_dim": int(fused.shape[1]),
+            "counts": counts,
+            "membership_rule": f"a case is a member of a slice when its membership score is > {config.membership_threshold}",
+            "slices": slices,
+        }
+        membership = membership_frame(table.ids, scores)
+
+        task = progress.add_task("write outputs", total=1)
+        out = Path(out_dir).absolute()
+        with atomic_output_dir(out) as stage:
+            write_slices_json(stage / SLICES_FILE, payload)
+            write_membership(stage / MEMBERSHIP_FILE, membership)
+            if config.write_report:
+                from medaudit.report.audit_report import write_audit_report
+
+                write_audit_report(stage / REPORT_FILE, payload, table, scores, fused)
+        progress.update(task, completed=1)
+    paths = {"slices_json": out / SLICES_FILE, "membership": out / MEMBERSHIP_FILE}
+    if config.write_report:
+        paths["report"] = out / REPORT_FILE
+    return AuditResult(
+        slices=slices,
+        membership=membership,
+        out_dir=out,
+        paths=paths,
+        counts=counts,
+        embedding=fused,
+        table=table,
+        payload=payload,
+    )

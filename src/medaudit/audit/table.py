@@ -1,0 +1,523 @@
+"""The case table: one row per case (id, label, prediction, image, report, metadata), validated.
+
+:func:`load_case_table` reads CSV / TSV, Parquet or JSON Lines (or takes a DataFrame), renames the user's
+columns to canonical ones and checks every row. Each problem raises :class:`~medaudit.errors.InputError`
+with a one-line message naming the file, the column and the row (rows are counted from 1, header
+excluded), unless ``skip_bad=True``, in which case bad rows are dropped and counted by reason.
+
+Canonical columns of :attr:`CaseTable.df`:
+
+* ``id`` (str, unique), ``label`` (int 0/1), ``prob`` (float in [0, 1]; the hard prediction as 0.0/1.0
+  when only a prediction column is given), ``pred`` (int 0/1; ``prob >= threshold`` unless a hard
+  prediction column is given),
+* ``image`` (str absolute path, or missing), ``report`` (str, or missing).
+
+Metadata columns are kept, under their own names, in :attr:`CaseTable.meta` (same index as ``df``).
+
+Precomputed embeddings can replace a modality's raw data: :func:`load_embeddings`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medaudit.errors import InputError
+
+__all__ = ["CaseTable", "ColumnMap", "load_case_table", "load_embeddings", "read_table"]
+
+MODALITIES = ("image", "report", "metadata")
+
+
+@dataclass
+class ColumnMap:
+    """Names of the user's columns for each role. ``None`` means the role is absent.
+
+    ``prob`` is the predicted probability of the positive class; ``pred`` a hard 0/1 prediction that may
+    be given instead of (or in addition to) ``prob``. ``report`` holds report text; ``report_path``
+    (alternative) holds paths to report text files. Relative image / report paths are resolved against
+    the folder of the table file (or the working directory for a DataFrame).
+    """
+
+    id: str = "id"
+    label: str = "label"
+    prob: str | None = "prob"
+    pred: str | None = None
+    image: str | None = "image"
+    report: str | None = "report"
+    report_path: str | None = None
+
+
+@dataclass
+class CaseTable:
+    """A validated case table.
+
+    Attributes:
+        df: canonical columns (``id, label, prob, pred, image, report``), index 0..n-1.
+        meta: metadata columns (user names), same index as ``df``.
+        n_skipped: rows dropped by ``skip_bad``.
+        skipped_reasons: reason -> number of rows dropped for it.
+        skipped_ids: ids of dropped rows (as strings, where readable).
+        source: the table file, or ``None`` for a DataFrame.
+        has_image / has_report: whether the modality's raw data is present for every row.
+    """
+
+    df: pd.DataFrame
+    meta: pd.DataFrame
+    n_skipped: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    skipped_ids: list[str] = field(default_factory=list)
+    source: Path | None = None
+    has_image: bool = False
+    has_report: bool = False
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.df["id"].tolist()
+
+    @property
+    def errors(self) -> np.ndarray:
+        """Boolean array: the classifier's prediction differs from the label."""
+        return (self.df["pred"].to_numpy() != self.df["label"].to_numpy()).astype(bool)
+
+
+def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a CSV / TSV, Parquet or JSON Lines file into a DataFrame (no validation beyond parsing).
+
+    ``text_columns`` (e.g. the id column) are read from CSV / TSV as text, so ``007`` stays ``007``.
+    """
+    text_dtype = {c: str for c in text_columns}
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: table file not found")
+    if not p.is_file():
+        raise InputError(f"{p}: not a file")
+    suffix = "".join(s.lower() for s in p.suffixes[-2:]) if p.suffix.lower() == ".gz" else p.suffix.lower()
+    try:
+        if suffix in (".csv", ".csv.gz"):
+            return pd.read_csv(p, dtype=text_dtype)
+        if suffix in (".tsv", ".tsv.gz", ".tab"):
+            return pd.read_csv(p, sep="\t", dtype=text_dtype)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(p)
+        if suffix in (".jsonl", ".ndjson", ".jsonl.gz", ".json"):
+            return pd.read_json(p, lines=suffix != ".json")
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{p}: cannot read table ({msg})") from exc
+    except Exception as exc:  # pyarrow errors etc.
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{p}: cannot read table ({msg})") from exc
+    raise InputError(f"{p}: unknown table format '{p.suffix}' (use .csv, .tsv, .parquet or .jsonl)")
+
+
+class _RowProblems:
+    """Collects row problems; raises on the first one unless ``skip`` is set."""
+
+    def __init__(self, where: str, n: int, skip: bool) -> None:
+        self.where = where
+        self.skip = skip
+        self.bad = np.zeros(n, dtype=bool)
+        self.reasons: Counter[str] = Counter()
+
+    def add(self, i: int, reason: str, message: str) -> None:
+        if not self.skip:
+            raise InputError(f"{self.where}: {message}")
+        if not self.bad[i]:
+            self.bad[i] = True
+            self.reasons[reason] += 1
+
+
+def _missing(v: object) -> bool:
+    """True for None, NaN, pd.NA and NaT (scalars only)."""
+    if v is None:
+        return True
+    try:
+        return bool(pd.isna(v))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _row(i: int, ident: object) -> str:
+    return f"row {i + 1} (id '{ident}')"
+
+
+def _as_binary(value: object) -> int | None:
+    """0/1 from 0, 1, 0.0, 1.0, True, False, '0', '1', 'true', 'false'; None otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value) if value in (0, 1) else None
+    if isinstance(value, (float, np.floating)):
+        if np.isfinite(value) and value in (0.0, 1.0):
+            return int(value)
+        return None
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("0", "1", "0.0", "1.0"):
+            return int(float(v))
+        if v in ("true", "false"):
+            return int(v == "true")
+    return None
+
+
+def _as_prob(value: object) -> float | None:
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(f) or f < 0.0 or f > 1.0:
+        return None
+    return f
+
+
+def _check_columns(raw: pd.DataFrame, where: str, wanted: Iterable[tuple[str, str]]) -> None:
+    available = [str(c) for c in raw.columns]
+    for role, col in wanted:
+        if col not in raw.columns:
+            raise InputError(
+                f"{where}: unknown column '{col}' (for {role}); available columns: {', '.join(available)}"
+            )
+
+
+def load_case_table(
+    path_or_df: str | os.PathLike[str] | pd.DataFrame,
+    columns: ColumnMap | None = None,
+    meta: Sequence[str] = (),
+    skip_bad: bool = False,
+    require: Sequence[str] = ("image", "report"),
+    threshold: float = 0.5,
+    min_cases: int = 1,
+) -> CaseTable:
+    """Read and validate a case table.
+
+    Args:
+        path_or_df: a ``.csv``/``.tsv``/``.parquet``/``.jsonl`` file or a DataFrame.
+        columns: the user's column names per role.
+        meta: metadata columns to keep (for the metadata encoder and enrichment tests).
+        skip_bad: drop bad rows (counted by reason) instead of raising.
+        require: raw modalities that must be present and valid for every row: any of ``image``,
+            ``report`` (``metadata`` requires ``meta`` to be non-empty). Modalities not required are
+            loaded when their column exists, without failing on a bad value (a missing image file
+            becomes a missing value; an empty report an empty string).
+        threshold: probability cut-off giving the hard prediction when no ``pred`` column is given.
+        min_cases: fewer valid cases than this raises an InputError.
+
+    Returns:
+        A :class:`CaseTable`.
+    """
+    columns = columns or ColumnMap()
+    meta = list(dict.fromkeys(meta))
+    unknown_mod = [m for m in require if m not in MODALITIES]
+    if unknown_mod:
+        raise InputError(f"unknown modality '{unknown_mod[0]}' (choose from {', '.join(MODALITIES)})")
+    if isinstance(path_or_df, pd.DataFrame):
+        raw = path_or_df.reset_index(drop=True).copy()
+        source: Path | None = None
+        where = "table"
+        base = Path.cwd()
+    else:
+        source = Path(path_or_df)
+        raw = read_table(source, text_columns=[columns.id]).reset_index(drop=True)
+        where = str(source)
+        base = source.absolute().parent
+    raw.columns = [str(c) for c in raw.columns]
+
+    # --- columns -----------------------------------------------------------------------------------
+    wanted: list[tuple[str, str]] = [("id", columns.id), ("label", columns.label)]
+    use_pred = columns.pred is not None
+    use_prob = columns.prob is not None and (columns.prob in raw.columns or not use_pred)
+    if use_prob:
+        wanted.append(("prob", columns.prob))  # type: ignore[arg-type]
+    if use_pred:
+        wanted.append(("pred", columns.pred))  # type: ignore[arg-type]
+    if not use_prob and not use_pred:
+        raise InputError(
+            f"{where}: no prediction column: give a probability column (prob) or a hard prediction (pred)"
+        )
+    need_image = "image" in require
+    need_report = "report" in require
+    if need_image:
+        if not columns.image:
+            raise InputError(f"{where}: the image modality needs an image column")
+        wanted.append(("image", columns.image))
+    report_col = columns.report_path or columns.report
+    report_is_path = columns.report_path is not None
+    if need_report:
+        if not report_col:
+            raise InputError(f"{where}: the report modality needs a report column")
+        wanted.append(("report_path" if report_is_path else "report", report_col))
+    if "metadata" in require and not meta:
+        raise InputError(f"{where}: the metadata modality needs at least one metadata column (--meta)")
+    wanted.extend(("metadata", m) for m in meta)
+    _check_columns(raw, where, wanted)
+
+    n = len(raw)
+    probs = _RowProblems(where, n, skip_bad)
+    ids_raw = raw[columns.id].tolist()
+
+    # --- ids -----------------------------------------------------------------------------------------
+    ids: list[str] = []
+    first_seen: dict[str, int] = {}
+    for i, v in enumerate(ids_raw):
+        if _missing(v) or (isinstance(v, str) and not v.strip()):
+            probs.add(i, "missing id", f"column '{columns.id}' row {i + 1}: missing id")
+            ids.append("")
+            continue
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            v = int(v)
+        s = str(v).strip()
+        ids.append(s)
+        if s in first_seen:
+            probs.add(
+                i,
+                "duplicate id",
+                f"column '{columns.id}': duplicate id '{s}' in rows {first_seen[s] + 1} and {i + 1}",
+            )
+        else:
+            first_seen[s] = i
+
+    # --- label ---------------------------------------------------------------------------------------
+    labels = np.zeros(n, dtype=np.int64)
+    for i, v in enumerate(raw[columns.label].tolist()):
+        b = _as_binary(v)
+        if b is None:
+            probs.add(
+                i,
+                "label not binary",
+                f"column '{columns.label}' {_row(i, ids[i])}: label {v!r} is not binary (0/1)",
+            )
+        else:
+            labels[i] = b
+
+    # --- prediction ----------------------------------------------------------------------------------
+    prob = np.zeros(n, dtype=np.float64)
+    pred = np.zeros(n, dtype=np.int64)
+    if use_prob:
+        for i, v in enumerate(raw[columns.prob].tolist()):  # type: ignore[index]
+            f = _as_prob(v)
+            if f is None:
+                what = "is missing (NaN)" if _missing(v) else "is not in [0, 1]"
+                probs.add(
+                    i,
+                    "bad probability",
+                    f"column '{columns.prob}' {_row(i, ids[i])}: probability {v!r} {what}",
+                )
+            else:
+                prob[i] = f
+        pred = (prob >= threshold).astype(np.int64)
+    if use_pred:
+        for i, v in enumerate(raw[columns.pred].tolist()):  # type: ignore[index]
+            b = _as_binary(v)
+            if b is None:
+                probs.add(
+                    i,
+                    "prediction not binary",
+                    f"column '{columns.pred}' {_row(i, ids[i])}: prediction {v!r} is not binary (0/1)",
+                )
+            else:
+                pred[i] = b
+        if not use_prob:
+            prob = pred.astype(np.float64)
+
+    # --- reports -------------------------------------------------------------------------------------
+    reports: list[object] = [None] * n
+    has_report_col = bool(report_col) and report_col in raw.columns
+    if has_report_col:
+        for i, v in enumerate(raw[report_col].tolist()):  # type: ignore[index]
+            missing = _missing(v)
+            if report_is_path:
+                if missing or not str(v).strip():
+                    if need_report:
+                        probs.add(
+                            i, "empty report", f"column '{report_col}' {_row(i, ids[i])}: missing report path"
+                        )
+                    continue
+                rp = Path(str(v).strip())
+                rp = rp if rp.is_absolute() else base / rp
+                try:
+                    text = rp.read_text(encoding="utf-8", errors="replace")
+                except OSError as exc:
+                    if need_report:
+                        probs.add(
+                            i,
+                            "unreadable report file",
+                            f"column '{report_col}' {_row(i, ids[i])}: report file {rp} is unreadable "
+                            f"({exc.strerror or type(exc).__name__})",
+                        )
+                    continue
+            else:
+                text = "" if missing else str(v)
+            if not text.strip():
+                if need_report:
+                    probs.add(i, "empty report", f"column '{report_col}' {_row(i, ids[i])}: empty report")
+                reports[i] = ""
+                continue
+            reports[i] = text
+
+    # --- images (existence only; decoding errors surface from the encoder with the path) -------------
+    images: list[object] = [None] * n
+    has_image_col = bool(columns.image) and columns.image in raw.columns
+    if has_image_col:
+        for i, v in enumerate(raw[columns.image].tolist()):  # type: ignore[index]
+            missing = _missing(v) or not str(v).strip()
+            if missing:
+                if need_image:
+                    probs.add(
+                        i, "missing image", f"column '{columns.image}' {_row(i, ids[i])}: missing image path"
+                    )
+                continue
+            ip = Path(str(v).strip())
+            ip = ip if ip.is_absolute() else base / ip
+            if not ip.is_file() or not os.access(ip, os.R_OK):
+                if need_image:
+                    probs.add(
+                        i,
+                        "missing image",
+                        f"column '{columns.image}' {_row(i, ids[i])}: image {ip} is missing or unreadable",
+                    )
+                continue
+            images[i] = str(ip)
+
+    keep = ~probs.bad
+    df = pd.DataFrame(
+        {
+            "id": pd.Series(ids, dtype=object),
+            "label": labels,
+            "prob": prob,
+            "pred": pred,
+            "image": pd.Series(images, dtype=object),
+            "report": pd.Series(reports, dtype=object),
+        }
+    )
+    meta_df = raw[meta].copy() if meta else pd.DataFrame(index=raw.index)
+    skipped_ids = [ids[i] for i in np.flatnonzero(probs.bad) if ids[i]]
+    df = df.loc[keep].reset_index(drop=True)
+    meta_df = meta_df.loc[keep].reset_index(drop=True)
+    if len(df) < min_cases:
+        raise InputError(
+            f"{where}: {len(df)} valid cases"
+            + (f" after skipping {int(probs.bad.sum())} bad rows" if probs.bad.any() else "")
+            + f"; at least {min_cases} are needed"
+        )
+    return CaseTable(
+        df=df,
+        meta=meta_df,
+        n_skipped=int(probs.bad.sum()),
+        skipped_reasons=dict(sorted(probs.reasons.items())),
+        skipped_ids=skipped_ids,
+        source=source,
+        has_image=bool(has_image_col and len(df) and df["image"].notna().all()),
+        has_report=bool(
+            has_report_col and len(df) and df["report"].map(lambda r: bool(r and str(r).strip())).all()
+        ),
+    )
+
+
+def _ids_file_for(path: Path) -> Path | None:
+    for cand in (
+        path.with_suffix(".ids.txt"),
+        path.with_name(path.name + ".ids.txt"),
+        path.with_suffix(".ids"),
+        path.with_suffix(".ids.csv"),
+    ):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_embeddings(
+    path: str | os.PathLike[str],
+    ids: Sequence[str],
+    ids_path: str | os.PathLike[str] | None = None,
+    ignore_ids: Iterable[str] = (),
+) -> np.ndarray:
+    """Load precomputed embeddings and align them to ``ids``.
+
+    Two layouts:
+
+    * ``X.npy`` (2-D float array) with an ids file ``X.ids.txt`` (one id per line, same order) next to
+      it, or given as ``ids_path``;
+    * ``X.parquet`` with an ``id`` column and either numeric vector columns or one list-valued column.
+
+    Every id in ``ids`` must have exactly one row; a row whose id is not in ``ids`` (other than
+    ``ignore_ids``, e.g. rows dropped by ``skip_bad``) raises an InputError, as do duplicate ids and
+    non-finite values.
+
+    Returns:
+        float32 array of shape ``(len(ids), d)`` in the order of ``ids``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: embeddings file not found")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        try:
+            mat = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{p}: cannot read embeddings ({exc})") from exc
+        ip = Path(ids_path) if ids_path else _ids_file_for(p)
+        if ip is None or not ip.is_file():
+            raise InputError(
+                f"{p}: ids file not found (expected {p.with_suffix('.ids.txt')}, one id per line)"
+            )
+        emb_ids = [line.strip() for line in ip.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if emb_ids and ip.suffix == ".csv" and emb_ids[0].lower() == "id":
+            emb_ids = emb_ids[1:]
+        if mat.ndim != 2:
+            raise InputError(f"{p}: embeddings must be a 2-D array, got shape {mat.shape}")
+        if len(emb_ids) != mat.shape[0]:
+            raise InputError(f"{p}: {mat.shape[0]} rows but {len(emb_ids)} ids in {ip}")
+    elif suffix in (".parquet", ".pq"):
+        try:
+            edf = pd.read_parquet(p)
+        except Exception as exc:
+            raise InputError(f"{p}: cannot read embeddings ({str(exc).splitlines()[0]})") from exc
+        if "id" not in edf.columns:
+            raise InputError(f"{p}: no 'id' column; available columns: {', '.join(map(str, edf.columns))}")
+        emb_ids = [str(v) for v in edf["id"].tolist()]
+        rest = edf.drop(columns=["id"])
+        if rest.shape[1] == 1 and rest.iloc[:, 0].dtype == object:
+            try:
+                mat = np.stack([np.asarray(v, dtype=np.float32) for v in rest.iloc[:, 0]])
+            except (ValueError, TypeError) as exc:
+                raise InputError(f"{p}: column '{rest.columns[0]}' is not a vector column") from exc
+        else:
+            bad = [c for c in rest.columns if not pd.api.types.is_numeric_dtype(rest[c])]
+            if bad:
+                raise InputError(f"{p}: column '{bad[0]}' is not numeric")
+            mat = rest.to_numpy(dtype=np.float32)
+        if mat.ndim != 2 or mat.shape[1] == 0:
+            raise InputError(f"{p}: no vector columns besides 'id'")
+    else:
+        raise InputError(f"{p}: unknown embeddings format '{p.suffix}' (use .npy + ids file, or .parquet)")
+    mat = np.asarray(mat, dtype=np.float32)
+    index: dict[str, int] = {}
+    for j, e in enumerate(emb_ids):
+        if e in index:
+            raise InputError(f"{p}: duplicate id '{e}' in rows {index[e] + 1} and {j + 1}")
+        index[e] = j
+    wanted = set(ids)
+    ignore = set(ignore_ids)
+    extra = [e for e in emb_ids if e not in wanted and e not in ignore]
+    if extra:
+        raise InputError(
+            f"{p}: {len(extra)} embedding rows do not match the case table, e.g. id '{extra[0]}' (row {index[extra[0]] + 1})"
+        )
+    missing = [i for i in ids if i not in index]
+    if missing:
+        raise InputError(f"{p}: no embedding for {len(missing)} cases of the table, e.g. id '{missing[0]}'")
+    out = mat[[index[i] for i in ids]]
+    if not np.isfinite(out).all():
+        r = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+        raise InputError(f"{p}: non-finite values in the embedding of id '{ids[r]}'")
+    return out

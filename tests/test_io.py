@@ -1,0 +1,77 @@
+"""Atomic output helpers leave nothing half-written behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medaudit.errors import InputError
+from medaudit.io import atomic_output_dir, atomic_save, atomic_write_json, atomic_write_text
+
+
+def test_atomic_write_text_replaces_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "a" / "x.txt"
+    atomic_write_text(p, "one")
+    atomic_write_text(p, "two")
+    assert p.read_text() == "two"
+    assert sorted(x.name for x in p.parent.iterdir()) == ["x.txt"]
+
+
+def test_atomic_write_json_numpy(tmp_path):
+    import numpy as np
+
+    p = atomic_write_json(tmp_path / "x.json", {"a": np.int64(3), "b": np.float32(0.5), "c": np.arange(2)})
+    assert json.loads(p.read_text()) == {"a": 3, "b": 0.5, "c": [0, 1]}
+
+
+def test_atomic_save_failure_keeps_old_file(tmp_path):
+    p = tmp_path / "m.bin"
+    p.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_save(p) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert p.read_bytes() == b"old"
+    assert [x.name for x in tmp_path.iterdir()] == ["m.bin"]
+
+
+def test_atomic_output_dir_success_and_failure(tmp_path):
+    out = tmp_path / "out"
+    with atomic_output_dir(out) as stage:
+        (stage / "f.txt").write_text("ok")
+        assert not out.exists()
+    assert (out / "f.txt").read_text() == "ok"
+    with pytest.raises(ValueError), atomic_output_dir(out) as stage:
+        (stage / "g.txt").write_text("partial")
+        raise ValueError("boom")
+    # the previous complete output survives; no staging folder is left behind
+    assert sorted(x.name for x in out.iterdir()) == ["f.txt"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["out"]
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError), atomic_output_dir(fresh):
+        raise ValueError("boom")
+    assert not fresh.exists()
+
+
+def test_input_error_is_one_line():
+    e = InputError("table.csv: column 'prob'\n row 3 is NaN")
+    assert "\n" not in str(e)
+    assert str(e) == "table.csv: column 'prob' row 3 is NaN"
+
+
+def test_assets_are_found_without_importing():
+    import subprocess
+    import sys
+
+    from medaudit.data import assets
+
+    p = assets.openi_reports_tgz()
+    assert p.name == "NLMCXR_reports.tgz" and p.stat().st_size > 100_000
+    # locating an asset must not import the (heavy) package that ships it
+    code = "import sys; from medaudit.data import assets; assets.lung_masks_zip(); print('torchxrayvision' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    )
+    with pytest.raises(InputError, match="not installed"):
+        assets.package_dir("no_such_package_medaudit")
