@@ -113,3 +113,12 @@ def test_wilson_ci():
         wilson_ci(3, 0)
     with pytest.raises(InputError):
         wilson_ci(5, 4)
+
+
+def test_wilson_ci_edges_are_exact():
+    from medaudit.audit.metrics import wilson_ci
+
+    lo, hi = wilson_ci(0, 37)
+    assert lo == 0.0 and 0.0 < hi < 0.15
+    lo, hi = wilson_ci(37, 37)
+    assert hi == 1.0 and 0.85 < lo < 1.0

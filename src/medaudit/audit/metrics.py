@@ -194,4 +194,6 @@ def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    # the exact bounds at the edges (k = 0 or k = n) are 0 and 1; avoid floating-point residue
+    return (0.0 if k == 0 else lo), (1.0 if k == n else hi)

@@ -1,0 +1,184 @@
+"""Shared pieces of the chest X-ray readers: the case-table shape, target selection, file checks.
+
+Every reader returns the *audit case table*: a :class:`pandas.DataFrame` with one row per image and the
+columns ``id`` (unique string), one column per available label (``0.0``/``1.0``, ``NaN`` unknown, CheXpert
+style ``-1.0`` uncertain where the source has it), ``image`` (absolute path), ``report`` (free text, may be
+empty) and metadata columns. Passing ``target=`` selects one label and adds the binary ``label`` column
+that the audit uses (see :func:`select_target`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from medaudit.errors import InputError
+
+UncertainPolicy = Literal["zeros", "ones", "ignore"]
+UNCERTAIN_POLICIES: tuple[str, ...] = ("zeros", "ones", "ignore")
+
+#: The 14 CheXpert observations, as written in the CheXpert / MIMIC-CXR-JPG label tables.
+CHEXPERT_LABELS: tuple[str, ...] = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+
+
+def snake(name: str) -> str:
+    """``'Support Devices'`` -> ``'support_devices'`` (the label-column naming used in case tables)."""
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+
+
+def resolve_target(target: str, available: Iterable[str]) -> str:
+    """Match ``target`` against label columns, ignoring case, spaces and underscores."""
+    avail = list(available)
+    key = snake(target)
+    for col in avail:
+        if snake(col) == key:
+            return col
+    raise InputError(f"target '{target}': not a label column; available: {', '.join(avail)}")
+
+
+def select_target(
+    df: pd.DataFrame,
+    target: str,
+    label_columns: Sequence[str],
+    uncertain: UncertainPolicy = "zeros",
+    missing: Literal["zeros", "drop"] = "zeros",
+) -> pd.DataFrame:
+    """Reduce a multi-label table to one audited target, written to a binary integer ``label`` column.
+
+    Uncertain labels (``-1``) follow ``uncertain``: ``zeros`` maps them to negative (U-Zeros of the
+    CheXpert paper), ``ones`` to positive (U-Ones), ``ignore`` drops those rows for this target. Blank
+    labels (not mentioned) follow ``missing``: ``zeros`` (the usual convention, not mentioned = negative)
+    or ``drop``. The chosen source column name is stored in ``df.attrs['target']``.
+    """
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise InputError(f"uncertain policy '{uncertain}': choose one of {', '.join(UNCERTAIN_POLICIES)}")
+    col = resolve_target(target, label_columns)
+    v = pd.to_numeric(df[col], errors="coerce")
+    keep = np.ones(len(df), dtype=bool)
+    out = v.copy()
+    unc = v == -1
+    if uncertain == "zeros":
+        out[unc] = 0.0
+    elif uncertain == "ones":
+        out[unc] = 1.0
+    else:
+        keep &= ~unc.to_numpy()
+    if missing == "drop":
+        keep &= v.notna().to_numpy()
+    out = out.fillna(0.0)
+    res = df.loc[keep].copy()
+    res["label"] = (out[keep] > 0.5).astype(int).to_numpy()
+    res = res.reset_index(drop=True)
+    res.attrs["target"] = col
+    return res
+
+
+def require_dir(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise InputError(f"{p}: {what} folder not found")
+    return p
+
+
+def find_one(root: Path, names: Sequence[str], what: str) -> Path:
+    """First of ``names`` present in ``root``; InputError naming all candidates otherwise."""
+    for n in names:
+        if (root / n).is_file():
+            return root / n
+    raise InputError(f"{root}: missing {what} (expected one of: {', '.join(names)})")
+
+
+def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str | Path) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(f"{source}: missing column(s) {', '.join(repr(c) for c in missing)}")
+
+
+def read_csv(path: Path, **kw: object) -> pd.DataFrame:
+    """``pd.read_csv`` with an InputError naming the file on a parse failure."""
+    try:
+        return pd.read_csv(path, **kw)  # type: ignore[arg-type]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{path}: cannot read as CSV ({type(exc).__name__})") from exc
+
+
+def check_images(
+    df: pd.DataFrame, column: str = "image", verify: bool = False, skip_bad: bool = False
+) -> pd.DataFrame:
+    """Check that every image path exists (and, with ``verify``, decodes).
+
+    A missing or unreadable image raises InputError naming its path and row, unless ``skip_bad`` is set,
+    in which case those rows are dropped and their paths listed in ``df.attrs['skipped']``.
+    """
+    bad: list[tuple[int, str, str]] = []
+    paths = df[column].astype(str).tolist()
+    reader = None
+    if verify:
+        from medaudit.data.images import read_grayscale  # owned by the image-reading module
+
+        reader = read_grayscale
+    for i, p in enumerate(paths):
+        if not Path(p).is_file():
+            bad.append((i, p, "file not found"))
+            continue
+        if reader is not None:
+            try:
+                reader(p)
+            except Exception as exc:
+                bad.append((i, p, f"unreadable image ({exc})"))
+    if bad and not skip_bad:
+        i, p, why = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InputError(f"{p}: {why}, row {i}{more}")
+    if bad:
+        drop = {i for i, _, _ in bad}
+        out = df.loc[[i not in drop for i in range(len(df))]].reset_index(drop=True)
+        out.attrs = dict(df.attrs)
+        out.attrs["skipped"] = [p for _, p, _ in bad]
+        return out
+    return df
+
+
+def finalize(
+    df: pd.DataFrame,
+    label_columns: Sequence[str],
+    target: str | None,
+    uncertain: UncertainPolicy,
+    source: str,
+) -> pd.DataFrame:
+    """Order columns (id, labels, image, report, metadata), check ids, apply ``target``."""
+    if df.empty:
+        raise InputError(f"{source}: no cases found")
+    if df["id"].duplicated().any():
+        dup = df.loc[df["id"].duplicated(), "id"].iloc[0]
+        raise InputError(f"{source}: duplicate case id '{dup}'")
+    front = ["id", *label_columns, "image", "report"]
+    rest = [c for c in df.columns if c not in front]
+    df = df[front + rest].reset_index(drop=True)
+    df.attrs["label_columns"] = list(label_columns)
+    df.attrs["source"] = source
+    if target is not None:
+        attrs = dict(df.attrs)
+        df = select_target(df, target, label_columns, uncertain=uncertain)
+        df.attrs.update({k: v for k, v in attrs.items() if k != "target"})
+    return df

@@ -1,0 +1,148 @@
+"""MIMIC-CXR-JPG 2.x reader (images, labels, metadata) joined with MIMIC-CXR free-text reports.
+
+Layout (PhysioNet):
+
+* ``<root>/files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg``
+* ``<root>/mimic-cxr-2.0.0-metadata.csv[.gz]`` (``dicom_id, subject_id, study_id, ViewPosition,
+  PatientOrientationCodeSequence_CodeMeaning, StudyDate, StudyTime, Rows, Columns`` ...)
+* ``<root>/mimic-cxr-2.0.0-chexpert.csv[.gz]`` or ``-negbio.csv[.gz]`` (``subject_id, study_id`` and the 14
+  observations, 1 / 0 / -1 / blank, per study)
+* ``<root>/mimic-cxr-2.0.0-split.csv[.gz]`` (optional; ``dicom_id, split``)
+* reports (MIMIC-CXR, a separate download): ``<reports_root>/files/pXX/pXXXXXXXX/sXXXXXXXX.txt`` (also
+  accepted directly under ``<reports_root>/pXX/...``); ``reports_root`` defaults to ``root``.
+
+One row per image; labels are per study (snake case, CheXpert values; see
+:func:`medaudit.data.cxr.common.select_target` for the uncertain policy); the report is the study's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from medaudit.data.cxr.common import (
+    CHEXPERT_LABELS,
+    UncertainPolicy,
+    check_images,
+    finalize,
+    find_one,
+    read_csv,
+    require_columns,
+    require_dir,
+    snake,
+)
+from medaudit.errors import InputError
+
+PREFIX = "mimic-cxr-2.0.0"
+META_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
+OPTIONAL_META = {
+    "PatientOrientationCodeSequence_CodeMeaning": "patient_orientation",
+    "ViewCodeSequence_CodeMeaning": "view_code",
+    "PerformedProcedureStepDescription": "procedure",
+    "StudyDate": "study_date",
+    "StudyTime": "study_time",
+    "Rows": "rows",
+    "Columns": "columns",
+}
+
+
+def _csv(root: Path, stem: str, what: str) -> Path:
+    return find_one(root, [f"{PREFIX}-{stem}.csv", f"{PREFIX}-{stem}.csv.gz"], what)
+
+
+def _report_path(reports_root: Path, subject: int, study: int) -> Path | None:
+    rel = Path(f"p{str(subject)[:2]}") / f"p{subject}" / f"s{study}.txt"
+    for base in (reports_root / "files", reports_root):
+        if (base / rel).is_file():
+            return base / rel
+    return None
+
+
+def read_mimic_cxr(
+    root: str | Path,
+    reports_root: str | Path | None = None,
+    labeler: Literal["chexpert", "negbio"] = "chexpert",
+    split: str | None = None,
+    target: str | None = None,
+    uncertain: UncertainPolicy = "zeros",
+    require_reports: bool = True,
+    verify_images: bool = False,
+    skip_bad: bool = False,
+) -> pd.DataFrame:
+    """Case table of a MIMIC-CXR-JPG folder (see the module docstring for the layout).
+
+    ``split`` keeps one split (``train`` / ``validate`` / ``test``) when the split table is present.
+    ``require_reports`` raises InputError naming the first study without a report file (set it to
+    ``False`` to keep such images with an empty report). Images listed in the metadata but absent on disk
+    raise InputError (or are dropped with ``skip_bad``).
+    """
+    root = require_dir(root, "MIMIC-CXR-JPG")
+    if not (root / "files").is_dir():
+        raise InputError(f"{root}: missing files/ folder (expected files/pXX/pXXXXXXXX/sXXXXXXXX/*.jpg)")
+    meta_p = _csv(root, "metadata", "image metadata table")
+    lab_p = _csv(root, labeler, f"{labeler} label table")
+    meta = read_csv(meta_p, dtype={"dicom_id": str})
+    require_columns(meta, META_COLUMNS, meta_p)
+    labels = read_csv(lab_p)
+    require_columns(labels, ["subject_id", "study_id", *CHEXPERT_LABELS], lab_p)
+    for c in ("subject_id", "study_id"):
+        for name, frame in ((meta_p, meta), (lab_p, labels)):
+            v = pd.to_numeric(frame[c], errors="coerce")
+            if v.isna().any():
+                i = int(np.flatnonzero(v.isna().to_numpy())[0])
+                raise InputError(f"{name}: column '{c}' row {i}: not an integer id")
+            frame[c] = v.astype(np.int64)
+    labels = labels.drop_duplicates("study_id").set_index("study_id")
+    df = meta.merge(labels[list(CHEXPERT_LABELS)], left_on="study_id", right_index=True, how="left")
+    if split is not None:
+        try:
+            split_p = _csv(root, "split", "split table")
+        except InputError as exc:
+            raise InputError(f"{root}: split '{split}' requested but the split table is missing") from exc
+        sp = read_csv(split_p, dtype={"dicom_id": str})
+        require_columns(sp, ["dicom_id", "split"], split_p)
+        df = df.merge(sp[["dicom_id", "split"]], on="dicom_id", how="left")
+        df = df[df["split"] == split]
+        if df.empty:
+            raise InputError(f"{split_p}: no image in split '{split}'")
+    rr = Path(reports_root) if reports_root is not None else root
+    if reports_root is not None:
+        require_dir(rr, "MIMIC-CXR reports")
+    reports: dict[int, str] = {}
+    for subj, study in df[["subject_id", "study_id"]].drop_duplicates().itertuples(index=False):
+        p = _report_path(rr, int(subj), int(study))
+        if p is None:
+            if require_reports:
+                raise InputError(
+                    f"{rr}: report of study s{study} not found (expected files/p{str(subj)[:2]}/p{subj}/s{study}.txt)"
+                )
+            reports[int(study)] = ""
+            continue
+        try:
+            reports[int(study)] = " ".join(p.read_text(encoding="utf-8", errors="replace").split())
+        except OSError as exc:
+            raise InputError(f"{p}: cannot read report ({exc})") from exc
+    out = pd.DataFrame({"id": df["dicom_id"].astype(str).to_numpy()})
+    for lab in CHEXPERT_LABELS:
+        out[snake(lab)] = pd.to_numeric(df[lab], errors="coerce").to_numpy()
+    out["image"] = [
+        str((root / "files" / f"p{str(s)[:2]}" / f"p{s}" / f"s{t}" / f"{d}.jpg").absolute())
+        for s, t, d in df[["subject_id", "study_id", "dicom_id"]].itertuples(index=False)
+    ]
+    out["report"] = [reports[int(t)] for t in df["study_id"]]
+    out["view_position"] = df["ViewPosition"].fillna("UNKNOWN").astype(str).str.upper().to_numpy()
+    out["frontal_lateral"] = np.where(
+        out["view_position"].isin(["LATERAL", "LL", "RL"]), "Lateral", "Frontal"
+    )
+    for src, dst in OPTIONAL_META.items():
+        if src in df.columns:
+            out[dst] = df[src].to_numpy()
+    out["patient_id"] = df["subject_id"].astype(str).to_numpy()
+    out["study_id"] = df["study_id"].astype(str).to_numpy()
+    if "split" in df.columns:
+        out["split"] = df["split"].to_numpy()
+    out = check_images(out, verify=verify_images, skip_bad=skip_bad)
+    return finalize(out, [snake(x) for x in CHEXPERT_LABELS], target, uncertain, f"MIMIC-CXR-JPG {root}")

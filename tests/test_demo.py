@@ -1,0 +1,78 @@
+"""`medaudit demo` end to end at a small size: cohort, baked-in failure, classifier, audit, report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medaudit.audit.demo import run_demo
+from medaudit.cli import main
+from medaudit.errors import InputError
+
+
+def test_demo_quick_end_to_end_and_deterministic(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    res = run_demo(tmp_path / "out", cache, seed=0, quick=True, quiet=True)
+    for f in ("report.html", "slices.json", "membership.parquet", "demo.json"):
+        assert (res.out_dir / f).is_file(), f
+    html = (res.out_dir / "report.html").read_text()
+    assert "<script>alert" not in html
+    summ = json.loads((res.out_dir / "demo.json").read_text())
+    fig = summ["figures"]
+    for k in ("precision_at_10_dcbench", "precision_at_10_study", "top_slice_precision_at_10"):
+        assert 0.0 <= fig[k] <= 1.0
+    assert summ["scenario"]["train_corr_label_attr"] == pytest.approx(0.7, abs=0.1)
+    assert summ["n_test"] == 100 and summ["scenario"]["test_slice_share"] == pytest.approx(0.2)
+    # the CLI entry point, on the same (now warm) cache, reproduces the same figures
+    rc = main(["demo", "--quick", "--out", str(tmp_path / "out2"), "--cache-dir", str(cache)])
+    assert rc == 0
+    summ2 = json.loads((tmp_path / "out2" / "demo.json").read_text())
+    assert summ2["figures"] == fig
+    err = capsys.readouterr()
+    assert "precision@10" in err.err + err.out
+
+
+def test_demo_rejects_tiny_n(tmp_path):
+    assert main(["demo", "--n", "10", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]) == 2
+    with pytest.raises(InputError):
+        run_demo(tmp_path / "o", tmp_path / "c", n=60, quick=True, quiet=True, corr=0.99, n_train=5000)
+
+
+def _toy_images(n: int = 48, size: int = 32, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.uniform(0, 0.3, (n, size, size)).astype("float32")
+    x[y == 1, 10:20, 10:20] += 0.6  # a visible square marks the positives
+    return x, y
+
+
+def test_classifier_deterministic_learns_and_roundtrips(tmp_path):
+    import numpy as np
+
+    from medaudit.audit.classifier import CNNClassifier, train_cnn, train_head
+
+    x, y = _toy_images()
+    kw = {"image_size": 32, "epochs": 6, "batch_size": 16, "width": 8, "random_state": 3, "progress": False}
+    a = train_cnn(x, y, **kw)
+    b = train_cnn(x, y, **kw)
+    pa, pb = a.predict_proba(x), b.predict_proba(x)
+    assert pa.shape == (48, 2) and np.allclose(pa.sum(1), 1)
+    np.testing.assert_allclose(pa, pb, atol=1e-6)
+    xt, yt = _toy_images(seed=1)
+    assert (a.predict(xt) == yt).mean() >= 0.9
+    a.save(tmp_path / "clf")
+    c = CNNClassifier.load(tmp_path / "clf")
+    np.testing.assert_allclose(c.predict_proba(xt), a.predict_proba(xt), atol=1e-6)
+    with pytest.raises(InputError, match="both classes"):
+        train_cnn(x, np.zeros(48, int), **kw)
+    feats = x.reshape(48, -1)[:, ::8]
+    for kind in ("logistic", "mlp"):
+        h1 = train_head(feats, y, kind=kind, random_state=0, max_iter=300)
+        h2 = train_head(feats, y, kind=kind, random_state=0, max_iter=300)
+        np.testing.assert_allclose(h1.predict_proba(feats), h2.predict_proba(feats))
+        assert (h1.predict(feats) == y).mean() >= 0.9
+    with pytest.raises(InputError, match="head kind"):
+        train_head(feats, y, kind="forest")
