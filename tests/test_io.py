@@ -75,3 +75,21 @@ def test_assets_are_found_without_importing():
     )
     with pytest.raises(InputError, match="not installed"):
         assets.package_dir("no_such_package_medaudit")
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        f = atomic_write_text(tmp_path / "r.html", "x")
+        with atomic_save(tmp_path / "m.pt") as tmp:
+            tmp.write_bytes(b"1")
+        with atomic_output_dir(tmp_path / "out") as stage:
+            (stage / "a").write_text("y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "m.pt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755

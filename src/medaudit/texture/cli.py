@@ -1,0 +1,277 @@
+"""``medaudit texture train | eval | predict | demo`` (and ``study`` when that module is present)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medaudit.errors import InputError
+
+app = typer.Typer(
+    help="Texture robustness of 3D segmentation: train on filtered scans, evaluate under corruptions.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        out: list[int] = []
+        for part in text.replace(" ", "").split(","):
+            if "-" in part:
+                a, b = part.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+        return out
+    except ValueError:
+        raise InputError(f"--{what}: expected integers like '1,2,3' or '1-5', got '{text}'") from None
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _print_table(df: Any, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(str(c))
+    for row in df.itertuples(index=False):
+        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    Console().print(t)
+
+
+@app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, model.pt, split.json).")],
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON TrainConfig; the flags below override it.")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="mni-phantom | dhcp | folder | csv.")] = None,
+    data_path: Annotated[str | None, typer.Option(help="Root folder or CSV for dhcp/folder/csv.")] = None,
+    label_set: Annotated[
+        str | None, typer.Option(help="tissue4 | drawem9 | drawem9-tissue | drawem87.")
+    ] = None,
+    spacing: Annotated[float | None, typer.Option(help="Resample to this spacing (mm) on load.")] = None,
+    mode: Annotated[str | None, typer.Option(help="clean | filtered | online.")] = None,
+    filter_name: Annotated[
+        str | None, typer.Option("--filter", help="Training filter (medaudit.texture.filters).")
+    ] = None,
+    severity: Annotated[str | None, typer.Option(help="Filter severity 1..5 or a range like 1-5.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Training iterations.")] = None,
+    patch_size: Annotated[int | None, typer.Option(help="Cubic patch size (voxels).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Patches per iteration.")] = None,
+    channels: Annotated[str | None, typer.Option(help="U-Net channels, e.g. 8,16,32,64.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    cache_dir: Annotated[str | None, typer.Option(help="Cache folder for the mni-phantom cohort.")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from an existing checkpoint of the same config.")
+    ] = True,
+) -> None:
+    """Train a 3D U-Net (clean, on a filtered copy of the training scans, or with on-the-fly filtering)."""
+    from medaudit.texture.train import TrainConfig, load_config, train
+
+    base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
+    over: dict[str, Any] = {
+        "data_source": data,
+        "data_path": data_path,
+        "label_set": label_set,
+        "spacing": spacing,
+        "mode": mode,
+        "filter_name": filter_name,
+        "iterations": iterations,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "device": device,
+        "cache_dir": cache_dir,
+    }
+    if severity is not None:
+        sv = _ints(severity, "severity")
+        over["filter_severity"] = sv[0] if len(sv) == 1 else [min(sv), max(sv)]
+    if patch_size is not None:
+        over["patch_size"] = [patch_size] * 3
+    if channels is not None:
+        over["channels"] = _ints(channels, "channels")
+    base.update({k: v for k, v in over.items() if v is not None})
+    if filter_name and mode is None and base["mode"] == "clean":
+        base["mode"] = "filtered"
+    cfg = TrainConfig.from_dict(base)
+    t0 = time.perf_counter()
+    path = train(cfg, out, resume=resume)
+    typer.echo(f"model: {path} ({time.perf_counter() - t0:.1f} s)")
+
+
+def _cases_for_eval(models: list[Path], data: str | None, data_path: str | None, split: str) -> list[Any]:
+    from medaudit.texture import data as tdata
+
+    if data is not None:
+        return tdata.get_cases(data, data_path)
+    sp = models[0].parent / "split.json"
+    if not sp.is_file():
+        raise InputError(f"{sp}: no split.json next to the model; pass --data/--data-path")
+    cases = [tdata.VolumeCase.from_dict(d) for d in json.loads(sp.read_text()).get(split, [])]
+    if not cases:
+        raise InputError(f"{sp}: the '{split}' split is empty")
+    return cases
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[
+        list[Path], typer.Option("--model", "-m", help="model.pt of a run (repeat for several).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (results, summary, report.html).")],
+    corruptions: Annotated[
+        str, typer.Option(help="Comma-separated corruption names.")
+    ] = "gaussian_noise,gaussian_blur,bias_field",
+    severities: Annotated[str, typer.Option(help="Severity levels, e.g. 1-5.")] = "1-5",
+    data: Annotated[
+        str | None, typer.Option(help="Test data source (default: the first run's test split).")
+    ] = None,
+    data_path: Annotated[str | None, typer.Option(help="Test data path.")] = None,
+    split: Annotated[
+        str, typer.Option(help="Split of split.json to evaluate when --data is not given.")
+    ] = "test",
+    seed: Annotated[int, typer.Option(help="Corruption seed.")] = 0,
+    clean: Annotated[bool, typer.Option(help="Also evaluate the clean scans (severity 0).")] = True,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda.")] = None,
+    report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
+) -> None:
+    """Evaluate models on clean and corrupted test scans; write results, summary and an HTML report."""
+    from medaudit.io import atomic_output_dir
+    from medaudit.texture.evaluate import evaluate, example_slices
+    from medaudit.texture.report import format_table, write_report
+
+    corrs = _names(corruptions)
+    cases = _cases_for_eval(model, data, data_path, split)
+    df = evaluate(
+        model, cases, (["none"] if clean else []) + corrs, _ints(severities, "severities"), seed, device
+    )
+    summary = format_table(df)
+    with atomic_output_dir(out) as stage:
+        df.to_csv(stage / "results.csv", index=False)
+        summary.to_csv(stage / "summary.csv", index=False)
+        if report:
+            ex = example_slices(model, cases[0], corrs, 3, seed, device=device)
+            write_report(df, stage / "report.html", ex)
+    from medaudit.texture.metrics import mean_dice_table
+
+    keep = [
+        c
+        for c in (
+            "model",
+            "clean_dice",
+            "corrupted_dice",
+            "mCE",
+            "mRCE",
+            "dice_overall",
+            "dice_degradation",
+            "dice_seen",
+            "dice_unseen",
+        )
+        if c in summary.columns
+    ]
+    _print_table(summary[keep], "robustness summary (mean Dice over foreground classes and cases)")
+    _print_table(mean_dice_table(df).reset_index(), "mean Dice per test corruption (severities 1-5)")
+    typer.echo(f"results: {out / 'results.csv'}")
+
+
+@app.command("predict")
+def predict_command(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model.pt of a run.")],
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI volumes to segment.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for <name>_seg.nii.gz.")],
+    device: Annotated[str | None, typer.Option(help="cpu | cuda.")] = None,
+) -> None:
+    """Segment NIfTI volumes; label maps keep the input's affine and header."""
+    from medaudit.texture.predict import predict_files
+
+    for p in predict_files(model, inputs, out_dir, device):
+        typer.echo(str(p))
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("texture-demo"),
+    cache_dir: Annotated[str | None, typer.Option(help="Cache for the mni-phantom cohort.")] = None,
+    n_subjects: Annotated[int, typer.Option(help="Simulated subjects.")] = 8,
+    iterations: Annotated[int, typer.Option(help="Training iterations per model.")] = 150,
+    filter_name: Annotated[
+        str, typer.Option("--filter", help="Training filter of the robust model.")
+    ] = "label_remap",
+    severity: Annotated[int, typer.Option(help="Training filter severity.")] = 3,
+    corruptions: Annotated[
+        str, typer.Option(help="Unseen test corruptions.")
+    ] = "gaussian_noise,bias_field,gamma,motion",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda.")] = None,
+) -> None:
+    """Small end-to-end run on the simulated mni-phantom cohort: clean baseline vs a filtered model."""
+    from medaudit.texture.train import TrainConfig
+
+    t0 = time.perf_counter()
+    common = {
+        "cache_dir": cache_dir,
+        "n_subjects": n_subjects,
+        "phantom_spacing": 3.0,
+        "val_fraction": 0.0,
+        "test_fraction": 0.25,
+        "iterations": iterations,
+        "patch_size": [32, 32, 32],
+        "batch_size": 2,
+        "channels": [8, 16, 32, 64],
+        "lr": 5e-3,
+        "val_every": iterations,
+        "checkpoint_every": 40,
+        "seed": seed,
+        "device": device,
+    }
+    runs = {
+        "none": TrainConfig(mode="clean", **common),
+        filter_name: TrainConfig(
+            mode="filtered", filter_name=filter_name, filter_severity=severity, **common
+        ),
+    }
+    from medaudit.texture.train import train
+
+    paths = {}
+    for name, cfg in runs.items():
+        paths[name] = train(cfg, out / "runs" / (name if name == "none" else f"{name}@{severity}"))
+    typer.echo(f"trained in {time.perf_counter() - t0:.1f} s")
+    eval_command(
+        model=list(paths.values()),
+        out=out / "eval",
+        corruptions=corruptions,
+        severities="1-5",
+        data=None,
+        data_path=None,
+        split="test",
+        seed=seed,
+        clean=True,
+        device=device,
+        report=True,
+    )
+    typer.echo(f"report: {out / 'eval' / 'report.html'}")
+    typer.echo(f"demo wall time: {time.perf_counter() - t0:.1f} s")
+
+
+def _register_study() -> None:
+    try:
+        from medaudit.texture.study import study_command
+    except ModuleNotFoundError:
+        return
+    app.command("study")(study_command)
+
+
+_register_study()

@@ -1,0 +1,569 @@
+"""3D U-Net training for texture robustness (Chai, Rueckert & Fetit, MIUA 2021).
+
+Modes:
+
+- ``clean``: train on the scans as they are (the baseline).
+- ``filtered``: the study's protocol: a filtered copy of the training scans *is* the training set
+  (each scan filtered once, with a per-case seed and, for a severity range, a per-case severity).
+- ``online``: the filter is applied on the fly, with probability ``filter_prob`` per sampled volume.
+
+Determinism: every random choice at iteration ``i`` (which volumes, which patches, online filter
+parameters) is drawn from generators seeded by ``(seed, i)``, and checkpoints hold the model,
+optimizer, AMP scaler and RNG states (as tensors, loadable with ``weights_only=True``). A run
+interrupted and resumed from its last checkpoint therefore equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medaudit.device import default_device, seed_everything
+from medaudit.errors import InputError
+from medaudit.io import atomic_save, atomic_write_json
+from medaudit.progress import make_progress
+from medaudit.texture import data as tdata
+
+MODES = ("clean", "filtered", "online")
+CLEAN_NAMES = ("none", "clean", "identity")  # corruption names meaning "no corruption"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (JSON/YAML-serialisable)."""
+
+    # data
+    data_source: str = "mni-phantom"  # mni-phantom | dhcp | folder | csv
+    data_path: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)  # passed to the reader
+    label_set: str = "tissue4"
+    spacing: float | None = None  # resample on load (mm); None keeps the native grid
+    n_subjects: int = 8  # mni-phantom only
+    phantom_spacing: float = 2.5  # mni-phantom only
+    cache_dir: str | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    small_policy: str = "pad"  # pad | error
+    # training filter
+    mode: str = "clean"
+    filter_name: str | None = None
+    filter_severity: int | list[int] = 3  # a level 1..5, or [lo, hi] sampled uniformly (inclusive)
+    filter_prob: float = 0.5  # online mode only
+    # model
+    channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    num_res_units: int = 1
+    dropout: float = 0.0
+    # optimisation
+    patch_size: list[int] = field(default_factory=lambda: [48, 48, 48])
+    batch_size: int = 2
+    pos_neg_ratio: float = 2.0  # RandCropByPosNegLabeld pos:neg
+    iterations: int = 300
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    amp: bool = True  # used on CUDA only
+    val_every: int = 100
+    checkpoint_every: int = 50
+    sw_batch_size: int = 2
+    inference_roi: list[int] | None = None  # sliding-window size at inference (default: patch_size)
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"unknown training mode '{self.mode}'; choose one of {list(MODES)}")
+        if self.mode != "clean" and not self.filter_name:
+            raise InputError(f"training mode '{self.mode}' needs a filter_name")
+        sev = self.filter_severity
+        levels = [sev] if isinstance(sev, int) else list(sev)
+        if not levels or any(not (0 <= int(s) <= 5) for s in levels) or len(levels) > 2:
+            raise InputError(f"filter_severity must be a level 0..5 or a [lo, hi] range, got {sev!r}")
+        if len(self.patch_size) != 3 or any(int(p) < 8 for p in self.patch_size):
+            raise InputError(f"patch_size must be three sizes >= 8, got {self.patch_size!r}")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
+            raise InputError("val_fraction and test_fraction must lie in [0, 1)")
+        if self.iterations < 1 or self.batch_size < 1:
+            raise InputError("iterations and batch_size must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def roi(self) -> list[int]:
+        """Sliding-window size used at inference."""
+        return list(self.inference_roi or self.patch_size)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"unknown training config key(s): {unknown}")
+        return cls(**d)
+
+    @property
+    def train_filter(self) -> str:
+        """Label for reports: ``none`` (clean baseline) or ``<filter>@<severity>``."""
+        if self.mode == "clean":
+            return "none"
+        sev = self.filter_severity
+        s = str(sev) if isinstance(sev, int) else f"{sev[0]}-{sev[-1]}"
+        return f"{self.filter_name}@{s}" + ("(online)" if self.mode == "online" else "")
+
+    def key(self) -> str:
+        """Content key of the run (excludes the device)."""
+        d = self.to_dict()
+        d.pop("device", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML or JSON file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(text) or {}
+        else:
+            d = json.loads(text)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot parse config ({exc})") from None
+    if not isinstance(d, dict):
+        raise InputError(f"{path}: config must be a mapping")
+    return TrainConfig.from_dict(d.get("train", d))
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers shared with evaluation
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from any printable parts (independent of PYTHONHASHSEED)."""
+    h = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def family_of(name: str | None) -> str:
+    """Corruption family of a filter name (``clean`` for no corruption)."""
+    if not name or name in CLEAN_NAMES:
+        return "clean"
+    from medaudit.texture import filters
+
+    return str(filters.family_of(name))
+
+
+def apply_corruption(
+    name: str | None, severity: int, image: torch.Tensor, label: torch.Tensor | None, seed: int
+) -> torch.Tensor:
+    """Apply ``filters.get_corruption(name, severity, seed)`` to an image ``(1,D,H,W)``.
+
+    Severity 0 or name ``clean``/``none`` is the identity. Transforms that need the label map (the
+    SynthSeg-style per-tissue re-mapping) take it as ``fn(image, label=label)``; MONAI-style dictionary
+    transforms (with ``keys``) get ``{"image", "label"}``.
+    """
+    if not name or name in CLEAN_NAMES or int(severity) == 0:
+        return image
+    from medaudit.texture import filters
+
+    fn = filters.get_corruption(name, int(severity), seed=int(seed))
+    try:
+        takes_label = "label" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_label = False
+    if takes_label:
+        out = fn(image, label=label)
+    elif getattr(fn, "keys", None) is not None and not callable(getattr(fn, "keys", None)):
+        if label is None:
+            raise InputError(f"corruption '{name}' needs a label map")
+        out = fn({"image": image, "label": label})
+        out = out["image"] if isinstance(out, dict) else out
+    else:
+        out = fn(image)
+    out = torch.as_tensor(out, dtype=torch.float32)
+    if not torch.all(torch.isfinite(out)):
+        raise RuntimeError(f"corruption '{name}' at severity {severity} produced non-finite values")
+    return out
+
+
+def split_cases(
+    cases: Sequence[tdata.VolumeCase], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[tdata.VolumeCase]]:
+    """Deterministic train/val/test split by case id (at least one training case)."""
+    ids = sorted(c.case_id for c in cases)
+    if len(set(ids)) != len(ids):
+        raise InputError("duplicate case ids in the data source")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    by_id = {c.case_id: c for c in cases}
+    n = len(ids)
+    n_test = round(test_fraction * n)
+    n_val = round(val_fraction * n)
+    if n - n_test - n_val < 1:
+        raise InputError(f"only {n} case(s): not enough for the requested val/test fractions")
+    perm = [by_id[ids[i]] for i in order]
+    return {"test": perm[:n_test], "val": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
+
+
+def build_model(
+    n_classes: int, channels: Sequence[int], num_res_units: int = 1, dropout: float = 0.0
+) -> torch.nn.Module:
+    """MONAI 3D ``UNet`` (instance norm), one input channel."""
+    from monai.networks.nets import UNet
+
+    ch = tuple(int(c) for c in channels)
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=n_classes,
+        channels=ch,
+        strides=(2,) * (len(ch) - 1),
+        num_res_units=num_res_units,
+        dropout=dropout,
+    )
+
+
+def sliding_window_predict(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    roi_size: Sequence[int],
+    device: torch.device,
+    sw_batch_size: int = 2,
+    amp: bool = True,
+) -> torch.Tensor:
+    """Arg-max labels ``(D,H,W)`` int64 for an image ``(1,D,H,W)`` with sliding-window inference."""
+    from monai.inferers import sliding_window_inference
+
+    model.eval()
+    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+        logits = sliding_window_inference(
+            image[None].to(device),
+            tuple(int(r) for r in roi_size),
+            sw_batch_size,
+            model,
+            overlap=0.25,
+            mode="gaussian",
+        )
+    return logits.argmax(1)[0].to("cpu")
+
+
+def load_data(config: TrainConfig) -> list[tdata.VolumeCase]:
+    """Cases of the configured data source."""
+    if config.data_source == "mni-phantom":
+        return tdata.build_mni_phantom(
+            cache_dir=config.cache_dir,
+            n_subjects=config.n_subjects,
+            spacing=config.phantom_spacing,
+            seed=config.split_seed,
+        )
+    return tdata.get_cases(config.data_source, config.data_path, **config.data_options)
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    st: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": torch.tensor([int(np_state[2]), int(np_state[3])], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([float(np_state[4])], dtype=torch.float64),
+        "python": torch.tensor([int(x) for x in py_state[1]], dtype=torch.int64),
+        "python_version": torch.tensor([int(py_state[0])], dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    pos = st["numpy_pos"].tolist()
+    np.random.set_state(
+        ("MT19937", st["numpy_keys"].numpy().astype(np.uint32), pos[0], pos[1], float(st["numpy_gauss"][0]))
+    )
+    random.setstate((int(st["python_version"][0]), tuple(int(x) for x in st["python"].tolist()), None))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(st["cuda"]))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomic ``torch.save``."""
+    with atomic_save(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with an InputError naming the file if unreadable."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: checkpoint not found") from None
+    except Exception as exc:
+        raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+
+
+def _prepare_volumes(
+    config: TrainConfig, cases: Sequence[tdata.VolumeCase], training: bool
+) -> list[dict[str, Any]]:
+    vols = tdata.load_cases(
+        cases,
+        label_set=config.label_set,
+        spacing=config.spacing,
+        min_shape=config.patch_size,
+        small_policy=config.small_policy,
+    )
+    for v, c in zip(vols, cases, strict=True):
+        if v["label"] is None:
+            raise InputError(f"{c.image}: training and validation need a label map")
+    if training and config.mode == "filtered":
+        lo, hi = _sev_range(config)
+        for v in vols:
+            rng = np.random.default_rng(derive_seed(config.seed, "filtered", v["case_id"]))
+            sev = int(rng.integers(lo, hi + 1))
+            v["image"] = apply_corruption(
+                config.filter_name,
+                sev,
+                v["image"],
+                v["label"],
+                derive_seed(config.seed, "filter", v["case_id"]),
+            )
+            v["filter_severity"] = sev
+    if training:
+        from monai.transforms import FgBgToIndicesd
+
+        idx = FgBgToIndicesd(keys="label", image_key=None)
+        for v in vols:
+            v.update(idx({"label": v["label"]}))
+    return vols
+
+
+def _sev_range(config: TrainConfig) -> tuple[int, int]:
+    s = config.filter_severity
+    if isinstance(s, int):
+        return s, s
+    return int(s[0]), int(s[-1])
+
+
+def _sample_batch(
+    config: TrainConfig, vols: list[dict[str, Any]], iteration: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from monai.transforms import RandCropByPosNegLabeld
+
+    rng = np.random.default_rng(derive_seed(config.seed, "batch", iteration))
+    images, labels = [], []
+    lo, hi = _sev_range(config)
+    for b in range(config.batch_size):
+        v = vols[int(rng.integers(len(vols)))]
+        img = v["image"]
+        if config.mode == "online" and rng.random() < config.filter_prob:
+            sev = int(rng.integers(lo, hi + 1))
+            img = apply_corruption(
+                config.filter_name, sev, img, v["label"], derive_seed(config.seed, "online", iteration, b)
+            )
+        crop = RandCropByPosNegLabeld(
+            keys=["image", "label"],
+            label_key="label",
+            spatial_size=tuple(int(p) for p in config.patch_size),
+            pos=config.pos_neg_ratio,
+            neg=1.0,
+            num_samples=1,
+            fg_indices_key="label_fg_indices",
+            bg_indices_key="label_bg_indices",
+            allow_smaller=False,
+        )
+        crop.set_random_state(seed=derive_seed(config.seed, "crop", iteration, b))
+        out = crop(
+            {
+                "image": img,
+                "label": v["label"],
+                "label_fg_indices": v["label_fg_indices"],
+                "label_bg_indices": v["label_bg_indices"],
+            }
+        )[0]
+        images.append(torch.as_tensor(out["image"]).float())
+        labels.append(torch.as_tensor(out["label"]).long())
+    return torch.stack(images), torch.stack(labels)
+
+
+def validate(
+    model: torch.nn.Module,
+    vols: Sequence[dict[str, Any]],
+    n_classes: int,
+    config: TrainConfig,
+    device: torch.device,
+) -> float:
+    """Mean foreground Dice over validation volumes (sliding-window inference)."""
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    if not vols:
+        return float("nan")
+    metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=True)
+    for v in vols:
+        pred = sliding_window_predict(model, v["image"], config.roi, device, config.sw_batch_size, config.amp)
+        metric(one_hot(pred[None, None], n_classes), one_hot(v["label"][None], n_classes))
+    out = float(metric.aggregate().item())
+    metric.reset()
+    return out
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = True,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> Path:
+    """Train a model; return the path of ``model.pt`` in ``out_dir``.
+
+    ``out_dir`` receives ``checkpoint.pt`` (every ``checkpoint_every`` iterations, atomic),
+    ``split.json``, ``config.json``, ``history.json`` and finally ``model.pt`` (weights + config +
+    label set + training families). With ``resume`` an existing checkpoint of the same config is
+    continued, and a finished run is returned as is. ``stop_after`` stops after that many iterations
+    (in total) leaving a checkpoint, as an interruption would; the path returned is then the checkpoint.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path, ckpt_path = out_dir / "model.pt", out_dir / "checkpoint.pt"
+    key = config.key()
+    if resume and model_path.is_file():
+        meta = load_checkpoint(model_path)
+        if meta.get("config_key") == key:
+            return model_path
+    device = default_device(config.device)
+    seed_everything(config.seed)
+    cases = load_data(config)
+    ls = tdata.get_label_set(config.label_set)
+    split = split_cases(cases, config.val_fraction, config.test_fraction, config.split_seed)
+    atomic_write_json(out_dir / "split.json", {k: [c.to_dict() for c in v] for k, v in split.items()})
+    atomic_write_json(out_dir / "config.json", config.to_dict())
+    train_vols = _prepare_volumes(config, split["train"], training=True)
+    val_vols = _prepare_volumes(config, split["val"], training=False)
+
+    torch.manual_seed(config.seed)
+    model = build_model(ls.n_classes, config.channels, config.num_res_units, config.dropout).to(device)
+    from monai.losses import DiceCELoss
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start, history = 0, {"loss": [], "val_dice": []}
+    if resume and ckpt_path.is_file():
+        st = load_checkpoint(ckpt_path)
+        if st.get("config_key") == key:
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            scaler.load_state_dict(st["scaler"])
+            _set_rng_state(st["rng"])
+            start = int(st["iteration"])
+            history = {"loss": list(st["history_loss"]), "val_dice": [list(x) for x in st["history_val"]]}
+
+    def checkpoint(it: int) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": _rng_state(),
+                "iteration": it,
+                "config_key": key,
+                "history_loss": [float(x) for x in history["loss"]],
+                "history_val": [[float(a), float(b)] for a, b in history["val_dice"]],
+            },
+        )
+
+    end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
+    t0 = time.perf_counter()
+    with make_progress(disable=None if progress is None else not progress) as prog:
+        task = prog.add_task(f"train {config.train_filter}", total=config.iterations, completed=start)
+        for it in range(start, end):
+            model.train()
+            x, y = _sample_batch(config, train_vols, it)
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            lv = float(loss.detach().cpu())
+            history["loss"].append(lv)
+            if on_iteration is not None:
+                on_iteration(it, lv)
+            done = it + 1
+            if val_vols and (done % config.val_every == 0 or done == config.iterations):
+                history["val_dice"].append([done, validate(model, val_vols, ls.n_classes, config, device)])
+            if done % config.checkpoint_every == 0 or done == end:
+                checkpoint(done)
+            prog.update(task, completed=done, description=f"train {config.train_filter} loss {lv:.3f}")
+    if end < config.iterations:
+        return ckpt_path
+    families = [] if config.mode == "clean" else [family_of(config.filter_name)]
+    final = {
+        "state_dict": model.state_dict(),
+        "config": json.dumps(config.to_dict()),
+        "config_key": key,
+        "n_classes": ls.n_classes,
+        "class_names": list(ls.class_names),
+        "label_set": ls.name,
+        "train_filter": config.train_filter,
+        "train_mode": config.mode,
+        "filter_name": config.filter_name or "none",
+        "train_severity": 0 if config.mode == "clean" else _sev_range(config)[1],
+        "train_families": families,
+        "val_dice": [[float(a), float(b)] for a, b in history["val_dice"]],
+    }
+    save_checkpoint(model_path, final)
+    atomic_write_json(
+        out_dir / "history.json",
+        {
+            "loss": history["loss"],
+            "val_dice": history["val_dice"],
+            "seconds_this_call": time.perf_counter() - t0,
+            "train_cases": [c.case_id for c in split["train"]],
+        },
+    )
+    return model_path
+
+
+def load_model(
+    path: str | Path, device: str | torch.device | None = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from ``model.pt``; returns ``(model in eval mode, metadata)``."""
+    st = load_checkpoint(path)
+    if "state_dict" not in st or "config" not in st:
+        raise InputError(f"{path}: not a medaudit texture model (use the model.pt written by train)")
+    config = TrainConfig.from_dict(json.loads(st["config"]))
+    dev = default_device(str(device) if device is not None else config.device)
+    model = build_model(int(st["n_classes"]), config.channels, config.num_res_units, config.dropout)
+    model.load_state_dict(st["state_dict"])
+    model.to(dev).eval()
+    meta = {k: v for k, v in st.items() if k != "state_dict"}
+    meta["config"] = config
+    meta["device"] = dev
+    meta["path"] = str(path)
+    return model, meta

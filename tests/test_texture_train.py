@@ -1,0 +1,224 @@
+"""Training (resume determinism), evaluation end to end, prediction, report and CLI on a tiny dataset."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medaudit.errors import InputError
+from medaudit.texture import data as td
+from medaudit.texture.train import TrainConfig, load_checkpoint, train
+
+AFF = np.array([[0, 0, 3.0, -40.0], [-3.0, 0, 0, 25.0], [0, 3.0, 0, -12.0], [0, 0, 0, 1]])
+
+
+def _dataset(root, n=5, shape=(20, 18, 16)):
+    """Blobs: a WM core (3) in GM (2) in CSF (1), random centres and radii, noisy intensities."""
+    rng = np.random.default_rng(7)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    for i in range(n):
+        c = np.array(shape) / 2 + rng.uniform(-2, 2, 3)
+        r = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2)
+        r0 = rng.uniform(5.5, 7.0)
+        lab = np.select([r < r0 - 3, r < r0 - 1.5, r < r0], [3, 2, 1], 0).astype(np.uint8)
+        img = np.choose(lab, [0.0, 0.25, 0.55, 0.9]) + rng.normal(0, 0.03, shape)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(img.astype(np.float32), AFF), str(root / "images" / f"s{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, AFF), str(root / "labels" / f"s{i}.nii.gz"))
+    return root
+
+
+def _config(root, **kw):
+    base = dict(
+        data_source="folder",
+        data_path=str(root),
+        label_set="tissue4",
+        val_fraction=0.2,
+        test_fraction=0.2,
+        channels=[4, 8],
+        num_res_units=0,
+        patch_size=[16, 16, 16],
+        batch_size=2,
+        iterations=6,
+        lr=5e-3,
+        val_every=3,
+        checkpoint_every=2,
+        seed=3,
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return _dataset(tmp_path_factory.mktemp("vols"))
+
+
+def test_config_validation():
+    with pytest.raises(InputError, match="needs a filter_name"):
+        TrainConfig(mode="filtered")
+    with pytest.raises(InputError, match="unknown training mode"):
+        TrainConfig(mode="bogus")
+    with pytest.raises(InputError, match="filter_severity"):
+        TrainConfig(mode="filtered", filter_name="gaussian_noise", filter_severity=7)
+    with pytest.raises(InputError, match="unknown training config key"):
+        TrainConfig.from_dict({"iterationz": 3})
+
+
+def test_resume_equals_uninterrupted(dataset, tmp_path):
+    cfg = _config(
+        dataset, mode="online", filter_name="gaussian_noise", filter_severity=[1, 3], filter_prob=0.7
+    )
+    full = train(cfg, tmp_path / "full", progress=False)
+    part = train(cfg, tmp_path / "part", stop_after=3, progress=False)
+    assert part.name == "checkpoint.pt" and not (tmp_path / "part" / "model.pt").exists()
+    st = load_checkpoint(part)
+    assert int(st["iteration"]) == 3
+    mid = st["model"]
+    resumed = train(cfg, tmp_path / "part", progress=False)
+    a, b = load_checkpoint(full), load_checkpoint(resumed)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    ha = json.loads((tmp_path / "full" / "history.json").read_text())
+    hb = json.loads((tmp_path / "part" / "history.json").read_text())
+    assert ha["loss"] == hb["loss"] and len(ha["loss"]) == 6
+    # the weights changed after the interruption, so the equality above is not vacuous
+    assert any(not torch.equal(mid[k], a["state_dict"][k]) for k in mid)
+    # a finished run is reused as is
+    assert train(cfg, tmp_path / "full", progress=False) == full
+
+
+@pytest.fixture(scope="module")
+def models(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    clean = train(_config(dataset, iterations=8), out / "none", progress=False)
+    filt = train(
+        _config(dataset, iterations=8, mode="filtered", filter_name="gaussian_blur", filter_severity=3),
+        out / "blur",
+        progress=False,
+    )
+    return {"clean": clean, "blur": filt}
+
+
+def test_evaluate_end_to_end_and_report(models, tmp_path):
+    from medaudit.texture.evaluate import COLUMNS, evaluate, example_slices
+    from medaudit.texture.report import write_report
+
+    split = json.loads((models["clean"].parent / "split.json").read_text())
+    cases = [td.VolumeCase.from_dict(d) for d in split["test"]]
+    assert len(cases) == 1
+    corrs = ["none", "gaussian_noise", "gaussian_blur"]
+    df = evaluate(list(models.values()), cases, corrs, (1, 5), seed=1, progress=False)
+    assert list(df.columns) == COLUMNS
+    # 2 models x (clean + 2 corruptions x 2 severities) x 1 case x 3 classes
+    assert len(df) == 2 * 5 * 3
+    assert set(df["model"]) == {"none", "gaussian_blur@3"}
+    blur = df[(df["model"] == "gaussian_blur@3")]
+    assert set(blur.loc[blur["seen"], "corruption"]) == {"gaussian_blur"}
+    assert df.loc[df["corruption"] == "none", "severity"].eq(0).all()
+    assert df["dice"].between(0, 1).all() and (df["hd95"] >= 0).all()
+    # deterministic corruption per (case, corruption, severity)
+    again = evaluate(list(models.values()), cases, corrs, (1, 5), seed=1, progress=False)
+    pd.testing.assert_frame_equal(df, again)
+    ex = example_slices(models, cases[0], ["gaussian_noise"], severity=5, seed=1)
+    assert [r["corruption"] for r in ex["rows"]] == ["none", "gaussian_noise"]
+    assert not np.allclose(ex["rows"][0]["image"], ex["rows"][1]["image"])
+    df.loc[df["model"] == "none", "model"] = "<script>alert(1)</script>"
+    path = write_report(df, tmp_path / "report.html", ex, title="t <b>x</b>")
+    html = path.read_text()
+    assert "<script>alert(1)" not in html and "&lt;script&gt;" in html
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and html.count("data:image/png;base64,") >= 4
+
+
+def test_predict_writes_input_grid(models, dataset, tmp_path):
+    from medaudit.texture.predict import predict_files
+
+    src = dataset / "images" / "s0.nii.gz"
+    (out,) = predict_files(models["clean"], [src], tmp_path / "pred", progress=False)
+    assert out.name == "s0_seg.nii.gz"
+    seg, img = nib.load(str(out)), nib.load(str(src))
+    assert seg.shape == img.shape
+    assert np.allclose(seg.affine, AFF) and np.allclose(seg.affine, img.affine)
+    assert seg.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+    assert not list((tmp_path / "pred").glob(".*tmp"))
+
+
+def test_cli_train_eval_predict(dataset, models, tmp_path, capsys):
+    from medaudit.cli import main
+
+    rc = main(
+        [
+            "texture",
+            "train",
+            "--out",
+            str(tmp_path / "r"),
+            "--data",
+            "folder",
+            "--data-path",
+            str(dataset),
+            "--iterations",
+            "2",
+            "--patch-size",
+            "16",
+            "--channels",
+            "4,8",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0 and (tmp_path / "r" / "model.pt").is_file()
+    rc = main(
+        [
+            "texture",
+            "eval",
+            "-m",
+            str(models["clean"]),
+            "-m",
+            str(models["blur"]),
+            "--out",
+            str(tmp_path / "e"),
+            "--corruptions",
+            "gaussian_noise",
+            "--severities",
+            "2,4",
+            "--no-report",
+        ]
+    )
+    assert rc == 0
+    res = pd.read_csv(tmp_path / "e" / "results.csv")
+    assert sorted(res["severity"].unique()) == [0, 2, 4]
+    rc = main(
+        [
+            "texture",
+            "eval",
+            "-m",
+            str(models["clean"]),
+            "--out",
+            str(tmp_path / "e2"),
+            "--corruptions",
+            "no_such_filter",
+        ]
+    )
+    assert rc == 2 and not (tmp_path / "e2").exists()
+    rc = main(
+        [
+            "texture",
+            "predict",
+            "-m",
+            str(tmp_path / "nope.pt"),
+            str(dataset / "images" / "s1.nii.gz"),
+            "--out-dir",
+            str(tmp_path / "p"),
+        ]
+    )
+    assert rc == 2
+    assert "checkpoint not found" in capsys.readouterr().err
