@@ -16,7 +16,9 @@ def package_dir(name: str) -> Path:
     """Folder of an installed package, found with ``importlib.util.find_spec`` (no import)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"package '{name}' is not installed; install it with: pip install 'medaudit[assets]'")
+        raise InputError(
+            f"package '{name}' is not installed; install it with: pip install 'medaudit[assets]'"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
