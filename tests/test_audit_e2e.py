@@ -157,6 +157,7 @@ def test_cli_audit_end_to_end(small_table: Path, tmp_path: Path) -> None:
         (["--n-components", "500", "--skip-bad"], "500"),
         (["--slicer", "nope", "--skip-bad"], "nope"),
         (["--encoder-opt", "image=3"], "MODALITY.KEY=VALUE"),
+        (["--rank-by", "size", "--skip-bad"], "rank_by 'size'"),
     ],
 )
 def test_cli_bad_input_exits_2_without_output(
@@ -221,3 +222,7 @@ def test_planted_slice_is_found_and_explained(tmp_path: Path) -> None:
     ]
     assert meta_over and meta_over[0] == ("view", "portable"), meta_over
     assert s1["error_rate"] > 0.6 > res.counts["error_rate"] * 3
+    # the default ranking (excess errors) is recorded, and the slices are sorted by it
+    assert res.payload["config"]["rank_by"] == "excess_errors"
+    sc = [s["slicer_score"] for s in res.slices]
+    assert sc == sorted(sc, reverse=True), sc

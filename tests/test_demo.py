@@ -24,6 +24,10 @@ def test_demo_quick_end_to_end_and_deterministic(tmp_path, capsys):
         assert 0.0 <= fig[k] <= 1.0
     assert summ["scenario"]["train_corr_label_attr"] == pytest.approx(0.7, abs=0.1)
     assert summ["n_test"] == 100 and summ["scenario"]["test_slice_share"] == pytest.approx(0.2)
+    assert summ["rank_by"] == "excess_errors" and summ["views"] == "frontal"
+    slices = json.loads((res.out_dir / "slices.json").read_text())["slices"]
+    sc = [s["slicer_score"] for s in slices]
+    assert sc == sorted(sc, reverse=True)
     # the CLI entry point, on the same (now warm) cache, reproduces the same figures
     rc = main(["demo", "--quick", "--out", str(tmp_path / "out2"), "--cache-dir", str(cache)])
     assert rc == 0
@@ -37,6 +41,8 @@ def test_demo_rejects_tiny_n(tmp_path):
     assert main(["demo", "--n", "10", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]) == 2
     with pytest.raises(InputError):
         run_demo(tmp_path / "o", tmp_path / "c", n=60, quick=True, quiet=True, corr=0.99, n_train=5000)
+    with pytest.raises(InputError, match="views"):
+        run_demo(tmp_path / "o", tmp_path / "c", quick=True, quiet=True, views="side")
 
 
 def _toy_images(n: int = 48, size: int = 32, seed: int = 0):

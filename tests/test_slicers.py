@@ -302,3 +302,59 @@ def test_agrees_with_domino(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def _tiny_vs_large(seed: int = 0):
+    """Four separated clusters: 600 correct negatives, 300 correct positives, a tiny pure group of 6
+    confident misses (error ~0.98) and a large group of 100 false positives (error ~0.8)."""
+    rng = np.random.default_rng(seed)
+    sizes = [600, 300, 6, 100]
+    centres = rng.normal(0, 6, (4, 8))
+    x = np.concatenate([rng.normal(c, 1.0, (m, 8)) for c, m in zip(centres, sizes, strict=True)])
+    g = np.repeat(np.arange(4), sizes)
+    y = np.isin(g, (1, 2)).astype(int)
+    p = np.where(y == 1, rng.uniform(0.7, 0.95, len(y)), rng.uniform(0.05, 0.3, len(y)))
+    p[g == 2] = rng.uniform(0.01, 0.04, 6)
+    p[g == 3] = rng.uniform(0.7, 0.9, 100)
+    return x, y, p, g
+
+
+def test_rank_by_large_failing_group_outranks_tiny_pure_group():
+    x, y, p, g = _tiny_vs_large()
+    tops = {}
+    for rule in ("error", "error_lcb", "excess_errors"):
+        s = ErrorAwareMixtureSlicer(
+            n_slices=3, n_mixture_components=8, n_pca_components=None, n_init=2, device="cpu", rank_by=rule
+        ).fit(x, y, p)
+        member = s.predict_proba(x, y, p)[:, 0] > 0.5
+        tops[rule] = np.bincount(g[member], minlength=4)
+        assert np.all(np.diff(s.slice_score_) <= 0)
+        assert s.component_size_.sum() == pytest.approx(len(y), rel=1e-4)
+        assert np.all((s.component_error_rate_ >= 0) & (s.component_error_rate_ <= 1))
+    # Domino's raw error puts (part of) the 6-case group on top ...
+    assert tops["error"][2] >= 1 and tops["error"].sum() == tops["error"][2]
+    # ... the size-aware rules put the 100 false positives there
+    for rule in ("error_lcb", "excess_errors"):
+        assert tops[rule][3] >= 30 and tops[rule][3] >= 0.9 * tops[rule].sum(), (rule, tops[rule])
+
+
+def test_rank_components_rules_and_min_size():
+    from medaudit.audit.slicers.mixture import rank_components
+
+    dom = np.array([0.98, 0.80, 0.10])
+    size = np.array([6.0, 100.0, 894.0])
+    count = dom * size  # soft error counts
+    assert rank_components(dom, size, count, "error")[1].tolist() == [0, 1, 2]
+    score, order = rank_components(dom, size, count, "error_lcb", confidence=0.95)
+    assert order.tolist() == [1, 0, 2]
+    assert score[0] == pytest.approx(0.586, abs=0.01)  # Wilson 95% lower bound of 5.88/6
+    score, order = rank_components(dom, size, count, "excess_errors")
+    assert order.tolist() == [1, 0, 2]
+    assert score.sum() == pytest.approx(0.0, abs=1e-9)  # excess errors sum to zero over components
+    # a minimum size sends the small component to the end under the Domino rule too
+    assert rank_components(dom, size, count, "error", min_size=10)[1].tolist() == [1, 2, 0]
+    with pytest.raises(InputError, match="rank_by"):
+        rank_components(dom, size, count, "bogus")
+    x8 = np.eye(8)
+    with pytest.raises(InputError, match="rank_by"):
+        ErrorAwareMixtureSlicer(rank_by="bogus", n_mixture_components=8).fit(x8, np.arange(8) % 2, x8[:, 0])

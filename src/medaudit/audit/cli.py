@@ -103,6 +103,14 @@ def audit_command(
     y_weight: float = typer.Option(10.0, "--y-weight", help="Label log-likelihood weight."),
     y_hat_weight: float = typer.Option(10.0, "--y-hat-weight", help="Prediction log-likelihood weight."),
     pca: int = typer.Option(128, "--pca", min=0, help="PCA dimensions before the mixture (0: none)."),
+    rank_by: str = typer.Option(
+        "excess_errors",
+        "--rank-by",
+        help="Slice ranking: excess_errors | error_lcb | error (Domino's raw error, the study's rule).",
+    ),
+    min_slice_size: float = typer.Option(
+        0.0, "--min-slice-size", min=0.0, help="Rank mixture components with fewer cases than this last."
+    ),
     embeddings: list[str] | None = typer.Option(
         None,
         "--embeddings",
@@ -149,6 +157,8 @@ def audit_command(
         y_weight=y_weight,
         y_hat_weight=y_hat_weight,
         pca=pca or None,
+        rank_by=rank_by,
+        min_slice_size=min_slice_size,
         cache_dir=cache,
         skip_bad=skip_bad,
         seed=seed,

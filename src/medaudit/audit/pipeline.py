@@ -60,6 +60,8 @@ _SLICER_PARAMS = {
     "y_weight": "y_log_likelihood_weight",
     "y_hat_weight": "y_hat_log_likelihood_weight",
     "pca": "n_pca_components",
+    "rank_by": "rank_by",
+    "min_slice_size": "min_slice_size",
 }
 
 
@@ -78,6 +80,12 @@ class AuditConfig:
         slicer: ``mixture`` (Domino-style error-aware Gaussian mixture) or ``kmeans``.
         n_slices / n_components / y_weight / y_hat_weight / pca: slicer settings (study: 5 slices,
             20 mixture components, label and prediction weights 10, PCA to 128 dimensions).
+        rank_by: how the mixture's components are ranked into slices (see
+            :mod:`medaudit.audit.slicers.mixture`): ``"excess_errors"`` (default: errors beyond the
+            overall error rate, so a large failing group outranks a handful of pure errors),
+            ``"error_lcb"`` (lower confidence bound of the error rate) or ``"error"`` (Domino's raw
+            ``max_c |mean yhat - mean y|``, the study's rule, which favours tiny pure groups).
+        min_slice_size: mixture components with a smaller effective size are ranked last.
         slicer_kwargs: further slicer parameters (must be accepted by the slicer).
         threshold: probability cut-off for the hard prediction when no prediction column is given.
         cache_dir: embedding cache (``None``: ``$MEDAUDIT_CACHE`` or ``~/.cache/medaudit``).
@@ -103,6 +111,8 @@ class AuditConfig:
     y_weight: float = 10.0
     y_hat_weight: float = 10.0
     pca: int | None = 128
+    rank_by: str = "excess_errors"
+    min_slice_size: float = 0.0
     slicer_kwargs: dict[str, Any] = field(default_factory=dict)
     threshold: float = 0.5
     cache_dir: str | os.PathLike[str] | None = None
@@ -201,6 +211,10 @@ def _make_slicer(config: AuditConfig, n_cases: int) -> Any:
             f"{n_cases} cases, fewer than the slicer needs ({need}: n_slices={params.get('n_slices')}, "
             f"mixture components={params.get('n_mixture_components', '-')}); lower --n-components / --n-slices"
         )
+    from medaudit.audit.slicers.mixture import RANK_RULES
+
+    if "rank_by" in params and params["rank_by"] not in RANK_RULES:  # fail before the slow encoding
+        raise InputError(f"rank_by '{params['rank_by']}': choose one of {', '.join(RANK_RULES)}")
     slicer.set_params(**params)
     return slicer
 
@@ -272,6 +286,7 @@ def _slice_summary(
     config: AuditConfig,
     slicer_error: float | None,
     tfidf: tuple[Any, np.ndarray] | None = None,
+    slicer_score: float | None = None,
 ) -> dict[str, Any]:
     df = table.df
     labels = df["label"].to_numpy()
@@ -329,6 +344,7 @@ def _slice_summary(
         "n_errors": n_err,
         "soft_error_rate": float((s * errors).sum() / soft) if soft > 0 else None,
         "slicer_error": slicer_error,
+        "slicer_score": slicer_score,
         "composition": composition,
         "explanation": explanation,
         "exemplar_ids": [str(ids[i]) for i in explain.exemplars(s, k=config.n_exemplars)],
@@ -399,6 +415,7 @@ def run_audit(
         scores = np.asarray(slicer.predict_proba(fused, targets, probs), dtype=np.float64)
         progress.update(task, advance=1)
         slicer_err = getattr(slicer, "slice_error_", None)
+        slicer_score = getattr(slicer, "slice_score_", None)
 
         k = scores.shape[1]
         task = progress.add_task("explain slices", total=k)
@@ -407,7 +424,8 @@ def run_audit(
         slices = []
         for j in range(k):
             se = float(slicer_err[j]) if slicer_err is not None and j < len(slicer_err) else None
-            slices.append(_slice_summary(j, scores, table, config, se, tfidf))
+            ss = float(slicer_score[j]) if slicer_score is not None and j < len(slicer_score) else None
+            slices.append(_slice_summary(j, scores, table, config, se, tfidf, ss))
             progress.update(task, advance=1)
 
         errors = table.errors
