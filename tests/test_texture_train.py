@@ -222,3 +222,48 @@ def test_cli_train_eval_predict(dataset, models, tmp_path, capsys):
     )
     assert rc == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def _verdict_rows(dice_f_unseen, dice_b_unseen, dice_f_seen=0.1, dice_b_seen=0.9):
+    rows = []
+    spec = [
+        ("none", "clean", "none", "clean", False, 0.8, 0.8),
+        ("gaussian_blur@3", "filtered", "gaussian_blur", "blur", True, dice_f_seen, dice_b_seen),
+        ("gaussian_blur@3", "filtered", "ghosting", "kspace", False, dice_f_unseen, dice_b_unseen),
+        ("gaussian_blur@3", "filtered", "motion", "motion", False, dice_f_unseen - 0.01, dice_b_unseen),
+    ]
+    for _, _, corr, fam, seen, df_, db_ in spec:
+        for sev in [0] if corr == "none" else [1, 5]:
+            for case in ("a", "b"):
+                for k, cls in enumerate(("csf", "gm", "wm")):
+                    for model, mode, d, s in (
+                        ("gaussian_blur@3", "filtered", df_, seen),
+                        ("none", "clean", db_, False),
+                    ):
+                        rows.append(
+                            dict(
+                                model=model,
+                                train_mode=mode,
+                                corruption=corr,
+                                family=fam,
+                                seen=s,
+                                severity=sev,
+                                case=case,
+                                **{"class": cls},
+                                dice=d + 0.01 * k,
+                            )
+                        )
+    return pd.DataFrame(rows)
+
+
+def test_demo_unseen_verdict_is_computed_from_unseen_conditions_only():
+    from medaudit.texture.cli import unseen_verdict
+
+    # filtered better on both unseen corruptions; the (much worse) seen blur must not count
+    v = unseen_verdict(_verdict_rows(0.7, 0.5))
+    assert "'gaussian_blur@3' BEAT" in v and "(kspace, motion)" in v
+    assert "0.705 vs 0.510 (+0.195)" in v and "higher on 2 of 2" in v
+    v = unseen_verdict(_verdict_rows(0.5, 0.7, dice_f_seen=0.9, dice_b_seen=0.1))
+    assert "did NOT beat" in v and "higher on 0 of 2" in v
+    v = unseen_verdict(_verdict_rows(0.61, 0.608))
+    assert "did NOT beat" in v and "higher on 1 of 2" in v
