@@ -46,9 +46,13 @@ def tiny_raw(cache_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(pytestconfig) -> Path:
-    """The phantom cohort is content-keyed and written atomically: reuse it across test runs."""
-    return Path(pytestconfig.cache.mkdir("medaudit-phantom"))
+def cache_dir(pytestconfig, tmp_path_factory) -> Path:
+    """The phantom cohort is content-keyed and written atomically: reuse it across test runs
+    (through pytest's cache when the cache plugin is on, else a fresh temporary folder)."""
+    cache = getattr(pytestconfig, "cache", None)
+    if cache is None:
+        return tmp_path_factory.mktemp("medaudit-phantom")
+    return Path(cache.mkdir("medaudit-phantom"))
 
 
 def write_cfg(path: Path, raw: dict) -> Path:

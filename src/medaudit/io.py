@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 
+def default_cache_dir() -> Path:
+    """The cache for cohorts, embeddings and models: ``$MEDAUDIT_CACHE`` or ``~/.cache/medaudit``."""
+    return Path(os.environ.get("MEDAUDIT_CACHE", Path.home() / ".cache" / "medaudit"))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

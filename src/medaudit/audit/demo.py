@@ -33,7 +33,7 @@ import pandas as pd
 import typer
 
 from medaudit.errors import InputError
-from medaudit.io import atomic_save, atomic_write_json
+from medaudit.io import atomic_save, atomic_write_json, default_cache_dir
 from medaudit.progress import console
 
 DEMO_META: tuple[str, ...] = ("view_position", "age", "sex")
@@ -46,10 +46,6 @@ class DemoResult:
     out_dir: Path
     report: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def _default_cache() -> Path:
-    return Path(os.environ.get("MEDAUDIT_CACHE", Path.home() / ".cache" / "medaudit"))
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -112,7 +108,7 @@ def run_demo(
         quiet = os.environ.get("MEDAUDIT_QUIET", "") == "1"
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if quick:
         image_size = min(image_size, 64)
     n_train = n_train if n_train is not None else (200 if quick else 1000)

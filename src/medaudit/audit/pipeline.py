@@ -42,7 +42,7 @@ from medaudit.audit.outputs import (
 )
 from medaudit.audit.table import MODALITIES, CaseTable, ColumnMap, load_case_table, load_embeddings
 from medaudit.errors import InputError
-from medaudit.io import atomic_output_dir
+from medaudit.io import atomic_output_dir, default_cache_dir
 from medaudit.progress import make_progress
 
 __all__ = ["DEFAULT_ENCODERS", "AuditConfig", "AuditResult", "run_audit"]
@@ -150,7 +150,7 @@ class AuditConfig:
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
             return Path(self.cache_dir)
-        return Path(os.environ.get("MEDAUDIT_CACHE", Path.home() / ".cache" / "medaudit"))
+        return default_cache_dir()
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # no deep copy

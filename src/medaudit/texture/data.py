@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from medaudit.errors import InputError
-from medaudit.io import atomic_output_dir, atomic_write_bytes, atomic_write_json
+from medaudit.io import atomic_output_dir, atomic_write_bytes, atomic_write_json, default_cache_dir
 
 # --------------------------------------------------------------------------------------------------
 # Label sets
@@ -507,12 +507,6 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | Path, header: A
 
 # --------------------------------------------------------------------------------------------------
 # Embedded simulated cohort
-
-
-def default_cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("MEDAUDIT_CACHE", Path.home() / ".cache" / "medaudit"))
 
 
 def _mni_tissue_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
