@@ -183,7 +183,9 @@ def eval_command(
         if c in summary.columns
     ]
     _print_table(summary[keep], "robustness summary (mean Dice over foreground classes and cases)")
-    _print_table(mean_dice_table(df).reset_index(), "mean Dice per test corruption (severities 1-5)")
+    sev = sorted(int(v) for v in df.loc[df["severity"] > 0, "severity"].unique()) if "severity" in df else []
+    levels = ",".join(map(str, sev)) if sev else "none"
+    _print_table(mean_dice_table(df).reset_index(), f"mean Dice per test corruption (severities {levels})")
     typer.echo(f"results: {out / 'results.csv'}")
 
 
