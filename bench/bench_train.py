@@ -42,6 +42,7 @@ def main() -> None:
         build_model,
         load_data,
         split_cases,
+        train_step,
     )
 
     cfg = TrainConfig(cache_dir=args.cache_dir, device=args.device)
@@ -60,13 +61,7 @@ def main() -> None:
 
     def step(i: int) -> None:
         x, y = _sample_batch(cfg, vols, i)
-        x, y = x.to(dev), y.to(dev)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=dev.type, enabled=use_amp):
-            loss = loss_fn(model(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, opt, scaler, loss_fn, x, y, dev, use_amp)
 
     for i in range(2):
         step(i)

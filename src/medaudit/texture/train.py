@@ -428,6 +428,27 @@ def validate(
     return out
 
 
+def train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_fn: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    use_amp: bool,
+) -> torch.Tensor:
+    """One optimisation step on a patch batch (mixed precision when ``use_amp``); returns the loss."""
+    x, y = x.to(device), y.to(device)
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=device.type, enabled=use_amp):
+        loss = loss_fn(model(x), y)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path,
@@ -503,13 +524,7 @@ def train(
         for it in range(start, end):
             model.train()
             x, y = _sample_batch(config, train_vols, it)
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                loss = loss_fn(model(x), y)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            loss = train_step(model, opt, scaler, loss_fn, x, y, device, use_amp)
             lv = float(loss.detach().cpu())
             history["loss"].append(lv)
             if on_iteration is not None:
