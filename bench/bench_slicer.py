@@ -1,8 +1,8 @@
 """Benchmark: medaudit's ErrorAwareMixtureSlicer against the published Domino 0.1.5 slicer.
 
-Both run on the same simulated planted-slice embeddings (medaudit.audit.slicers.synthetic), each in
+Both run on the same simulated planted-slice embeddings (medaudit.studies.cxr_slices.synthetic), each in
 its own subprocess, so that peak memory (max RSS, from ``/usr/bin/time -v`` or getrusage) is per run.
-Domino runs in its own Python 3.9 environment (``/work/shared/peers/domino_env.sh``) through
+Domino runs in its own Python 3.9 environment (``$MEDAUDIT_PEERS/domino_env.sh``, default ``../shared/peers``) through
 ``run_domino.py``. Both use the study setting: 5 slices, 20 mixture components, label and prediction
 weights 10, PCA to 128 dimensions, confusion initialisation, seed 0.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PEERS = Path(os.environ.get("MEDAUDIT_PEERS", "/work/shared/peers"))
+PEERS = Path(os.environ.get("MEDAUDIT_PEERS", ROOT.parent / "shared" / "peers"))
 
 
 def _data_paths(data_dir: Path, n: int, d: int, seed: int) -> dict[str, Path]:
@@ -43,7 +43,7 @@ def _data_paths(data_dir: Path, n: int, d: int, seed: int) -> dict[str, Path]:
 
 def ensure_data(data_dir: Path, n: int, d: int, seed: int) -> dict[str, Path]:
     """Write the planted-slice arrays for (n, d, seed) unless they are already there."""
-    from medaudit.audit.slicers.synthetic import make_planted_slice_data
+    from medaudit.studies.cxr_slices.synthetic import make_planted_slice_data
 
     paths = _data_paths(data_dir, n, d, seed)
     if all(p.exists() for p in paths.values()):
@@ -129,7 +129,7 @@ def run_ours_child(a: argparse.Namespace) -> None:
 
 
 def _agreement(probs: np.ndarray, paths: dict[str, Path]) -> dict:
-    from medaudit.audit.metrics import precision_at_k_dcbench, precision_at_k_study
+    from medaudit.studies.cxr_slices.metrics import precision_at_k_dcbench, precision_at_k_study
 
     gt = np.load(paths["in_slice"])
     y = np.load(paths["targets"])

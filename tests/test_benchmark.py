@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medaudit.audit import benchmark as bm
-from medaudit.audit.metrics import bootstrap_ci
 from medaudit.errors import InputError
+from medaudit.stats import bootstrap_ci
+from medaudit.studies.cxr_slices import benchmark as bm
 
 
 def synth_cohort(n: int = 900, seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

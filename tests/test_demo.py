@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from medaudit.audit.demo import run_demo
 from medaudit.cli import main
 from medaudit.errors import InputError
+from medaudit.studies.cxr_slices.demo import run_demo
 
 
 def test_demo_quick_end_to_end_and_deterministic(tmp_path, capsys):
@@ -58,7 +58,7 @@ def _toy_images(n: int = 48, size: int = 32, seed: int = 0):
 def test_classifier_deterministic_learns_and_roundtrips(tmp_path):
     import numpy as np
 
-    from medaudit.audit.classifier import CNNClassifier, train_cnn, train_head
+    from medaudit.studies.cxr_slices.classifier import CNNClassifier, train_cnn, train_head
 
     x, y = _toy_images()
     kw = {"image_size": 32, "epochs": 6, "batch_size": 16, "width": 8, "random_state": 3, "progress": False}

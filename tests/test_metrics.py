@@ -7,14 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from medaudit.audit.metrics import (
-    bootstrap_ci,
+from medaudit.errors import InputError
+from medaudit.studies.cxr_slices.metrics import (
     error_share_baseline,
     precision_at_k_dcbench,
     precision_at_k_study,
-    wilson_ci,
 )
-from medaudit.errors import InputError
 
 
 def test_dcbench_picks_best_ap_slice():
@@ -87,38 +85,3 @@ def test_error_share_baseline():
     assert math.isnan(error_share_baseline(gt, targets, targets))
     scores2 = np.stack([1 - probs, probs], 1)
     assert error_share_baseline(gt, targets, scores2) == pytest.approx(2 / 3)
-
-
-def test_bootstrap_ci():
-    v = np.arange(10, dtype=float)
-    mean, lo, hi = bootstrap_ci(v, n_boot=2000, seed=0)
-    assert mean == pytest.approx(4.5)
-    assert lo < mean < hi
-    # the half-width is about 1.96 * sd / sqrt(n) = 1.96 * 2.87 / 3.16 ~ 1.78
-    assert 1.2 < (hi - lo) / 2 < 2.3
-    assert bootstrap_ci(v, seed=1) == bootstrap_ci(v, seed=1)
-    assert bootstrap_ci(np.full(5, 3.0)) == (3.0, 3.0, 3.0)
-    with pytest.raises(InputError):
-        bootstrap_ci([])
-
-
-def test_wilson_ci():
-    # textbook value: 8 errors in 20 at 95% -> (0.2188, 0.6134)
-    lo, hi = wilson_ci(8, 20)
-    assert lo == pytest.approx(0.2188, abs=1e-4)
-    assert hi == pytest.approx(0.6134, abs=1e-4)
-    lo, hi = wilson_ci(0, 10)
-    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
-    with pytest.raises(InputError):
-        wilson_ci(3, 0)
-    with pytest.raises(InputError):
-        wilson_ci(5, 4)
-
-
-def test_wilson_ci_edges_are_exact():
-    from medaudit.audit.metrics import wilson_ci
-
-    lo, hi = wilson_ci(0, 37)
-    assert lo == 0.0 and 0.0 < hi < 0.15
-    lo, hi = wilson_ci(37, 37)
-    assert hi == 1.0 and 0.85 < lo < 1.0

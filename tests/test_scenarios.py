@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medaudit.audit import scenarios as sc
 from medaudit.errors import InputError
+from medaudit.studies.cxr_slices import scenarios as sc
 
 
 def make_cohort(n_patients: int = 1500, seed: int = 0) -> pd.DataFrame:

@@ -14,7 +14,6 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import norm
 
-from medaudit.audit.metrics import precision_at_k_dcbench, precision_at_k_study
 from medaudit.audit.slicers import (
     SLICERS,
     BaseSlicer,
@@ -23,8 +22,10 @@ from medaudit.audit.slicers import (
     get_slicer,
     register_slicer,
 )
-from medaudit.audit.slicers.synthetic import make_planted_slice_data
 from medaudit.errors import InputError
+from medaudit.peers import peers_dir
+from medaudit.studies.cxr_slices.metrics import precision_at_k_dcbench, precision_at_k_study
+from medaudit.studies.cxr_slices.synthetic import make_planted_slice_data
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +257,8 @@ def test_registry():
         SLICERS.pop("test-custom", None)
 
 
-_DOMINO_PY = Path(os.environ.get("MEDAUDIT_DOMINO_PY", "/tmp/medaudit-peers/domino-venv/bin/python"))
-_RUN_DOMINO = Path("/work/shared/peers/run_domino.py")
+_DOMINO_PY = Path(os.environ.get("MEDAUDIT_DOMINO_PY", "domino-python-not-set"))
+_RUN_DOMINO = (peers_dir() or Path("no-peers")) / "run_domino.py"
 
 
 @pytest.mark.skipif(not (_DOMINO_PY.exists() and _RUN_DOMINO.exists()), reason="Domino peer env not built")

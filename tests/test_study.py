@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from medaudit import rungrid as rg
 from medaudit.errors import InputError
-from medaudit.texture import study as st
+from medaudit.studies.texture_robustness import study as st
 
 TRAIN_FILTER = "gaussian_blur"  # a training filter (family 'blur')
 TEST_CORRUPTIONS = ["gaussian_noise", "gaussian_blur"]  # one unseen family, one seen
@@ -160,53 +161,13 @@ def test_task_keys_stable_and_content_sensitive(cache_dir):
     e = st.build_tasks(st.parse_config(raw4, "a.yaml"))
     assert {t.key for t in a} < {t.key for t in e}
 
-    # key order in the spec does not matter; the package version does
-    assert st.task_key("train", {"a": 1, "b": 2}) == st.task_key("train", {"b": 2, "a": 1})
-    assert st.task_key("train", {"a": 1}, version="0.1.0") != st.task_key("train", {"a": 1}, version="9.9.9")
-    assert st.task_key("eval", {"a": 1}, ["x"]) != st.task_key("eval", {"a": 1}, ["y"])
-    # ... and so does the texture code the tasks run
-    assert len(st.code_fingerprint()) == 64
-    assert st.task_key("train", {"a": 1}) == st.task_key("train", {"a": 1}, code=st.code_fingerprint())
-    assert st.task_key("train", {"a": 1}, code="other") != st.task_key("train", {"a": 1})
+    # the texture code the tasks run is part of the key
+    fp = rg.code_fingerprint(*st.TEXTURE_CODE)
+    assert st.study_task_key("train", {"a": 1}) == rg.task_key("train", {"a": 1}, code=fp)
 
 
 # --------------------------------------------------------------------------------------------------
 # results table
-
-
-def test_result_store_append_is_atomic_and_complete(tmp_path, monkeypatch):
-    import pyarrow.parquet as pq
-
-    store = st.ResultStore(tmp_path)
-    for i in range(3):
-        store.append(f"k{i}", pd.DataFrame({"dice": [0.1 * i, 0.2 * i], "case": ["a", "b"]}))
-    df = store.read()
-    assert len(df) == 6 and sorted(df["task_key"].unique()) == ["k0", "k1", "k2"]
-    store.append("k1", pd.DataFrame({"dice": [9.0], "case": ["z"]}))  # already in the table: no duplicate
-    assert len(store.read()) == 6
-
-    # a crash while rewriting the table leaves the previous table intact and no temp files
-    real = pq.write_table
-    calls = {"n": 0}
-
-    def flaky(table, where, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the part is written, the compaction dies half-way
-            Path(where).write_bytes(b"PAR1 half-written")
-            raise OSError("disk full")
-        return real(table, where, *a, **k)
-
-    monkeypatch.setattr(pq, "write_table", flaky)
-    with pytest.raises(OSError):
-        store.append("k3", pd.DataFrame({"dice": [0.5], "case": ["c"]}))
-    monkeypatch.setattr(pq, "write_table", real)
-    assert len(store.read()) == 6  # old complete table
-    assert not [p for p in tmp_path.rglob("*.tmp")]
-    assert store.has("k3")  # the part made it: compaction heals the table
-    store.compact(["k0", "k1", "k2", "k3"])
-    assert len(store.read()) == 7
-    # a changed config with nothing finished yet must not show another config's table
-    assert store.compact(["other"]) is None and not store.table_path.exists()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,7 +232,7 @@ def test_rerun_skips_finished_tasks(tiny_run):
 
 
 def test_report_renders_and_escapes(tiny_run, tmp_path):
-    from medaudit.texture.study_report import main_tables, write_study_report
+    from medaudit.studies.texture_robustness.report import main_tables, write_study_report
 
     cfg, out, _run, _ = tiny_run
     html = (out / "report.html").read_text()
@@ -368,7 +329,7 @@ def _synthetic_results() -> pd.DataFrame:
 
 
 def test_report_numbers_on_a_known_table(tmp_path):
-    from medaudit.texture.study_report import main_tables, write_study_report
+    from medaudit.studies.texture_robustness.report import main_tables, write_study_report
 
     t = main_tables(_synthetic_results(), n_boot=200)
     ce = t["ce"].set_index(["train_filter", "seed", "corruption"])

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medaudit.data import mri as td
 from medaudit.errors import InputError
-from medaudit.texture import data as td
 
 AFF = np.array([[-2.0, 0, 0, 30.0], [0, 2.0, 0, -20.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1]])
 

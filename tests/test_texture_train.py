@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from medaudit.data import mri as td
 from medaudit.errors import InputError
-from medaudit.texture import data as td
 from medaudit.texture.train import TrainConfig, load_checkpoint, train
 
 AFF = np.array([[0, 0, 3.0, -40.0], [-3.0, 0, 0, 25.0], [0, 3.0, 0, -12.0], [0, 0, 0, 1]])

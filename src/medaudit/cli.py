@@ -40,8 +40,8 @@ def _root(
 # (command name, module, attribute): each capability module exposes a typer-annotated function.
 _COMMANDS: list[tuple[str, str, str]] = [
     ("audit", "medaudit.audit.cli", "audit_command"),
-    ("demo", "medaudit.audit.demo", "demo_command"),
-    ("bench-scenarios", "medaudit.audit.benchmark", "bench_scenarios_command"),
+    ("demo", "medaudit.studies.cxr_slices.demo", "demo_command"),
+    ("bench-scenarios", "medaudit.studies.cxr_slices.benchmark", "bench_scenarios_command"),
 ]
 # (group name, module, attribute): typer sub-apps.
 _GROUPS: list[tuple[str, str, str]] = [

@@ -19,6 +19,8 @@ import pandas as pd
 from scipy import stats
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 
+from medaudit.stats import bh_qvalues
+
 __all__ = [
     "NEGATION_PREFIX",
     "exemplars",
@@ -321,12 +323,6 @@ def ngram_tfidf(
     return sparse.csr_matrix((len(docs), 0)), np.array([], dtype=object)
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
-    if len(p) == 0:
-        return p
-    return np.asarray(stats.false_discovery_control(np.clip(p, 0.0, 1.0), method="bh"), dtype=float)
-
-
 def metadata_enrichment(
     meta_df: pd.DataFrame,
     in_slice_mask: np.ndarray,
@@ -449,7 +445,7 @@ def metadata_enrichment(
     if not rows:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame(rows)
-    out["q_value"] = _bh(out["p_value"].to_numpy(dtype=float))
+    out["q_value"] = bh_qvalues(out["p_value"].to_numpy(dtype=float))
     # |effect| on a comparable scale: log odds ratio for categorical, SMD for numeric
     strength = np.where(
         out["effect_name"] == "odds_ratio",

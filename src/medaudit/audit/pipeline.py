@@ -44,6 +44,7 @@ from medaudit.audit.table import MODALITIES, CaseTable, ColumnMap, load_case_tab
 from medaudit.errors import InputError
 from medaudit.io import atomic_output_dir, default_cache_dir
 from medaudit.progress import make_progress
+from medaudit.stats import wilson_ci
 
 __all__ = ["DEFAULT_ENCODERS", "AuditConfig", "AuditResult", "run_audit"]
 
@@ -272,11 +273,7 @@ def _encode(
 def _wilson(k: int, n: int) -> tuple[float | None, float | None]:
     if n <= 0:
         return None, None
-    from medaudit.audit.metrics import wilson_ci
-
-    lo, hi = wilson_ci(k, n)
-    p = k / n  # guard against round-off putting the estimate just outside its interval
-    return min(float(lo), p), max(float(hi), p)
+    return wilson_ci(k, n)
 
 
 def _slice_summary(

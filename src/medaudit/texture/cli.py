@@ -113,7 +113,7 @@ def train_command(
 
 
 def _cases_for_eval(models: list[Path], data: str | None, data_path: str | None, split: str) -> list[Any]:
-    from medaudit.texture import data as tdata
+    from medaudit.data import mri as tdata
 
     if data is not None:
         return tdata.get_cases(data, data_path)
@@ -310,7 +310,7 @@ def unseen_verdict(results: Any) -> str:
 
 def _register_study() -> None:
     try:
-        from medaudit.texture.study import study_command
+        from medaudit.studies.texture_robustness.study import study_command
     except ModuleNotFoundError:
         return
     app.command("study")(study_command)

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medaudit.data import mri as tdata
 from medaudit.errors import InputError
 from medaudit.progress import make_progress
-from medaudit.texture import data as tdata
 from medaudit.texture.metrics import segmentation_scores
 from medaudit.texture.train import (
     CLEAN_NAMES,

@@ -14,9 +14,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from medaudit.data import mri as tdata
 from medaudit.errors import InputError
 from medaudit.progress import make_progress
-from medaudit.texture import data as tdata
 from medaudit.texture.train import load_model, sliding_window_predict
 
 

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from medaudit.data import mri as tdata
 from medaudit.device import default_device, seed_everything
 from medaudit.errors import InputError
 from medaudit.io import atomic_save, atomic_write_json
 from medaudit.progress import make_progress
-from medaudit.texture import data as tdata
 
 MODES = ("clean", "filtered", "online")
 CLEAN_NAMES = ("none", "clean", "identity")  # corruption names meaning "no corruption"

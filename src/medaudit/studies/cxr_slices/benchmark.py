@@ -1,6 +1,6 @@
 """Failure-scenario benchmark (``medaudit bench-scenarios``): reproduces the multimodal slice-discovery study.
 
-For each scenario (spurious correlation, rare slice, noisy labels; :mod:`medaudit.audit.scenarios`), each
+For each scenario (spurious correlation, rare slice, noisy labels; :mod:`medaudit.studies.cxr_slices.scenarios`), each
 test-slice share and each seed ("run"):
 
 1. build the scenario (manipulated training split, test split with the planted slice);
@@ -13,7 +13,7 @@ test-slice share and each seed ("run"):
    (``concat``, ``balanced``), fit the error-aware mixture slicer with the study's setting (label and
    prediction weights 10, 20 components, 5 slices, PCA) on the test embeddings, true labels and predicted
    probabilities; optionally run the published Domino 0.1.5 on the same embeddings as a peer;
-5. score precision@10/@25 under both definitions (:mod:`medaudit.audit.metrics`) next to the study's
+5. score precision@10/@25 under both definitions (:mod:`medaudit.studies.cxr_slices.metrics`) next to the study's
    baseline (the attribute's share among misclassified cases), and record which modality drives the
    clustering (``eta2_<modality>``: between-slice share of that modality's variance under the hard slice
    assignment).
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -37,7 +38,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,19 @@ import numpy as np
 import pandas as pd
 import typer
 
-from medaudit.audit import scenarios as sc
 from medaudit.errors import InputError
 from medaudit.io import atomic_save, atomic_write_json, atomic_write_text
 from medaudit.progress import make_progress
+from medaudit.rungrid import (
+    ResultStore,
+    Task,
+    code_fingerprint,
+    make_backend,
+    run_grid,
+    task_key,
+    worker_threads,
+)
+from medaudit.studies.cxr_slices import scenarios as sc
 
 MODALITIES: tuple[str, ...] = ("image", "report", "metadata")
 #: The study's 7 modality variants, unimodal first.
@@ -233,8 +242,10 @@ def embed_cohort(
 # ------------------------------------------------------------------------------------------------ tasks
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+#: The code a benchmark run executes (a change to any of these files changes every run key).
+CXR_CODE = ("studies/cxr_slices", "audit/slicers", "audit/fusion.py", "stats.py")
+#: peer python -> its ``run_domino.py`` (filled by :func:`domino_python` and by the worker state)
+_PEER_SCRIPTS: dict[str, Path] = {}
 
 
 def cohort_fingerprint(df: pd.DataFrame, embeddings: dict[str, np.ndarray]) -> str:
@@ -270,29 +281,37 @@ def make_tasks(config: BenchConfig, kind: str, fingerprint: str) -> list[RunTask
         for share in config.slice_shares:
             for i in range(config.n_runs):
                 seed = config.seed + i
-                key = _digest([fingerprint, config.key_dict(), name, params, share, seed])
+                spec = {"cohort": fingerprint, "config": config.key_dict(), "scenario": name}
+                spec.update({"params": params, "share": float(share), "seed": seed})
+                key = task_key("scenario-run", spec, code=code_fingerprint(*CXR_CODE))
                 tasks.append(RunTask(name, float(share), seed, key))
     return tasks
 
 
 # ------------------------------------------------------------------------------------------- one run
 
-_STATE: dict[str, Any] = {}
 
-
-def _init_worker(state_dir: str, threads: int = 1) -> None:
-    """Process-pool initialiser: load the cohort table and embeddings once per worker."""
-    import torch
-
-    torch.set_num_threads(threads)
+@functools.lru_cache(maxsize=2)
+def _load_state(state_dir: str) -> dict[str, Any]:
+    """The cohort table, embeddings and config a run needs, loaded once per worker process."""
     d = Path(state_dir)
-    _STATE["df"] = pd.read_parquet(d / "cohort.parquet")
-    _STATE["emb"] = {m: np.load(d / f"emb_{m}.npy") for m in MODALITIES if (d / f"emb_{m}.npy").exists()}
-    _STATE["config"] = _config_from_json(json.loads((d / "config.json").read_text()))
-    _STATE["kind"] = (d / "kind.txt").read_text().strip()
-    _STATE["peer_python"] = (
-        (d / "peer_python.txt").read_text().strip() if (d / "peer_python.txt").exists() else ""
-    )
+    return {
+        "df": pd.read_parquet(d / "cohort.parquet"),
+        "emb": {m: np.load(d / f"emb_{m}.npy") for m in MODALITIES if (d / f"emb_{m}.npy").exists()},
+        "config": _config_from_json(json.loads((d / "config.json").read_text())),
+        "kind": (d / "kind.txt").read_text().strip(),
+        "peer_python": _read_peer(d),
+    }
+
+
+def _read_peer(state: Path) -> str:
+    """The peer python recorded in the worker state (and where its ``run_domino.py`` lies)."""
+    if not (state / "peer_python.txt").exists():
+        return ""
+    python, _, script = (state / "peer_python.txt").read_text().strip().partition("\n")
+    if python and script:
+        _PEER_SCRIPTS[python] = Path(script)
+    return python
 
 
 def _config_from_json(d: dict[str, Any]) -> BenchConfig:
@@ -315,7 +334,7 @@ def train_classifier(
     config: BenchConfig, df: pd.DataFrame, emb: dict[str, np.ndarray], scenario: sc.Scenario
 ) -> np.ndarray:
     """Train the audited classifier on the manipulated training labels; return test P(class 1)."""
-    from medaudit.audit import classifier as clf_mod
+    from medaudit.studies.cxr_slices import classifier as clf_mod
 
     if config.classifier == "head":
         model = clf_mod.train_head(
@@ -371,7 +390,7 @@ def _score_rows(
     scenario: sc.Scenario,
     probs: np.ndarray,
 ) -> dict[str, float]:
-    from medaudit.audit import metrics
+    from medaudit.studies.cxr_slices import metrics
 
     y = scenario.test_labels
     row: dict[str, float] = {}
@@ -424,9 +443,9 @@ def run_one(
     peer_python: str = "",
 ) -> list[dict[str, Any]]:
     """Execute one run and return its rows (one per variant × fusion × slicer config × slicer seed × method)."""
-    from medaudit.audit import metrics
     from medaudit.audit.slicers import get_slicer
     from medaudit.device import seed_everything
+    from medaudit.studies.cxr_slices import metrics
 
     seed_everything(task.seed)
     t0 = time.perf_counter()
@@ -505,7 +524,7 @@ def _run_domino_peer(
     fusion: str,
 ) -> dict[str, Any]:
     """Run the published Domino 0.1.5 (separate Python 3.9 env) on the same arrays; one row."""
-    script = Path(os.environ.get("MEDAUDIT_DOMINO_SCRIPT", "/work/shared/peers/run_domino.py"))
+    script = _peer_script(python)
     p = config.slicer_params
     row: dict[str, Any] = {"variant": vname, "n_modalities": vname.count("+") + 1, "fusion": fusion}
     row.update({"slicer_config": "study", "slicer_seed": 0, "method": "domino-0.1.5"})
@@ -531,24 +550,36 @@ def _run_domino_peer(
     return row
 
 
-def _worker_run(task: RunTask, runs_dir: str) -> tuple[str, int]:
-    rows = run_one(_STATE["config"], _STATE["df"], _STATE["emb"], _STATE["kind"], task, _STATE["peer_python"])
-    _write_rows(Path(runs_dir) / f"{task.key}.parquet", rows)
-    return task.key, len(rows)
+def _execute_run(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """One benchmark run in any worker (serial, process pool or Ray): returns its result rows."""
+    import torch
 
-
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_save(path) as tmp:
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
+    torch.set_num_threads(int(payload.get("threads", 1)))
+    st = _load_state(payload["state_dir"])
+    task = RunTask(**payload["task"])
+    return run_one(st["config"], st["df"], st["emb"], st["kind"], task, st["peer_python"])
 
 
 # ------------------------------------------------------------------------------------------- driver
 
 
-def domino_python(build: bool = True) -> tuple[str, str]:
-    """The python of the Domino 0.1.5 environment (``bash /work/shared/peers/domino_env.sh``), or ``("",
-    reason)`` when it cannot be built."""
-    script = Path(os.environ.get("MEDAUDIT_DOMINO_ENV", "/work/shared/peers/domino_env.sh"))
+def _peer_script(python: str) -> Path:
+    """``run_domino.py`` of the peers folder that built ``python``."""
+    return _PEER_SCRIPTS[python]
+
+
+def domino_python(peers: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """The python of the Domino 0.1.5 environment (``bash PEERS/domino_env.sh``), or ``("", reason)``.
+
+    ``peers`` is found by :func:`medaudit.peers.peers_dir` (flag, ``MEDAUDIT_PEERS``, or
+    ``../shared/peers`` beside the repository).
+    """
+    from medaudit.peers import PEERS_ENV, peers_dir
+
+    folder = peers_dir(peers)
+    if folder is None:
+        return "", f"no peers folder (set --peers-dir or {PEERS_ENV})"
+    script = folder / "domino_env.sh"
     if not script.is_file():
         return "", f"{script} not found"
     try:
@@ -558,7 +589,31 @@ def domino_python(build: bool = True) -> tuple[str, str]:
     py = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
     if res.returncode != 0 or not py or not Path(py).exists():
         return "", (res.stderr.strip().splitlines() or ["domino env failed"])[-1]
+    _PEER_SCRIPTS[py] = folder / "run_domino.py"
     return py, ""
+
+
+def _write_state(
+    state: Path,
+    df: pd.DataFrame,
+    embeddings: dict[str, np.ndarray],
+    config: BenchConfig,
+    kind: str,
+    peer_py: str,
+) -> Path:
+    """Write what every worker loads once: the cohort (plain columns), embeddings, config, peer python."""
+    state.mkdir(parents=True, exist_ok=True)
+    plain = [c for c in df.columns if df[c].map(lambda v: isinstance(v, (list, dict, np.ndarray))).sum() == 0]
+    with atomic_save(state / "cohort.parquet") as tmp:
+        df[plain].to_parquet(tmp, index=False)
+    for m, e in embeddings.items():
+        with atomic_save(state / f"emb_{m}.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(e, dtype=np.float32))
+    atomic_write_json(state / "config.json", dataclasses.asdict(config))
+    atomic_write_text(state / "kind.txt", kind)
+    atomic_write_text(state / "peer_python.txt", f"{peer_py}\n{_PEER_SCRIPTS[peer_py]}" if peer_py else "")
+    _load_state.cache_clear()
+    return state
 
 
 def run_benchmark(
@@ -571,6 +626,8 @@ def run_benchmark(
     embeddings: dict[str, np.ndarray] | None = None,
     kind: str | None = None,
     n_boot: int = 1000,
+    ray_address: str | None = None,
+    peers_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the benchmark and write all outputs to ``out_dir``; returns a summary dict.
 
@@ -598,51 +655,39 @@ def run_benchmark(
     notes: list[str] = []
     peer_py = ""
     if config.peer_domino:
-        peer_py, why = domino_python()
+        peer_py, why = domino_python(peers_dir)
         if not peer_py:
             notes.append(f"Domino 0.1.5 peer skipped: {why}")
             config = dataclasses.replace(config, peer_domino=False)
     fp = cohort_fingerprint(df, embeddings)
     tasks = make_tasks(config, kind, fp)
-    runs_dir = out / "runs"
-    runs_dir.mkdir(exist_ok=True)
-    todo = [t for t in tasks if not (runs_dir / f"{t.key}.parquet").exists()]
-    # worker state on disk (cohort table without unpicklable objects, embeddings, config)
-    state = out / "cache" / "state"
-    state.mkdir(parents=True, exist_ok=True)
-    keep_cols = [
-        c for c in df.columns if df[c].map(lambda v: isinstance(v, (list, dict, np.ndarray))).sum() == 0
-    ]
-    with atomic_save(state / "cohort.parquet") as tmp:
-        df[keep_cols].to_parquet(tmp, index=False)
-    for m, e in embeddings.items():
-        with atomic_save(state / f"emb_{m}.npy") as tmp, open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(e, dtype=np.float32))
-    atomic_write_json(state / "config.json", dataclasses.asdict(config))
-    atomic_write_text(state / "kind.txt", kind)
-    atomic_write_text(state / "peer_python.txt", peer_py)
+    store = ResultStore(out, parts="runs", table="runs.parquet")
+    state = _write_state(out / "cache" / "state", df, embeddings, config, kind, peer_py)
     t_runs = time.perf_counter()
-    if todo:
-        with make_progress() as prog:
-            bar = prog.add_task(f"benchmark runs ({len(tasks) - len(todo)} cached)", total=len(todo))
-            if workers <= 1:
-                _init_worker(str(state), threads=1)
-                for t in todo:
-                    _worker_run(t, str(runs_dir))
-                    prog.advance(bar)
-            else:
-                import multiprocessing as mp
-
-                ctx = mp.get_context("spawn")
-                with ProcessPoolExecutor(
-                    workers, mp_context=ctx, initializer=_init_worker, initargs=(str(state), 1)
-                ) as ex:
-                    futs = [ex.submit(_worker_run, t, str(runs_dir)) for t in todo]
-                    for f in as_completed(futs):
-                        f.result()
-                        prog.advance(bar)
+    threads = worker_threads(workers, ray_address) if ray_address else 1  # runs are single-threaded
+    grid = run_grid(
+        [
+            Task(
+                "scenario-run",
+                t.key,
+                dataclasses.asdict(t),
+                (),
+                f"{t.scenario} {t.slice_share} seed={t.seed}",
+            )
+            for t in tasks
+        ],
+        _execute_run,
+        lambda t: {"state_dir": str(state), "task": dict(t.spec), "threads": threads},
+        lambda t, rows: store.append(t.key, rows),
+        is_done=lambda t: store.has(t.key),
+        backend=make_backend(workers, ray_address),
+        label="benchmark runs",
+        keep_going=False,
+    )
+    todo = grid.executed
     runs_wall = time.perf_counter() - t_runs
-    runs = pd.concat([pd.read_parquet(runs_dir / f"{t.key}.parquet") for t in tasks], ignore_index=True)
+    store.compact([t.key for t in tasks])
+    runs = store.read()
     summary = write_outputs(runs, out, config, notes, n_boot=n_boot)
     summary.update(
         {
@@ -666,7 +711,7 @@ def aggregate(runs: pd.DataFrame, n_boot: int = 1000, by_share: bool = False) ->
     """Mean, std and bootstrap 95% CI of each metric over kept runs, per scenario × variant × fusion ×
     slicer config × method (and slice share when ``by_share``). Slicer seeds are averaged within a run
     first, so the CI is over runs."""
-    from medaudit.audit.metrics import bootstrap_ci
+    from medaudit.stats import bootstrap_ci
 
     kept = runs[runs["kept"] & runs["variant"].notna()] if "variant" in runs else runs.iloc[:0]
     if kept.empty:
@@ -865,12 +910,11 @@ _HTML = """{% extends "base.html" %}
 def write_outputs(
     runs: pd.DataFrame, out: Path, config: BenchConfig, notes: Sequence[str] = (), n_boot: int = 1000
 ) -> dict[str, Any]:
-    """Write runs.parquet, results.csv/parquet, stability.csv, contributions.csv, plot and summaries."""
+    """Write results.csv/parquet, stability.csv, contributions.csv, plot and summaries (``runs.parquet`` is
+    the run grid's result table, written by :class:`medaudit.rungrid.ResultStore`)."""
     from medaudit import __version__
     from medaudit.report.html import environment
 
-    with atomic_save(out / "runs.parquet") as tmp:
-        runs.to_parquet(tmp, index=False)
     results = aggregate(runs, n_boot=n_boot)
     by_share = aggregate(runs, n_boot=n_boot, by_share=True)
     stab = stability(runs)
@@ -1057,6 +1101,14 @@ def bench_scenarios_command(
     set_: list[str] = typer.Option([], "--set", help="Scenario parameter override, SCENARIO.PARAM=VALUE."),
     n_cases: int | None = typer.Option(None, help="Use a random subset of the cohort."),
     cache_dir: Path | None = typer.Option(None, help="Cache folder (default OUT/cache)."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Run on Ray ('local' starts a private instance, 'auto' joins one)."
+    ),
+    peers_dir: Path | None = typer.Option(
+        None,
+        "--peers-dir",
+        help="Peers folder with domino_env.sh (default: $MEDAUDIT_PEERS or ../shared/peers).",
+    ),
 ) -> None:
     """Benchmark multimodal slice discovery on the study's failure scenarios (resumable, parallel)."""
     params = _parse_sets(set_)
@@ -1083,7 +1135,10 @@ def bench_scenarios_command(
     for f in cfg.fusions:
         if f not in ("concat", "balanced"):
             raise InputError(f"fusion '{f}': choose concat or balanced")
-    res = run_benchmark(cfg, out, cohort=cohort, cache_dir=cache_dir, workers=workers, n_cases=n_cases)
+    res = run_benchmark(
+        cfg, out, cohort=cohort, cache_dir=cache_dir, workers=workers, n_cases=n_cases,
+        ray_address=ray_address, peers_dir=peers_dir,
+    )  # fmt: skip
     typer.echo(
         f"{res['runs_kept']} kept / {res['runs_total']} runs ({res['n_cached']} cached) in {res['wall_s']:.1f}s; "
         f"results in {out}/results.csv, summary in {out}/summary.md"

@@ -2,9 +2,9 @@
 
 1. Build (or reuse) the phantom cohort: real Open-i reports and metadata, rendered radiographs.
 2. Bake a failure into the training split (default: spurious correlation between ``cardiomegaly`` and
-   ``support_devices`` at Pearson r = 0.7, via :func:`medaudit.audit.scenarios.spurious_correlation`), so
+   ``support_devices`` at Pearson r = 0.7, via :func:`medaudit.studies.cxr_slices.scenarios.spurious_correlation`), so
    the classifier learns "device => finding".
-3. Train the small CNN (:mod:`medaudit.audit.classifier`), predict on the held-out test split.
+3. Train the small CNN (:mod:`medaudit.studies.cxr_slices.classifier`), predict on the held-out test split.
 4. Run the multimodal audit (image + report + metadata) and write ``report.html``.
 5. Print the top slice, the discovered slice that best matches the baked-in failure (negatives with a
    device, i.e. the false positives) with its rank, precision@10 (both definitions) and the total time.
@@ -87,7 +87,7 @@ def run_demo(
         n: use a deterministic subset of ``n`` cohort cases (``None``: every case of the chosen ``views``).
         quick: small sizes for tests (n_train 200, n_test 100, 4 epochs, 64 px images encoded at 64 px).
         task, attribute, corr, slice_share: the baked-in spurious correlation (see
-            :func:`medaudit.audit.scenarios.spurious_correlation`).
+            :func:`medaudit.studies.cxr_slices.scenarios.spurious_correlation`).
         n_train, n_test, epochs: sizes (defaults 1000 / 500 / 10; quick: 200 / 100 / 4).
         class_weight: ``"balanced"`` (default) re-weights the positives; ``None``: plain
             cross-entropy, so the classifier follows the training prevalence.
@@ -95,12 +95,16 @@ def run_demo(
         rank_by: slice ranking of the audit (``"excess_errors"``, ``"error_lcb"``, ``"error"``).
         views: ``"frontal"`` (PA/AP radiographs only) or ``"all"`` (frontal and lateral).
     """
-    from medaudit.audit.classifier import train_cnn
-    from medaudit.audit.metrics import error_share_baseline, precision_at_k_dcbench, precision_at_k_study
     from medaudit.audit.pipeline import AuditConfig, run_audit
-    from medaudit.audit.scenarios import in_slice_accuracy_gap, spurious_correlation
     from medaudit.data.phantom_cxr import build_cohort, cohort_table, select_cases
     from medaudit.device import seed_everything
+    from medaudit.studies.cxr_slices.classifier import train_cnn
+    from medaudit.studies.cxr_slices.metrics import (
+        error_share_baseline,
+        precision_at_k_dcbench,
+        precision_at_k_study,
+    )
+    from medaudit.studies.cxr_slices.scenarios import in_slice_accuracy_gap, spurious_correlation
 
     if views not in ("frontal", "all"):
         raise InputError(f"views '{views}': choose frontal or all")

@@ -1,6 +1,6 @@
 """Slice-discovery metrics: precision@k (two definitions), the error-share baseline, and intervals.
 
-Definitions follow /work/shared/ARCHITECTURE.md ("Precision@k, two definitions"):
+Definitions follow docs/benchmark.md ("Precision@k, two definitions"):
 
 * :func:`precision_at_k_dcbench` -- dcbench / Domino. Predicted slices are taken together with their
   complements; the one whose scores have the highest average precision for the ground-truth slice is
@@ -13,13 +13,11 @@ Definitions follow /work/shared/ARCHITECTURE.md ("Precision@k, two definitions")
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy import stats
 from sklearn.metrics import average_precision_score
 
 from medaudit.errors import InputError
+from medaudit.stats import bootstrap_ci, wilson_ci
 
 __all__ = [
     "bootstrap_ci",
@@ -155,45 +153,3 @@ def error_share_baseline(gt: np.ndarray, targets: np.ndarray, preds: np.ndarray)
     if not wrong.any():
         return float("nan")
     return float(g[wrong].mean())
-
-
-def bootstrap_ci(
-    values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
-) -> tuple[float, float, float]:
-    """Percentile bootstrap interval of the mean.
-
-    Returns:
-        ``(mean, lo, hi)`` where ``lo``/``hi`` are the ``alpha/2`` and ``1 - alpha/2`` quantiles of
-        the means of ``n_boot`` resamples (with replacement) drawn with ``seed``.
-    """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    if v.size == 0:
-        raise InputError("bootstrap_ci: no values")
-    if not np.all(np.isfinite(v)):
-        raise InputError(f"bootstrap_ci: non-finite value at index {int(np.argwhere(~np.isfinite(v))[0, 0])}")
-    if not 0 < alpha < 1 or n_boot < 1:
-        raise InputError(f"bootstrap_ci: need 0 < alpha < 1 and n_boot >= 1, got {alpha}, {n_boot}")
-    rng = np.random.default_rng(seed)
-    block = max(1, 10_000_000 // v.size)  # bound the (block, n) index matrix to ~80 MB
-    means = np.concatenate(
-        [
-            v[rng.integers(0, v.size, size=(min(block, n_boot - b), v.size))].mean(axis=1)
-            for b in range(0, n_boot, block)
-        ]
-    )
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(v.mean()), float(lo), float(hi)
-
-
-def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (e.g. an error rate ``k / n``)."""
-    if n <= 0 or k < 0 or k > n:
-        raise InputError(f"wilson_ci: need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    z = float(stats.norm.ppf(1 - alpha / 2))
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
-    # the exact bounds at the edges (k = 0 or k = n) are 0 and 1; avoid floating-point residue
-    return (0.0 if k == 0 else lo), (1.0 if k == n else hi)

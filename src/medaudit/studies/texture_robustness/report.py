@@ -1,6 +1,6 @@
 """Analysis and HTML report of a texture-robustness study's ``results.parquet``.
 
-Input: the long table written by :func:`medaudit.texture.study.run_study` (one row per model x
+Input: the long table written by :func:`medaudit.studies.texture_robustness.study.run_study` (one row per model x
 corruption x severity x case x class, from :func:`medaudit.texture.evaluate.evaluate`, plus the
 study's columns ``train_filter``, ``train_severity``, ``seed``, ``train_key``).
 
@@ -29,6 +29,7 @@ import pandas as pd
 from medaudit import __version__
 from medaudit.errors import InputError
 from medaudit.io import atomic_write_text
+from medaudit.stats import bootstrap_ci
 
 __all__ = [
     "bootstrap_ci",
@@ -182,24 +183,6 @@ def corruption_errors(scores: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def bootstrap_ci(
-    values: Sequence[float], n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean and percentile bootstrap CI of the mean (resampling the values, e.g. seeds, with replacement).
-
-    With one value the interval collapses to it (no spread can be estimated from one seed).
-    """
-    x = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
-    if x.size == 0:
-        return (np.nan, np.nan, np.nan)
-    if x.size == 1:
-        return (float(x[0]), float(x[0]), float(x[0]))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(x.mean()), float(lo), float(hi)
 
 
 def family_ratios(ce: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:

@@ -27,17 +27,16 @@ Output folder layout::
     OUT/train/<key>/         one folder per training task (checkpoint + ``done.json`` marker)
     OUT/parts/<key>.parquet  one part per finished evaluation task (the marker that it is done)
     OUT/results.parquet      all parts of this study, compacted
-    OUT/report.html          the study report (:mod:`medaudit.texture.study_report`)
+    OUT/report.html          the study report (:mod:`medaudit.studies.texture_robustness.report`)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -46,24 +45,30 @@ import typer
 
 from medaudit import __version__
 from medaudit.errors import InputError
-from medaudit.io import atomic_save, atomic_write_json
+from medaudit.io import atomic_write_json
+from medaudit.rungrid import (
+    ResultStore,
+    Task,
+    code_fingerprint,
+    make_backend,
+    run_grid,
+    task_key,
+    worker_threads,
+)
 
 __all__ = [
+    "TEXTURE_CODE",
     "DataSpec",
     "FilterSpec",
-    "ResultStore",
     "StudyConfig",
     "StudyRun",
-    "Task",
     "build_tasks",
-    "canonical_json",
-    "code_fingerprint",
     "execute_task",
     "load_config",
     "parse_config",
     "run_study",
     "study_command",
-    "task_key",
+    "study_task_key",
 ]
 
 BASELINE = "none"
@@ -79,7 +84,7 @@ _CONFIG_DIR = Path(__file__).with_name("configs")
 class DataSpec:
     """Where the volumes come from.
 
-    ``source`` is a reader name of :mod:`medaudit.texture.data` (``mni-phantom``, ``dhcp``,
+    ``source`` is a reader name of :mod:`medaudit.data.mri` (``mni-phantom``, ``dhcp``,
     ``folder``, ``csv``); ``path`` its root folder or table (``None`` for the embedded phantom
     cohort); ``options`` extra keyword arguments for the reader; ``settings`` the data fields of
     :class:`~medaudit.texture.train.TrainConfig` (``label_set``, ``spacing``, ``n_subjects``,
@@ -404,67 +409,13 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def canonical_json(obj: Any) -> str:
-    """Canonical JSON: sorted keys, no whitespace, tuples as lists; raises on non-JSON values."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+#: The code a study task runs (a change to any of these files changes every key).
+TEXTURE_CODE = ("texture", "data/mri.py", "stats.py")
 
 
-# The code a task's result depends on (a change to any of these files changes every key).
-_CODE_MODULES = ("filters", "train.py", "evaluate.py", "data.py", "metrics.py")
-_FINGERPRINT: str | None = None
-
-
-def code_fingerprint() -> str:
-    """SHA-256 of the source of the texture code that tasks run (filters, train, evaluate, data, metrics).
-
-    Part of every task key, so results computed with other code (e.g. a changed filter during
-    development) are never mixed into a study. Constant for an installed release.
-    """
-    global _FINGERPRINT
-    if _FINGERPRINT is None:
-        root = Path(__file__).parent
-        h = hashlib.sha256()
-        for name in _CODE_MODULES:
-            p = root / name
-            files = sorted(p.rglob("*.py")) if p.is_dir() else [p] if p.exists() else []
-            for f in files:
-                h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-        _FINGERPRINT = h.hexdigest()
-    return _FINGERPRINT
-
-
-def task_key(
-    kind: str,
-    spec: Mapping[str, Any],
-    upstream: Sequence[str] = (),
-    version: str = __version__,
-    code: str | None = None,
-) -> str:
-    """SHA-256 (hex, 64 chars) of everything that determines a task's result.
-
-    ``upstream`` are the keys of the tasks this one consumes, so a change anywhere upstream changes
-    every key downstream. ``version`` is the medaudit version and ``code`` the
-    :func:`code_fingerprint` (default: the installed code's).
-    """
-    payload = {
-        "kind": kind,
-        "spec": spec,
-        "upstream": list(upstream),
-        "medaudit": version,
-        "code": code if code is not None else code_fingerprint(),
-    }
-    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class Task:
-    """One unit of work: a training (``kind='train'``) or an evaluation (``kind='eval'``)."""
-
-    kind: Literal["train", "eval"]
-    key: str
-    spec: Mapping[str, Any]
-    upstream: tuple[str, ...] = ()
-    label: str = ""
+def study_task_key(kind: str, spec: Mapping[str, Any], upstream: Sequence[str] = ()) -> str:
+    """:func:`medaudit.rungrid.task_key` with the texture code's fingerprint."""
+    return task_key(kind, spec, upstream, code=code_fingerprint(*TEXTURE_CODE))
 
 
 def build_tasks(config: StudyConfig) -> list[Task]:
@@ -486,7 +437,7 @@ def build_tasks(config: StudyConfig) -> list[Task]:
             "train_severity": int(sev),
             "seed": int(seed),
         }
-        key = task_key("train", spec)
+        key = study_task_key("train", spec)
         label = f"train {f.name}@{sev} seed={seed}"
         tasks.append(Task("train", key, spec, (), label))
         groups: list[tuple[str, list[str]]]
@@ -505,7 +456,7 @@ def build_tasks(config: StudyConfig) -> list[Task]:
                 "train_severity": int(sev),
                 "seed": int(seed),
             }
-            ekey = task_key("eval", espec, upstream=[key])
+            ekey = study_task_key("eval", espec, upstream=[key])
             tasks.append(Task("eval", ekey, espec, (key,), f"eval {f.name}@{sev} seed={seed} on {gname}"))
     return tasks
 
@@ -546,7 +497,7 @@ def _make_train_config(spec: Mapping[str, Any]) -> Any:
 
 def _test_cases(checkpoint: Path) -> list[Any]:
     """The held-out test cases of a training run (its ``split.json``; the same for every model)."""
-    from medaudit.texture.data import VolumeCase
+    from medaudit.data.mri import VolumeCase
 
     split = json.loads((checkpoint.parent / "split.json").read_text())
     return [VolumeCase.from_dict(c) for c in split["test"]]
@@ -591,187 +542,6 @@ def execute_task(payload: Mapping[str, Any]) -> dict[str, Any]:
         df = evaluate([ckpt], cases, corrs, list(spec["severities"]), spec["eval_seed"])
         return {"rows": df}
     raise ValueError(f"unknown task kind {payload['kind']!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# The results table
-# --------------------------------------------------------------------------------------------------
-
-
-class ResultStore:
-    """One Parquet table fed by part files.
-
-    :meth:`append` writes ``parts/<key>.parquet`` atomically (the part is the marker that the task is
-    done) and then rewrites ``results.parquet`` atomically from the previous table plus the part, so
-    readers only ever see a complete table. :meth:`compact` rebuilds the table from the parts alone
-    (done at the start and end of every run, which also heals a crash between part and compaction).
-    """
-
-    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.out_dir = Path(out_dir)
-        self.parts_dir = self.out_dir / "parts"
-        self.table_path = self.out_dir / "results.parquet"
-
-    def part_path(self, key: str) -> Path:
-        return self.parts_dir / f"{key}.parquet"
-
-    def has(self, key: str) -> bool:
-        return self.part_path(key).exists()
-
-    def append(self, key: str, rows: Any) -> Path:
-        """Add one task's rows (a DataFrame); the task key is stored in column ``task_key``.
-
-        Parts are immutable: if ``key`` already has a part, that part is kept and ``rows`` ignored.
-        """
-        import pandas as pd
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if self.has(key):
-            table = pq.read_table(self.part_path(key))
-        else:
-            df = pd.DataFrame(rows).copy()
-            df["task_key"] = key
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            with atomic_save(self.part_path(key)) as tmp:
-                pq.write_table(table, tmp)
-        if self.table_path.exists():
-            old = pq.read_table(self.table_path)
-            if key in set(old.column("task_key").to_pylist()):
-                return self.table_path
-            table = pa.concat_tables([old, table], promote_options="default")
-        with atomic_save(self.table_path) as tmp:
-            pq.write_table(table, tmp)
-        return self.table_path
-
-    def compact(self, keys: Iterable[str] | None = None) -> Path | None:
-        """Rebuild ``results.parquet`` from the parts (only ``keys`` if given, in that order)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if keys is None:
-            paths = sorted(self.parts_dir.glob("*.parquet")) if self.parts_dir.exists() else []
-        else:
-            paths = [self.part_path(k) for k in keys if self.has(k)]
-        if not paths:  # nothing of this study is finished: no table (not a stale one from another config)
-            self.table_path.unlink(missing_ok=True)
-            return None
-        table = pa.concat_tables([pq.read_table(p) for p in paths], promote_options="default")
-        with atomic_save(self.table_path) as tmp:
-            pq.write_table(table, tmp)
-        return self.table_path
-
-    def read(self) -> Any:
-        import pandas as pd
-
-        if not self.table_path.exists():
-            return pd.DataFrame()
-        return pd.read_parquet(self.table_path)
-
-
-# --------------------------------------------------------------------------------------------------
-# Runners
-# --------------------------------------------------------------------------------------------------
-
-
-class _Backend:
-    """Minimal future-style interface: submit(fn, payload) -> handle; wait() -> [(handle, result|exc)]."""
-
-    def submit(self, fn: Callable[[Mapping[str, Any]], dict[str, Any]], payload: Mapping[str, Any]) -> Any:
-        raise NotImplementedError
-
-    def wait(self, handles: list[Any]) -> list[tuple[Any, Any, BaseException | None]]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class _Deferred:
-    """A call to make later (hashable by identity)."""
-
-    def __init__(self, fn: Callable[[Mapping[str, Any]], dict[str, Any]], payload: Mapping[str, Any]) -> None:
-        self.fn, self.payload = fn, payload
-
-
-class _SerialBackend(_Backend):
-    def submit(self, fn: Callable[[Mapping[str, Any]], dict[str, Any]], payload: Mapping[str, Any]) -> Any:
-        return _Deferred(fn, payload)
-
-    def wait(self, handles: list[Any]) -> list[tuple[Any, Any, BaseException | None]]:
-        h = handles[0]
-        try:
-            return [(h, h.fn(h.payload), None)]
-        except Exception as exc:
-            return [(h, None, exc)]
-
-
-class _PoolBackend(_Backend):
-    def __init__(self, workers: int) -> None:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: torch and forked OpenMP thread pools do not mix.
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-
-    def submit(self, fn: Callable[[Mapping[str, Any]], dict[str, Any]], payload: Mapping[str, Any]) -> Any:
-        return self._pool.submit(fn, payload)
-
-    def wait(self, handles: list[Any]) -> list[tuple[Any, Any, BaseException | None]]:
-        from concurrent.futures import FIRST_COMPLETED
-        from concurrent.futures import wait as fwait
-
-        done, _ = fwait(handles, return_when=FIRST_COMPLETED)
-        out = []
-        for h in done:
-            exc = h.exception()
-            out.append((h, None if exc else h.result(), exc))
-        return out
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _RayBackend(_Backend):
-    def __init__(self, address: str, workers: int, cpus: float, gpus: float) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise InputError(
-                "--ray-address needs Ray; install it with: pip install 'medaudit[scale]'"
-            ) from None
-        self._ray = ray
-        self._started = False
-        if not ray.is_initialized():
-            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if address == "local":
-                ray.init(num_cpus=max(1, workers), **kw)
-            else:
-                ray.init(address=address, **kw)
-            self._started = True
-        self._remote_cache: dict[Any, Any] = {}
-        self._opts = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 0}
-
-    def submit(self, fn: Callable[[Mapping[str, Any]], dict[str, Any]], payload: Mapping[str, Any]) -> Any:
-        rf = self._remote_cache.get(fn)
-        if rf is None:
-            rf = self._remote_cache[fn] = self._ray.remote(fn).options(**self._opts)
-        return rf.remote(dict(payload))
-
-    def wait(self, handles: list[Any]) -> list[tuple[Any, Any, BaseException | None]]:
-        ready, _ = self._ray.wait(handles, num_returns=1)
-        out = []
-        for h in ready:
-            try:
-                out.append((h, self._ray.get(h), None))
-            except Exception as exc:
-                cause = getattr(exc, "cause", None)
-                out.append((h, None, cause if isinstance(cause, BaseException) else exc))
-        return out
-
-    def close(self) -> None:
-        if self._started:
-            self._ray.shutdown()
 
 
 @dataclass
@@ -825,50 +595,15 @@ def run_study(
     keep its contract). Failed tasks are recorded in ``StudyRun.failed`` and their dependants skipped;
     with ``keep_going=False`` the first failure is re-raised.
     """
-    from medaudit.progress import make_progress
-
     t0 = time.perf_counter()
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     tasks = build_tasks(config)
     store = ResultStore(out)
-    atomic_write_json(
-        out / "study.json",
-        {
-            "config": config.as_json(),
-            "source": config.source,
-            "medaudit": __version__,
-            "tasks": [
-                {"kind": t.kind, "key": t.key, "label": t.label, "upstream": list(t.upstream)} for t in tasks
-            ],
-        },
-    )
+    _write_study_json(out, config, tasks)
     eval_keys = [t.key for t in tasks if t.kind == "eval"]
     store.compact(eval_keys)  # heal an interrupted append; keep only this study's parts
-
-    run = StudyRun(out_dir=out, tasks=tasks)
-    pending: list[Task] = []
-    for t in tasks:
-        if _is_done(t, out, store):
-            run.skipped.append(t.key)
-        else:
-            pending.append(t)
-    fn = executor or execute_task
-    workers = max(1, int(workers))
-    if ray_address:
-        backend: _Backend = _RayBackend(ray_address, workers, config.cpus_per_task, config.gpus_per_task)
-    elif workers > 1:
-        backend = _PoolBackend(workers)
-    else:
-        backend = _SerialBackend()
-    threads = (
-        max(1, (os.cpu_count() or 1) // workers) if not ray_address else max(1, int(config.cpus_per_task))
-    )
-
-    done_train = {t.key for t in tasks if t.kind == "train" and t.key in set(run.skipped)}
-    waiting = list(pending)
-    in_flight: dict[Any, Task] = {}
-    limit = workers if (ray_address or workers > 1) else 1
+    threads = worker_threads(workers, ray_address, config.cpus_per_task)
 
     def payload(t: Task) -> dict[str, Any]:
         p: dict[str, Any] = {
@@ -882,50 +617,42 @@ def run_study(
             p["checkpoint"] = str(_checkpoint_of(out, t.upstream[0]))
         return p
 
-    progress = make_progress()
-    try:
-        with progress:
-            bar = progress.add_task(f"study {config.name}", total=len(tasks), completed=len(run.skipped))
-            while waiting or in_flight:
-                # submit every ready task (dependencies finished), up to the worker limit
-                blocked: list[Task] = []
-                for t in waiting:
-                    if any(u in run.failed for u in t.upstream):
-                        run.failed[t.key] = "upstream task failed"
-                        progress.advance(bar)
-                    elif len(in_flight) < limit and all(u in done_train for u in t.upstream):
-                        in_flight[backend.submit(fn, payload(t))] = t
-                    else:
-                        blocked.append(t)
-                waiting = blocked
-                if not in_flight:
-                    if waiting:  # cannot happen with a well-formed task list
-                        raise RuntimeError("study scheduler stalled: tasks wait on unknown upstream tasks")
-                    break
-                for handle, result, exc in backend.wait(list(in_flight)):
-                    t = in_flight.pop(handle)
-                    if exc is not None:
-                        if not keep_going:
-                            raise exc
-                        run.failed[t.key] = f"{type(exc).__name__}: {exc}"
-                        progress.console.print(f"[red]failed[/red] {t.label}: {type(exc).__name__}: {exc}")
-                    elif t.kind == "train":
-                        done_train.add(t.key)
-                        run.executed.append(t.key)
-                    else:
-                        rows = _annotate(result["rows"], t)
-                        store.append(t.key, rows)
-                        run.executed.append(t.key)
-                    progress.update(bar, advance=1, description=f"study {config.name}: {t.label}")
-    finally:
-        backend.close()
+    def on_result(t: Task, result: Any) -> None:
+        if t.kind == "eval":
+            store.append(t.key, _annotate(result["rows"], t))
+
+    grid = run_grid(
+        tasks,
+        executor or execute_task,
+        payload,
+        on_result,
+        is_done=lambda t: _is_done(t, out, store),
+        backend=make_backend(workers, ray_address, config.cpus_per_task, config.gpus_per_task),
+        label=f"study {config.name}",
+        keep_going=keep_going,
+    )
+    run = StudyRun(out_dir=out, tasks=tasks, executed=grid.executed, skipped=grid.skipped, failed=grid.failed)
     run.results_path = store.compact(eval_keys)
     if report and run.results_path is not None:
-        from medaudit.texture.study_report import write_study_report
+        from medaudit.studies.texture_robustness.report import write_study_report
 
         run.report_path = write_study_report(store.read(), config, out / "report.html")
     run.wall_s = time.perf_counter() - t0
     return run
+
+
+def _write_study_json(out: Path, config: StudyConfig, tasks: Sequence[Task]) -> None:
+    atomic_write_json(
+        out / "study.json",
+        {
+            "config": config.as_json(),
+            "source": config.source,
+            "medaudit": __version__,
+            "tasks": [
+                {"kind": t.kind, "key": t.key, "label": t.label, "upstream": list(t.upstream)} for t in tasks
+            ],
+        },
+    )
 
 
 def _annotate(rows: Any, task: Task) -> Any:
