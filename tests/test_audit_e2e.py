@@ -157,7 +157,7 @@ def test_cli_audit_end_to_end(small_table: Path, tmp_path: Path) -> None:
         (["--n-components", "500", "--skip-bad"], "500"),
         (["--slicer", "nope", "--skip-bad"], "nope"),
         (["--encoder-opt", "image=3"], "MODALITY.KEY=VALUE"),
-        (["--rank-by", "size", "--skip-bad"], "rank_by 'size'"),
+        (["--rank-by", "size", "--skip-bad"], "'size' is not one of"),
     ],
 )
 def test_cli_bad_input_exits_2_without_output(

@@ -295,6 +295,7 @@ def test_agrees_with_domino(tmp_path):
         dtype="float64",
         pca_svd_solver="full",
         device="cpu",
+        rank_by="error",  # Domino's ranking, so the slice columns come in Domino's order
     ).fit(d.embeddings, d.targets, d.pred_probs)
     ours = s.predict_proba(d.embeddings, d.targets, d.pred_probs)
     assert ours.shape == theirs.shape

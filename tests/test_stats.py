@@ -63,3 +63,11 @@ def test_bh_qvalues_by_hand():
     q = bh_qvalues(p)
     assert q == pytest.approx([0.04, 0.05333333, 0.05333333, 0.20])
     assert bh_qvalues([]).size == 0
+
+
+def test_public_api_resolves_every_name():
+    import medaudit
+
+    for name in medaudit.__all__:
+        assert getattr(medaudit, name) is not None, name
+    assert medaudit.AuditConfig().rank_by == "excess_errors"

@@ -1,20 +1,122 @@
-"""The one entry point: ``medaudit audit | demo | bench-scenarios | texture ...``.
+"""The one entry point: ``medaudit audit | demo | bench-scenarios | list | texture ...``.
 
-Each capability registers its commands from its own module; this file only wires them together and
-turns :class:`medaudit.errors.InputError` into a one-line message and a non-zero exit.
+Commands are registered by name and loaded only when invoked, so ``medaudit --help`` and a bad-input
+error come back without importing torch. This module also owns the exit status of every command:
+
+* 0 success; 2 bad input (one line naming the file, column or row; also usage errors);
+* 130 interrupted (Ctrl-C / SIGTERM), with one line saying what was kept;
+* 1 an internal error, summarised on one line (``-v`` or ``MEDAUDIT_TRACEBACK=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
+import os
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from medaudit import __version__
 from medaudit.errors import InputError
 
+log = logging.getLogger("medaudit")
+
+# name -> (module, attribute, one-line help). The attribute is a typer command function or a Typer app.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "audit": (
+        "medaudit.audit.cli",
+        "audit_command",
+        "Audit a classifier: discover and explain failing slices.",
+    ),
+    "demo": (
+        "medaudit.studies.cxr_slices.demo",
+        "demo_command",
+        "The whole audit on the embedded phantom chest X-ray cohort.",
+    ),
+    "bench-scenarios": (
+        "medaudit.studies.cxr_slices.benchmark",
+        "bench_scenarios_command",
+        "Failure-scenario benchmark of slice discovery (precision@k).",
+    ),
+    "texture": (
+        "medaudit.texture.cli",
+        "app",
+        "Texture robustness of 3D segmentation: train, eval, predict.",
+    ),
+}
+#: commands a study adds to a product group: (group, name) -> (module, attribute)
+GROUP_EXTRAS: dict[tuple[str, str], tuple[str, str]] = {
+    ("texture", "study"): ("medaudit.studies.texture_robustness.study", "study_command"),
+}
+#: old flag spellings, kept for one release: command path -> {old: new}
+DEPRECATED_FLAGS: dict[tuple[str, ...], dict[str, str]] = {
+    ("audit",): {
+        "--id": "--id-col",
+        "--label": "--label-col",
+        "--prob": "--prob-col",
+        "--pred": "--pred-col",
+        "--image": "--image-col",
+        "--report": "--report-col",
+        "--report-path": "--report-path-col",
+        "--cache": "--cache-dir",
+    },
+    ("texture", "predict"): {"--out-dir": "--out"},
+}
+
+
+def _load(name: str) -> Any:
+    module, attr, _ = COMMANDS[name]
+    obj = getattr(importlib.import_module(module), attr)
+    if isinstance(obj, typer.Typer):
+        for (group, extra), (emod, eattr) in GROUP_EXTRAS.items():
+            if group == name:
+                obj.command(extra)(getattr(importlib.import_module(emod), eattr))
+        cmd = typer.main.get_command(obj)
+    else:
+        single = typer.Typer()
+        single.command(name)(obj)
+        cmd = typer.main.get_command(single)
+    cmd.name = name
+    return cmd
+
+
+class LazyGroup(TyperGroup):
+    """A click group whose commands are imported on first use; ``--help`` lists them from the table."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in COMMANDS:
+            cmd = _load(cmd_name)
+            self.add_command(cmd, cmd_name)
+        return cmd
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        # plain help: typer's rich help would import every command to describe it
+        self.format_usage(ctx, formatter)
+        if self.help:
+            formatter.write_paragraph()
+            formatter.write_text(self.help)
+        rows = [r for r in (p.get_help_record(ctx) for p in self.get_params(ctx)) if r]
+        with formatter.section("Options"):
+            formatter.write_dl(rows)
+        self.format_commands(ctx, formatter)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = [(n, COMMANDS[n][2]) for n in COMMANDS]
+        rows += [(n, c.get_short_help_str(60)) for n, c in self.commands.items() if n not in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+
 app = typer.Typer(
     name="medaudit",
+    cls=LazyGroup,
     help="Audit medical imaging classifiers (slice discovery) and harden 3D segmentation (texture robustness).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -33,59 +135,97 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
     ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv: debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
 ) -> None:
     """medaudit command line."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    setup_logging(level)
+    if verbose:
+        os.environ.setdefault("MEDAUDIT_TRACEBACK", "1")
 
 
-# (command name, module, attribute): each capability module exposes a typer-annotated function.
-_COMMANDS: list[tuple[str, str, str]] = [
-    ("audit", "medaudit.audit.cli", "audit_command"),
-    ("demo", "medaudit.studies.cxr_slices.demo", "demo_command"),
-    ("bench-scenarios", "medaudit.studies.cxr_slices.benchmark", "bench_scenarios_command"),
-]
-# (group name, module, attribute): typer sub-apps.
-_GROUPS: list[tuple[str, str, str]] = [
-    ("texture", "medaudit.texture.cli", "app"),
-]
+@app.command("list")
+def list_command(
+    what: str = typer.Argument(..., help="encoders | filters | corruptions | slicers | recipes"),
+) -> None:
+    """List what is available: encoders, filters, corruptions, slicers."""
+    from medaudit.registry import available
+
+    for line in available(what):
+        typer.echo(line)
 
 
-def _register() -> None:
-    import importlib
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log ``medaudit.*`` records to stderr as ``medaudit: message`` (once per process)."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level)
 
-    for name, module, attr in _COMMANDS:
-        app.command(name)(getattr(importlib.import_module(module), attr))
-    for name, module, attr in _GROUPS:
-        app.add_typer(getattr(importlib.import_module(module), attr), name=name)
+
+def rewrite_deprecated(argv: list[str]) -> list[str]:
+    """Replace old flag spellings with the new ones (warning once per flag)."""
+    words = [a for a in argv if not a.startswith("-")]
+    for path, table in DEPRECATED_FLAGS.items():
+        if tuple(words[: len(path)]) != path:
+            continue
+        out = []
+        for a in argv:
+            flag, eq, value = a.partition("=")
+            if flag in table:
+                log.warning(
+                    "%s is deprecated; use %s (the old spelling goes in the next release)", flag, table[flag]
+                )
+                a = table[flag] + eq + value
+            out.append(a)
+        return out
+    return argv
 
 
-_register()
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _usage_error(exc: BaseException) -> tuple[str, int] | None:
+    """``(message, exit status)`` of a click-style error (typer's own copy of click included)."""
+    fmt, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+    if callable(fmt) and isinstance(code, int):
+        return " ".join(str(fmt()).split()), code
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point."""
+    """Console-script entry point; returns the exit status (see the module docstring)."""
+    setup_logging()
+    args = rewrite_deprecated(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=argv, standalone_mode=False)
+        rc: Any = app(args=args, standalone_mode=False)
     except InputError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         return 2
     except FileNotFoundError as exc:
         typer.secho(f"error: {exc.filename or exc}: file not found", err=True, fg="red")
         return 2
-    except typer.Abort:
-        typer.secho("aborted", err=True)
-        return 130
+    except (KeyboardInterrupt, typer.Abort):
+        rc = 130
     except typer.Exit as exc:
-        return int(exc.exit_code or 0)
-    except SystemExit as exc:  # click usage errors in non-standalone mode
-        return int(exc.code or 0)
-    except Exception as exc:  # click.UsageError and friends
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
-    return 0
+        rc = int(exc.exit_code or 0)
+    except Exception as exc:
+        usage = _usage_error(exc)
+        if usage is not None:
+            typer.secho(f"error: {usage[0]}", err=True, fg="red")
+            return usage[1]
+        if os.environ.get("MEDAUDIT_TRACEBACK"):
+            raise
+        typer.secho(f"internal error: {_one_line(exc)} (run with -v for the traceback)", err=True, fg="red")
+        return 1
+    if rc == 130:  # typer may also turn Ctrl-C into Exit(130) itself
+        typer.secho("interrupted: nothing was written over an existing output", err=True)
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""``medaudit audit``: find the slices of a case table where a classifier fails, and explain them."""
+"""``medaudit audit``: find the slices of a case table where a classifier fails, and explain them.
+
+The command only maps its flags onto an :class:`~medaudit.audit.config.AuditConfig` (defaults come
+from the model; ``--config FILE`` reads the same model, and flags given on the command line win) and
+calls :func:`medaudit.audit.pipeline.run_audit`. Heavy imports wait until the input has been checked.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ from typing import Any
 
 import typer
 
-from medaudit.audit.pipeline import DEFAULT_ENCODERS, AuditConfig, run_audit
-from medaudit.audit.table import MODALITIES, ColumnMap
+from medaudit.audit.config import DEFAULT_ENCODERS, MODALITIES, AuditConfig, Fusion, RankRule, SlicerName
 from medaudit.errors import InputError
 
 __all__ = ["audit_command", "parse_embeddings", "parse_encoder_opts", "split_list"]
+
+_D = AuditConfig()
+_C = _D.columns
 
 
 def split_list(values: list[str] | None) -> list[str]:
@@ -21,6 +28,15 @@ def split_list(values: list[str] | None) -> list[str]:
     for v in values or []:
         out.extend(p.strip() for p in v.split(",") if p.strip())
     return list(dict.fromkeys(out))
+
+
+def _modality(option: str, value: str, mod: str) -> str:
+    mod = mod.strip().lower()
+    if mod not in MODALITIES:
+        raise InputError(
+            f"{option} '{value}': unknown modality '{mod}' (choose from {', '.join(MODALITIES)})"
+        )
+    return mod
 
 
 def parse_embeddings(values: list[str] | None) -> dict[str, Path]:
@@ -32,11 +48,7 @@ def parse_embeddings(values: list[str] | None) -> dict[str, Path]:
                 f"--embeddings '{v}': expected MODALITY=PATH (modality one of {', '.join(MODALITIES)})"
             )
         mod, path = v.split("=", 1)
-        mod = mod.strip().lower()
-        if mod not in MODALITIES:
-            raise InputError(
-                f"--embeddings '{v}': unknown modality '{mod}' (choose from {', '.join(MODALITIES)})"
-            )
+        mod = _modality("--embeddings", v, mod)
         if mod in out:
             raise InputError(f"--embeddings: modality '{mod}' given twice")
         out[mod] = Path(path.strip())
@@ -52,13 +64,9 @@ def parse_encoder_opts(values: list[str] | None) -> dict[str, dict[str, Any]]:
     for v in values or []:
         key, sep, raw = v.partition("=")
         mod, dot, name = key.partition(".")
-        mod = mod.strip().lower()
         if not sep or not dot or not name.strip():
             raise InputError(f"--encoder-opt '{v}': expected MODALITY.KEY=VALUE, e.g. image.size=224")
-        if mod not in MODALITIES:
-            raise InputError(
-                f"--encoder-opt '{v}': unknown modality '{mod}' (choose from {', '.join(MODALITIES)})"
-            )
+        mod = _modality("--encoder-opt", v, mod)
         try:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
@@ -67,19 +75,78 @@ def parse_encoder_opts(values: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _explicit(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave (not defaults), so that they override a ``--config`` file."""
+    return {k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", "") != "DEFAULT"}
+
+
+def _config_fields(p: dict[str, Any]) -> dict[str, Any]:
+    """Map CLI parameter values onto AuditConfig fields (only those present in ``p``)."""
+    cols = {"id_col": "id", "label_col": "label", "prob_col": "prob", "pred_col": "pred"}
+    cols |= {"image_col": "image", "report_col": "report", "report_path_col": "report_path"}
+    enc = {"image_encoder": "image", "report_encoder": "report", "meta_encoder": "metadata"}
+    out: dict[str, Any] = {}
+    for k, v in p.items():
+        if k in cols:
+            out.setdefault("columns", {})[cols[k]] = v
+        elif k in enc:
+            out.setdefault("encoders", dict(DEFAULT_ENCODERS))[enc[k]] = v
+        elif k == "meta":
+            out["meta"] = split_list(v)
+        elif k == "modalities":
+            out["modalities"] = tuple(split_list([v])) if v else None
+        elif k == "encoder_opt":
+            out["encoder_kwargs"] = parse_encoder_opts(v)
+        elif k == "embeddings":
+            out["embeddings"] = parse_embeddings(v)
+        elif k == "pca":
+            out["pca"] = v or None
+        elif k == "no_report":
+            out["write_report"] = not v
+        elif k not in ("table", "out", "config"):
+            out[k] = v
+    return out
+
+
+def _build_config(ctx: typer.Context, config_file: Path | None, values: dict[str, Any]) -> AuditConfig:
+    from pydantic import ValidationError
+
+    from medaudit.configfile import read_mapping, validation_error
+
+    given = _config_fields(_explicit(ctx, values))
+    if config_file is None:
+        base: dict[str, Any] = {}
+        given = _config_fields(values)
+    else:
+        base = read_mapping(config_file)
+    merged = {**base, **given}
+    if "columns" in base and "columns" in given:
+        merged["columns"] = {**base["columns"], **given["columns"]}
+    try:
+        return AuditConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise validation_error(exc, str(config_file) if config_file else "command line") from None
+
+
 def audit_command(
+    ctx: typer.Context,
     table: Path = typer.Option(..., "--table", help="Case table: .csv, .tsv, .parquet or .jsonl."),
-    out: Path = typer.Option(..., "--out", help="Output folder (replaced atomically)."),
-    id_col: str = typer.Option("id", "--id", help="Case id column."),
-    label_col: str = typer.Option("label", "--label", help="Binary ground-truth label column (0/1)."),
-    prob_col: str = typer.Option("prob", "--prob", help="Predicted probability of class 1."),
-    pred_col: str | None = typer.Option(
-        None, "--pred", help="Hard 0/1 prediction column (instead of --prob)."
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="AuditConfig as YAML/JSON; flags given here override it."
     ),
-    image_col: str = typer.Option("image", "--image", help="Image path column (DICOM, PNG, JPEG)."),
-    report_col: str = typer.Option("report", "--report", help="Report text column."),
+    id_col: str = typer.Option(_C.id, "--id-col", help="Case id column."),
+    label_col: str = typer.Option(_C.label, "--label-col", help="Binary ground-truth label column (0/1)."),
+    prob_col: str = typer.Option(_C.prob, "--prob-col", help="Predicted probability of class 1."),
+    pred_col: str | None = typer.Option(
+        _C.pred, "--pred-col", help="Hard 0/1 prediction (instead of --prob-col)."
+    ),
+    image_col: str = typer.Option(_C.image, "--image-col", help="Image path column (DICOM, PNG, JPEG)."),
+    report_col: str = typer.Option(_C.report, "--report-col", help="Report text column."),
     report_path_col: str | None = typer.Option(
-        None, "--report-path", help="Column of report text file paths (instead of --report)."
+        _C.report_path,
+        "--report-path-col",
+        help="Column of report text file paths (instead of --report-col).",
     ),
     meta: list[str] | None = typer.Option(
         None, "--meta", help="Metadata column(s); repeat or comma-separate."
@@ -89,42 +156,46 @@ def audit_command(
         "--modalities",
         help="Any subset of image,report,metadata (default: image,report[,metadata if --meta]).",
     ),
-    image_encoder: str = typer.Option(DEFAULT_ENCODERS["image"], "--image-encoder"),
-    report_encoder: str = typer.Option(DEFAULT_ENCODERS["report"], "--report-encoder"),
-    meta_encoder: str = typer.Option(DEFAULT_ENCODERS["metadata"], "--meta-encoder"),
+    image_encoder: str = typer.Option(
+        _D.encoders["image"], "--image-encoder", help="See `medaudit list encoders`."
+    ),
+    report_encoder: str = typer.Option(_D.encoders["report"], "--report-encoder"),
+    meta_encoder: str = typer.Option(_D.encoders["metadata"], "--meta-encoder"),
     encoder_opt: list[str] | None = typer.Option(
         None, "--encoder-opt", help="Encoder argument MODALITY.KEY=VALUE (e.g. image.size=224); repeatable."
     ),
-    fusion: str = typer.Option("concat", "--fusion", help="concat | balanced"),
-    fusion_dim: int = typer.Option(64, "--fusion-dim", help="Per-modality dimension for balanced fusion."),
-    slicer: str = typer.Option("mixture", "--slicer", help="mixture | kmeans"),
-    n_slices: int = typer.Option(5, "--n-slices", min=1),
-    n_components: int = typer.Option(20, "--n-components", min=1, help="Mixture components."),
-    y_weight: float = typer.Option(10.0, "--y-weight", help="Label log-likelihood weight."),
-    y_hat_weight: float = typer.Option(10.0, "--y-hat-weight", help="Prediction log-likelihood weight."),
-    pca: int = typer.Option(128, "--pca", min=0, help="PCA dimensions before the mixture (0: none)."),
-    rank_by: str = typer.Option(
-        "excess_errors",
-        "--rank-by",
-        help="Slice ranking: excess_errors | error_lcb | error (Domino's raw error, the study's rule).",
+    fusion: Fusion = typer.Option(_D.fusion, "--fusion", help="How modalities are combined."),
+    fusion_dim: int = typer.Option(
+        _D.fusion_dim, "--fusion-dim", help="Per-modality dimension for balanced fusion."
+    ),
+    slicer: SlicerName = typer.Option(_D.slicer, "--slicer", help="Slicer family."),
+    n_slices: int = typer.Option(_D.n_slices, "--n-slices", min=1),
+    n_components: int = typer.Option(_D.n_components, "--n-components", min=1, help="Mixture components."),
+    y_weight: float = typer.Option(_D.y_weight, "--y-weight", help="Label log-likelihood weight."),
+    y_hat_weight: float = typer.Option(
+        _D.y_hat_weight, "--y-hat-weight", help="Prediction log-likelihood weight."
+    ),
+    pca: int = typer.Option(_D.pca or 0, "--pca", min=0, help="PCA dimensions before the mixture (0: none)."),
+    rank_by: RankRule = typer.Option(
+        _D.rank_by, "--rank-by", help="Slice ranking (error = Domino's, the study's)."
     ),
     min_slice_size: float = typer.Option(
-        0.0, "--min-slice-size", min=0.0, help="Rank mixture components with fewer cases than this last."
+        _D.min_slice_size, "--min-slice-size", min=0.0, help="Rank mixture components with fewer cases last."
     ),
     embeddings: list[str] | None = typer.Option(
         None,
         "--embeddings",
         help="Precomputed embeddings MODALITY=PATH (.npy + .ids.txt, or .parquet); repeatable.",
     ),
-    cache: Path | None = typer.Option(
-        None, "--cache", help="Embedding cache folder (default ~/.cache/medaudit)."
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Embedding cache (default ~/.cache/medaudit)."
     ),
     skip_bad: bool = typer.Option(
-        False, "--skip-bad", help="Drop bad rows (counted in the outputs) instead of failing."
+        _D.skip_bad, "--skip-bad", help="Drop bad rows (counted) instead of failing."
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(_D.seed, "--seed"),
     device: str | None = typer.Option(
-        None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."
+        _D.device, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."
     ),
     no_report: bool = typer.Option(False, "--no-report", help="Skip report.html."),
 ) -> None:
@@ -132,41 +203,16 @@ def audit_command(
 
     Writes OUT/slices.json, OUT/membership.parquet and OUT/report.html (schema in docs/audit.md).
     """
-    if fusion not in ("concat", "balanced"):
-        raise InputError(f"--fusion '{fusion}': choose concat or balanced")
-    mods = tuple(split_list([modalities])) if modalities else None
-    cfg = AuditConfig(
-        columns=ColumnMap(
-            id=id_col,
-            label=label_col,
-            prob=prob_col,
-            pred=pred_col,
-            image=image_col,
-            report=report_col,
-            report_path=report_path_col,
-        ),
-        meta=split_list(meta),
-        modalities=mods,
-        encoders={"image": image_encoder, "report": report_encoder, "metadata": meta_encoder},
-        encoder_kwargs=parse_encoder_opts(encoder_opt),
-        fusion=fusion,
-        fusion_dim=fusion_dim,
-        slicer=slicer,
-        n_slices=n_slices,
-        n_components=n_components,
-        y_weight=y_weight,
-        y_hat_weight=y_hat_weight,
-        pca=pca or None,
-        rank_by=rank_by,
-        min_slice_size=min_slice_size,
-        cache_dir=cache,
-        skip_bad=skip_bad,
-        seed=seed,
-        device=device,
-        embeddings=parse_embeddings(embeddings),
-        write_report=not no_report,
-    )
-    result = run_audit(table, cfg, out)
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "config")}
+    if not table.is_file():
+        raise InputError(f"{table}: table file not found")
+    cfg = _build_config(ctx, config, values)
+    from medaudit.audit.pipeline import run_audit
+
+    _print_result(run_audit(table, cfg, out))
+
+
+def _print_result(result: Any) -> None:
     c = result.counts
     typer.echo(
         f"audited {c['cases']} cases ({c['skipped_rows']} rows skipped), error rate {c['error_rate']:.3f}; "

@@ -13,9 +13,8 @@ from typing import Literal
 
 import numpy as np
 
+from medaudit.audit.config import MODALITIES
 from medaudit.errors import InputError
-
-MODALITIES: tuple[str, ...] = ("image", "report", "metadata")
 
 #: The 7 non-empty subsets of the three modalities, singles first, then pairs, then all three.
 MODALITY_VARIANTS: tuple[tuple[str, ...], ...] = tuple(

@@ -2,8 +2,7 @@
 
 Python API::
 
-    from medaudit.audit.pipeline import AuditConfig, run_audit
-    from medaudit.audit.table import ColumnMap
+    from medaudit.audit import AuditConfig, ColumnMap, run_audit
 
     cfg = AuditConfig(columns=ColumnMap(prob="score"), meta=["sex", "age"], cache_dir="cache")
     result = run_audit("cases.csv", cfg, "audit_out")
@@ -18,9 +17,8 @@ interval), composition, explanations and ``member_ids`` use its members; ``soft_
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,29 +28,23 @@ import pandas as pd
 
 from medaudit import __version__
 from medaudit.audit import explain
+from medaudit.audit.config import DEFAULT_ENCODERS, AuditConfig
 from medaudit.audit.outputs import (
     MEMBERSHIP_FILE,
     REPORT_FILE,
     SCHEMA_VERSION,
     SLICES_FILE,
     membership_frame,
-    to_jsonable,
     write_membership,
     write_slices_json,
 )
-from medaudit.audit.table import MODALITIES, CaseTable, ColumnMap, load_case_table, load_embeddings
+from medaudit.audit.table import CaseTable, load_case_table, load_embeddings
 from medaudit.errors import InputError
-from medaudit.io import atomic_output_dir, default_cache_dir
+from medaudit.io import atomic_output_dir
 from medaudit.progress import make_progress
 from medaudit.stats import wilson_ci
 
 __all__ = ["DEFAULT_ENCODERS", "AuditConfig", "AuditResult", "run_audit"]
-
-DEFAULT_ENCODERS: dict[str, str] = {
-    "image": "efficientnet-lite0",
-    "report": "tfidf-svd",
-    "metadata": "tabular",
-}
 
 # AuditConfig fields -> ErrorAwareMixtureSlicer parameter names (passed when the slicer accepts them).
 _SLICER_PARAMS = {
@@ -64,100 +56,6 @@ _SLICER_PARAMS = {
     "rank_by": "rank_by",
     "min_slice_size": "min_slice_size",
 }
-
-
-@dataclass
-class AuditConfig:
-    """Everything that defines an audit run. Defaults follow the multimodal study.
-
-    Attributes:
-        columns: the table's column names per role.
-        meta: metadata columns (used by the metadata encoder and the enrichment tests).
-        modalities: any subset of ``image``, ``report``, ``metadata``; ``None`` = image and report, plus
-            metadata when ``meta`` is given.
-        encoders: encoder name per modality (defaults: efficientnet-lite0, tfidf-svd, tabular).
-        encoder_kwargs: extra keyword arguments per modality for ``get_encoder``.
-        fusion / fusion_weights / fusion_dim: passed to :func:`medaudit.audit.fusion.fuse`.
-        slicer: ``mixture`` (Domino-style error-aware Gaussian mixture) or ``kmeans``.
-        n_slices / n_components / y_weight / y_hat_weight / pca: slicer settings (study: 5 slices,
-            20 mixture components, label and prediction weights 10, PCA to 128 dimensions).
-        rank_by: how the mixture's components are ranked into slices (see
-            :mod:`medaudit.audit.slicers.mixture`): ``"excess_errors"`` (default: errors beyond the
-            overall error rate, so a large failing group outranks a handful of pure errors),
-            ``"error_lcb"`` (lower confidence bound of the error rate) or ``"error"`` (Domino's raw
-            ``max_c |mean yhat - mean y|``, the study's rule, which favours tiny pure groups).
-        min_slice_size: mixture components with a smaller effective size are ranked last.
-        slicer_kwargs: further slicer parameters (must be accepted by the slicer).
-        threshold: probability cut-off for the hard prediction when no prediction column is given.
-        cache_dir: embedding cache (``None``: ``$MEDAUDIT_CACHE`` or ``~/.cache/medaudit``).
-        skip_bad: drop bad rows (counted) instead of failing.
-        seed: seed of every random step.
-        device: torch device for encoders and slicer (``None``: CUDA when present).
-        embeddings: precomputed embeddings per modality (path), replacing that modality's encoder.
-        top_ngrams / n_exemplars / membership_threshold: explanation settings.
-        write_report: also write ``report.html``.
-    """
-
-    columns: ColumnMap = field(default_factory=ColumnMap)
-    meta: list[str] = field(default_factory=list)
-    modalities: tuple[str, ...] | None = None
-    encoders: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ENCODERS))
-    encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fusion: str = "concat"
-    fusion_weights: dict[str, float] | None = None
-    fusion_dim: int = 64
-    slicer: str = "mixture"
-    n_slices: int = 5
-    n_components: int = 20
-    y_weight: float = 10.0
-    y_hat_weight: float = 10.0
-    pca: int | None = 128
-    rank_by: str = "excess_errors"
-    min_slice_size: float = 0.0
-    slicer_kwargs: dict[str, Any] = field(default_factory=dict)
-    threshold: float = 0.5
-    cache_dir: str | os.PathLike[str] | None = None
-    skip_bad: bool = False
-    seed: int = 0
-    device: str | None = None
-    embeddings: dict[str, str | os.PathLike[str]] = field(default_factory=dict)
-    top_ngrams: int = 10
-    n_exemplars: int = 8
-    membership_threshold: float = 0.5
-    write_report: bool = True
-
-    def resolved_modalities(self) -> tuple[str, ...]:
-        """The modalities used, validated."""
-        mods = self.modalities
-        if mods is None:
-            mods = ("image", "report", "metadata") if self.meta else ("image", "report")
-        mods = tuple(dict.fromkeys(m.strip().lower() for m in mods if m.strip()))
-        if not mods:
-            raise InputError("no modality selected (choose from image, report, metadata)")
-        for m in mods:
-            if m not in MODALITIES:
-                raise InputError(f"unknown modality '{m}' (choose from {', '.join(MODALITIES)})")
-        for m in self.embeddings:
-            if m not in MODALITIES:
-                raise InputError(
-                    f"--embeddings: unknown modality '{m}' (choose from {', '.join(MODALITIES)})"
-                )
-            if m not in mods:
-                raise InputError(
-                    f"--embeddings: modality '{m}' is not among the selected modalities {','.join(mods)}"
-                )
-        return mods
-
-    def resolved_cache_dir(self) -> Path:
-        if self.cache_dir is not None:
-            return Path(self.cache_dir)
-        return default_cache_dir()
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # no deep copy
-        d["modalities"] = list(self.resolved_modalities())
-        d["cache_dir"] = str(self.resolved_cache_dir())
-        return to_jsonable(d)
 
 
 @dataclass

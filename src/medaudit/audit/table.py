@@ -28,30 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medaudit.audit.config import MODALITIES, ColumnMap
 from medaudit.errors import InputError
 
 __all__ = ["CaseTable", "ColumnMap", "load_case_table", "load_embeddings", "read_table"]
-
-MODALITIES = ("image", "report", "metadata")
-
-
-@dataclass
-class ColumnMap:
-    """Names of the user's columns for each role. ``None`` means the role is absent.
-
-    ``prob`` is the predicted probability of the positive class; ``pred`` a hard 0/1 prediction that may
-    be given instead of (or in addition to) ``prob``. ``report`` holds report text; ``report_path``
-    (alternative) holds paths to report text files. Relative image / report paths are resolved against
-    the folder of the table file (or the working directory for a DataFrame).
-    """
-
-    id: str = "id"
-    label: str = "label"
-    prob: str | None = "prob"
-    pred: str | None = None
-    image: str | None = "image"
-    report: str | None = "report"
-    report_path: str | None = None
 
 
 @dataclass

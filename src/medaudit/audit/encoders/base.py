@@ -11,9 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from medaudit.audit.config import DEFAULT_ENCODERS, MODALITIES
 from medaudit.errors import InputError
-
-MODALITIES: tuple[str, ...] = ("image", "report", "metadata")
 
 
 @runtime_checkable
@@ -52,11 +51,6 @@ class Encoder(Protocol):
 
 
 _REGISTRY: dict[str, dict[str, Callable[..., Encoder]]] = {m: {} for m in MODALITIES}
-DEFAULT_ENCODERS: dict[str, str] = {
-    "image": "efficientnet-lite0",
-    "report": "tfidf-svd",
-    "metadata": "tabular",
-}
 
 
 def register_encoder(modality: str, name: str) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:

@@ -12,7 +12,7 @@ predictions are plugged into the categorical likelihood as ``yhat_i . q_s`` exac
 0.1.5.
 
 Ranking (``rank_by``). Domino returns the components whose mean prediction differs most from their
-mean label, ``max_c |q_sc - p_sc|`` (``rank_by="error"``, the default). That rule ignores how many
+mean label, ``max_c |q_sc - p_sc|`` (``rank_by="error"``, the study's rule). That rule ignores how many
 cases a component holds, so a tiny, pure group of errors (a handful of cases, error 1.0) outranks a
 large group with a somewhat lower error rate, although the evidence for the tiny one is far weaker
 and it explains few of the model's errors. Two statistically aware rules use each component's
@@ -81,7 +81,7 @@ def rank_components(
     component_error: np.ndarray,
     size: np.ndarray,
     error_count: np.ndarray,
-    rank_by: str = "error",
+    rank_by: str = "excess_errors",
     confidence: float = 0.95,
     min_size: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -173,9 +173,10 @@ class ErrorAwareMixtureSlicer(BaseSlicer):
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         dtype: ``"float32"`` (fast) or ``"float64"`` of the EM arithmetic; sufficient statistics are
             always accumulated in float64.
-        rank_by: how components are ranked into slices: ``"error"`` (Domino: ``max_c |q_sc - p_sc|``),
-            ``"error_lcb"`` (Wilson lower confidence bound of the soft error rate with the effective
-            size) or ``"excess_errors"`` (soft errors beyond the overall rate); see the module docstring.
+        rank_by: how components are ranked into slices: ``"excess_errors"`` (soft errors beyond the
+            overall rate; the default, as in :class:`medaudit.audit.config.AuditConfig`), ``"error"``
+            (Domino: ``max_c |q_sc - p_sc|``) or ``"error_lcb"`` (Wilson lower confidence bound of the
+            soft error rate with the effective size); see the module docstring.
         rank_confidence: two-sided confidence level of the ``"error_lcb"`` interval.
         min_slice_size: components whose effective size ``sum_i r_is`` is below this are ranked last.
         random_state: seed (int), ``RandomState`` or ``None``.
@@ -210,7 +211,7 @@ class ErrorAwareMixtureSlicer(BaseSlicer):
         chunk_size: int = 65536,
         device: str | None = None,
         dtype: str = "float32",
-        rank_by: str = "error",
+        rank_by: str = "excess_errors",
         rank_confidence: float = 0.95,
         min_slice_size: float = 0.0,
         random_state: int | np.random.RandomState | None = 0,

@@ -79,6 +79,7 @@ STUDY_SLICER: dict[str, Any] = {
     "y_hat_log_likelihood_weight": 10.0,
     "n_pca_components": 128,
     "n_init": 1,
+    "rank_by": "error",  # the study's (Domino's) ranking; the product's default is excess_errors
 }
 #: Named slicer configurations (overrides of :data:`STUDY_SLICER`). ``restarts`` is the instability fix.
 SLICER_CONFIGS: dict[str, dict[str, Any]] = {

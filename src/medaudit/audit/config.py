@@ -1,0 +1,183 @@
+"""What defines an audit run: the column map, the modalities, encoders, fusion, slicer and ranking.
+
+This module is the one home of these names and defaults. It imports only pydantic, so the CLI can
+build its flags (and report a bad flag) without loading torch or scikit-learn. ``medaudit audit
+--config FILE`` reads the same :class:`AuditConfig` as the flags; every flag's default comes from here.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medaudit.errors import InputError
+
+__all__ = [
+    "DEFAULT_ENCODERS",
+    "MODALITIES",
+    "AuditConfig",
+    "ColumnMap",
+    "Fusion",
+    "RankRule",
+    "SlicerName",
+]
+
+#: The modalities an audit can embed, in their canonical order.
+MODALITIES: tuple[str, ...] = ("image", "report", "metadata")
+
+#: The encoder used for each modality unless another is named.
+DEFAULT_ENCODERS: dict[str, str] = {
+    "image": "efficientnet-lite0",
+    "report": "tfidf-svd",
+    "metadata": "tabular",
+}
+
+
+class Fusion(StrEnum):
+    """How per-modality embeddings are combined (see :mod:`medaudit.audit.fusion`)."""
+
+    concat = "concat"
+    balanced = "balanced"
+
+
+class SlicerName(StrEnum):
+    """The slicer families."""
+
+    mixture = "mixture"
+    kmeans = "kmeans"
+
+
+class RankRule(StrEnum):
+    """How mixture components are ranked into slices (see :mod:`medaudit.audit.slicers.mixture`)."""
+
+    excess_errors = "excess_errors"
+    error_lcb = "error_lcb"
+    error = "error"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+
+
+class ColumnMap(_Model):
+    """Names of the user's columns for each role. ``None`` means the role is absent.
+
+    ``prob`` is the predicted probability of the positive class; ``pred`` a hard 0/1 prediction that may
+    be given instead of (or in addition to) ``prob``. ``report`` holds report text; ``report_path``
+    (alternative) holds paths to report text files. Relative image / report paths are resolved against
+    the folder of the table file (or the working directory for a DataFrame).
+    """
+
+    id: str = "id"
+    label: str = "label"
+    prob: str | None = "prob"
+    pred: str | None = None
+    image: str | None = "image"
+    report: str | None = "report"
+    report_path: str | None = None
+
+
+class AuditConfig(_Model):
+    """Everything that defines an audit run. Defaults follow the multimodal study, except the ranking.
+
+    Attributes:
+        columns: the table's column names per role.
+        meta: metadata columns (used by the metadata encoder and the enrichment tests).
+        modalities: any subset of ``image``, ``report``, ``metadata``; ``None`` = image and report, plus
+            metadata when ``meta`` is given.
+        encoders: encoder name per modality (defaults: :data:`DEFAULT_ENCODERS`).
+        encoder_kwargs: extra keyword arguments per modality for ``get_encoder``.
+        fusion / fusion_weights / fusion_dim: passed to :func:`medaudit.audit.fusion.fuse`.
+        slicer: ``mixture`` (Domino-style error-aware Gaussian mixture) or ``kmeans``.
+        n_slices / n_components / y_weight / y_hat_weight / pca: slicer settings (study: 5 slices,
+            20 mixture components, label and prediction weights 10, PCA to 128 dimensions).
+        rank_by: how the mixture's components are ranked into slices: ``"excess_errors"`` (default: errors
+            beyond the overall error rate, so a large failing group outranks a handful of pure errors),
+            ``"error_lcb"`` (lower confidence bound of the error rate) or ``"error"`` (Domino's raw
+            ``max_c |mean yhat - mean y|``, the study's rule, which favours tiny pure groups).
+        min_slice_size: mixture components with a smaller effective size are ranked last.
+        slicer_kwargs: further slicer parameters (must be accepted by the slicer).
+        threshold: probability cut-off for the hard prediction when no prediction column is given.
+        cache_dir: embedding cache (``None``: ``$MEDAUDIT_CACHE`` or ``~/.cache/medaudit``).
+        skip_bad: drop bad rows (counted) instead of failing.
+        seed: seed of every random step.
+        device: torch device for encoders and slicer (``None``: CUDA when present).
+        embeddings: precomputed embeddings per modality (path), replacing that modality's encoder.
+        top_ngrams / n_exemplars / membership_threshold: explanation settings.
+        write_report: also write ``report.html``.
+    """
+
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    meta: list[str] = Field(default_factory=list)
+    modalities: tuple[str, ...] | None = None
+    encoders: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENCODERS))
+    encoder_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    fusion: Fusion = Fusion.concat
+    fusion_weights: dict[str, float] | None = None
+    fusion_dim: int = Field(64, ge=1)
+    slicer: SlicerName = SlicerName.mixture
+    n_slices: int = Field(5, ge=1)
+    n_components: int = Field(20, ge=1)
+    y_weight: float = 10.0
+    y_hat_weight: float = 10.0
+    pca: int | None = Field(128, ge=1)
+    rank_by: RankRule = RankRule.excess_errors
+    min_slice_size: float = Field(0.0, ge=0.0)
+    slicer_kwargs: dict[str, Any] = Field(default_factory=dict)
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    cache_dir: Path | None = None
+    skip_bad: bool = False
+    seed: int = 0
+    device: str | None = None
+    embeddings: dict[str, Path] = Field(default_factory=dict)
+    top_ngrams: int = Field(10, ge=1)
+    n_exemplars: int = Field(8, ge=1)
+    membership_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    write_report: bool = True
+
+    def resolved_modalities(self) -> tuple[str, ...]:
+        """The modalities used, validated."""
+        mods = self.modalities
+        if mods is None:
+            mods = ("image", "report", "metadata") if self.meta else ("image", "report")
+        mods = tuple(dict.fromkeys(m.strip().lower() for m in mods if m.strip()))
+        if not mods:
+            raise InputError("no modality selected (choose from image, report, metadata)")
+        for m in mods:
+            if m not in MODALITIES:
+                raise InputError(f"unknown modality '{m}' (choose from {', '.join(MODALITIES)})")
+        for m in self.embeddings:
+            if m not in MODALITIES:
+                raise InputError(
+                    f"--embeddings: unknown modality '{m}' (choose from {', '.join(MODALITIES)})"
+                )
+            if m not in mods:
+                raise InputError(
+                    f"--embeddings: modality '{m}' is not among the selected modalities {','.join(mods)}"
+                )
+        return mods
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        from medaudit.io import default_cache_dir
+
+        return default_cache_dir()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written into slices.json (modalities and cache folder resolved)."""
+        d = self.model_dump(mode="json")
+        d["modalities"] = list(self.resolved_modalities())
+        d["cache_dir"] = str(self.resolved_cache_dir())
+        return d
+
+
+def load_audit_config(path: str | os.PathLike[str], **overrides: Any) -> AuditConfig:
+    """An :class:`AuditConfig` from a YAML/JSON file (``medaudit audit --config FILE``)."""
+    from medaudit.configfile import read_config
+
+    return read_config(path, AuditConfig, **overrides)

@@ -1,0 +1,62 @@
+"""Typed configs read from YAML/JSON files or flags, validated by pydantic, errors as one line.
+
+Every config in medaudit (``AuditConfig``, ``TrainConfig``, the study config) is a pydantic model:
+``lr: 3e-3`` in YAML is a number, ``iterations: "500"`` is coerced to 500 or refused with a line naming
+the file and the key. :func:`read_config` is the one place where a config file becomes a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from medaudit.errors import InputError
+
+__all__ = ["read_config", "read_mapping", "validation_error"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validation_error(exc: ValidationError, source: str) -> InputError:
+    """One line naming ``source`` and the first failing key, e.g. ``a.yaml: key 'train.lr': ...``."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err.get("loc", ())) or "<root>"
+    msg = err.get("msg", "invalid value")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown key"
+    value = err.get("input")
+    shown = "" if err.get("type") in ("extra_forbidden", "missing") else f" (got {value!r:.60})"
+    return InputError(f"{source}: key '{key}': {msg}{shown}")
+
+
+def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML or JSON file whose top level is a mapping; bad files give one line naming them."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: config file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+        raw = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{p}: not a readable YAML/JSON config ({first})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(f"{p}: the top level must be a mapping of keys, not {type(raw).__name__}")
+    return raw
+
+
+def read_config(path: str | os.PathLike[str], model: type[M], **overrides: Any) -> M:
+    """Validate the mapping in ``path`` (plus ``overrides``, which win) as ``model``."""
+    raw = {**read_mapping(path), **overrides}
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(exc, str(path)) from None
