@@ -255,7 +255,9 @@ def test_tfidf_svd_fits_and_is_deterministic():
     big = get_encoder("report", "tfidf-svd", dim=500).fit(REPORTS)
     assert big.dim == len(REPORTS) - 1  # clipped to what the data allows
     sec = get_encoder("report", "tfidf-svd", dim=3, sections=("impression",)).fit(REPORTS)
-    assert "lungs" not in sec.vectorizer_.vocabulary_ or "cardiomegaly" in sec.vectorizer_.vocabulary_
+    # only the IMPRESSION of sectioned reports is read: its words are in, FINDINGS-only words are out
+    assert "cardiomegaly" in sec.vectorizer_.vocabulary_ and "pneumonia" in sec.vectorizer_.vocabulary_
+    assert "lungs" not in sec.vectorizer_.vocabulary_ and "opacity" not in sec.vectorizer_.vocabulary_
     assert sec.cache_key() != get_encoder("report", "tfidf-svd", dim=3).fit(REPORTS).cache_key()
     with pytest.raises(InputError, match="row 1"):
         enc.encode(["ok", 3])
