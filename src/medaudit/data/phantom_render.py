@@ -25,6 +25,7 @@ import functools
 import io
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -142,6 +143,30 @@ def _amp(severity: int, rng: np.random.Generator) -> float:
     return base * faint * rng.uniform(0.8, 1.2)
 
 
+@dataclass
+class _Canvas:
+    """What every rendering step of one case shares (the random generator is consumed in step order)."""
+
+    case: Mapping[str, Any]
+    rng: np.random.Generator
+    n: int
+    s: float
+    yy: np.ndarray
+    xx: np.ndarray
+    box: tuple[float, float, float, float]
+    mid: float
+    mask: np.ndarray
+    base: np.ndarray
+    heart_ctr: float
+
+    def flag(self, key: str) -> int:
+        v = self.case.get(key, 0)
+        try:
+            return int(v) if v == v else 0
+        except (TypeError, ValueError):
+            return 0
+
+
 def render_case(case: Mapping[str, Any], size: int = 128, seed: int = 0) -> np.ndarray:
     """Render one phantom radiograph (``uint8``, ``size`` x ``size``) for a cohort row.
 
@@ -150,160 +175,196 @@ def render_case(case: Mapping[str, Any], size: int = 128, seed: int = 0) -> np.n
     each image reproducible.
     """
     rng = np.random.default_rng([int(seed), int(case.get("render_seed", 0))])
-    n = size
-    s = n / 128.0
     view = str(case.get("view_position", "PA")).upper()
-    lateral = view == "LATERAL"
-    ap = view == "AP"
-    base = base_radiograph(n)
+    lateral, ap = view == "LATERAL", view == "AP"
+    c = _canvas(case, rng, size, ap)
+    img = _lateral_view(c) if lateral else _frontal_view(c)
+    if c.flag("support_devices"):
+        img = _devices(c, img, lateral)
+    img = _geometry(c, img, ap)
+    if ap:
+        _ap_marker(c, img)
+    return _exposure(c, img, ap)
+
+
+def _canvas(case: Mapping[str, Any], rng: np.random.Generator, n: int, ap: bool) -> _Canvas:
+    s = n / 128.0
     masks = lung_mask_bank(n)
     mask = masks[int(rng.integers(len(masks)))]
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
     t, b, left, r = (v * n for v in _LUNG_BOX)
-
-    def g(key: str) -> int:
-        v = case.get(key, 0)
-        try:
-            return int(v) if v == v else 0
-        except (TypeError, ValueError):
-            return 0
-
-    hints = case
-    mid = 0.5 * (left + r)
+    c = _Canvas(case, rng, n, s, yy, xx, (t, b, left, r), 0.5 * (left + r), mask, base_radiograph(n), 0.0)
     heart_ctr = rng.uniform(0.40, 0.48)
-    if g("cardiomegaly"):
-        heart_ctr = rng.uniform(0.54, 0.60) + 0.03 * int(hints.get("cardiomegaly_severity", 1) or 0)
+    if c.flag("cardiomegaly"):
+        heart_ctr = rng.uniform(0.54, 0.60) + 0.03 * int(case.get("cardiomegaly_severity", 1) or 0)
     if ap:
         heart_ctr *= 1.12  # AP magnification of the anterior heart
+    c.heart_ctr = heart_ctr
+    return c
 
-    if not lateral:
-        lung_s = ndimage.gaussian_filter(mask, 1.5 * s)
-        img = base * (1.0 - 0.30 * lung_s) + 0.08 * (1.0 - lung_s)
-        # cardiac silhouette: ellipse left of centre (patient's left = image right)
-        hw = 0.5 * heart_ctr * (r - left)
-        hcy, hcx = b - 0.16 * n, mid + 0.06 * n
-        heart = ((yy - hcy) / (0.14 * n)) ** 2 + ((xx - hcx) / hw) ** 2 < 1.0
-        heart = ndimage.gaussian_filter(heart.astype(np.float32), 1.2 * s)
-        img = np.maximum(img, 0.62 * heart + img * (1 - heart))
-        lungmap = lung_s * (1 - heart)
-        lcx = {"right": left + 0.22 * (r - left), "left": left + 0.78 * (r - left)}  # image columns
-        if g("pleural_effusion"):
-            a = _amp(int(hints.get("pleural_effusion_severity", 1) or 0), rng)
-            for side in _side_cols(str(hints.get("pleural_effusion_side", "")), rng):
-                cx = lcx[side]
-                height = (0.10 + 0.10 * a) * (b - t)
-                outer = left if side == "right" else r
-                level = b - height - 0.6 * height * (np.abs(xx - cx) / max(abs(outer - cx), 1)) ** 2
-                fluid = 1.0 / (1.0 + np.exp(-(yy - level) / (1.2 * s)))
-                half = (xx < mid) if side == "right" else (xx >= mid)
-                reg = fluid * half * ndimage.binary_dilation(mask > 0.5, iterations=max(1, round(2 * s)))
-                img = img + 0.45 * a * ndimage.gaussian_filter(reg.astype(np.float32), 1.0 * s)
-        if g("opacity"):
-            a = _amp(int(hints.get("opacity_severity", 1) or 0), rng)
-            upper = int(hints.get("opacity_upper", 0) or 0)
-            for side in _side_cols(str(hints.get("opacity_side", "")), rng):
-                for _ in range(int(rng.integers(1, 3))):
-                    cy = t + (b - t) * (rng.uniform(0.15, 0.4) if upper else rng.uniform(0.5, 0.85))
-                    cx = lcx[side] + rng.uniform(-0.08, 0.08) * n
-                    sig = rng.uniform(4, 9) * s
-                    img = img + 0.35 * a * _blob(yy, xx, cy, cx, sig, sig * rng.uniform(0.8, 1.4)) * lungmap
-        if g("atelectasis"):
-            a = _amp(int(hints.get("atelectasis_severity", 1) or 0), rng)
-            for side in _side_cols(str(hints.get("atelectasis_side", "")), rng):
-                cy = t + (b - t) * rng.uniform(0.65, 0.85)
-                ang = rng.uniform(-0.25, 0.25)
-                d = (yy - cy) - ang * (xx - lcx[side])
-                band = np.exp(-0.5 * (d / (1.2 * s)) ** 2) * (np.abs(xx - lcx[side]) < 0.12 * n)
-                img = img + 0.3 * a * ndimage.gaussian_filter(band.astype(np.float32), 0.8 * s) * lungmap
-        if g("edema"):
-            a = _amp(1, rng)
-            for cx in (mid - 0.13 * n, mid + 0.13 * n):
-                img = img + 0.18 * a * _blob(yy, xx, t + 0.45 * (b - t), cx, 0.16 * n, 0.09 * n) * lungmap
-        if g("nodule"):
-            cy, cx = rng.uniform(t + 0.15 * (b - t), b - 0.3 * (b - t)), lcx[rng.choice(["left", "right"])]
-            img = img + 0.4 * _amp(1, rng) * _blob(yy, xx, cy, cx + rng.uniform(-6, 6) * s, 1.8 * s, 1.8 * s)
-        if g("emphysema"):
-            img = img - 0.08 * lungmap
-        if g("pneumothorax"):
-            side = _side_cols(str(hints.get("pneumothorax_side", "")), rng)[0]
-            cx = left + 0.05 * n if side == "right" else r - 0.05 * n
-            ptx = _blob(yy, xx, t + 0.12 * (b - t), cx, 0.12 * n, 0.06 * n) * lung_s
-            img = img * (1 - 0.5 * ptx) + 0.0
-    else:
-        # lateral geometry: body ellipse, spine posterior (image right), sternum anterior, one lung field
-        body = ((yy - 0.5 * n) / (0.52 * n)) ** 2 + ((xx - 0.5 * n) / (0.40 * n)) ** 2 < 1.0
-        img = 0.35 * ndimage.gaussian_filter(body.astype(np.float32), 2 * s)
-        lm = np.fliplr(mask) if rng.random() < 0.5 else mask
-        half = lm[:, : n // 2] if lm[:, : n // 2].sum() > 0 else lm
-        field = _resize(np.maximum(half, np.fliplr(half)), (n, n // 2)) > 0.5
-        lungfield = np.zeros((n, n), np.float32)
-        c0 = int(0.22 * n)
-        lungfield[:, c0 : c0 + field.shape[1]] = field[:, : n - c0]
-        lungfield = ndimage.gaussian_filter(lungfield, 1.5 * s)
-        ribs = np.fliplr(base).T if rng.random() < 0.5 else base
-        img = img + 0.35 * ribs * body - 0.22 * lungfield
-        spine = np.exp(-0.5 * ((xx - 0.74 * n - 0.04 * (yy - 0.5 * n)) / (0.045 * n)) ** 2) * (yy > 0.05 * n)
-        img = img + 0.45 * spine * body
-        sternum = np.exp(-0.5 * ((xx - 0.16 * n) / (0.012 * n)) ** 2) * (yy > 0.2 * n) * (yy < 0.6 * n)
-        img = img + 0.25 * sternum
-        hw = 0.75 * heart_ctr * 0.5 * n * 0.6
-        heart = ((yy - 0.62 * n) / (0.16 * n)) ** 2 + ((xx - (0.22 * n + hw)) / hw) ** 2 < 1.0
-        heart = ndimage.gaussian_filter(heart.astype(np.float32), 1.2 * s)
-        img = np.maximum(img, 0.55 * heart + img * (1 - heart))
-        dome = yy > (0.80 * n + 0.004 * ((xx - 0.5 * n) ** 2) / s)
-        img = img + 0.25 * ndimage.gaussian_filter(dome.astype(np.float32) * body, 1.5 * s)
-        if g("pleural_effusion"):
-            a = _amp(int(hints.get("pleural_effusion_severity", 1) or 0), rng)
-            sulcus = _blob(yy, xx, 0.80 * n, 0.68 * n, (0.05 + 0.05 * a) * n, 0.10 * n)
-            img = img + 0.45 * a * sulcus
-        if g("opacity") or g("atelectasis") or g("edema"):
-            a = _amp(1, rng)
-            cy, cx = rng.uniform(0.3, 0.7) * n, rng.uniform(0.35, 0.6) * n
-            img = img + 0.3 * a * _blob(yy, xx, cy, cx, 7 * s, 9 * s) * lungfield
-        lcx = {"right": 0.45 * n, "left": 0.45 * n}
 
-    # support devices: metal-bright hardware
-    if g("support_devices"):
-        kinds = [k for k in str(hints.get("device_kinds", "") or "").split("|") if k] or [
-            str(rng.choice(["line", "pacemaker", "tube"]))
-        ]
-        metal = np.zeros((n, n), np.float32)
-        for kind in kinds:
-            if kind == "pacemaker":
-                if lateral:
-                    py, px = 0.22 * n, 0.2 * n
-                else:
-                    py, px = rng.uniform(0.12, 0.2) * n, rng.uniform(0.68, 0.8) * n
-                hh, ww = rng.uniform(3.5, 5) * s, rng.uniform(5, 7) * s
-                box = (np.abs(yy - py) < hh) & (np.abs(xx - px) < ww)
-                metal = np.maximum(metal, ndimage.gaussian_filter(box.astype(np.float32), 0.5 * s))
-                for _ in range(int(rng.integers(1, 3))):
-                    end = (
-                        rng.uniform(0.58, 0.72) * n,
-                        (mid if not lateral else 0.35 * n) + rng.uniform(-6, 8) * s,
-                    )
-                    pts = np.array(
-                        [[py, px], [py + 0.05 * n, px - 0.15 * n], [0.40 * n, mid - 0.02 * n], end]
-                    )
-                    _polyline(metal, pts + rng.normal(0, 1.5 * s, pts.shape), 0.95, 0.6 * s)
-            elif kind == "line":
-                from_right = rng.random() < 0.5
-                x0 = 0.04 * n if from_right else 0.96 * n
-                x1 = mid - 0.03 * n
-                pts = np.array(
-                    [[0.22 * n, x0], [0.20 * n, 0.5 * (x0 + x1)], [0.27 * n, x1 + 0.04 * n], [0.42 * n, x1]]
+def _frontal_view(c: _Canvas) -> np.ndarray:
+    """PA/AP geometry: lungs, cardiac silhouette and the frontal findings."""
+    n, s, yy, xx, rng, hints, g, mid, mask, base, heart_ctr = (
+        c.n,
+        c.s,
+        c.yy,
+        c.xx,
+        c.rng,
+        c.case,
+        c.flag,
+        c.mid,
+        c.mask,
+        c.base,
+        c.heart_ctr,
+    )
+    t, b, left, r = c.box
+    lung_s = ndimage.gaussian_filter(mask, 1.5 * s)
+    img = base * (1.0 - 0.30 * lung_s) + 0.08 * (1.0 - lung_s)
+    # cardiac silhouette: ellipse left of centre (patient's left = image right)
+    hw = 0.5 * heart_ctr * (r - left)
+    hcy, hcx = b - 0.16 * n, mid + 0.06 * n
+    heart = ((yy - hcy) / (0.14 * n)) ** 2 + ((xx - hcx) / hw) ** 2 < 1.0
+    heart = ndimage.gaussian_filter(heart.astype(np.float32), 1.2 * s)
+    img = np.maximum(img, 0.62 * heart + img * (1 - heart))
+    lungmap = lung_s * (1 - heart)
+    lcx = {"right": left + 0.22 * (r - left), "left": left + 0.78 * (r - left)}  # image columns
+    if g("pleural_effusion"):
+        a = _amp(int(hints.get("pleural_effusion_severity", 1) or 0), rng)
+        for side in _side_cols(str(hints.get("pleural_effusion_side", "")), rng):
+            cx = lcx[side]
+            height = (0.10 + 0.10 * a) * (b - t)
+            outer = left if side == "right" else r
+            level = b - height - 0.6 * height * (np.abs(xx - cx) / max(abs(outer - cx), 1)) ** 2
+            fluid = 1.0 / (1.0 + np.exp(-(yy - level) / (1.2 * s)))
+            half = (xx < mid) if side == "right" else (xx >= mid)
+            reg = fluid * half * ndimage.binary_dilation(mask > 0.5, iterations=max(1, round(2 * s)))
+            img = img + 0.45 * a * ndimage.gaussian_filter(reg.astype(np.float32), 1.0 * s)
+    if g("opacity"):
+        a = _amp(int(hints.get("opacity_severity", 1) or 0), rng)
+        upper = int(hints.get("opacity_upper", 0) or 0)
+        for side in _side_cols(str(hints.get("opacity_side", "")), rng):
+            for _ in range(int(rng.integers(1, 3))):
+                cy = t + (b - t) * (rng.uniform(0.15, 0.4) if upper else rng.uniform(0.5, 0.85))
+                cx = lcx[side] + rng.uniform(-0.08, 0.08) * n
+                sig = rng.uniform(4, 9) * s
+                img = img + 0.35 * a * _blob(yy, xx, cy, cx, sig, sig * rng.uniform(0.8, 1.4)) * lungmap
+    if g("atelectasis"):
+        a = _amp(int(hints.get("atelectasis_severity", 1) or 0), rng)
+        for side in _side_cols(str(hints.get("atelectasis_side", "")), rng):
+            cy = t + (b - t) * rng.uniform(0.65, 0.85)
+            ang = rng.uniform(-0.25, 0.25)
+            d = (yy - cy) - ang * (xx - lcx[side])
+            band = np.exp(-0.5 * (d / (1.2 * s)) ** 2) * (np.abs(xx - lcx[side]) < 0.12 * n)
+            img = img + 0.3 * a * ndimage.gaussian_filter(band.astype(np.float32), 0.8 * s) * lungmap
+    if g("edema"):
+        a = _amp(1, rng)
+        for cx in (mid - 0.13 * n, mid + 0.13 * n):
+            img = img + 0.18 * a * _blob(yy, xx, t + 0.45 * (b - t), cx, 0.16 * n, 0.09 * n) * lungmap
+    if g("nodule"):
+        cy, cx = rng.uniform(t + 0.15 * (b - t), b - 0.3 * (b - t)), lcx[rng.choice(["left", "right"])]
+        img = img + 0.4 * _amp(1, rng) * _blob(yy, xx, cy, cx + rng.uniform(-6, 6) * s, 1.8 * s, 1.8 * s)
+    if g("emphysema"):
+        img = img - 0.08 * lungmap
+    if g("pneumothorax"):
+        side = _side_cols(str(hints.get("pneumothorax_side", "")), rng)[0]
+        cx = left + 0.05 * n if side == "right" else r - 0.05 * n
+        ptx = _blob(yy, xx, t + 0.12 * (b - t), cx, 0.12 * n, 0.06 * n) * lung_s
+        img = img * (1 - 0.5 * ptx) + 0.0
+    return img
+
+
+def _lateral_view(c: _Canvas) -> np.ndarray:
+    """Lateral geometry: body ellipse, spine posterior (image right), sternum anterior, one lung field."""
+    n, s, yy, xx, rng, hints, g, mask, base, heart_ctr = (
+        c.n,
+        c.s,
+        c.yy,
+        c.xx,
+        c.rng,
+        c.case,
+        c.flag,
+        c.mask,
+        c.base,
+        c.heart_ctr,
+    )
+    body = ((yy - 0.5 * n) / (0.52 * n)) ** 2 + ((xx - 0.5 * n) / (0.40 * n)) ** 2 < 1.0
+    img = 0.35 * ndimage.gaussian_filter(body.astype(np.float32), 2 * s)
+    lm = np.fliplr(mask) if rng.random() < 0.5 else mask
+    half = lm[:, : n // 2] if lm[:, : n // 2].sum() > 0 else lm
+    field = _resize(np.maximum(half, np.fliplr(half)), (n, n // 2)) > 0.5
+    lungfield = np.zeros((n, n), np.float32)
+    c0 = int(0.22 * n)
+    lungfield[:, c0 : c0 + field.shape[1]] = field[:, : n - c0]
+    lungfield = ndimage.gaussian_filter(lungfield, 1.5 * s)
+    ribs = np.fliplr(base).T if rng.random() < 0.5 else base
+    img = img + 0.35 * ribs * body - 0.22 * lungfield
+    spine = np.exp(-0.5 * ((xx - 0.74 * n - 0.04 * (yy - 0.5 * n)) / (0.045 * n)) ** 2) * (yy > 0.05 * n)
+    img = img + 0.45 * spine * body
+    sternum = np.exp(-0.5 * ((xx - 0.16 * n) / (0.012 * n)) ** 2) * (yy > 0.2 * n) * (yy < 0.6 * n)
+    img = img + 0.25 * sternum
+    hw = 0.75 * heart_ctr * 0.5 * n * 0.6
+    heart = ((yy - 0.62 * n) / (0.16 * n)) ** 2 + ((xx - (0.22 * n + hw)) / hw) ** 2 < 1.0
+    heart = ndimage.gaussian_filter(heart.astype(np.float32), 1.2 * s)
+    img = np.maximum(img, 0.55 * heart + img * (1 - heart))
+    dome = yy > (0.80 * n + 0.004 * ((xx - 0.5 * n) ** 2) / s)
+    img = img + 0.25 * ndimage.gaussian_filter(dome.astype(np.float32) * body, 1.5 * s)
+    if g("pleural_effusion"):
+        a = _amp(int(hints.get("pleural_effusion_severity", 1) or 0), rng)
+        sulcus = _blob(yy, xx, 0.80 * n, 0.68 * n, (0.05 + 0.05 * a) * n, 0.10 * n)
+        img = img + 0.45 * a * sulcus
+    if g("opacity") or g("atelectasis") or g("edema"):
+        a = _amp(1, rng)
+        cy, cx = rng.uniform(0.3, 0.7) * n, rng.uniform(0.35, 0.6) * n
+        img = img + 0.3 * a * _blob(yy, xx, cy, cx, 7 * s, 9 * s) * lungfield
+    return img
+
+
+def _devices(c: _Canvas, img: np.ndarray, lateral: bool) -> np.ndarray:
+    """Support devices: metal-bright hardware (pacemaker and leads, central lines, tubes)."""
+    n, s, yy, xx, rng, hints, mid = c.n, c.s, c.yy, c.xx, c.rng, c.case, c.mid
+    kinds = [k for k in str(hints.get("device_kinds", "") or "").split("|") if k] or [
+        str(rng.choice(["line", "pacemaker", "tube"]))
+    ]
+    metal = np.zeros((n, n), np.float32)
+    for kind in kinds:
+        if kind == "pacemaker":
+            if lateral:
+                py, px = 0.22 * n, 0.2 * n
+            else:
+                py, px = rng.uniform(0.12, 0.2) * n, rng.uniform(0.68, 0.8) * n
+            hh, ww = rng.uniform(3.5, 5) * s, rng.uniform(5, 7) * s
+            box = (np.abs(yy - py) < hh) & (np.abs(xx - px) < ww)
+            metal = np.maximum(metal, ndimage.gaussian_filter(box.astype(np.float32), 0.5 * s))
+            for _ in range(int(rng.integers(1, 3))):
+                end = (
+                    rng.uniform(0.58, 0.72) * n,
+                    (mid if not lateral else 0.35 * n) + rng.uniform(-6, 8) * s,
                 )
-                _polyline(metal, pts + rng.normal(0, 1.5 * s, pts.shape), 0.85, 0.55 * s)
-            elif kind == "tube":
-                x0 = mid + rng.uniform(-2, 2) * s
-                pts = np.array([[0.0, x0], [0.15 * n, x0], [0.30 * n, x0 + 1 * s]])
-                _polyline(metal, pts, 0.8, 0.7 * s)
-                if rng.random() < 0.5:  # nasogastric tube down to the stomach
-                    pts = np.array([[0.0, x0 + 3 * s], [0.5 * n, x0 + 4 * s], [0.85 * n, mid + 0.15 * n]])
-                    _polyline(metal, pts, 0.75, 0.5 * s)
-        img = np.maximum(img, metal * rng.uniform(0.85, 1.05) + img * (1 - metal) * 0.3)
+                pts = np.array([[py, px], [py + 0.05 * n, px - 0.15 * n], [0.40 * n, mid - 0.02 * n], end])
+                _polyline(metal, pts + rng.normal(0, 1.5 * s, pts.shape), 0.95, 0.6 * s)
+        elif kind == "line":
+            from_right = rng.random() < 0.5
+            x0 = 0.04 * n if from_right else 0.96 * n
+            x1 = mid - 0.03 * n
+            pts = np.array(
+                [[0.22 * n, x0], [0.20 * n, 0.5 * (x0 + x1)], [0.27 * n, x1 + 0.04 * n], [0.42 * n, x1]]
+            )
+            _polyline(metal, pts + rng.normal(0, 1.5 * s, pts.shape), 0.85, 0.55 * s)
+        elif kind == "tube":
+            x0 = mid + rng.uniform(-2, 2) * s
+            pts = np.array([[0.0, x0], [0.15 * n, x0], [0.30 * n, x0 + 1 * s]])
+            _polyline(metal, pts, 0.8, 0.7 * s)
+            if rng.random() < 0.5:  # nasogastric tube down to the stomach
+                pts = np.array([[0.0, x0 + 3 * s], [0.5 * n, x0 + 4 * s], [0.85 * n, mid + 0.15 * n]])
+                _polyline(metal, pts, 0.75, 0.5 * s)
+    img = np.maximum(img, metal * rng.uniform(0.85, 1.05) + img * (1 - metal) * 0.3)
+    return img
 
-    # global geometry: smooth deformation + affine (AP: shallower inspiration)
+
+def _geometry(c: _Canvas, img: np.ndarray, ap: bool) -> np.ndarray:
+    """Global geometry: smooth deformation + affine (AP: shallower inspiration)."""
+    n, s, yy, xx, rng = c.n, c.s, c.yy, c.xx, c.rng
     grid = 4
     disp = rng.normal(0, 1.6 * s, (2, grid, grid)).astype(np.float32)
     dy, dx = (_resize(d, (n, n), order=3) for d in disp)
@@ -315,15 +376,21 @@ def render_case(case: Mapping[str, Any], size: int = 128, seed: int = 0) -> np.n
     src_y = cy0 + sy * (np.cos(ang) * y0 - np.sin(ang) * x0) + dy
     src_x = cx0 + scale * (np.sin(ang) * y0 + np.cos(ang) * x0) + dx
     img = ndimage.map_coordinates(img, np.stack([src_y, src_x]), order=1, mode="constant", cval=0.0)
+    return img
 
-    # AP portable marker (bright lettered tag in a top corner, after geometry: it is burnt in)
-    if ap:
-        my, mx = round(0.04 * n), round((0.05 if rng.random() < 0.5 else 0.80) * n)
-        h, w = max(3, round(0.06 * n)), max(5, round(0.14 * n))
-        img[my : my + h, mx : mx + w] = 0.95
-        img[my + 1 : my + h - 1, mx + 1 : mx + w - 1 : 2] = 0.35
 
-    # exposure: gamma, contrast, blur, noise
+def _ap_marker(c: _Canvas, img: np.ndarray) -> None:
+    """AP portable marker: a bright lettered tag in a top corner, burnt in after the geometry."""
+    n, rng = c.n, c.rng
+    my, mx = round(0.04 * n), round((0.05 if rng.random() < 0.5 else 0.80) * n)
+    h, w = max(3, round(0.06 * n)), max(5, round(0.14 * n))
+    img[my : my + h, mx : mx + w] = 0.95
+    img[my + 1 : my + h - 1, mx + 1 : mx + w - 1 : 2] = 0.35
+
+
+def _exposure(c: _Canvas, img: np.ndarray, ap: bool) -> np.ndarray:
+    """Exposure: gamma, contrast, blur, noise."""
+    rng, s = c.rng, c.s
     img = np.clip(img, 0, None)
     img = img / max(float(np.percentile(img, 99.5)), 1e-3)
     img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
