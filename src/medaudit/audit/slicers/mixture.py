@@ -273,6 +273,32 @@ class ErrorAwareMixtureSlicer(BaseSlicer):
             targets: (n,) integer labels or (n, C) one-hot.
             pred_probs: (n,) probability of class 1 (hard 0/1 accepted) or (n, C) probabilities.
         """
+        inp = self._check_fit_inputs(embeddings, targets, pred_probs)
+        rs = check_random_state(self.random_state)
+        self._fit_pca(inp)
+        xe = self._design(inp)  # (n, F) = [z^2, z, 1, y, yhat] on device
+        lin_y, lin_yh = _is_onehot(inp.targets), _is_onehot(inp.pred_probs)
+        params, lower, last_change, n_iter, best = self._run_em(xe, lin_y, lin_yh, rs)
+        bp = params.select([best])
+        size, err_count = self._component_counts(xe, lin_y, lin_yh, bp)
+        del xe
+        converged = abs(last_change[best]) < self.tol
+        if not converged:
+            warnings.warn(
+                f"ErrorAwareMixtureSlicer: best restart did not converge in max_iter={self.max_iter} "
+                f"iterations (tol={self.tol}); consider raising max_iter",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self.lower_bound_ = float(lower[best])
+        self.n_iter_ = int(n_iter[best])
+        self.converged_ = bool(converged)
+        self._store_components(bp, size, err_count)
+        return self
+
+    def _check_fit_inputs(
+        self, embeddings: np.ndarray, targets: np.ndarray, pred_probs: np.ndarray
+    ) -> SlicerInputs:
         self._check_params()
         inp = check_slicer_inputs(embeddings, targets, pred_probs)
         n, d = inp.embeddings.shape
@@ -287,20 +313,28 @@ class ErrorAwareMixtureSlicer(BaseSlicer):
         self.n_features_in_ = d
         self.n_classes_ = c
         self.device_ = default_device(self.device)
-        rs = check_random_state(self.random_state)
+        return inp
 
-        # PCA (scikit-learn; "auto" picks the covariance-eigh solver for n >> d, randomized for large d)
+    def _fit_pca(self, inp: SlicerInputs) -> None:
+        """PCA (scikit-learn; "auto" picks the covariance-eigh solver for n >> d, randomized for large d)."""
+        n, d = inp.embeddings.shape
         if self.n_pca_components is None:
             self.pca_ = None
-        else:
-            n_comp = int(min(self.n_pca_components, n, d))
-            seed = self.random_state if isinstance(self.random_state, int | np.integer) else 0
-            self.pca_ = PCA(n_components=n_comp, svd_solver=self.pca_svd_solver, random_state=seed)
-            self.pca_.fit(inp.embeddings)
-        xe = self._design(inp)  # (n, F) = [z^2, z, 1, y, yhat] on device
-        lin_y, lin_yh = _is_onehot(inp.targets), _is_onehot(inp.pred_probs)
+            return
+        n_comp = int(min(self.n_pca_components, n, d))
+        seed = self.random_state if isinstance(self.random_state, int | np.integer) else 0
+        self.pca_ = PCA(n_components=n_comp, svd_solver=self.pca_svd_solver, random_state=seed)
+        self.pca_.fit(inp.embeddings)
 
-        r_count = int(self.n_init)
+    def _run_em(
+        self, xe: torch.Tensor, lin_y: bool, lin_yh: bool, rs: np.random.RandomState
+    ) -> tuple[_Params, np.ndarray, np.ndarray, np.ndarray, int]:
+        """EM for all restarts at once; returns the parameters, per-restart bounds and the best restart.
+
+        With ``restart_tol`` the restarts are compared after a short run and only the best one is refined
+        to ``tol``.
+        """
+        n, k, r_count = xe.shape[0], int(self.n_mixture_components), int(self.n_init)
         inits = [self._init_params(xe, rs) for _ in range(r_count)]
         params = _Params(*(torch.cat([getattr(q, f) for q in inits]) for f in _Params.FIELDS))
         lower = np.full(r_count, -np.inf)
@@ -308,8 +342,7 @@ class ErrorAwareMixtureSlicer(BaseSlicer):
         n_iter = np.zeros(r_count, dtype=int)
         two_phase = r_count > 1 and self.restart_tol is not None and self.restart_tol > self.tol
         phase_tol = float(self.restart_tol) if two_phase else float(self.tol)
-        active = list(range(r_count))
-        best = -1
+        active, best, it = list(range(r_count)), -1, 0
         with make_progress() as progress:
             task = progress.add_task(f"mixture EM (n={n}, K={k}, {r_count} restarts)", total=self.max_iter)
             for it in range(1, self.max_iter + 1):
@@ -322,35 +355,25 @@ class ErrorAwareMixtureSlicer(BaseSlicer):
                 active = [r for r in active if abs(last_change[r]) >= phase_tol]
                 progress.update(task, advance=1)
                 if not active and best < 0 and two_phase:
-                    # restarts compared after a short run; only the best one is refined to `tol`
                     best = int(np.argmax(lower))
                     self.init_lower_bounds_ = lower.copy()
                     phase_tol = float(self.tol)
                     active = [best] if abs(last_change[best]) >= phase_tol else []
                 if not active:
                     break
+            progress.update(task, total=it, completed=it)  # converged early: the bar ends full
         if best < 0:
             best = int(np.argmax(lower))  # first best on ties, like scikit-learn's strict ">"
             self.init_lower_bounds_ = lower.copy()
-        bp = params.select([best])
-        size, err_count = self._component_counts(xe, lin_y, lin_yh, bp)
-        del xe
-        converged = abs(last_change[best]) < self.tol
-        if not converged:
-            warnings.warn(
-                f"ErrorAwareMixtureSlicer: best restart did not converge in max_iter={self.max_iter} "
-                f"iterations (tol={self.tol}); consider raising max_iter",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+        return params, lower, last_change, n_iter, best
+
+    def _store_components(self, bp: _Params, size: np.ndarray, err_count: np.ndarray) -> None:
+        """Fitted mixture parameters, per-component error and size, and the ranked slices."""
         self.weights_ = bp.log_w[0].exp().cpu().numpy()
         self.means_ = bp.means[0].cpu().numpy()
         self.covariances_ = bp.var[0].cpu().numpy()
         self.y_probs_ = bp.y_p[0].cpu().numpy()
         self.y_hat_probs_ = bp.yh_p[0].cpu().numpy()
-        self.lower_bound_ = float(lower[best])
-        self.n_iter_ = int(n_iter[best])
-        self.converged_ = bool(converged)
         self.component_error_ = np.abs(self.y_hat_probs_ - self.y_probs_).max(axis=1)
         self.component_size_ = size
         self.component_error_rate_ = err_count / np.maximum(size, _EPS64)
@@ -366,7 +389,6 @@ class ErrorAwareMixtureSlicer(BaseSlicer):
         self.slice_indices_ = order[: self.n_slices]
         self.slice_error_ = self.component_error_[self.slice_indices_]
         self.slice_score_ = score[self.slice_indices_]
-        return self
 
     def _component_counts(
         self, xe: torch.Tensor, lin_y: bool, lin_yh: bool, par: _Params
