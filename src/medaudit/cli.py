@@ -6,7 +6,12 @@ turns :class:`medaudit.errors.InputError` into a one-line message and a non-zero
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import traceback
+from typing import Any
 
 import typer
 
@@ -61,30 +66,74 @@ def _register() -> None:
 _register()
 
 
+def _say(msg: str) -> None:
+    typer.secho(" ".join(msg.split()), err=True, fg="red")
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: staging folders are removed, the lock released
+
+
+def _interrupted() -> int:
+    from medaudit.outdir import interrupt_note
+
+    note = interrupt_note()
+    _say(f"interrupted: {note}" if note else "interrupted: nothing was written")
+    return 130
+
+
+def _internal(exc: BaseException) -> int:
+    if os.environ.get("MEDAUDIT_TRACEBACK", "") not in ("", "0"):
+        traceback.print_exception(exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    _say(
+        f"internal error: {type(exc).__name__}: {first} "
+        "(set MEDAUDIT_TRACEBACK=1 for the traceback; please report it)"
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Exit status: 0 success, 2 bad input (one line naming the file, column or row), 130 interrupted
+    (Ctrl-C or SIGTERM; one line says what was kept), 1 internal error (one line; the traceback with
+    ``MEDAUDIT_TRACEBACK=1``). ``typer.Exit(n)`` from a command gives ``n``.
+    """
+    import click
+
+    old = signal.getsignal(signal.SIGTERM)
+    with contextlib.suppress(ValueError):  # not in the main thread: keep the default
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except InputError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
+        _say(f"error: {exc}")
         return 2
     except FileNotFoundError as exc:
-        typer.secho(f"error: {exc.filename or exc}: file not found", err=True, fg="red")
+        _say(f"error: {exc.filename or exc}: file not found")
         return 2
-    except typer.Abort:
-        typer.secho("aborted", err=True)
-        return 130
+    except (KeyboardInterrupt, typer.Abort, click.exceptions.Abort):
+        return _interrupted()
     except typer.Exit as exc:
-        return int(exc.exit_code or 0)
+        return _interrupted() if exc.exit_code == 130 else int(exc.exit_code or 0)
     except SystemExit as exc:  # click usage errors in non-standalone mode
-        return int(exc.code or 0)
-    except Exception as exc:  # click.UsageError and friends
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except OSError as exc:  # permissions, a full disk, a path that is not a folder ...
+        if exc.filename is None:
+            return _internal(exc)
+        _say(f"error: {exc.filename}: {exc.strerror or exc}")
+        return 2
+    except Exception as exc:
+        return _internal(exc)
+    finally:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, old)
+    if isinstance(rv, int) and not isinstance(rv, bool):
+        return _interrupted() if rv == 130 else rv  # typer turns KeyboardInterrupt into Exit(130)
     return 0
 
 

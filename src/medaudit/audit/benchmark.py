@@ -571,6 +571,30 @@ def run_benchmark(
     embeddings: dict[str, np.ndarray] | None = None,
     kind: str | None = None,
     n_boot: int = 1000,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Claim ``out_dir`` as a resumable ``bench-scenarios`` folder (see :mod:`medaudit.outdir`; ``force``
+    accepts a folder medaudit did not write), then run :func:`_run_benchmark` in it."""
+    from medaudit.outdir import claim_output
+
+    with claim_output(
+        out_dir, "bench-scenarios", force=force, in_place=True, keep_if=("runs", "cache")
+    ) as claim:
+        return _run_benchmark(
+            config, claim.path, cohort, cache_dir, workers, n_cases, embeddings, kind, n_boot
+        )
+
+
+def _run_benchmark(
+    config: BenchConfig,
+    out_dir: str | Path,
+    cohort: str | pd.DataFrame = "phantom",
+    cache_dir: str | Path | None = None,
+    workers: int = 1,
+    n_cases: int | None = None,
+    embeddings: dict[str, np.ndarray] | None = None,
+    kind: str | None = None,
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Run (or resume) the benchmark and write all outputs to ``out_dir``; returns a summary dict.
 
@@ -1057,6 +1081,11 @@ def bench_scenarios_command(
     set_: list[str] = typer.Option([], "--set", help="Scenario parameter override, SCENARIO.PARAM=VALUE."),
     n_cases: int | None = typer.Option(None, help="Use a random subset of the cohort."),
     cache_dir: Path | None = typer.Option(None, help="Cache folder (default OUT/cache)."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Write into an --out folder medaudit did not write (never one holding an input).",
+    ),
 ) -> None:
     """Benchmark multimodal slice discovery on the study's failure scenarios (resumable, parallel)."""
     params = _parse_sets(set_)
@@ -1083,7 +1112,9 @@ def bench_scenarios_command(
     for f in cfg.fusions:
         if f not in ("concat", "balanced"):
             raise InputError(f"fusion '{f}': choose concat or balanced")
-    res = run_benchmark(cfg, out, cohort=cohort, cache_dir=cache_dir, workers=workers, n_cases=n_cases)
+    res = run_benchmark(
+        cfg, out, cohort=cohort, cache_dir=cache_dir, workers=workers, n_cases=n_cases, force=force
+    )
     typer.echo(
         f"{res['runs_kept']} kept / {res['runs_total']} runs ({res['n_cached']} cached) in {res['wall_s']:.1f}s; "
         f"results in {out}/results.csv, summary in {out}/summary.md"

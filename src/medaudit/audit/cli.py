@@ -69,7 +69,9 @@ def parse_encoder_opts(values: list[str] | None) -> dict[str, dict[str, Any]]:
 
 def audit_command(
     table: Path = typer.Option(..., "--table", help="Case table: .csv, .tsv, .parquet or .jsonl."),
-    out: Path = typer.Option(..., "--out", help="Output folder (replaced atomically)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: absent, empty or an earlier audit output; replaced atomically."
+    ),
     id_col: str = typer.Option("id", "--id", help="Case id column."),
     label_col: str = typer.Option("label", "--label", help="Binary ground-truth label column (0/1)."),
     prob_col: str = typer.Option("prob", "--prob", help="Predicted probability of class 1."),
@@ -127,6 +129,9 @@ def audit_command(
         None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."
     ),
     no_report: bool = typer.Option(False, "--no-report", help="Skip report.html."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an --out folder medaudit did not write (never one holding an input)."
+    ),
 ) -> None:
     """Audit a classifier: discover and explain the slices of cases where it fails.
 
@@ -166,7 +171,7 @@ def audit_command(
         embeddings=parse_embeddings(embeddings),
         write_report=not no_report,
     )
-    result = run_audit(table, cfg, out)
+    result = run_audit(table, cfg, out, force=force)
     c = result.counts
     typer.echo(
         f"audited {c['cases']} cases ({c['skipped_rows']} rows skipped), error rate {c['error_rate']:.3f}; "
