@@ -34,14 +34,9 @@ def environment() -> jinja2.Environment:
 
 # C0/C1 controls except tab/newline/carriage return, DEL, and the Unicode bidirectional controls
 # (LRM, RLM, ALM, LRE/RLE/PDF/LRO/RLO, LRI/RLI/FSI/PDI) that can reorder what a reader sees.
-_CONTROLS = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)] + [
-    0x061C,
-    0x200E,
-    0x200F,
-    *range(0x202A, 0x202F),
-    *range(0x2066, 0x206A),
-]
-_VISIBLE = {c: f"[U+{c:04X}]" for c in _CONTROLS}
+_C0_C1 = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)]
+_BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_VISIBLE = {c: f"[U+{c:04X}]" for c in (*_C0_C1, *_BIDI)}
 
 
 def neutralise_controls(value: Any) -> Any:
