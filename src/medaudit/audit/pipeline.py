@@ -42,6 +42,7 @@ from medaudit.audit.outputs import (
 )
 from medaudit.audit.table import MODALITIES, CaseTable, ColumnMap, load_case_table, load_embeddings
 from medaudit.errors import InputError
+from medaudit.faults import fault_point
 from medaudit.io import default_cache_dir
 from medaudit.outdir import OutputClaim, claim_output
 from medaudit.progress import make_progress
@@ -266,6 +267,7 @@ def _encode(
             out[m] = np.asarray(emb, dtype=np.float32)
         if out[m].shape[0] != len(ids):
             raise InputError(f"{m} embeddings have {out[m].shape[0]} rows for {len(ids)} cases")
+        fault_point("audit:embed")
         progress.update(task, total=len(ids), completed=len(ids))
     return out
 
@@ -470,6 +472,7 @@ def _run_audit(
         task = progress.add_task("write outputs", total=1)
         out, stage = claim.path, claim.stage
         write_slices_json(stage / SLICES_FILE, payload)
+        fault_point("audit:write")
         write_membership(stage / MEMBERSHIP_FILE, membership)
         if config.write_report:
             from medaudit.report.audit_report import write_audit_report

@@ -31,6 +31,7 @@ import torch
 
 from medaudit.device import default_device, seed_everything
 from medaudit.errors import InputError
+from medaudit.faults import fault_point
 from medaudit.io import atomic_save, atomic_write_json
 from medaudit.progress import make_progress
 from medaudit.texture import data as tdata
@@ -544,6 +545,7 @@ def train(
                 history["val_dice"].append([done, validate(model, val_vols, ls.n_classes, config, device)])
             if done % config.checkpoint_every == 0 or done == end:
                 checkpoint(done)
+                fault_point("train:checkpoint")
             prog.update(task, completed=done, description=f"train {config.train_filter} loss {lv:.3f}")
     if end < config.iterations:
         return ckpt_path
