@@ -148,7 +148,15 @@ def test_stale_staging_is_cleaned_and_foreign_lookalike_kept(cli, audit_args, wo
         (lambda df: df.iloc[:0], ["cases.csv"]),
         (lambda df: df.assign(report=df["report"].where(df.index != 7, "")), ["report", "row 8"]),
     ],
-    ids=["no-prob-column", "label-not-binary", "prob-nan", "prob-out-of-range", "duplicate-id", "empty", "empty-report"],
+    ids=[
+        "no-prob-column",
+        "label-not-binary",
+        "prob-nan",
+        "prob-out-of-range",
+        "duplicate-id",
+        "empty",
+        "empty-report",
+    ],
 )
 def test_bad_table_rows(cli, audit_args, work, edit, names):
     t = work / "data" / "cases.csv"
@@ -177,7 +185,12 @@ def test_embeddings_with_wrong_rows(cli, audit_args, work):
     e = work / "emb.npy"
     np.save(e, np.zeros((3, 4), np.float32))
     (work / "emb.ids.txt").write_text("a\nb\nc\n")
-    _refused(cli, audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}"), [work], "emb")
+    _refused(
+        cli,
+        audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}"),
+        [work],
+        "emb",
+    )
 
 
 def _bomb(path: Path) -> Path:
@@ -197,11 +210,21 @@ def test_decompression_bomb_is_a_bad_row(cli, audit_args, work, tmp_path):
     df["image"] = [str(imgs / f"{i}.png") for i in df.index]
     t = work / "data" / "cases.csv"
     df.to_csv(t, index=False)
-    args = audit_args(t, work / "out", "--modalities", "report,metadata,image", "--image-encoder", "efficientnet-lite0")
+    args = audit_args(
+        t, work / "out", "--modalities", "report,metadata,image", "--image-encoder", "efficientnet-lite0"
+    )
     line = _refused(cli, args, [work], "row 4", "3.png", "pixels")
     assert "MEDAUDIT_MAX_IMAGE_PIXELS" in line
     # --skip-bad drops the row and counts it; the table check never decodes the bomb
-    rc, err = cli(*audit_args(t, work / "out", "--skip-bad"), "--modalities", "report,metadata,image", "--image-encoder", "efficientnet-lite0", "--encoder-opt", "image.size=32")
+    rc, err = cli(
+        *audit_args(t, work / "out", "--skip-bad"),
+        "--modalities",
+        "report,metadata,image",
+        "--image-encoder",
+        "efficientnet-lite0",
+        "--encoder-opt",
+        "image.size=32",
+    )
     assert rc == 0, err
     counts = json.loads((work / "out" / "slices.json").read_text())["counts"]
     assert counts["skipped_rows"] == 1

@@ -119,7 +119,7 @@ def train_command(
     with claim_output(
         out,
         "texture-train",
-        inputs=[config],
+        inputs=[config, cfg.data_path, cfg.cache_dir],
         force=force,
         in_place=True,
         keep_if=("checkpoint.pt", "model.pt"),
@@ -253,16 +253,16 @@ def predict_command(
     """
     from medaudit.texture.predict import predict_files
 
-    if out_dir is not None:
-        typer.secho("warning: --out-dir is deprecated; use --out/-o", err=True, fg="yellow")
-        if out is not None and out != out_dir:
-            raise InputError(f"--out {out} and --out-dir {out_dir}: give only --out")
+    if out is not None and out_dir is not None and out != out_dir:
+        raise InputError(f"--out {out} and --out-dir {out_dir}: give only --out")
     target = out if out is not None else out_dir
     if target is None:
         raise InputError("--out: missing; give the output folder with --out/-o")
     flag = "--out" if out is not None else "--out-dir"
     for p in predict_files(model, inputs, target, device, force=force, flag=flag):
         typer.echo(str(p))
+    if out_dir is not None:  # after the work, so that an error stays a single line
+        typer.secho("warning: --out-dir is deprecated; use --out/-o", err=True, fg="yellow")
 
 
 @app.command("demo")
