@@ -93,6 +93,12 @@ def _internal(exc: BaseException) -> int:
     return 1
 
 
+def _is_click_error(exc: BaseException) -> bool:
+    return any(c.__name__ == "ClickException" for c in type(exc).__mro__) and isinstance(
+        getattr(exc, "exit_code", None), int
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point.
 
@@ -119,15 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted() if exc.exit_code == 130 else int(exc.exit_code or 0)
     except SystemExit as exc:  # click usage errors in non-standalone mode
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except OSError as exc:  # permissions, a full disk, a path that is not a folder ...
-        if exc.filename is None:
-            return _internal(exc)
-        _say(f"error: {exc.filename}: {exc.strerror or exc}")
-        return 2
     except Exception as exc:
+        if _is_click_error(exc):  # usage errors (typer ships its own copy of click)
+            exc.show()  # type: ignore[attr-defined]
+            return int(exc.exit_code)  # type: ignore[attr-defined]
+        if isinstance(exc, OSError) and exc.filename is not None:  # permissions, full disk, not a folder
+            _say(f"error: {exc.filename}: {exc.strerror or exc}")
+            return 2
         return _internal(exc)
     finally:
         with contextlib.suppress(ValueError, TypeError):

@@ -124,6 +124,7 @@ class OutputClaim:
     force: bool = False
     in_place: bool = False
     inputs: list[Path] = field(default_factory=list)
+    marked: bool = False  # this run wrote the marker of an in-place folder that had none
 
     def check_inputs(self, paths: Iterable[str | os.PathLike[str] | None], what: str = "input") -> None:
         """Refuse (one line) if any input lies inside the output; call it as soon as inputs are known."""
@@ -274,6 +275,7 @@ def _open(claim: OutputClaim) -> bool:
         if claim.in_place:
             created = not path.exists()
             path.mkdir(exist_ok=True)
+            claim.marked = read_marker(path) is None
             _write_marker(path, claim.kind, "running")
             return created
         stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_STAGING}"))
@@ -293,6 +295,9 @@ def _abandon(claim: OutputClaim, created: bool, keep_if: tuple[str, ...], exc: B
     elif created and not any((path / k).exists() for k in keep_if):
         shutil.rmtree(path, ignore_errors=True)
         kept = f"nothing was kept ({path} removed)"
+    elif claim.marked and [e.name for e in os.scandir(path)] == [MARKER]:
+        (path / MARKER).unlink()  # an empty folder we only marked: give it back as it was
+        kept = f"nothing was written to {path}"
     else:
         kept = f"{path} was kept; rerun the same command to resume"
     if isinstance(exc, KeyboardInterrupt):
