@@ -90,10 +90,11 @@ def test_typer_exit_code_propagates(cli, audit_args, table, tmp_path, monkeypatc
 def test_failed_study_tasks_exit_1(cli, tmp_path, monkeypatch):
     import medaudit.texture.study as study
 
-    class Run:
-        executed, skipped, wall_s, results_path, report_path = [], [], 0.0, None, None
-        failed = {"abc": "boom"}
+    from types import SimpleNamespace
 
-    monkeypatch.setattr(study, "run_study", lambda *a, **k: Run())
+    run = SimpleNamespace(
+        executed=[], skipped=[], wall_s=0.0, results_path=None, report_path=None, failed={"abc": "boom"}
+    )
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: run)
     rc, _ = cli("texture", "study", "study_small", "--out", tmp_path / "s")
     assert rc == 1

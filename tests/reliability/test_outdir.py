@@ -36,7 +36,7 @@ def test_protected_folders_are_refused_even_with_force(tmp_path, monkeypatch, wh
     monkeypatch.chdir(tmp_path / "w")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     target = {"cwd": ".", "parent-of-cwd": "..", "home": str(tmp_path / "home"), "root": "/"}[where]
-    with pytest.raises(InputError, match="^--out "):
+    with pytest.raises(InputError, match=r"^--out "):
         check_output(target, "k", force=True)
 
 
