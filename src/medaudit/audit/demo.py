@@ -102,7 +102,7 @@ def run_demo(
     from medaudit.audit.pipeline import AuditConfig, run_audit
     from medaudit.outdir import check_output
 
-    check_output(out_dir, "audit", inputs=[cache_dir], force=force)
+    check_output(out_dir, "audit", inputs=[cache_dir or default_cache_dir()], force=force)
     from medaudit.audit.scenarios import in_slice_accuracy_gap, spurious_correlation
     from medaudit.data.phantom_cxr import build_cohort, cohort_table, select_cases
     from medaudit.device import seed_everything

@@ -379,7 +379,7 @@ def run_audit(
     """
     config = config or AuditConfig()
     source = None if isinstance(table, (CaseTable, pd.DataFrame)) else table
-    inputs = [source, config.cache_dir, *config.embeddings.values()]
+    inputs = [source, config.resolved_cache_dir(), *config.embeddings.values()]
     with claim_output(out_dir, "audit", inputs=inputs, force=force) as claim:
         return _run_audit(table, config, claim)
 
