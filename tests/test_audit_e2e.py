@@ -190,7 +190,11 @@ def test_precomputed_embeddings_replace_encoder(small_table: Path, tmp_path: Pat
     )
     res = run_audit(small_table, cfg, tmp_path / "out")
     assert res.payload["embedding_dims"]["image"] == 5
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["membership.parquet", "slices.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".medaudit-output",
+        "membership.parquet",
+        "slices.json",
+    ]
 
 
 def test_planted_slice_is_found_and_explained(tmp_path: Path) -> None:

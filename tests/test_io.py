@@ -45,7 +45,7 @@ def test_atomic_output_dir_success_and_failure(tmp_path):
         (stage / "g.txt").write_text("partial")
         raise ValueError("boom")
     # the previous complete output survives; no staging folder is left behind
-    assert sorted(x.name for x in out.iterdir()) == ["f.txt"]
+    assert sorted(x.name for x in out.iterdir()) == [".medaudit-output", "f.txt"]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["out"]
 
     fresh = tmp_path / "fresh"

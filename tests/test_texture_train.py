@@ -221,7 +221,7 @@ def test_cli_train_eval_predict(dataset, models, tmp_path, capsys):
         ]
     )
     assert rc == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "model file not found" in capsys.readouterr().err
 
 
 def _verdict_rows(dice_f_unseen, dice_b_unseen, dice_f_seen=0.1, dice_b_seen=0.9):

@@ -10,10 +10,13 @@ error come back without importing torch. This module also owns the exit status o
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+import traceback
 from typing import Any
 
 import typer
@@ -63,7 +66,6 @@ DEPRECATED_FLAGS: dict[tuple[str, ...], dict[str, str]] = {
         "--report-path": "--report-path-col",
         "--cache": "--cache-dir",
     },
-    ("texture", "predict"): {"--out-dir": "--out"},
 }
 
 
@@ -185,11 +187,6 @@ def rewrite_deprecated(argv: list[str]) -> list[str]:
     return argv
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _usage_error(exc: BaseException) -> tuple[str, int] | None:
     """``(message, exit status)`` of a click-style error (typer's own copy of click included)."""
     fmt, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
@@ -198,34 +195,67 @@ def _usage_error(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
+def _say(msg: str) -> None:
+    typer.secho(" ".join(msg.split()), err=True, fg="red")
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: staging folders are removed, the lock released
+
+
+def _interrupted() -> int:
+    from medaudit.outdir import interrupt_note
+
+    note = interrupt_note()
+    _say(f"interrupted: {note}" if note else "interrupted: nothing was written")
+    return 130
+
+
+def _internal(exc: BaseException) -> int:
+    if os.environ.get("MEDAUDIT_TRACEBACK", "") not in ("", "0"):
+        traceback.print_exception(exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    _say(
+        f"internal error: {type(exc).__name__}: {first} "
+        "(-v or MEDAUDIT_TRACEBACK=1 shows the traceback; please report it)"
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit status (see the module docstring)."""
     setup_logging()
     args = rewrite_deprecated(list(sys.argv[1:] if argv is None else argv))
+    old = signal.getsignal(signal.SIGTERM)
+    with contextlib.suppress(ValueError):  # not in the main thread: keep the default
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rc: Any = app(args=args, standalone_mode=False)
     except InputError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
+        _say(f"error: {exc}")
         return 2
     except FileNotFoundError as exc:
-        typer.secho(f"error: {exc.filename or exc}: file not found", err=True, fg="red")
+        _say(f"error: {exc.filename or exc}: file not found")
         return 2
     except (KeyboardInterrupt, typer.Abort):
-        rc = 130
+        return _interrupted()
     except typer.Exit as exc:
         rc = int(exc.exit_code or 0)
     except Exception as exc:
         usage = _usage_error(exc)
-        if usage is not None:
-            typer.secho(f"error: {usage[0]}", err=True, fg="red")
+        if usage is not None:  # click usage errors (typer ships its own copy of click), on one line
+            _say(f"error: {usage[0]}")
             return usage[1]
-        if os.environ.get("MEDAUDIT_TRACEBACK"):
-            raise
-        typer.secho(f"internal error: {_one_line(exc)} (run with -v for the traceback)", err=True, fg="red")
-        return 1
-    if rc == 130:  # typer may also turn Ctrl-C into Exit(130) itself
-        typer.secho("interrupted: nothing was written over an existing output", err=True)
-    return rc if isinstance(rc, int) else 0
+        if isinstance(exc, OSError) and exc.filename is not None:  # permissions, full disk, not a folder
+            _say(f"error: {exc.filename}: {exc.strerror or exc}")
+            return 2
+        return _internal(exc)
+    finally:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, old)
+    if rc == 130:  # typer may turn Ctrl-C into Exit(130) itself
+        return _interrupted()
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,26 +94,25 @@ def atomic_save(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
+def atomic_output_dir(
+    path: str | os.PathLike[str],
+    overwrite: bool = True,
+    *,
+    kind: str = "output",
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    force: bool = False,
+    flag: str = "--out",
+) -> Iterator[Path]:
     """Yield a hidden staging folder next to ``path``; it replaces ``path`` only if the block succeeds.
 
-    On any exception the staging folder is removed, so no partial output folder is left behind.
+    ``path`` is replaced only when it is absent, empty, or an earlier medaudit output of the same
+    ``kind`` (``force`` also allows a foreign folder, never one that contains an ``inputs`` path); see
+    :mod:`medaudit.outdir`. On any exception the staging folder is removed, so no partial output is
+    left behind. ``overwrite=False`` refuses any existing ``path``.
     """
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
+    from medaudit.outdir import claim_output
+
+    if not overwrite and os.path.lexists(path):
         raise FileExistsError(f"{path}: output folder exists")
-    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.staging-"))
-    try:
-        yield stage
-        _publish_mode(stage, directory=True)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-            os.replace(path, old / "x")
-            os.replace(stage, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, path)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    with claim_output(path, kind, inputs=inputs, force=force, flag=flag) as claim:
+        yield claim.stage

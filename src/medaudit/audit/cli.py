@@ -131,7 +131,12 @@ def _build_config(ctx: typer.Context, config_file: Path | None, values: dict[str
 def audit_command(
     ctx: typer.Context,
     table: Path = typer.Option(..., "--table", help="Case table: .csv, .tsv, .parquet or .jsonl."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Output folder: absent, empty or an earlier audit output; replaced atomically.",
+    ),
     config: Path | None = typer.Option(
         None, "--config", help="AuditConfig as YAML/JSON; flags given here override it."
     ),
@@ -198,18 +203,21 @@ def audit_command(
         _D.device, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."
     ),
     no_report: bool = typer.Option(False, "--no-report", help="Skip report.html."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an --out folder medaudit did not write (never one holding an input)."
+    ),
 ) -> None:
     """Audit a classifier: discover and explain the slices of cases where it fails.
 
     Writes OUT/slices.json, OUT/membership.parquet and OUT/report.html (schema in docs/audit.md).
     """
-    values = {k: v for k, v in locals().items() if k not in ("ctx", "config")}
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "config", "force")}
     if not table.is_file():
         raise InputError(f"{table}: table file not found")
     cfg = _build_config(ctx, config, values)
     from medaudit.audit.pipeline import run_audit
 
-    _print_result(run_audit(table, cfg, out))
+    _print_result(run_audit(table, cfg, out, force=force))
 
 
 def _print_result(result: Any) -> None:

@@ -40,7 +40,8 @@ from medaudit.audit.outputs import (
 )
 from medaudit.audit.table import CaseTable, load_case_table, load_embeddings
 from medaudit.errors import InputError
-from medaudit.io import atomic_output_dir
+from medaudit.faults import fault_point
+from medaudit.outdir import OutputClaim, claim_output
 from medaudit.progress import make_progress
 from medaudit.stats import wilson_ci
 
@@ -164,6 +165,7 @@ def _encode(
             out[m] = np.asarray(emb, dtype=np.float32)
         if out[m].shape[0] != len(ids):
             raise InputError(f"{m} embeddings have {out[m].shape[0]} rows for {len(ids)} cases")
+        fault_point("audit:embed")
         progress.update(task, total=len(ids), completed=len(ids))
     return out
 
@@ -251,6 +253,7 @@ def run_audit(
     table: CaseTable | pd.DataFrame | str | os.PathLike[str],
     config: AuditConfig | None = None,
     out_dir: str | os.PathLike[str] = "audit_out",
+    force: bool = False,
 ) -> AuditResult:
     """Run the whole audit and write ``slices.json``, ``membership.parquet`` and ``report.html``.
 
@@ -259,6 +262,8 @@ def run_audit(
             ``config.columns``, ``config.meta`` and ``config.skip_bad``.
         config: the run's settings (defaults: :class:`AuditConfig`).
         out_dir: output folder, replaced atomically: on any failure no (partial) folder is left.
+            It must be absent, empty or an earlier audit output (see :mod:`medaudit.outdir`).
+        force: also replace a folder medaudit did not write (never one holding an input).
 
     Returns:
         An :class:`AuditResult`.
@@ -266,9 +271,18 @@ def run_audit(
     Raises:
         InputError: bad table, embeddings, encoder / slicer names, or too few cases.
     """
+    config = config or AuditConfig()
+    source = None if isinstance(table, (CaseTable, pd.DataFrame)) else table
+    inputs = [source, config.resolved_cache_dir(), *config.embeddings.values()]
+    with claim_output(out_dir, "audit", inputs=inputs, force=force) as claim:
+        return _run_audit(table, config, claim)
+
+
+def _run_audit(
+    table: CaseTable | pd.DataFrame | str | os.PathLike[str], config: AuditConfig, claim: OutputClaim
+) -> AuditResult:
     from medaudit.device import seed_everything
 
-    config = config or AuditConfig()
     modalities = config.resolved_modalities()
     seed_everything(config.seed)
     min_cases = max(config.n_components if config.slicer in ("mixture", "domino") else 0, config.n_slices, 2)
@@ -288,6 +302,7 @@ def run_audit(
             progress.update(task, completed=1)
         elif "metadata" in modalities and table.meta.shape[1] == 0:
             raise InputError("the metadata modality needs at least one metadata column (--meta)")
+        claim.check_inputs([table.source, *table.df["image"].dropna().tolist()], "input file")
         n = len(table)
         slicer = _make_slicer(config, n)
 
@@ -349,14 +364,14 @@ def run_audit(
         membership = membership_frame(table.ids, scores)
 
         task = progress.add_task("write outputs", total=1)
-        out = Path(out_dir).absolute()
-        with atomic_output_dir(out) as stage:
-            write_slices_json(stage / SLICES_FILE, payload)
-            write_membership(stage / MEMBERSHIP_FILE, membership)
-            if config.write_report:
-                from medaudit.report.audit_report import write_audit_report
+        out, stage = claim.path, claim.stage
+        write_slices_json(stage / SLICES_FILE, payload)
+        fault_point("audit:write")
+        write_membership(stage / MEMBERSHIP_FILE, membership)
+        if config.write_report:
+            from medaudit.report.audit_report import write_audit_report
 
-                write_audit_report(stage / REPORT_FILE, payload, table, scores, fused)
+            write_audit_report(stage / REPORT_FILE, payload, table, scores, fused)
         progress.update(task, completed=1)
     paths = {"slices_json": out / SLICES_FILE, "membership": out / MEMBERSHIP_FILE}
     if config.write_report:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from medaudit.audit.config import MODALITIES, ColumnMap
+from medaudit.data.images import check_pixel_limit
 from medaudit.errors import InputError
 
 __all__ = ["CaseTable", "ColumnMap", "load_case_table", "load_embeddings", "read_table"]
@@ -366,6 +367,16 @@ def load_case_table(
                         f"column '{columns.image}' {_row(i, ids[i])}: image {ip} is missing or unreadable",
                     )
                 continue
+            if need_image:
+                try:
+                    check_pixel_limit(ip)
+                except InputError as exc:
+                    probs.add(
+                        i,
+                        "image too large or unreadable",
+                        f"column '{columns.image}' {_row(i, ids[i])}: {exc}",
+                    )
+                    continue
             images[i] = str(ip)
 
     keep = ~probs.bad

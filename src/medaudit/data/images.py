@@ -8,6 +8,7 @@ JPEG and PNG (8- and 16-bit) are read with Pillow.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,63 @@ from medaudit.errors import InputError
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 ResizeMode = Literal["crop", "pad", "stretch"]
+
+#: Largest image (width x height, all frames of a DICOM counted) that medaudit decodes: 64 megapixels,
+#: twice the area of the largest digital chest radiograph detectors (~43 x 43 cm at 0.1 mm ~ 18.5 MP)
+#: with room to spare. A file that declares more is refused before its pixels are decoded (a
+#: "decompression bomb": a few KB of PNG can declare 10^8 pixels). Override with the environment
+#: variable ``MEDAUDIT_MAX_IMAGE_PIXELS``.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force: ``$MEDAUDIT_MAX_IMAGE_PIXELS`` or :data:`MAX_IMAGE_PIXELS`."""
+    raw = os.environ.get("MEDAUDIT_MAX_IMAGE_PIXELS", "").strip()
+    if not raw:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InputError(f"MEDAUDIT_MAX_IMAGE_PIXELS={raw!r}: expected a positive integer") from None
+    if value < 1:
+        raise InputError(f"MEDAUDIT_MAX_IMAGE_PIXELS={raw!r}: expected a positive integer")
+    return value
+
+
+def declared_pixels(path: str | os.PathLike[str]) -> int:
+    """Pixels an image file declares in its header (DICOM: rows x columns x frames), read without
+    decoding the pixel data. Raises InputError if the header cannot be read."""
+    p = Path(path)
+    try:
+        if is_dicom(p):
+            import pydicom
+
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * max(frames, 1)
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's own bomb warning: we apply our limit instead
+            with Image.open(p) as im:
+                w, h = im.size
+                return int(w) * int(h) * max(int(getattr(im, "n_frames", 1) or 1), 1)
+    except Exception as exc:  # pydicom / Pillow raise many types for corrupt headers
+        from PIL import Image
+
+        if isinstance(exc, Image.DecompressionBombError):  # over PIL's own hard limit: a lower bound
+            return 2 * int(Image.MAX_IMAGE_PIXELS or 0) + 1
+        raise InputError(f"{p}: cannot read image header ({type(exc).__name__}: {exc})") from None
+
+
+def check_pixel_limit(path: str | os.PathLike[str]) -> None:
+    """Raise a one-line InputError if the image declares more pixels than :func:`max_image_pixels`."""
+    n, limit = declared_pixels(path), max_image_pixels()
+    if n > limit:
+        raise InputError(
+            f"{path}: image declares {n:,} pixels, over the limit of {limit:,} "
+            "(a decompression bomb or an unusually large image; raise MEDAUDIT_MAX_IMAGE_PIXELS to allow it)"
+        )
 
 
 def is_dicom(path: str | os.PathLike[str]) -> bool:
@@ -47,6 +105,7 @@ def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
     if not p.is_file():
         raise InputError(f"{p}: image file not found")
     try:
+        check_pixel_limit(p)
         img = _read_dicom(p) if is_dicom(p) else _read_pillow(p)
     except InputError:
         raise
@@ -133,8 +192,11 @@ def _read_dicom(p: Path) -> np.ndarray:
 def _read_pillow(p: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(p) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked before
+        im = Image.open(p)
         im.load()
+    with im:
         mode = im.mode
         if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
             return (np.asarray(im, dtype=np.float64) / 65535.0).astype(np.float32)

@@ -353,7 +353,18 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
         raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path}: not a NIfTI image")
+    _check_affine(np.asarray(img.affine, dtype=np.float64), path)
     return img
+
+
+def _check_affine(affine: np.ndarray, path: Path) -> None:
+    """A voxel-to-world affine must be finite and invertible (spacing and orientation defined)."""
+    lin = affine[:3, :3]
+    if not np.all(np.isfinite(affine)):
+        raise InputError(f"{path}: the NIfTI affine has non-finite entries")
+    sv = np.linalg.svd(lin, compute_uv=False)
+    if not sv[0] > 0.0 or sv[-1] <= 1e-6 * sv[0]:
+        raise InputError(f"{path}: the NIfTI affine is singular (zero voxel size or degenerate axes)")
 
 
 def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
@@ -572,7 +583,7 @@ def build_mni_phantom(
         except (OSError, ValueError, KeyError, TypeError):
             pass
     t1, labels, aff = _mni_tissue_labels()
-    with atomic_output_dir(folder) as stage:
+    with atomic_output_dir(folder, kind="mni-phantom", flag="cohort cache folder") as stage:
         entries = []
         for i in range(n_subjects):
             cid = f"phantom-{i:03d}"

@@ -12,6 +12,7 @@ import io
 from typing import Any
 
 import jinja2
+import markupsafe
 
 _ENV: jinja2.Environment | None = None
 
@@ -25,8 +26,29 @@ def environment() -> jinja2.Environment:
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=neutralise_controls,  # every {{ ... }} value, before escaping
         )
+        _ENV.filters["neutralise"] = neutralise_controls
     return _ENV
+
+
+# C0/C1 controls except tab/newline/carriage return, DEL, and the Unicode bidirectional controls
+# (LRM, RLM, ALM, LRE/RLE/PDF/LRO/RLO, LRI/RLI/FSI/PDI) that can reorder what a reader sees.
+_C0_C1 = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)]
+_BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_VISIBLE = {c: f"[U+{c:04X}]" for c in (*_C0_C1, *_BIDI)}
+
+
+def neutralise_controls(value: Any) -> Any:
+    """Replace control and bidi-override characters in a string by a visible ``[U+XXXX]`` mark.
+
+    Applied to every value a template prints (the environment's ``finalize``), so report text can
+    neither hide nor reorder itself; non-strings pass through unchanged (``Markup`` stays ``Markup``).
+    """
+    if isinstance(value, str):
+        out = value.translate(_VISIBLE)
+        return type(value)(out) if isinstance(value, markupsafe.Markup) else out
+    return value
 
 
 def render(template: str, **context: Any) -> str:

@@ -77,6 +77,12 @@ def train_command(
     resume: Annotated[
         bool, typer.Option(help="Continue from an existing checkpoint of the same config.")
     ] = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Use an --out folder medaudit did not write (never one holding an input)."
+        ),
+    ] = False,
 ) -> None:
     """Train a 3D U-Net (clean, on a filtered copy of the training scans, or with on-the-fly filtering)."""
     from medaudit.texture.train import TrainConfig, load_config, train
@@ -108,13 +114,38 @@ def train_command(
         base["mode"] = "filtered"
     cfg = TrainConfig.from_dict(base)
     t0 = time.perf_counter()
-    path = train(cfg, out, resume=resume)
+    from medaudit.outdir import claim_output
+
+    with claim_output(
+        out,
+        "texture-train",
+        inputs=[config, cfg.data_path, cfg.cache_dir],
+        force=force,
+        in_place=True,
+        keep_if=("checkpoint.pt", "model.pt"),
+    ) as claim:
+        path = train(cfg, claim.path, resume=resume)
     typer.echo(f"model: {path} ({time.perf_counter() - t0:.1f} s)")
+
+
+def _check_models(models: list[Path]) -> None:
+    """Fail with one line naming the model file before anything else is read."""
+    from medaudit.texture.train import load_checkpoint
+
+    if not models:
+        raise InputError("--model: give at least one model.pt")
+    for m in models:
+        st = load_checkpoint(m)
+        if "state_dict" not in st or "config" not in st:
+            raise InputError(
+                f"not a medaudit model, or unsafe to load: {m} (use the model.pt written by train)"
+            )
 
 
 def _cases_for_eval(models: list[Path], data: str | None, data_path: str | None, split: str) -> list[Any]:
     from medaudit.data import mri as tdata
 
+    _check_models(models)
     if data is not None:
         return tdata.get_cases(data, data_path)
     sp = models[0].parent / "split.json"
@@ -147,19 +178,26 @@ def eval_command(
     clean: Annotated[bool, typer.Option(help="Also evaluate the clean scans (severity 0).")] = True,
     device: Annotated[str | None, typer.Option(help="cpu | cuda.")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Use an --out folder medaudit did not write (never one holding an input)."
+        ),
+    ] = False,
 ) -> None:
     """Evaluate models on clean and corrupted test scans; write results, summary and an HTML report."""
-    from medaudit.io import atomic_output_dir
+    from medaudit.outdir import claim_output
     from medaudit.texture.evaluate import evaluate, example_slices
     from medaudit.texture.report import format_table, write_report
 
     corrs = _names(corruptions)
+    levels_in = _ints(severities, "severities")
     cases = _cases_for_eval(model, data, data_path, split)
-    df = evaluate(
-        model, cases, (["none"] if clean else []) + corrs, _ints(severities, "severities"), seed, device
-    )
-    summary = format_table(df)
-    with atomic_output_dir(out) as stage:
+    inputs = [*model, data_path, *(c.image for c in cases), *(c.label for c in cases)]
+    with claim_output(out, "texture-eval", inputs=inputs, force=force) as claim:
+        stage = claim.stage
+        df = evaluate(model, cases, (["none"] if clean else []) + corrs, levels_in, seed, device)
+        summary = format_table(df)
         df.to_csv(stage / "results.csv", index=False)
         summary.to_csv(stage / "summary.csv", index=False)
         if report:
@@ -193,14 +231,38 @@ def eval_command(
 def predict_command(
     model: Annotated[Path, typer.Option("--model", "-m", help="model.pt of a run.")],
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI volumes to segment.")],
-    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for <name>_seg.nii.gz.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder for <name>_seg.nii.gz (replaced atomically)."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", hidden=True, help="Deprecated alias of --out.")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace an --out folder medaudit did not write (never one holding an input)."
+        ),
+    ] = False,
 ) -> None:
-    """Segment NIfTI volumes; label maps keep the input's affine and header."""
+    """Segment NIfTI volumes; label maps keep the input's affine and header.
+
+    Every input is validated before anything is written; the label maps are then written as one batch
+    (an output folder replaced atomically), so a bad input leaves no output at all.
+    """
     from medaudit.texture.predict import predict_files
 
-    for p in predict_files(model, inputs, out_dir, device):
+    if out is not None and out_dir is not None and out != out_dir:
+        raise InputError(f"--out {out} and --out-dir {out_dir}: give only --out")
+    target = out if out is not None else out_dir
+    if target is None:
+        raise InputError("--out: missing; give the output folder with --out/-o")
+    flag = "--out" if out is not None else "--out-dir"
+    for p in predict_files(model, inputs, target, device, force=force, flag=flag):
         typer.echo(str(p))
+    if out_dir is not None:  # after the work, so that an error stays a single line
+        typer.secho("warning: --out-dir is deprecated; use --out/-o", err=True, fg="yellow")
 
 
 @app.command("demo")
@@ -218,6 +280,12 @@ def demo_command(
     ] = "rician_noise,ghosting,bias_field,motion",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu | cuda.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Use an --out folder medaudit did not write (never one holding an input)."
+        ),
+    ] = False,
 ) -> None:
     """Small end-to-end run on the simulated mni-phantom cohort: clean baseline vs a filtered model."""
     from medaudit.texture.train import TrainConfig
@@ -245,6 +313,15 @@ def demo_command(
             mode="filtered", filter_name=filter_name, filter_severity=severity, **common
         ),
     }
+    from medaudit.outdir import claim_output
+
+    with claim_output(out, "texture-demo", inputs=[cache_dir], force=force, in_place=True, keep_if=("runs",)):
+        _demo_run(out, runs, severity, corruptions, seed, device, t0)
+
+
+def _demo_run(
+    out: Path, runs: dict[str, Any], severity: int, corruptions: str, seed: int, device: str | None, t0: float
+) -> None:
     from medaudit.texture.train import train
 
     paths = {}
@@ -263,6 +340,7 @@ def demo_command(
         clean=True,
         device=device,
         report=True,
+        force=False,
     )
     import pandas as pd
 

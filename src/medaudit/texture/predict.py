@@ -48,6 +48,23 @@ def segment_image(
     return pred.numpy().astype(dtype), img
 
 
+def validate_inputs(inputs: Sequence[str | Path]) -> list[str]:
+    """Check every input volume (readable NIfTI, 3D, finite, non-singular affine, unique output name)
+    before anything is written; return the output file names. Raises a one-line InputError."""
+    if not inputs:
+        raise InputError("no input volumes given")
+    names: dict[str, Path] = {}
+    for p in map(Path, inputs):
+        name = _out_name(p)
+        if name in names:
+            raise InputError(f"{p}: same file name as {names[name]}; their outputs would collide")
+        names[name] = p
+        data = tdata._read_data(tdata.load_nifti(p), p)
+        if not np.all(np.isfinite(data)):
+            raise InputError(f"{p}: image contains non-finite values (NaN or inf)")
+    return list(names)
+
+
 def predict_files(
     checkpoint: str | Path,
     inputs: Sequence[str | Path],
@@ -55,24 +72,34 @@ def predict_files(
     device: str | torch.device | None = None,
     overwrite: bool = True,
     progress: bool | None = None,
+    force: bool = False,
+    flag: str = "--out",
 ) -> list[Path]:
-    """Segment each input NIfTI; write ``<out_dir>/<name>_seg.nii.gz``; return the written paths."""
-    if not inputs:
-        raise InputError("no input volumes given")
-    out_dir = Path(out_dir)
+    """Segment each input NIfTI; write ``<out_dir>/<name>_seg.nii.gz``; return the written paths.
+
+    Validation policy: the model and every input are checked first; the label maps are then written
+    to a staging folder that replaces ``out_dir`` atomically (see :mod:`medaudit.outdir`: ``out_dir``
+    must be absent, empty or an earlier ``predict`` output; ``force`` allows a foreign folder that holds
+    no input). A bad input therefore leaves no output at all. ``overwrite=False`` refuses an existing
+    ``out_dir``.
+    """
+    from medaudit.outdir import check_output, claim_output
+
+    if not overwrite and Path(out_dir).exists():
+        raise InputError(f"{flag} {out_dir}: exists (pass overwrite=True)")
+    srcs = [checkpoint, *inputs]
+    check_output(out_dir, "texture-predict", inputs=srcs, force=force, flag=flag)
+    names = validate_inputs(inputs)
     model, meta = load_model(checkpoint, device)
     outs = []
-    names = [_out_name(Path(p)) for p in inputs]
-    if len(set(names)) != len(names):
-        raise InputError("two inputs have the same file name; their outputs would collide")
-    with make_progress(disable=None if progress is None else not progress) as prog:
+    with (
+        claim_output(out_dir, "texture-predict", inputs=srcs, force=force, flag=flag) as claim,
+        make_progress(disable=None if progress is None else not progress) as prog,
+    ):
         task = prog.add_task("predict", total=len(inputs))
         for p, name in zip(inputs, names, strict=True):
-            target = out_dir / name
-            if target.exists() and not overwrite:
-                raise InputError(f"{target}: exists (pass overwrite=True)")
             labels, img = segment_image(model, meta, p)
-            header = img.header.copy()
-            outs.append(tdata.save_nifti(labels, np.asarray(img.affine), target, header=header))
+            tdata.save_nifti(labels, np.asarray(img.affine), claim.stage / name, header=img.header.copy())
+            outs.append(claim.path / name)
             prog.advance(task)
     return outs

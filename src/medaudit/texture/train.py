@@ -32,6 +32,7 @@ import torch
 from medaudit.data import mri as tdata
 from medaudit.device import default_device, seed_everything
 from medaudit.errors import InputError
+from medaudit.faults import fault_point
 from medaudit.io import atomic_save, atomic_write_json
 from medaudit.progress import make_progress
 
@@ -310,13 +311,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with an InputError naming the file if unreadable."""
+    """``torch.load(weights_only=True)`` with a one-line InputError naming the file if it is not ours.
+
+    Anything ``weights_only`` refuses (a pickle that would run code), and anything that is not a torch
+    file at all, gets the same line; unsafe loading is never suggested.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: model file not found")
+    if not p.is_file():
+        raise InputError(f"{p}: is not a file (expected a model.pt written by medaudit texture train)")
     try:
-        return torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: checkpoint not found") from None
-    except Exception as exc:
-        raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+        st = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        raise InputError(f"not a medaudit model, or unsafe to load: {p}") from None
+    if not isinstance(st, dict):
+        raise InputError(f"not a medaudit model, or unsafe to load: {p}")
+    return st
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,7 +477,6 @@ def train(
     (in total) leaving a checkpoint, as an interruption would; the path returned is then the checkpoint.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model_path, ckpt_path = out_dir / "model.pt", out_dir / "checkpoint.pt"
     key = config.key()
     if resume and model_path.is_file():
@@ -478,10 +488,11 @@ def train(
     cases = load_data(config)
     ls = tdata.get_label_set(config.label_set)
     split = split_cases(cases, config.val_fraction, config.test_fraction, config.split_seed)
-    atomic_write_json(out_dir / "split.json", {k: [c.to_dict() for c in v] for k, v in split.items()})
-    atomic_write_json(out_dir / "config.json", config.to_dict())
     train_vols = _prepare_volumes(config, split["train"], training=True)
     val_vols = _prepare_volumes(config, split["val"], training=False)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the data are known to be good
+    atomic_write_json(out_dir / "split.json", {k: [c.to_dict() for c in v] for k, v in split.items()})
+    atomic_write_json(out_dir / "config.json", config.to_dict())
 
     torch.manual_seed(config.seed)
     model = build_model(ls.n_classes, config.channels, config.num_res_units, config.dropout).to(device)
@@ -534,6 +545,7 @@ def train(
                 history["val_dice"].append([done, validate(model, val_vols, ls.n_classes, config, device)])
             if done % config.checkpoint_every == 0 or done == end:
                 checkpoint(done)
+                fault_point("train:checkpoint")
             prog.update(task, completed=done, description=f"train {config.train_filter} loss {lv:.3f}")
     if end < config.iterations:
         return ckpt_path
@@ -571,11 +583,16 @@ def load_model(
     """Rebuild a trained model from ``model.pt``; returns ``(model in eval mode, metadata)``."""
     st = load_checkpoint(path)
     if "state_dict" not in st or "config" not in st:
-        raise InputError(f"{path}: not a medaudit texture model (use the model.pt written by train)")
-    config = TrainConfig.from_dict(json.loads(st["config"]))
+        raise InputError(
+            f"not a medaudit model, or unsafe to load: {path} (use the model.pt written by train)"
+        )
+    try:
+        config = TrainConfig.from_dict(json.loads(st["config"]))
+        model = build_model(int(st["n_classes"]), config.channels, config.num_res_units, config.dropout)
+        model.load_state_dict(st["state_dict"])
+    except Exception:  # a dict that looks like ours but is not: wrong keys, shapes or config
+        raise InputError(f"not a medaudit model, or unsafe to load: {path} (inconsistent contents)") from None
     dev = default_device(str(device) if device is not None else config.device)
-    model = build_model(int(st["n_classes"]), config.channels, config.num_res_units, config.dropout)
-    model.load_state_dict(st["state_dict"])
     model.to(dev).eval()
     meta = {k: v for k, v in st.items() if k != "state_dict"}
     meta["config"] = config

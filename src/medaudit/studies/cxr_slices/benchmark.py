@@ -629,6 +629,42 @@ def run_benchmark(
     n_boot: int = 1000,
     ray_address: str | None = None,
     peers_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Claim ``out_dir`` as a resumable ``bench-scenarios`` folder (see :mod:`medaudit.outdir`; ``force``
+    accepts a folder medaudit did not write), then run :func:`_run_benchmark` in it."""
+    from medaudit.outdir import claim_output
+
+    with claim_output(
+        out_dir, "bench-scenarios", force=force, in_place=True, keep_if=("runs", "cache")
+    ) as claim:
+        return _run_benchmark(
+            config,
+            claim.path,
+            cohort,
+            cache_dir,
+            workers,
+            n_cases,
+            embeddings,
+            kind,
+            n_boot,
+            ray_address,
+            peers_dir,
+        )
+
+
+def _run_benchmark(
+    config: BenchConfig,
+    out_dir: str | Path,
+    cohort: str | pd.DataFrame = "phantom",
+    cache_dir: str | Path | None = None,
+    workers: int = 1,
+    n_cases: int | None = None,
+    embeddings: dict[str, np.ndarray] | None = None,
+    kind: str | None = None,
+    n_boot: int = 1000,
+    ray_address: str | None = None,
+    peers_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the benchmark and write all outputs to ``out_dir``; returns a summary dict.
 
@@ -1110,6 +1146,11 @@ def bench_scenarios_command(
         "--peers-dir",
         help="Peers folder with domino_env.sh (default: $MEDAUDIT_PEERS or ../shared/peers).",
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Write into an --out folder medaudit did not write (never one holding an input).",
+    ),
 ) -> None:
     """Benchmark multimodal slice discovery on the study's failure scenarios (resumable, parallel)."""
     params = _parse_sets(set_)
@@ -1138,7 +1179,7 @@ def bench_scenarios_command(
             raise InputError(f"fusion '{f}': choose concat or balanced")
     res = run_benchmark(
         cfg, out, cohort=cohort, cache_dir=cache_dir, workers=workers, n_cases=n_cases,
-        ray_address=ray_address, peers_dir=peers_dir,
+        ray_address=ray_address, peers_dir=peers_dir, force=force,
     )  # fmt: skip
     typer.echo(
         f"{res['runs_kept']} kept / {res['runs_total']} runs ({res['n_cached']} cached) in {res['wall_s']:.1f}s; "

@@ -76,12 +76,14 @@ def run_demo(
     views: str = "frontal",
     device: str | None = None,
     quiet: bool | None = None,
+    force: bool = False,
 ) -> DemoResult:
     """Run the demo; returns the output folder, the report path and a summary of measured figures.
 
     Args:
         out_dir: audit output folder (``slices.json``, ``membership.parquet``, ``report.html``,
-            ``demo.json``); replaced atomically.
+            ``demo.json``); replaced atomically. Checked at the start: it must be absent, empty or an
+            earlier audit output (``force``: any folder that holds no input; see :mod:`medaudit.outdir`).
         cache_dir: cohort images, embeddings (default ``$MEDAUDIT_CACHE`` or ``~/.cache/medaudit``).
         seed: seed of the cohort, split, classifier and slicer.
         n: use a deterministic subset of ``n`` cohort cases (``None``: every case of the chosen ``views``).
@@ -96,6 +98,9 @@ def run_demo(
         views: ``"frontal"`` (PA/AP radiographs only) or ``"all"`` (frontal and lateral).
     """
     from medaudit.audit.pipeline import AuditConfig, run_audit
+    from medaudit.outdir import check_output
+
+    check_output(out_dir, "audit", inputs=[cache_dir or default_cache_dir()], force=force)
     from medaudit.data.phantom_cxr import build_cohort, cohort_table, select_cases
     from medaudit.device import seed_everything
     from medaudit.studies.cxr_slices.classifier import train_cnn
@@ -194,7 +199,7 @@ def run_demo(
         seed=seed,
         device=device,
     )
-    res = run_audit(table, cfg, out_dir)
+    res = run_audit(table, cfg, out_dir, force=force)
     with atomic_save(res.out_dir / "cases.parquet") as tmp_cases:  # the audited table, for `medaudit audit`
         table.assign(in_baked_slice=scen.test_slice, attribute=scen.test_attribute).to_parquet(
             tmp_cases, index=False
@@ -329,6 +334,9 @@ def demo_command(
     ),
     views: str = typer.Option("frontal", "--views", help="Radiographs used: frontal (PA/AP) | all."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: CUDA when present)."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an --out folder medaudit did not write (never one holding an input)."
+    ),
 ) -> None:
     """Audit a classifier with a baked-in failure on the embedded phantom cohort, end to end."""
     if n is not None and n < 50:
@@ -355,6 +363,7 @@ def demo_command(
         views=views,
         device=device,
         quiet=quiet,
+        force=force,
     )
     if quiet:  # progress was silenced; the summary is the command's output and is always shown
         for line in summary_lines(res, attribute):

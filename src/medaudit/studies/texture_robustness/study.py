@@ -585,6 +585,33 @@ def run_study(
     executor: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
     report: bool = True,
     keep_going: bool = True,
+    force: bool = False,
+) -> StudyRun:
+    """Claim ``out_dir`` as a resumable ``texture-study`` folder (see :mod:`medaudit.outdir`; ``force``
+    accepts a folder medaudit did not write), then run :func:`_run_study` in it."""
+    from medaudit.outdir import claim_output
+
+    with claim_output(out_dir, "texture-study", force=force, in_place=True, keep_if=("parts", "train")) as c:
+        return _run_study(
+            config,
+            c.path,
+            ray_address=ray_address,
+            workers=workers,
+            executor=executor,
+            report=report,
+            keep_going=keep_going,
+        )
+
+
+def _run_study(
+    config: StudyConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    ray_address: str | None = None,
+    workers: int = 1,
+    executor: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+    report: bool = True,
+    keep_going: bool = True,
 ) -> StudyRun:
     """Run every unfinished task of ``config`` and write ``results.parquet`` (and the report).
 
@@ -689,6 +716,9 @@ def study_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the tasks, their keys and status; run nothing.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into an --out folder medaudit did not write.")
+    ] = False,
 ) -> None:
     """Run a texture-robustness study (training filters x seeds, tested on unseen corruptions); resumable."""
     from rich.console import Console
@@ -710,7 +740,7 @@ def study_command(
         n_tr = sum(t.kind == "train" for t in tasks)
         console.print(f"{n_tr} training tasks, {len(tasks) - n_tr} evaluation tasks; output folder {out_dir}")
         return
-    run = run_study(cfg, out_dir, ray_address=ray_address, workers=workers)
+    run = run_study(cfg, out_dir, ray_address=ray_address, workers=workers, force=force)
     console.print(
         f"study {cfg.name}: {len(run.executed)} tasks run, {len(run.skipped)} already done, "
         f"{len(run.failed)} failed in {run.wall_s:.1f} s"

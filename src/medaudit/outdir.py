@@ -1,0 +1,367 @@
+"""Output safety: medaudit replaces or writes into only what it wrote itself.
+
+Every command that writes an output folder claims it with :func:`claim_output` before doing any work:
+
+- **Ours or empty.** An existing folder is replaced (or, in place, written into) only when it is empty
+  or holds the marker file :data:`MARKER` that an earlier medaudit run of the *same kind* wrote.
+  A regular file, a folder with other files, or a medaudit output of another kind is refused with one
+  line (``InputError``) unless ``force``; ``force`` never applies to a regular file, to a folder that
+  contains one of the run's inputs, or to the filesystem root, the home folder, the current folder or
+  one of their parents.
+- **Inputs are never inside.** Inputs are compared after resolving symlinks and ``..``.
+- **Staging beside the output.** The result is written to a hidden staging folder created next to the
+  output at the start (so an unwritable place fails at once) and renamed onto it at the end.
+- **One writer.** An exclusive ``fcntl.flock`` on ``.<name>.lock`` beside the output is held for the
+  whole run; a second concurrent run fails at once. The lock file is removed when the run ends.
+- **Stale staging is cleaned.** Staging folders of this output that carry the marker and are older than
+  this run's start (left by a killed run) are removed.
+- **Nothing half-made.** On failure the staging folder, and any parent folders this run created, are
+  removed. In-place outputs (resumable run folders) are removed on failure only if this run created them
+  and they hold nothing to resume from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from medaudit.errors import InputError
+
+__all__ = [
+    "MARKER",
+    "OutputClaim",
+    "check_output",
+    "claim_output",
+    "interrupt_note",
+    "read_marker",
+]
+
+MARKER = ".medaudit-output"
+_STAGING = ".staging-"
+_OLD = ".old-"
+
+# What the most recent claim left behind when it was interrupted; ``cli.main`` prints it on Ctrl-C.
+_NOTES: list[str] = []
+
+
+def interrupt_note() -> str | None:
+    """One line on what the last interrupted output claim kept (``None`` if no claim was interrupted)."""
+    return _NOTES[-1] if _NOTES else None
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """The marker of a medaudit output folder, or ``None`` when there is none (or it is not ours)."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("kind"), str) else None
+
+
+def _marker(kind: str, state: str) -> dict[str, Any]:
+    from medaudit import __version__
+
+    return {
+        "kind": kind,
+        "medaudit_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+        "state": state,
+    }
+
+
+def _write_marker(folder: Path, kind: str, state: str) -> None:
+    from medaudit.io import atomic_write_json
+
+    atomic_write_json(folder / MARKER, _marker(kind, state))
+
+
+def _resolve(p: str | os.PathLike[str]) -> Path:
+    return Path(os.path.expanduser(os.fspath(p))).resolve()
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _protected(path: Path) -> str | None:
+    """Why ``path`` may never be replaced, even with ``force`` (or ``None``)."""
+    if path == Path(path.anchor):
+        return "is the filesystem root"
+    for what, p in (("the current folder", Path.cwd()), ("your home folder", Path.home())):
+        with contextlib.suppress(OSError):
+            if _inside(p.resolve(), path):
+                return f"is {what} or one of its parents"
+    return None
+
+
+def _first_existing(path: Path) -> Path:
+    p = path
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+@dataclass
+class OutputClaim:
+    """A claimed output: ``path`` (resolved), the folder to write into (``stage``), and the inputs."""
+
+    path: Path
+    kind: str
+    stage: Path
+    flag: str = "--out"
+    force: bool = False
+    in_place: bool = False
+    inputs: list[Path] = field(default_factory=list)
+    marked: bool = False  # this run wrote the marker of an in-place folder that had none
+
+    def check_inputs(self, paths: Iterable[str | os.PathLike[str] | None], what: str = "input") -> None:
+        """Refuse (one line) if any input lies inside the output; call it as soon as inputs are known."""
+        for raw in paths:
+            if raw is None:
+                continue
+            p = _resolve(raw)
+            if _inside(p, self.path) or (self.stage != self.path and _inside(p, self.stage)):
+                raise InputError(
+                    f"{self.flag} {self.path}: contains the {what} {p}; medaudit never writes over its "
+                    "inputs (choose another output folder)"
+                )
+            self.inputs.append(p)
+
+
+def _refusal(path: Path, kind: str, force: bool, flag: str) -> str | None:
+    """Why the existing ``path`` may not be taken as ``kind`` output (``None``: it may)."""
+    if not os.path.lexists(path):
+        anc = _first_existing(path)
+        if not anc.is_dir():
+            return f"{anc} is a file, not a folder"
+        return None
+    if not path.is_dir():
+        return "is a file, not a folder; medaudit never replaces a file"
+    try:
+        entries = [e.name for e in os.scandir(path)]
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not entries:
+        return None
+    mark = read_marker(path)
+    if mark is not None and mark["kind"] == kind:
+        return None
+    if force:
+        return None
+    if mark is not None:
+        return f"is a medaudit '{mark['kind']}' output, not a '{kind}' one (pass --force to replace it)"
+    return "holds files medaudit did not write (pass --force to replace it, or choose an empty folder)"
+
+
+def _check(path: Path, kind: str, inputs: list[Path], force: bool, flag: str) -> None:
+    why = _protected(path)
+    if why is None:
+        for p in inputs:
+            if _inside(p, path):
+                why = f"contains the input {p}; medaudit never writes over its inputs"
+                break
+    if why is None:
+        why = _refusal(path, kind, force, flag)
+    if why is not None:
+        raise InputError(f"{flag} {path}: {why}")
+
+
+def _make_parents(path: Path, flag: str) -> list[Path]:
+    """Create the missing parents of ``path``; return those created (outermost first)."""
+    missing = []
+    p = path.parent
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    created: list[Path] = []
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            _remove_empty(created)
+            raise InputError(f"{flag} {path}: cannot create {p} ({exc.strerror})") from None
+        created.append(p)
+    return created
+
+
+def _remove_empty(created: list[Path]) -> None:
+    for p in reversed(created):
+        with contextlib.suppress(OSError):
+            p.rmdir()
+
+
+@contextlib.contextmanager
+def _lock(path: Path, flag: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` beside ``path``; fail at once if another run holds it."""
+    lock = path.parent / f".{path.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"{flag} {path}: cannot write in {path.parent} ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise InputError(
+                    f"{flag} {path}: another medaudit run is writing it (lock {lock}); wait for it to finish"
+                ) from None
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file between our open and flock: retry
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _clean_stale(path: Path, started: float) -> None:
+    """Remove staging / old folders of ``path`` left by killed runs (marker present, older than us)."""
+    with contextlib.suppress(OSError):
+        for e in os.scandir(path.parent):
+            if not e.name.startswith(f".{path.name}."):
+                continue
+            rest = e.name[len(path.name) + 2 :]
+            if not (rest.startswith(_STAGING[1:]) or rest.startswith(_OLD[1:])) or not e.is_dir():
+                continue
+            p = Path(e.path)
+            marked = read_marker(p) is not None or read_marker(p / "x") is not None
+            if marked and e.stat(follow_symlinks=False).st_mtime < started:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _publish(claim: OutputClaim) -> None:
+    path, stage = claim.path, claim.stage
+    _check(path, claim.kind, claim.inputs, claim.force, claim.flag)  # it may have changed meanwhile
+    _write_marker(stage, claim.kind, "complete")
+    from medaudit.io import _publish_mode
+
+    _publish_mode(stage, directory=True)
+    if not os.path.lexists(path):
+        os.replace(stage, path)
+        return
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_OLD}"))
+    os.replace(path, old / "x")
+    os.replace(stage, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _open(claim: OutputClaim) -> bool:
+    """Create the staging folder (or, in place, the output folder); True if the output folder was created."""
+    path, flag = claim.path, claim.flag
+    try:
+        if claim.in_place:
+            created = not path.exists()
+            path.mkdir(exist_ok=True)
+            claim.marked = read_marker(path) is None
+            _write_marker(path, claim.kind, "running")
+            return created
+        stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_STAGING}"))
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot write in {path.parent} ({exc.strerror})") from None
+    claim.stage = stage
+    _write_marker(stage, claim.kind, "staging")
+    return False
+
+
+def _abandon(claim: OutputClaim, created: bool, keep_if: tuple[str, ...], exc: BaseException) -> None:
+    """Undo what this run made after ``exc``; remember one line on what was kept."""
+    path = claim.path
+    if not claim.in_place:
+        shutil.rmtree(claim.stage, ignore_errors=True)
+        kept = f"{path} was left as it was" if path.exists() else f"nothing was written to {path}"
+    elif created and not any((path / k).exists() for k in keep_if):
+        shutil.rmtree(path, ignore_errors=True)
+        kept = f"nothing was kept ({path} removed)"
+    elif claim.marked and [e.name for e in os.scandir(path)] == [MARKER]:
+        (path / MARKER).unlink()  # an empty folder we only marked: give it back as it was
+        kept = f"nothing was written to {path}"
+    else:
+        kept = f"{path} was kept; rerun the same command to resume"
+    if isinstance(exc, KeyboardInterrupt):
+        _NOTES.append(kept)
+
+
+@contextlib.contextmanager
+def claim_output(
+    path: str | os.PathLike[str],
+    kind: str,
+    *,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    force: bool = False,
+    flag: str = "--out",
+    in_place: bool = False,
+    keep_if: tuple[str, ...] = (),
+) -> Iterator[OutputClaim]:
+    """Claim the output ``path`` for a run of ``kind``; yield an :class:`OutputClaim` to write into.
+
+    Write into ``claim.stage``: on success it replaces ``path`` atomically (``in_place=False``), or, for a
+    resumable run folder (``in_place=True``), ``claim.stage`` is ``path`` itself. ``keep_if`` names files
+    whose presence keeps a newly created in-place folder after a failure (e.g. a checkpoint). All checks
+    run before the block starts; errors are one-line :class:`InputError` naming ``flag`` and the path.
+    """
+    started = time.time()
+    out = _resolve(path)
+    claim = OutputClaim(out, kind, out, flag, force, in_place)
+    claim.check_inputs(inputs)
+    _check(out, kind, claim.inputs, force, flag)
+    parents = _make_parents(out, flag)
+    try:
+        with _lock(out, flag):
+            _check(out, kind, claim.inputs, force, flag)  # again, now that no other run can change it
+            _clean_stale(out, started)
+            created = _open(claim)
+            try:
+                yield claim
+                if in_place:
+                    _write_marker(out, kind, "complete")
+                else:
+                    _publish(claim)
+            except BaseException as exc:
+                _abandon(claim, created, keep_if, exc)
+                raise
+    except BaseException:
+        if not os.path.lexists(out):
+            _remove_empty(parents)
+        raise
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    kind: str,
+    *,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    force: bool = False,
+    flag: str = "--out",
+) -> Path:
+    """The checks of :func:`claim_output` alone (nothing is created); returns the resolved path.
+
+    For commands that do long work before they claim their output, so that a bad ``--out`` fails at once.
+    """
+    out = _resolve(path)
+    claim = OutputClaim(out, kind, out, flag, force)
+    claim.check_inputs(inputs)
+    _check(out, kind, claim.inputs, force, flag)
+    return out

@@ -1,0 +1,250 @@
+"""``medaudit audit``: bad inputs and unsafe outputs fail with exit 2, one line, and nothing changed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medaudit.outdir import MARKER, claim_output
+
+from .conftest import make_table, one_line, snapshot
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A user's folder: the case table, an unrelated thesis and a notes folder."""
+    make_table(tmp_path / "data")
+    (tmp_path / "data" / "thesis.tex").write_text("\\documentclass{article}")
+    (tmp_path / "data" / "notes").mkdir()
+    (tmp_path / "data" / "notes" / "todo.md").write_text("- finish")
+    return tmp_path
+
+
+def _refused(cli, args, roots, *names: str) -> str:
+    before = snapshot(*roots)
+    rc, err = cli(*args)
+    line = one_line(err)
+    assert rc == 2, err
+    for n in names:
+        assert n in line, line
+    assert snapshot(*roots) == before, "something was written, moved or deleted"
+    return line
+
+
+def test_out_dot_never_deletes_the_working_folder(cli, audit_args, work, monkeypatch):
+    monkeypatch.chdir(work / "data")
+    _refused(cli, audit_args(Path("cases.csv"), Path(".")), [work], "--out", str(work / "data"))
+
+
+def test_out_is_the_folder_holding_the_table(cli, audit_args, work):
+    line = _refused(cli, audit_args(work / "data" / "cases.csv", work / "data"), [work], "--out")
+    assert "cases.csv" in line
+
+
+def test_out_is_a_regular_file(cli, audit_args, work):
+    f = work / "some_file.txt"
+    f.write_text("keep me")
+    _refused(cli, audit_args(work / "data" / "cases.csv", f), [work], "some_file.txt", "is a file")
+    assert f.read_text() == "keep me"
+
+
+def test_out_under_a_regular_file(cli, audit_args, work):
+    f = work / "some_file.txt"
+    f.write_text("keep me")
+    _refused(cli, audit_args(work / "data" / "cases.csv", f / "sub"), [work], "--out", "some_file.txt")
+
+
+def test_out_not_writable_fails_at_once_naming_out(cli, audit_args, work):
+    _refused(cli, audit_args(work / "data" / "cases.csv", Path("/proc/medaudit-x")), [work], "--out", "/proc")
+
+
+def test_out_foreign_folder_refused_then_forced(cli, audit_args, work):
+    foreign = work / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("x")
+    _refused(cli, audit_args(work / "data" / "cases.csv", foreign), [work], "--out", "--force")
+    rc, err = cli(*audit_args(work / "data" / "cases.csv", foreign, "--force"))
+    assert rc == 0, err
+    assert (foreign / "slices.json").is_file() and not (foreign / "mine.txt").exists()
+    assert json.loads((foreign / MARKER).read_text())["kind"] == "audit"
+
+
+def test_force_never_applies_to_a_folder_holding_the_input(cli, audit_args, work):
+    _refused(cli, audit_args(work / "data" / "cases.csv", work / "data", "--force"), [work], "cases.csv")
+
+
+def test_symlink_and_dotdot_are_resolved_before_containment(cli, audit_args, work):
+    link = work / "link"
+    link.symlink_to(work / "data")
+    _refused(cli, audit_args(work / "data" / "cases.csv", link, "--force"), [work], "cases.csv")
+    dotdot = work / "data" / "notes" / ".."
+    _refused(cli, audit_args(work / "data" / "cases.csv", dotdot, "--force"), [work], "cases.csv")
+
+
+def test_image_inside_out_is_refused_even_with_force(cli, audit_args, work):
+    imgs = work / "imgs"
+    imgs.mkdir()
+    df = pd.read_csv(work / "data" / "cases.csv")
+    for i in df.index:
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(imgs / f"{i}.png")
+    df["image"] = [str(imgs / f"{i}.png") for i in df.index]
+    df.to_csv(work / "data" / "cases.csv", index=False)
+    _refused(cli, audit_args(work / "data" / "cases.csv", imgs, "--force"), [work], "--out", "imgs")
+
+
+def test_earlier_audit_output_is_replaced(cli, audit_args, work):
+    out = work / "out"
+    assert cli(*audit_args(work / "data" / "cases.csv", out))[0] == 0
+    (out / "slices.json").write_text("stale")
+    rc, err = cli(*audit_args(work / "data" / "cases.csv", out))
+    assert rc == 0, err
+    assert json.loads((out / "slices.json").read_text())["slices"]
+    assert sorted(p.name for p in work.iterdir()) == ["data", "out"]  # no lock, staging or old folder
+
+
+def test_output_of_another_kind_is_refused(cli, audit_args, work):
+    out = work / "evalout"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"kind": "texture-eval"}))
+    (out / "results.csv").write_text("a,b\n")
+    _refused(cli, audit_args(work / "data" / "cases.csv", out), [work], "texture-eval")
+
+
+def test_concurrent_run_fails_at_once(cli, audit_args, work):
+    out = work / "out"
+    with claim_output(out, "audit"):
+        line = _refused(cli, audit_args(work / "data" / "cases.csv", out), [work / "data"], "--out")
+    assert "another medaudit run" in line
+
+
+def test_stale_staging_is_cleaned_and_foreign_lookalike_kept(cli, audit_args, work):
+    stale = work / ".out.staging-dead"
+    stale.mkdir()
+    (stale / MARKER).write_text(json.dumps({"kind": "audit", "state": "staging"}))
+    (stale / "slices.json").write_text("{}")
+    os.utime(stale, (1, 1))
+    lookalike = work / ".out.staging-users"
+    lookalike.mkdir()
+    (lookalike / "keep.txt").write_text("x")
+    rc, err = cli(*audit_args(work / "data" / "cases.csv", work / "out"))
+    assert rc == 0, err
+    assert not stale.exists() and (lookalike / "keep.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "names"),
+    [
+        (lambda df: df.drop(columns=["prob"]), ["prob"]),
+        (lambda df: df.assign(label=df["label"].where(df.index != 3, 7)), ["label", "row 4"]),
+        (lambda df: df.assign(prob=df["prob"].where(df.index != 5, np.nan)), ["prob", "row 6"]),
+        (lambda df: df.assign(prob=df["prob"].where(df.index != 2, 1.5)), ["prob", "row 3"]),
+        (lambda df: df.assign(id=df["id"].where(df.index != 4, "c000")), ["id", "c000"]),
+        (lambda df: df.iloc[:0], ["cases.csv"]),
+        (lambda df: df.assign(report=df["report"].where(df.index != 7, "")), ["report", "row 8"]),
+    ],
+    ids=[
+        "no-prob-column",
+        "label-not-binary",
+        "prob-nan",
+        "prob-out-of-range",
+        "duplicate-id",
+        "empty",
+        "empty-report",
+    ],
+)
+def test_bad_table_rows(cli, audit_args, work, edit, names):
+    t = work / "data" / "cases.csv"
+    edit(pd.read_csv(t)).to_csv(t, index=False)
+    _refused(cli, audit_args(t, work / "out"), [work], "cases.csv", *names)
+
+
+def test_missing_table(cli, audit_args, work):
+    _refused(cli, audit_args(work / "data" / "nope.csv", work / "out"), [work], "nope.csv")
+
+
+def test_table_is_not_a_table(cli, audit_args, work):
+    t = work / "data" / "cases.parquet"
+    t.write_bytes(os.urandom(300))
+    _refused(cli, audit_args(t, work / "out"), [work], "cases.parquet")
+
+
+def test_bad_option_values(cli, audit_args, work):
+    t = work / "data" / "cases.csv"
+    _refused(cli, audit_args(t, work / "out", "--fusion", "bogus"), [work], "--fusion")
+    _refused(cli, audit_args(t, work / "out", "--embeddings", "nope"), [work], "--embeddings")
+    _refused(cli, audit_args(t, work / "out", "--meta", "no_such_col"), [work], "no_such_col")
+
+
+def test_embeddings_with_wrong_rows(cli, audit_args, work):
+    e = work / "emb.npy"
+    np.save(e, np.zeros((3, 4), np.float32))
+    (work / "emb.ids.txt").write_text("a\nb\nc\n")
+    _refused(
+        cli,
+        audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}"),
+        [work],
+        "emb",
+    )
+
+
+def _bomb(path: Path) -> Path:
+    """A tiny PNG that declares 10000 x 10000 pixels (all zeros compress to ~100 KB)."""
+    Image.new("1", (10000, 10000)).save(path, optimize=True)
+    return path
+
+
+def test_decompression_bomb_is_a_bad_row(cli, audit_args, work, tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    df = pd.read_csv(work / "data" / "cases.csv")
+    for i in df.index:
+        Image.fromarray(np.full((8, 8), i * 5, np.uint8)).save(imgs / f"{i}.png")
+    _bomb(imgs / "3.png")
+    assert (imgs / "3.png").stat().st_size < 200_000
+    df["image"] = [str(imgs / f"{i}.png") for i in df.index]
+    t = work / "data" / "cases.csv"
+    df.to_csv(t, index=False)
+    args = audit_args(
+        t, work / "out", "--modalities", "report,metadata,image", "--image-encoder", "efficientnet-lite0"
+    )
+    line = _refused(cli, args, [work], "row 4", "3.png", "pixels")
+    assert "MEDAUDIT_MAX_IMAGE_PIXELS" in line
+    # --skip-bad drops the row and counts it; the table check never decodes the bomb
+    rc, err = cli(
+        *audit_args(t, work / "out", "--skip-bad"),
+        "--modalities",
+        "report,metadata,image",
+        "--image-encoder",
+        "efficientnet-lite0",
+        "--encoder-opt",
+        "image.size=32",
+    )
+    assert rc == 0, err
+    counts = json.loads((work / "out" / "slices.json").read_text())["counts"]
+    assert counts["skipped_rows"] == 1
+
+
+def test_bidi_and_nul_in_report_are_neutralised(cli, audit_args, tmp_path):
+    t = make_table(tmp_path / "d", report_extra=" evil\u202egnp.exe\x00end")
+    df = pd.read_csv(t)
+    df["id"] = [f"c\u202e{i:03d}" for i in df.index]  # ids are listed in the report
+    df.to_csv(t, index=False)
+    rc, err = cli(*audit_args(t, tmp_path / "out", report=True))
+    assert rc == 0, err
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "\u202e" not in html and "\x00" not in html
+    assert "[U+202E]" in html
+
+
+def test_every_rendered_value_is_neutralised():
+    from medaudit.report.html import environment
+
+    t = environment().from_string("<p title='{{ a }}'>{{ b }}</p>")
+    out = t.render(a="x\u2066y", b="<i>\u202edcba\x00\x1b[31m")
+    assert out == "<p title='x[U+2066]y'>&lt;i&gt;[U+202E]dcba[U+0000][U+001B][31m</p>"

@@ -1,0 +1,100 @@
+"""Exit status of every path through ``medaudit.cli.main``: 0, 2, 130, 1 and typer.Exit(n)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+
+import medaudit.audit.cli as audit_cli
+from medaudit.outdir import MARKER, claim_output
+
+from .conftest import make_table, one_line
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Path:
+    return make_table(tmp_path / "data")
+
+
+def _patch_run(monkeypatch, exc: BaseException, seen: list | None = None) -> None:
+    """Make ``run_audit`` claim its output like the real one, then raise ``exc`` in the middle of the work."""
+
+    def fake(table, cfg, out, force=False):
+        with claim_output(out, "audit", inputs=[table], force=force) as c:
+            (c.stage / "slices.json").write_text("{}")
+            if seen is not None:
+                seen.append(c.stage)
+            raise exc
+
+    monkeypatch.setattr(audit_cli, "run_audit", fake)
+
+
+def test_success_is_0(cli, audit_args, table, tmp_path):
+    assert cli(*audit_args(table, tmp_path / "out"))[0] == 0
+
+
+def test_bad_input_is_2(cli, audit_args, tmp_path):
+    rc, err = cli(*audit_args(tmp_path / "missing.csv", tmp_path / "out"))
+    assert rc == 2 and "missing.csv" in one_line(err)
+
+
+def test_usage_error_is_2(cli):
+    assert cli("audit", "--no-such-flag")[0] == 2
+
+
+def test_ctrl_c_is_130_with_one_line_and_no_staging(cli, audit_args, table, tmp_path, monkeypatch):
+    seen: list[Path] = []
+    _patch_run(monkeypatch, KeyboardInterrupt(), seen)
+    rc, err = cli(*audit_args(table, tmp_path / "out"))
+    assert rc == 130
+    assert one_line(err).startswith("interrupted: nothing was written to")
+    assert seen and not seen[0].exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_ctrl_c_keeps_an_earlier_output(cli, audit_args, table, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"kind": "audit"}))
+    (out / "slices.json").write_text("earlier")
+    _patch_run(monkeypatch, KeyboardInterrupt())
+    rc, err = cli(*audit_args(table, out))
+    assert rc == 130 and "left as it was" in one_line(err)
+    assert (out / "slices.json").read_text() == "earlier"
+
+
+def test_internal_error_is_1_with_one_line(cli, audit_args, table, tmp_path, monkeypatch):
+    _patch_run(monkeypatch, ZeroDivisionError("division by zero\nsecond line"))
+    rc, err = cli(*audit_args(table, tmp_path / "out"))
+    line = one_line(err)
+    assert rc == 1 and "internal error: ZeroDivisionError: division by zero" in line
+    assert "MEDAUDIT_TRACEBACK" in line and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_traceback_on_request(cli, audit_args, table, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDAUDIT_TRACEBACK", "1")
+    _patch_run(monkeypatch, ZeroDivisionError("boom"))
+    rc, err = cli(*audit_args(table, tmp_path / "out"))
+    assert rc == 1 and "Traceback" in err
+
+
+@pytest.mark.parametrize("code", [0, 1, 3, 130])
+def test_typer_exit_code_propagates(cli, audit_args, table, tmp_path, monkeypatch, code):
+    _patch_run(monkeypatch, typer.Exit(code))
+    assert cli(*audit_args(table, tmp_path / "out"))[0] == code
+
+
+def test_failed_study_tasks_exit_1(cli, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import medaudit.texture.study as study
+
+    run = SimpleNamespace(
+        executed=[], skipped=[], wall_s=0.0, results_path=None, report_path=None, failed={"abc": "boom"}
+    )
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: run)
+    rc, _ = cli("texture", "study", "study_small", "--out", tmp_path / "s")
+    assert rc == 1

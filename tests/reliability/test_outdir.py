@@ -1,0 +1,106 @@
+"""The output-safety mechanism itself (medaudit.outdir), without a command around it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from medaudit.errors import InputError
+from medaudit.outdir import MARKER, check_output, claim_output, read_marker
+
+
+def test_publish_writes_marker_and_leaves_no_lock(tmp_path):
+    with claim_output(tmp_path / "o", "k") as c:
+        assert c.stage.parent == tmp_path and c.stage.name.startswith(".o.staging-")
+        assert (tmp_path / ".o.lock").exists()
+        (c.stage / "a").write_text("1")
+    assert read_marker(tmp_path / "o")["kind"] == "k"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_missing_parents_are_created_and_removed_on_failure(tmp_path):
+    with pytest.raises(RuntimeError), claim_output(tmp_path / "a" / "b" / "o", "k"):
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+    with claim_output(tmp_path / "a" / "b" / "o", "k"):
+        pass
+    assert (tmp_path / "a" / "b" / "o" / MARKER).is_file()
+
+
+@pytest.mark.parametrize("where", ["cwd", "parent-of-cwd", "home", "root"])
+def test_protected_folders_are_refused_even_with_force(tmp_path, monkeypatch, where):
+    (tmp_path / "w").mkdir()
+    monkeypatch.chdir(tmp_path / "w")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    target = {"cwd": ".", "parent-of-cwd": "..", "home": str(tmp_path / "home"), "root": "/"}[where]
+    with pytest.raises(InputError, match=r"^--out "):
+        check_output(target, "k", force=True)
+
+
+def test_empty_folder_is_ours_and_returned_as_it_was_after_in_place_failure(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    with pytest.raises(InputError), claim_output(d, "train", in_place=True, keep_if=("ckpt",)):
+        raise InputError("bad data")
+    assert d.is_dir() and list(d.iterdir()) == []
+
+
+def test_in_place_new_folder_kept_only_with_something_to_resume(tmp_path):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        claim_output(tmp_path / "a", "t", in_place=True, keep_if=("ckpt",)),
+    ):
+        raise KeyboardInterrupt
+    assert not (tmp_path / "a").exists()
+    with (
+        pytest.raises(KeyboardInterrupt),
+        claim_output(tmp_path / "b", "t", in_place=True, keep_if=("ckpt",)) as c,
+    ):
+        (c.stage / "ckpt").write_text("x")
+        raise KeyboardInterrupt
+    assert (tmp_path / "b" / "ckpt").exists() and read_marker(tmp_path / "b")["kind"] == "t"
+
+
+def test_lock_is_exclusive_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from medaudit.outdir import claim_output\n"
+        "try:\n    with claim_output(sys.argv[1], 'k'): pass\n"
+        "except Exception as e:\n    print(e); sys.exit(2)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    with claim_output(tmp_path / "o", "k"):
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "o")], capture_output=True, text=True, env=env
+        )
+    assert r.returncode == 2 and "another medaudit run" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "o")], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_folder_changed_during_the_run_is_not_replaced(tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(InputError, match="did not write"), claim_output(out, "k") as c:
+        out.mkdir()
+        (out / "users.txt").write_text("arrived meanwhile")
+        (c.stage / "a").write_text("1")
+    assert (out / "users.txt").read_text() == "arrived meanwhile"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_marker_must_be_ours(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / MARKER).write_text("not json")
+    (out / "x").write_text("1")
+    with pytest.raises(InputError, match="did not write"):
+        check_output(out, "k")
+    (out / MARKER).write_text(json.dumps({"kind": "k"}))
+    assert check_output(out, "k") == out.resolve()

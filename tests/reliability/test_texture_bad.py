@@ -1,0 +1,360 @@
+"""``medaudit texture train | eval | predict``: bad inputs and unsafe outputs fail with exit 2, one line,
+and nothing changed; the outputs of earlier runs of the same kind are reused or replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medaudit.outdir import MARKER, claim_output
+
+from .conftest import AFF, one_line, snapshot, train_config, write_config
+
+UNSAFE = "not a medaudit model, or unsafe to load"
+
+
+def _refused(cli, args, roots, *names: str) -> str:
+    before = snapshot(*roots)
+    rc, err = cli(*args)
+    line = one_line(err)
+    assert rc == 2, err
+    for n in names:
+        assert n in line, line
+    assert snapshot(*roots) == before, "something was written, moved or deleted"
+    return line
+
+
+def _copy_volumes(volumes: Path, dst: Path) -> Path:
+    shutil.copytree(volumes, dst)
+    return dst
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray = AFF) -> Path:
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+@pytest.fixture
+def bad_models(tmp_path: Path) -> dict[str, Path]:
+    """Model files that are not ours: random bytes, a pickle bomb, a plain dict, a folder, nothing."""
+    d = tmp_path / "models"
+    d.mkdir()
+    (d / "random_bytes.pt").write_bytes(os.urandom(2000))
+    with open(d / "bomb.pt", "wb") as fh:
+        pickle.dump({"state_dict": _Boom()}, fh)
+    torch.save({"state_dict": _Boom()}, d / "bomb_torch.pt")
+    torch.save({"weights": torch.zeros(3)}, d / "plain.pt")
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "config": "{}", "n_classes": 4}, d / "lookalike.pt")
+    (d / "folder.pt").mkdir()
+    (d / "empty.pt").write_bytes(b"")
+    return {p.name: p for p in d.iterdir()} | {"nope.pt": d / "nope.pt"}
+
+
+# -- train ------------------------------------------------------------------------------------------
+
+
+def test_train_out_is_a_file(cli, tconfig, tmp_path):
+    f = tmp_path / "run.txt"
+    f.write_text("x")
+    _refused(cli, ["texture", "train", "--out", f, "--config", tconfig], [tmp_path], "run.txt", "is a file")
+
+
+def test_train_out_under_a_file(cli, tconfig, tmp_path):
+    f = tmp_path / "run.txt"
+    f.write_text("x")
+    _refused(cli, ["texture", "train", "-o", f / "r", "--config", tconfig], [tmp_path], "run.txt")
+
+
+def test_train_out_foreign_folder(cli, tconfig, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "thesis.tex").write_text("x")
+    _refused(cli, ["texture", "train", "-o", tmp_path / "r", "--config", tconfig], [tmp_path], "--force")
+
+
+def test_train_out_is_the_data_folder_even_with_force(cli, volumes, tmp_path):
+    data = _copy_volumes(volumes, tmp_path / "data")
+    cfg = write_config(tmp_path / "c.json", train_config(data))
+    args = ["texture", "train", "-o", data, "--config", cfg, "--force"]
+    _refused(cli, args, [tmp_path], "--out", str(data))
+
+
+def test_train_missing_data_path_leaves_no_run_folder(cli, tmp_path):
+    cfg = write_config(tmp_path / "c.json", train_config(tmp_path / "nowhere"))
+    _refused(cli, ["texture", "train", "-o", tmp_path / "r", "--config", cfg], [tmp_path], "nowhere")
+
+
+def test_train_nan_image_leaves_nothing(cli, volumes, tmp_path):
+    data = _copy_volumes(volumes, tmp_path / "data")
+    img = nib.load(str(data / "images" / "s2.nii.gz"))
+    arr = np.asarray(img.dataobj).copy()
+    arr[3, 3, 3] = np.nan
+    _save(data / "images" / "s2.nii.gz", arr)
+    cfg = write_config(tmp_path / "c.json", train_config(data, val_fraction=0.0, test_fraction=0.0))
+    _refused(cli, ["texture", "train", "-o", tmp_path / "r", "--config", cfg], [tmp_path], "s2.nii.gz")
+
+
+def test_train_singular_affine(cli, volumes, tmp_path):
+    data = _copy_volumes(volumes, tmp_path / "data")
+    arr = np.asarray(nib.load(str(data / "images" / "s1.nii.gz")).dataobj)
+    sing = AFF.copy()
+    sing[:3, 2] = sing[:3, 0]  # two voxel axes along the same direction
+    _save(data / "images" / "s1.nii.gz", arr, sing)
+    cfg = write_config(tmp_path / "c.json", train_config(data, val_fraction=0.0, test_fraction=0.0))
+    _refused(
+        cli, ["texture", "train", "-o", tmp_path / "r", "--config", cfg], [tmp_path], "s1.nii.gz", "singular"
+    )
+
+
+def test_train_fractional_labels(cli, volumes, tmp_path):
+    data = _copy_volumes(volumes, tmp_path / "data")
+    lab = np.asarray(nib.load(str(data / "labels" / "s0.nii.gz")).dataobj).astype(np.float32) + 0.5
+    _save(data / "labels" / "s0.nii.gz", lab)
+    cfg = write_config(tmp_path / "c.json", train_config(data, val_fraction=0.0, test_fraction=0.0))
+    _refused(cli, ["texture", "train", "-o", tmp_path / "r", "--config", cfg], [tmp_path], "s0.nii.gz")
+
+
+@pytest.mark.parametrize(
+    ("flags", "name"),
+    [
+        (["--filter", "no_such_filter"], "no_such_filter"),
+        (["--mode", "filtered", "--filter", "gaussian_blur", "--severity", "9"], "severity"),
+        (["--mode", "bogus"], "bogus"),
+        (["--severity", "x-y"], "--severity"),
+    ],
+    ids=["unknown-filter", "severity-9", "unknown-mode", "severity-garbage"],
+)
+def test_train_bad_flags(cli, tconfig, tmp_path, flags, name):
+    _refused(cli, ["texture", "train", "-o", tmp_path / "r", "--config", tconfig, *flags], [tmp_path], name)
+
+
+def test_train_bad_config_files(cli, tmp_path):
+    _refused(
+        cli,
+        ["texture", "train", "-o", tmp_path / "r", "--config", tmp_path / "no.yaml"],
+        [tmp_path],
+        "no.yaml",
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"iterationz": 3}))
+    _refused(cli, ["texture", "train", "-o", tmp_path / "r", "--config", bad], [tmp_path], "iterationz")
+
+
+def test_train_unwritable_out(cli, tconfig, tmp_path):
+    _refused(
+        cli,
+        ["texture", "train", "-o", "/proc/medaudit-run", "--config", tconfig],
+        [tmp_path],
+        "--out",
+        "/proc",
+    )
+
+
+def test_train_output_of_another_kind(cli, tconfig, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / MARKER).write_text(json.dumps({"kind": "texture-eval"}))
+    _refused(cli, ["texture", "train", "-o", tmp_path / "r", "--config", tconfig], [tmp_path], "texture-eval")
+
+
+def test_train_concurrent_run(cli, tconfig, tmp_path):
+    with claim_output(tmp_path / "r", "texture-train", in_place=True):
+        line = _refused(
+            cli, ["texture", "train", "-o", tmp_path / "r", "--config", tconfig], [tmp_path / "r"], "--out"
+        )
+    assert "another medaudit run" in line
+
+
+def test_train_resumes_in_its_own_run_folder(cli, trained, tconfig):
+    before = (trained / "model.pt").stat().st_mtime_ns
+    rc, err = cli("texture", "train", "-o", trained, "--config", tconfig)
+    assert rc == 0, err
+    assert (trained / "model.pt").stat().st_mtime_ns == before  # a finished run is reused as is
+    assert json.loads((trained / MARKER).read_text())["kind"] == "texture-train"
+    assert not (trained.parent / f".{trained.name}.lock").exists()
+
+
+# -- eval -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "what"),
+    [
+        ("nope.pt", "model file not found"),
+        ("random_bytes.pt", UNSAFE),
+        ("bomb.pt", UNSAFE),
+        ("bomb_torch.pt", UNSAFE),
+        ("plain.pt", UNSAFE),
+        ("empty.pt", UNSAFE),
+        ("folder.pt", "is not a file"),
+    ],
+)
+def test_eval_bad_model_names_the_model(cli, bad_models, tmp_path, model, what):
+    line = _refused(
+        cli, ["texture", "eval", "-m", bad_models[model], "--out", tmp_path / "e"], [tmp_path], model, what
+    )
+    assert "weights_only" not in line and "split.json" not in line and len(line) < 300
+
+
+def test_eval_lookalike_model(cli, bad_models, volumes, tmp_path):
+    args = ["texture", "eval", "-m", bad_models["lookalike.pt"], "--data", "folder", "--data-path", volumes]
+    _refused(cli, [*args, "--out", tmp_path / "e"], [tmp_path], "lookalike.pt", UNSAFE)
+
+
+def test_eval_out_is_the_run_folder_even_with_force(cli, trained, tmp_path):
+    args = ["texture", "eval", "-m", trained / "model.pt", "--out", trained, "--force"]
+    _refused(cli, args, [trained.parent], "--out", "model.pt")
+
+
+def test_eval_out_is_a_file_or_under_one(cli, trained, tmp_path):
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    _refused(cli, ["texture", "eval", "-m", trained / "model.pt", "--out", f], [tmp_path, trained], "f.txt")
+    _refused(
+        cli, ["texture", "eval", "-m", trained / "model.pt", "--out", f / "e"], [tmp_path, trained], "f.txt"
+    )
+
+
+def test_eval_out_foreign_folder(cli, trained, tmp_path):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "keep.txt").write_text("x")
+    _refused(
+        cli,
+        ["texture", "eval", "-m", trained / "model.pt", "--out", tmp_path / "e"],
+        [tmp_path, trained],
+        "--force",
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "name"),
+    [
+        (["--corruptions", "no_such_corruption"], "no_such_corruption"),
+        (["--severities", "a-b"], "--severities"),
+        (["--split", "nosplit"], "nosplit"),
+        (["--data", "folder", "--data-path", "/nonexistent/medaudit"], "/nonexistent/medaudit"),
+    ],
+    ids=["unknown-corruption", "bad-severities", "empty-split", "missing-data"],
+)
+def test_eval_bad_flags(cli, trained, tmp_path, flags, name):
+    args = ["texture", "eval", "-m", trained / "model.pt", "--out", tmp_path / "e", *flags]
+    _refused(cli, args, [tmp_path, trained], name)
+
+
+def test_eval_writes_then_replaces_its_own_output(cli, trained, tmp_path):
+    args = ["texture", "eval", "-m", trained / "model.pt", "--out", tmp_path / "e"]
+    args += ["--corruptions", "gaussian_noise", "--severities", "1", "--no-report"]
+    assert cli(*args)[0] == 0
+    assert cli(*args)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [MARKER, "results.csv", "summary.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+# -- predict ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scans(volumes: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "scans"
+    d.mkdir()
+    shutil.copy(volumes / "images" / "s0.nii.gz", d / "good.nii.gz")
+    shutil.copy(volumes / "images" / "s1.nii.gz", d / "good2.nii.gz")
+    arr = np.asarray(nib.load(str(d / "good.nii.gz")).dataobj).copy()
+    bad = arr.copy()
+    bad[1, 1, 1] = np.nan
+    _save(d / "nan.nii.gz", bad)
+    sing = AFF.copy()
+    sing[:3, 2] = sing[:3, 0]
+    _save(d / "singular.nii.gz", arr, sing)
+    nanaff = AFF.copy()
+    nanaff[0, 3] = np.nan
+    _save(d / "nanaffine.nii.gz", arr, nanaff)
+    _save(d / "fourd.nii.gz", np.stack([arr] * 3, axis=-1))
+    (d / "text.nii.gz").write_text("not a volume")
+    (d / "sub").mkdir()
+    shutil.copy(d / "good.nii.gz", d / "sub" / "good.nii.gz")
+    return d
+
+
+@pytest.mark.parametrize(
+    ("bad", "name"),
+    [
+        ("nan.nii.gz", "non-finite"),
+        ("singular.nii.gz", "singular"),
+        ("nanaffine.nii.gz", "affine"),
+        ("fourd.nii.gz", "3D"),
+        ("text.nii.gz", "NIfTI"),
+        ("missing.nii.gz", "not found"),
+        ("sub/good.nii.gz", "same file name"),
+    ],
+)
+def test_predict_good_then_bad_writes_nothing(cli, trained, scans, tmp_path, bad, name):
+    args = ["texture", "predict", "-m", trained / "model.pt", scans / "good.nii.gz", scans / bad]
+    _refused(cli, [*args, "--out", tmp_path / "seg"], [tmp_path], Path(bad).name, name)
+
+
+def test_predict_out_is_a_file(cli, trained, scans, tmp_path):
+    f = tmp_path / "seg.txt"
+    f.write_text("x")
+    for flag in ("--out-dir", "--out"):
+        args = ["texture", "predict", "-m", trained / "model.pt", scans / "good.nii.gz", flag, f]
+        _refused(cli, args, [tmp_path], flag, "seg.txt")
+
+
+def test_predict_out_holds_the_inputs_even_with_force(cli, trained, scans, tmp_path):
+    args = ["texture", "predict", "-m", trained / "model.pt", scans / "good.nii.gz", "-o", scans, "--force"]
+    _refused(cli, args, [tmp_path], "--out", "good.nii.gz")
+
+
+def test_predict_bad_model(cli, bad_models, scans, tmp_path):
+    args = ["texture", "predict", "-m", bad_models["bomb.pt"], scans / "good.nii.gz", "-o", tmp_path / "seg"]
+    _refused(cli, args, [tmp_path], "bomb.pt", UNSAFE)
+
+
+def test_predict_needs_out(cli, trained, scans, tmp_path):
+    _refused(
+        cli, ["texture", "predict", "-m", trained / "model.pt", scans / "good.nii.gz"], [tmp_path], "--out"
+    )
+
+
+def test_predict_foreign_folder_refused_then_forced(cli, trained, scans, tmp_path):
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    (seg / "mine.nii.gz").write_text("x")
+    args = ["texture", "predict", "-m", trained / "model.pt", scans / "good.nii.gz", "-o", seg]
+    _refused(cli, args, [tmp_path], "--force")
+    rc, err = cli(*args, "--force")
+    assert rc == 0, err
+    assert sorted(p.name for p in seg.iterdir()) == [MARKER, "good_seg.nii.gz"]
+
+
+def test_predict_batch_and_deprecated_alias(cli, trained, scans, tmp_path):
+    seg = tmp_path / "seg"
+    rc, err = cli(
+        "texture",
+        "predict",
+        "-m",
+        trained / "model.pt",
+        scans / "good.nii.gz",
+        scans / "good2.nii.gz",
+        "--out-dir",
+        seg,
+    )
+    assert rc == 0 and "deprecated" in err
+    assert sorted(p.name for p in seg.iterdir()) == [MARKER, "good2_seg.nii.gz", "good_seg.nii.gz"]
+    out = nib.load(str(seg / "good_seg.nii.gz"))
+    assert np.allclose(out.affine, AFF)
+    rc, err = cli("texture", "predict", "-m", trained / "model.pt", scans / "good2.nii.gz", "-o", seg)
+    assert rc == 0, err
+    assert sorted(p.name for p in seg.iterdir()) == [MARKER, "good2_seg.nii.gz"]  # replaced as a batch
