@@ -131,3 +131,36 @@ def test_recipe_run_is_reproducible_and_resume_is_bit_identical(tmp_path):
     model, meta = load_model(full)
     assert meta["recipe"] == "bigaug" and meta["severity_version"] == 2
     assert model.input_norm == "zscore" and "noise" in meta["train_families"]
+
+
+def test_study_config_recipes_and_leave_one_family_out():
+    from medaudit.texture import study as st
+
+    raw = {
+        "name": "r",
+        "data": {"source": "mni-phantom", "n_subjects": 3},
+        "train": {"iterations": 3, "severity_version": 2},
+        "train_filters": [{"name": "gaussian_blur", "severities": [3]}],
+        "recipes": [
+            {"name": "gin"},
+            {"name": "bigaug", "options": {"k": 2}, "leave_one_family_out": ["noise", "blur"]},
+        ],
+        "seeds": [0, 1],
+        "test": {"corruptions": ["gaussian_noise"], "severities": [5], "severity_version": 2},
+    }
+    cfg = st.parse_config(raw, "r.yaml")
+    assert [e.label for e in cfg.recipes] == ["gin", "bigaug[-noise](k=2)", "bigaug[-blur](k=2)"]
+    trains = [t for t in st.build_tasks(cfg) if t.kind == "train"]
+    assert len(trains) == 2 * (2 + 3)  # (baseline + blur filter + 3 recipe variants) x 2 seeds
+    lofo = [t for t in trains if t.spec.get("left_out") == "noise" and t.spec["seed"] == 1]
+    tc = st._make_train_config(lofo[0].spec)
+    assert tc.recipe == "bigaug" and tc.recipe_options["exclude_families"] == ["noise"]
+    assert "noise" not in tc.make_recipe().train_families() and tc.mode == "clean"
+    evals = [t for t in st.build_tasks(cfg) if t.kind == "eval"]
+    assert all(t.spec["severity_version"] == 2 for t in evals)
+    assert {t.spec.get("left_out") for t in evals} == {None, "noise", "blur"}
+    bad = {**raw, "recipes": [{"name": "bigaug", "leave_one_family_out": ["texture"]}]}
+    with pytest.raises(InputError, match="leave_one_family_out"):
+        st.parse_config(bad, "r.yaml")
+    with pytest.raises(InputError, match="severity_version"):
+        st.parse_config({**raw, "test": {**raw["test"], "severity_version": 3}}, "r.yaml")

@@ -59,6 +59,10 @@ def test_bias_field_peak_range_and_ghost_ratio():
     for level, rng in enumerate(sv.PHYSICAL["bias_field"].values, start=1):
         y = sv.get_corruption("bias_field", level, seed=level)(x)
         assert float(y.max() / y.min()) == pytest.approx(rng, rel=1e-4)
+    head, lab = _head()  # with a label map the range is measured inside the head (label > 0)
+    y = sv.get_corruption("bias_field", 5, seed=1)(head, label=lab)
+    ratio = (y / head)[lab > 0]
+    assert float(ratio.max() / ratio.min()) == pytest.approx(2.5, rel=1e-4)
     half = torch.zeros(1, 32, 8, 8)
     half[:, 4:12] = 1.0  # object in the first half along axis 0: the N/2 ghost lands in empty space
     for level, ratio in enumerate(sv.PHYSICAL["ghosting"].values, start=1):
