@@ -17,7 +17,8 @@ study config) with options (``recipe_options``):
                mixed with the input at a random weight and rescaled to its mean / std
 =============  ==================================================================================
 
-Common options: ``p`` (probability that a sample is transformed; the rest of the batch stays clean),
+Common options: ``p`` (the fraction of each batch that is transformed, see :meth:`Recipe.chosen`;
+the rest of the batch stays clean),
 ``severity`` (``[lo, hi]`` levels drawn uniformly, of the severity table ``severity_version``),
 ``families`` / ``filters`` (the pool of corruptions, default every family but ``texture``) and
 ``exclude_families`` (leave-one-family-out: those families are never used, including inside
@@ -90,9 +91,11 @@ class Recipe:
         return [f for f in self.own_families if f not in self.exclude]
 
     def chosen(self, batch: int, g: torch.Generator) -> list[int]:
-        """Indices of the samples to transform (each with probability ``p``)."""
-        u = torch.rand(batch, generator=g)
-        return [b for b in range(batch) if float(u[b]) < self.p]
+        """Indices of the samples to transform: ``floor(p * B + u)`` of them (``u ~ U(0, 1)``, so a
+        fraction ``p`` on average), picked at random. Every batch therefore mixes clean and
+        transformed samples as evenly as its size allows (with B = 2 and p = 0.5: one of each)."""
+        n = int(self.p * batch + float(torch.rand((), generator=g, dtype=torch.float64)))
+        return sorted(torch.randperm(batch, generator=g)[: min(n, batch)].tolist())
 
     def __call__(self, x: Tensor, y: Tensor, seed: int) -> Tensor:
         g = torch.Generator().manual_seed(int(seed))
