@@ -170,3 +170,13 @@ def test_study_config_recipes_and_leave_one_family_out():
         st.parse_config(bad, "r.yaml")
     with pytest.raises(InputError, match="severity_version"):
         st.parse_config({**raw, "test": {**raw["test"], "severity_version": 3}}, "r.yaml")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["mixed", "bigaug", "synthseg", "gin"])
+def test_recipes_run_on_the_cuda_device(name):
+    x, y = _batch(n=4, size=16)
+    r = make_recipe(name, {"p": 1.0}, spacing=(2.0, 2.0, 2.0), wm_label=3)
+    out = r(x.cuda(), y.cuda(), 3)
+    assert out.is_cuda and out.shape == x.shape and torch.isfinite(out).all()
+    assert torch.equal(out, r(x.cuda(), y.cuda(), 3))
