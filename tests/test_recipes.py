@@ -180,3 +180,18 @@ def test_recipes_run_on_the_cuda_device(name):
     out = r(x.cuda(), y.cuda(), 3)
     assert out.is_cuda and out.shape == x.shape and torch.isfinite(out).all()
     assert torch.equal(out, r(x.cuda(), y.cuda(), 3))
+
+
+def test_input_normalisation_modes():
+    from medaudit.texture.preprocess import normalise_input
+
+    x = 3.0 * torch.rand(2, 1, 8, 8, 8) + torch.tensor([0.0, 5.0]).view(2, 1, 1, 1, 1)
+    z = normalise_input(x, "zscore")
+    torch.testing.assert_close(z.mean((2, 3, 4)), torch.zeros(2, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std((2, 3, 4)), torch.ones(2, 1), atol=1e-5, rtol=0)
+    p = normalise_input(x, "percentile")
+    assert abs(float(p[1].quantile(0.01))) < 1e-5 and abs(float(p[1].quantile(0.99)) - 1) < 1e-5
+    torch.testing.assert_close(normalise_input(2 * x + 1, "zscore"), z, atol=1e-4, rtol=0)  # gain/offset gone
+    assert normalise_input(x, "none") is x
+    with pytest.raises(InputError, match="input_norm"):
+        TrainConfig(input_norm="minmax")
