@@ -30,6 +30,13 @@ def test_registry_and_validation():
         make_recipe("bigaug", {"kk": 2})
     with pytest.raises(InputError, match="famil"):
         make_recipe("mixed", {"exclude_families": ["nope"]})
+    with pytest.raises(InputError, match="p must be"):
+        make_recipe("mixed", {"p": "half"})
+    with pytest.raises(InputError, match="blur"):
+        make_recipe("synthseg", {"blur": [2, 1]})
+    with pytest.raises(InputError, match="layers"):
+        make_recipe("gin", {"layers": 0})
+    assert make_recipe("mixed", {"exclude_families": "noise"}).exclude == ("noise",)
     with pytest.raises(InputError, match="k must be"):
         make_recipe("bigaug", {"families": ["noise", "blur"], "k": 3})
     with pytest.raises(InputError, match="recipe"):
