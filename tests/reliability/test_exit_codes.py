@@ -90,7 +90,7 @@ def test_typer_exit_code_propagates(cli, audit_args, table, tmp_path, monkeypatc
 def test_failed_study_tasks_exit_1(cli, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import medaudit.texture.study as study
+    import medaudit.studies.texture_robustness.study as study
 
     run = SimpleNamespace(
         executed=[], skipped=[], wall_s=0.0, results_path=None, report_path=None, failed={"abc": "boom"}
