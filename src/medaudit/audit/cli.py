@@ -68,7 +68,9 @@ def parse_encoder_opts(values: list[str] | None) -> dict[str, dict[str, Any]]:
 
 
 def audit_command(
-    table: Path = typer.Option(..., "--table", help="Case table: .csv, .tsv, .parquet or .jsonl."),
+    table: Path | None = typer.Option(
+        None, "--table", help="Case table: .csv, .tsv, .parquet or .jsonl (or use --dataset)."
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder (replaced atomically)."),
     id_col: str = typer.Option("id", "--id", help="Case id column."),
     label_col: str = typer.Option("label", "--label", help="Binary ground-truth label column (0/1)."),
@@ -127,6 +129,25 @@ def audit_command(
         None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."
     ),
     no_report: bool = typer.Option(False, "--no-report", help="Skip report.html."),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        help="mimic-cxr:ROOT | chexpert:ROOT | nih:ROOT | openi[:ROOT] (instead of --table; see docs/audit.md).",
+    ),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="With --dataset: predictions table, one probability column per finding."
+    ),
+    target: str | None = typer.Option(None, "--target", help="With --dataset: a finding, or 'all'."),
+    uncertain: str = typer.Option(
+        "zeros", "--uncertain", help="With --dataset: uncertain labels -> zeros | ones | ignore (dropped)."
+    ),
+    dataset_reports: Path | None = typer.Option(
+        None, "--dataset-reports", help="MIMIC-CXR reports folder / Open-i reports (default: under ROOT)."
+    ),
+    pred_id: str | None = typer.Option(
+        None, "--pred-id", help="Id column of --predictions (default: detected)."
+    ),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading images."),
 ) -> None:
     """Audit a classifier: discover and explain the slices of cases where it fails.
 
@@ -166,6 +187,16 @@ def audit_command(
         embeddings=parse_embeddings(embeddings),
         write_report=not no_report,
     )
+    if workers:
+        cfg.encoder_kwargs.setdefault("image", {}).setdefault("num_workers", workers)
+    if dataset is not None:
+        from medaudit.audit.dataset_cli import run_dataset_audit
+
+        return run_dataset_audit(
+            cfg, dataset, predictions, target, uncertain, out, dataset_reports, pred_id, split_list(meta)
+        )
+    if table is None:
+        raise InputError("give --table CASES.csv, or --dataset KIND:ROOT with --predictions")
     result = run_audit(table, cfg, out)
     c = result.counts
     typer.echo(

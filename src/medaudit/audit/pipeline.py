@@ -220,14 +220,21 @@ def _make_slicer(config: AuditConfig, n_cases: int) -> Any:
 
 
 def _encode(
-    table: CaseTable, config: AuditConfig, modalities: tuple[str, ...], progress: Any
+    table: CaseTable,
+    config: AuditConfig,
+    modalities: tuple[str, ...],
+    progress: Any,
+    precomputed: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Embeddings per modality: precomputed files, else the encoder through the on-disk cache."""
+    """Embeddings per modality: in-memory arrays (aligned with the table), precomputed files, else the
+    encoder through the on-disk cache."""
     out: dict[str, np.ndarray] = {}
     ids = table.ids
     for m in modalities:
         task = progress.add_task(f"embed {m}", total=1)
-        if m in config.embeddings:
+        if precomputed is not None and m in precomputed:
+            out[m] = np.asarray(precomputed[m], dtype=np.float32)
+        elif m in config.embeddings:
             out[m] = load_embeddings(config.embeddings[m], ids, ignore_ids=table.skipped_ids)
         else:
             from medaudit.audit.encoders import encode_cached, get_encoder
@@ -356,6 +363,7 @@ def run_audit(
     table: CaseTable | pd.DataFrame | str | os.PathLike[str],
     config: AuditConfig | None = None,
     out_dir: str | os.PathLike[str] = "audit_out",
+    precomputed: dict[str, np.ndarray] | None = None,
 ) -> AuditResult:
     """Run the whole audit and write ``slices.json``, ``membership.parquet`` and ``report.html``.
 
@@ -364,6 +372,8 @@ def run_audit(
             ``config.columns``, ``config.meta`` and ``config.skip_bad``.
         config: the run's settings (defaults: :class:`AuditConfig`).
         out_dir: output folder, replaced atomically: on any failure no (partial) folder is left.
+        precomputed: embeddings per modality already aligned with the table's rows (e.g. shared by
+            the findings of :func:`medaudit.audit.multitarget.audit_dataset`); they replace the encoder.
 
     Returns:
         An :class:`AuditResult`.
@@ -396,7 +406,7 @@ def run_audit(
         n = len(table)
         slicer = _make_slicer(config, n)
 
-        embs = _encode(table, config, modalities, progress)
+        embs = _encode(table, config, modalities, progress, precomputed)
         task = progress.add_task("fuse + fit slicer", total=2)
         from medaudit.audit.fusion import fuse
 
