@@ -89,6 +89,9 @@ class AuditConfig:
         slicer_kwargs: further slicer parameters (must be accepted by the slicer).
         threshold: probability cut-off for the hard prediction when no prediction column is given.
         cache_dir: embedding cache (``None``: ``$MEDAUDIT_CACHE`` or ``~/.cache/medaudit``).
+        cache_content: image cache keys: ``stat`` (path + size + mtime, default) or ``bytes``.
+        ray_address: embed images over this Ray cluster (``auto``, ``ray://host:10001``, ``local``);
+            the cache folder must then be on a path every node sees. ``None``: this process only.
         skip_bad: drop bad rows (counted) instead of failing.
         seed: seed of every random step.
         device: torch device for encoders and slicer (``None``: CUDA when present).
@@ -116,6 +119,8 @@ class AuditConfig:
     slicer_kwargs: dict[str, Any] = field(default_factory=dict)
     threshold: float = 0.5
     cache_dir: str | os.PathLike[str] | None = None
+    cache_content: str = "stat"
+    ray_address: str | None = None
     skip_bad: bool = False
     seed: int = 0
     device: str | None = None
@@ -266,9 +271,27 @@ def _encode(
             def _on_batch(done: int, total: int, _task: Any = task) -> None:
                 progress.update(_task, completed=done, total=total)
 
-            emb = encode_cached(
-                encoder, ids, inputs, config.resolved_cache_dir(), progress=False, on_batch=_on_batch
-            )
+            if config.ray_address and m == "image":
+                from medaudit.audit.encoders.distributed import encode_with_ray
+
+                emb = encode_with_ray(
+                    encoder,
+                    ids,
+                    inputs,
+                    config.resolved_cache_dir(),
+                    config.ray_address,
+                    content=config.cache_content,
+                )
+            else:
+                emb = encode_cached(
+                    encoder,
+                    ids,
+                    inputs,
+                    config.resolved_cache_dir(),
+                    progress=False,
+                    on_batch=_on_batch,
+                    content=config.cache_content,  # type: ignore[arg-type]
+                )
             out[m] = np.asarray(emb, dtype=np.float32)
         if out[m].shape[0] != len(ids):
             raise InputError(f"{m} embeddings have {out[m].shape[0]} rows for {len(ids)} cases")
