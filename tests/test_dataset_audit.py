@@ -183,3 +183,51 @@ def test_chexpert_and_nih_keys_and_image_paths(tmp_path):
     pd.DataFrame({"image": rel, "effusion": [0.1, 0.2, 0.3]}).to_csv(tmp_path / "p3.csv", index=False)
     j = join_predictions(load_dataset(parse_dataset(f"nih:{nih}")), tmp_path / "p3.csv")
     assert j.report.n_joined == 3 and j.report.key_kind == "image path"
+
+
+def test_interrupted_run_resumes_with_same_outputs(tmp_path, monkeypatch):
+    import functools
+
+    import medaudit.audit.encoders as encoders_pkg
+    from medaudit.audit.encoders import cache as cache_mod
+
+    root, reports = _mimic_n(tmp_path, n_studies=6)
+    pred = _predictions(root, tmp_path / "pred.csv")
+    joined = join_predictions(load_dataset(parse_dataset(f"mimic-cxr:{root}"), reports), pred)
+    monkeypatch.setattr(
+        encoders_pkg, "encode_cached", functools.partial(cache_mod.encode_cached, batch_size=3)
+    )
+
+    def cfg(cache: str) -> AuditConfig:
+        return AuditConfig(
+            n_slices=2, n_components=4, pca=4, cache_dir=tmp_path / cache, modalities=("image", "report"),
+            encoder_kwargs={"image": {"weights": None, "size": 32}},
+        )  # fmt: skip
+
+    ref = audit_dataset(joined, "all", cfg("cache-ref"), tmp_path / "ref")
+    real = cache_mod._embedding_batches
+
+    def interrupted(*a, **kw):
+        for k, batch in enumerate(real(*a, **kw)):
+            if k == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(cache_mod, "_embedding_batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        audit_dataset(joined, "all", cfg("cache"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert len(list((tmp_path / "cache").rglob("shard-*.keys.parquet"))) == 2  # finished batches kept
+    monkeypatch.setattr(cache_mod, "_embedding_batches", real)
+    res = audit_dataset(joined, "all", cfg("cache"), tmp_path / "out")
+    for f in ("edema", "cardiomegaly"):
+        a = json.loads((ref.out_dir / f / "slices.json").read_text())
+        b = json.loads((res.out_dir / f / "slices.json").read_text())
+        for d in (a, b):
+            d.pop("created")
+            d["config"].pop("cache_dir")
+        assert a == b
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(ref.out_dir / f / "membership.parquet"),
+            pd.read_parquet(res.out_dir / f / "membership.parquet"),
+        )

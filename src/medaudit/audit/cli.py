@@ -148,6 +148,12 @@ def audit_command(
         None, "--pred-id", help="Id column of --predictions (default: detected)."
     ),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading images."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Embed images on this Ray cluster (auto, ray://HOST:10001, local)."
+    ),
+    cache_content: str = typer.Option(
+        "stat", "--cache-content", help="Image cache keys: stat (path+size+mtime, fast) | bytes (hash)."
+    ),
 ) -> None:
     """Audit a classifier: discover and explain the slices of cases where it fails.
 
@@ -187,6 +193,9 @@ def audit_command(
         embeddings=parse_embeddings(embeddings),
         write_report=not no_report,
     )
+    if cache_content not in ("stat", "bytes"):
+        raise InputError(f"--cache-content '{cache_content}': choose stat or bytes")
+    cfg.cache_content, cfg.ray_address = cache_content, ray_address
     if workers:
         cfg.encoder_kwargs.setdefault("image", {}).setdefault("num_workers", workers)
     if dataset is not None:

@@ -190,6 +190,9 @@ def audit_dataset(
     if not findings:
         raise InputError("no finding has both labels and a predictions column")
     many = isinstance(targets, str) and targets.strip().lower() == "all"
+    from medaudit.device import seed_everything
+
+    seed_everything(config.seed)  # encoders with random weights (tests) build the same model every run
     embs = shared_embeddings(joined, config, config.resolved_modalities())
     row_of = {str(i): k for k, i in enumerate(joined.df["id"].astype(str))}
     results: dict[str, AuditResult] = {}
