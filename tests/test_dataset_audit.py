@@ -15,7 +15,7 @@ from medaudit.audit.pipeline import AuditConfig
 from medaudit.cli import main
 from medaudit.data.cxr import CHEXPERT_LABELS
 from medaudit.errors import InputError
-from test_cxr_readers import _chexpert, _img, _nih
+from test_cxr_readers import _chexpert, _img, _nih, _openi
 
 FAST = ["--encoder-opt", "image.size=64", "--encoder-opt", "image.weights=null", "--n-components", "4"]
 FAST += ["--n-slices", "2", "--pca", "8"]
@@ -231,3 +231,16 @@ def test_interrupted_run_resumes_with_same_outputs(tmp_path, monkeypatch):
             pd.read_parquet(ref.out_dir / f / "membership.parquet"),
             pd.read_parquet(res.out_dir / f / "membership.parquet"),
         )
+
+
+def test_openi_with_images_and_reports(tmp_path):
+    rep, imgs, meta_p = _openi(tmp_path)
+    meta_p.rename(imgs / "nlmcxr_dicom_metadata.csv")
+    ids = [f"CXR{n}_IM-0001-1001" for n in (1, 2, 3)]
+    pd.DataFrame({"image_id": ids, "Cardiomegaly": [0.8, 0.1, 0.2]}).to_csv(tmp_path / "p.csv", index=False)
+    ds = load_dataset(parse_dataset(f"openi:{imgs}"), reports=rep)
+    j = join_predictions(ds, tmp_path / "p.csv")
+    assert j.report.n_joined == 3 and j.predicted == ["cardiomegaly"]
+    frame, _ = target_frame(j, "cardiomegaly", "zeros")
+    assert frame["label"].tolist() == [1, 0, 0] and frame["report"].str.startswith("FINDINGS").all()
+    assert set(j.meta) == {"sex", "age", "view_position", "frontal_lateral"}
