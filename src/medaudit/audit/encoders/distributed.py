@@ -142,7 +142,7 @@ def _run_actors(
             fn_constructor_kwargs={"encoder": encoder, "folder": str(folder), "threads": threads},
             batch_size=batch_size,
             batch_format="pandas",
-            concurrency=workers,
+            compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=threads,
         )
         written = sum(int(r) for r in out.to_pandas()["rows"])
