@@ -198,6 +198,8 @@ def audit_command(
     cfg.cache_content, cfg.ray_address = cache_content, ray_address
     if workers:
         cfg.encoder_kwargs.setdefault("image", {}).setdefault("num_workers", workers)
+    if dataset is not None and table is not None:
+        raise InputError("give either --table or --dataset, not both")
     if dataset is not None:
         from medaudit.audit.dataset_cli import run_dataset_audit
 
