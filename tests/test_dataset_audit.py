@@ -82,6 +82,7 @@ def test_dataset_all_targets_end_to_end(tmp_path, capsys):
     index = (out / "index.html").read_text()
     assert "edema/report.html" in index and "cardiomegaly/report.html" in index
     assert summary["skipped"]["no_finding"] == "no predictions column"
+    assert not list((tmp_path / "cache").glob(".shared-embeddings-*"))  # memory-mapped arrays removed
 
 
 def test_uncertain_policies_and_shared_embeddings(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,9 +78,10 @@ def _modalities(joined: JoinedDataset, config: AuditConfig) -> tuple[str, ...]:
 
 
 def shared_embeddings(
-    joined: JoinedDataset, config: AuditConfig, modalities: tuple[str, ...]
+    joined: JoinedDataset, config: AuditConfig, modalities: tuple[str, ...], memmap_dir: Path | None = None
 ) -> dict[str, np.ndarray]:
-    """Embed every joined row once per modality (rows in ``joined.df`` order)."""
+    """Embed every joined row once per modality (rows in ``joined.df`` order); computed embeddings are
+    memory-mapped from ``memmap_dir/<modality>.npy`` when it is given."""
     from medaudit.audit.pipeline import _encode
 
     df = joined.df
@@ -96,7 +98,7 @@ def shared_embeddings(
     )
     table = CaseTable(df=canon, meta=df[joined.meta].reset_index(drop=True))
     with make_progress() as progress:
-        return _encode(table, config, modalities, progress)
+        return _encode(table, config, modalities, progress, memmap_dir=memmap_dir)
 
 
 def _audit_one(
@@ -193,7 +195,23 @@ def audit_dataset(
     from medaudit.device import seed_everything
 
     seed_everything(config.seed)  # encoders with random weights (tests) build the same model every run
-    embs = shared_embeddings(joined, config, config.resolved_modalities())
+    cache = config.resolved_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".shared-embeddings-") as tmp:
+        embs = shared_embeddings(joined, config, config.resolved_modalities(), Path(tmp))
+        return _audit_all(joined, findings, many, config, embs, uncertain, out_dir, dataset)
+
+
+def _audit_all(
+    joined: JoinedDataset,
+    findings: list[str],
+    many: bool,
+    config: AuditConfig,
+    embs: dict[str, np.ndarray],
+    uncertain: UncertainPolicy,
+    out_dir: str | os.PathLike[str],
+    dataset: str,
+) -> DatasetAuditResult:
     row_of = {str(i): k for k, i in enumerate(joined.df["id"].astype(str))}
     results: dict[str, AuditResult] = {}
     per: dict[str, Any] = {}

@@ -230,9 +230,10 @@ def _encode(
     modalities: tuple[str, ...],
     progress: Any,
     precomputed: dict[str, np.ndarray] | None = None,
+    memmap_dir: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Embeddings per modality: in-memory arrays (aligned with the table), precomputed files, else the
-    encoder through the on-disk cache."""
+    encoder through the on-disk cache (into ``memmap_dir/<modality>.npy``, memory-mapped, when given)."""
     out: dict[str, np.ndarray] = {}
     ids = table.ids
     for m in modalities:
@@ -291,8 +292,9 @@ def _encode(
                     progress=False,
                     on_batch=_on_batch,
                     content=config.cache_content,  # type: ignore[arg-type]
+                    out=memmap_dir / f"{m}.npy" if memmap_dir is not None else None,
                 )
-            out[m] = np.asarray(emb, dtype=np.float32)
+            out[m] = emb if isinstance(emb, np.memmap) else np.asarray(emb, dtype=np.float32)
         if out[m].shape[0] != len(ids):
             raise InputError(f"{m} embeddings have {out[m].shape[0]} rows for {len(ids)} cases")
         progress.update(task, total=len(ids), completed=len(ids))
