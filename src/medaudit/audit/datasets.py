@@ -253,7 +253,7 @@ def _map_findings(pred: pd.DataFrame, id_col: str, labels: list[str], src: Path)
     return out
 
 
-def _key_map(ds: pd.DataFrame, id_col: str, kind: str, src: Path) -> tuple[str, dict[str, str]]:
+def _key_map(ds: pd.DataFrame, id_col: str, kind: str) -> tuple[str, dict[str, str]]:
     """How prediction keys map to dataset ids: ``(key kind, key -> id)``."""
     ids = ds["id"].astype(str).tolist()
     low = id_col.lower()
@@ -308,7 +308,7 @@ def join_predictions(
         raise InputError(
             f"{src}: column '{id_col}' {_row(int(np.flatnonzero(blank.to_numpy())[0]))}: empty id"
         )
-    key_kind, key_to_id = _key_map(dataset, id_col, kind, src)
+    key_kind, key_to_id = _key_map(dataset, id_col, kind)
     root = dataset.attrs.get("root")
     bases = [src.parent] + ([Path(root), Path(root).parent] if root else [])
     keys = [_normalise_key(str(k), key_kind, bases) for k in raw_keys.tolist()]
