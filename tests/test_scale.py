@@ -76,3 +76,28 @@ def test_ray_two_workers_match_local(tmp_path):
     import ray
 
     assert not ray.is_initialized()  # the local cluster it started is shut down
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("MEDAUDIT_TEST_RAY") != "1", reason="starts a local Ray cluster; set MEDAUDIT_TEST_RAY=1"
+)
+def test_audit_with_ray_address_matches_local(tmp_path):
+    pytest.importorskip("ray")
+    import pandas as pd
+
+    from medaudit.audit.pipeline import AuditConfig, run_audit
+
+    paths = _images(tmp_path, 16)
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"id": [f"c{i}" for i in range(16)], "label": rng.integers(0, 2, 16),
+                       "prob": rng.random(16), "image": paths})  # fmt: skip
+
+    def cfg(**kw):
+        return AuditConfig(modalities=("image",), n_components=4, n_slices=2, pca=4, write_report=False,
+                           encoder_kwargs={"image": {"weights": None, "size": 64}}, **kw)  # fmt: skip
+
+    local = run_audit(df, cfg(cache_dir=tmp_path / "c1"), tmp_path / "o1")
+    dist = run_audit(df, cfg(cache_dir=tmp_path / "c2", ray_address="local"), tmp_path / "o2")
+    np.testing.assert_allclose(dist.embedding, local.embedding, rtol=1e-4, atol=1e-5)
+    assert [s["member_ids"] for s in dist.slices] == [s["member_ids"] for s in local.slices]
