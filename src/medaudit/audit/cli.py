@@ -128,9 +128,14 @@ def _build_config(ctx: typer.Context, config_file: Path | None, values: dict[str
         raise validation_error(exc, str(config_file) if config_file else "command line") from None
 
 
+_DATASET_FLAGS = ("dataset", "predictions", "target", "uncertain", "dataset_reports", "pred_id", "workers")
+
+
 def audit_command(
     ctx: typer.Context,
-    table: Path = typer.Option(..., "--table", help="Case table: .csv, .tsv, .parquet or .jsonl."),
+    table: Path | None = typer.Option(
+        None, "--table", help="Case table: .csv, .tsv, .parquet or .jsonl (or use --dataset)."
+    ),
     out: Path = typer.Option(
         ...,
         "--out",
@@ -206,15 +211,65 @@ def audit_command(
     force: bool = typer.Option(
         False, "--force", help="Replace an --out folder medaudit did not write (never one holding an input)."
     ),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        help="mimic-cxr:ROOT | chexpert:ROOT | nih:ROOT | openi[:ROOT] (instead of --table).",
+    ),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="With --dataset: predictions table, one probability column per finding."
+    ),
+    target: str | None = typer.Option(None, "--target", help="With --dataset: a finding, or 'all'."),
+    uncertain: str = typer.Option(
+        "zeros", "--uncertain", help="With --dataset: uncertain labels -> zeros | ones | ignore (dropped)."
+    ),
+    dataset_reports: Path | None = typer.Option(
+        None, "--dataset-reports", help="MIMIC-CXR reports folder / Open-i reports (default: under ROOT)."
+    ),
+    pred_id: str | None = typer.Option(
+        None, "--pred-id", help="Id column of --predictions (default: detected)."
+    ),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading images."),
+    ray_address: str | None = typer.Option(
+        _D.ray_address,
+        "--ray-address",
+        help="Embed images on this Ray cluster (auto, ray://HOST:10001, local).",
+    ),
+    cache_content: str = typer.Option(
+        _D.cache_content,
+        "--cache-content",
+        help="Image cache keys: stat (path+size+mtime, fast) | bytes (hash).",
+    ),
 ) -> None:
     """Audit a classifier: discover and explain the slices of cases where it fails.
 
     Writes OUT/slices.json, OUT/membership.parquet and OUT/report.html (schema in docs/audit.md).
     """
-    values = {k: v for k, v in locals().items() if k not in ("ctx", "config", "force")}
-    if not table.is_file():
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "config", "force", *_DATASET_FLAGS)}
+    if dataset is not None and table is not None:
+        raise InputError("give either --table or --dataset, not both")
+    if dataset is None and table is None:
+        raise InputError("give --table CASES.csv, or --dataset KIND:ROOT with --predictions")
+    if table is not None and not table.is_file():
         raise InputError(f"{table}: table file not found")
     cfg = _build_config(ctx, config, values)
+    if workers:
+        cfg.encoder_kwargs.setdefault("image", {}).setdefault("num_workers", workers)
+    if dataset is not None:
+        from medaudit.audit.dataset_cli import run_dataset_audit
+
+        return run_dataset_audit(
+            cfg,
+            dataset,
+            predictions,
+            target,
+            uncertain,
+            out,
+            dataset_reports,
+            pred_id,
+            split_list(meta),
+            force,
+        )
     from medaudit.audit.pipeline import run_audit
 
     _print_result(run_audit(table, cfg, out, force=force))

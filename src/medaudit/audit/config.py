@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -103,6 +103,9 @@ class AuditConfig(_Model):
         slicer_kwargs: further slicer parameters (must be accepted by the slicer).
         threshold: probability cut-off for the hard prediction when no prediction column is given.
         cache_dir: embedding cache (``None``: ``$MEDAUDIT_CACHE`` or ``~/.cache/medaudit``).
+        cache_content: image cache keys: ``stat`` (path + size + mtime, default) or ``bytes``.
+        ray_address: embed images over this Ray cluster (``auto``, ``ray://host:10001``, ``local``);
+            the cache folder must then be on a path every node sees. ``None``: this process only.
         skip_bad: drop bad rows (counted) instead of failing.
         seed: seed of every random step.
         device: torch device for encoders and slicer (``None``: CUDA when present).
@@ -130,6 +133,8 @@ class AuditConfig(_Model):
     slicer_kwargs: dict[str, Any] = Field(default_factory=dict)
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     cache_dir: Path | None = None
+    cache_content: Literal["stat", "bytes"] = "stat"
+    ray_address: str | None = None
     skip_bad: bool = False
     seed: int = 0
     device: str | None = None

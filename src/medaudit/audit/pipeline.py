@@ -120,14 +120,22 @@ def _make_slicer(config: AuditConfig, n_cases: int) -> Any:
 
 
 def _encode(
-    table: CaseTable, config: AuditConfig, modalities: tuple[str, ...], progress: Any
+    table: CaseTable,
+    config: AuditConfig,
+    modalities: tuple[str, ...],
+    progress: Any,
+    precomputed: dict[str, np.ndarray] | None = None,
+    memmap_dir: Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """Embeddings per modality: precomputed files, else the encoder through the on-disk cache."""
+    """Embeddings per modality: in-memory arrays (aligned with the table), precomputed files, else the
+    encoder through the on-disk cache (into ``memmap_dir/<modality>.npy``, memory-mapped, when given)."""
     out: dict[str, np.ndarray] = {}
     ids = table.ids
     for m in modalities:
         task = progress.add_task(f"embed {m}", total=1)
-        if m in config.embeddings:
+        if precomputed is not None and m in precomputed:
+            out[m] = np.asarray(precomputed[m], dtype=np.float32)
+        elif m in config.embeddings:
             out[m] = load_embeddings(config.embeddings[m], ids, ignore_ids=table.skipped_ids)
         else:
             from medaudit.audit.encoders import encode_cached, get_encoder
@@ -159,10 +167,29 @@ def _encode(
             def _on_batch(done: int, total: int, _task: Any = task) -> None:
                 progress.update(_task, completed=done, total=total)
 
-            emb = encode_cached(
-                encoder, ids, inputs, config.resolved_cache_dir(), progress=False, on_batch=_on_batch
-            )
-            out[m] = np.asarray(emb, dtype=np.float32)
+            if config.ray_address and m == "image":
+                from medaudit.audit.encoders.distributed import encode_with_ray
+
+                emb = encode_with_ray(
+                    encoder,
+                    ids,
+                    inputs,
+                    config.resolved_cache_dir(),
+                    config.ray_address,
+                    content=config.cache_content,
+                )
+            else:
+                emb = encode_cached(
+                    encoder,
+                    ids,
+                    inputs,
+                    config.resolved_cache_dir(),
+                    progress=False,
+                    on_batch=_on_batch,
+                    content=config.cache_content,  # type: ignore[arg-type]
+                    out=memmap_dir / f"{m}.npy" if memmap_dir is not None else None,
+                )
+            out[m] = emb if isinstance(emb, np.memmap) else np.asarray(emb, dtype=np.float32)
         if out[m].shape[0] != len(ids):
             raise InputError(f"{m} embeddings have {out[m].shape[0]} rows for {len(ids)} cases")
         fault_point("audit:embed")
@@ -254,6 +281,7 @@ def run_audit(
     config: AuditConfig | None = None,
     out_dir: str | os.PathLike[str] = "audit_out",
     force: bool = False,
+    precomputed: dict[str, np.ndarray] | None = None,
 ) -> AuditResult:
     """Run the whole audit and write ``slices.json``, ``membership.parquet`` and ``report.html``.
 
@@ -264,6 +292,8 @@ def run_audit(
         out_dir: output folder, replaced atomically: on any failure no (partial) folder is left.
             It must be absent, empty or an earlier audit output (see :mod:`medaudit.outdir`).
         force: also replace a folder medaudit did not write (never one holding an input).
+        precomputed: embeddings per modality already aligned with the table's rows (e.g. shared by
+            the findings of :func:`medaudit.audit.multitarget.audit_dataset`); they replace the encoder.
 
     Returns:
         An :class:`AuditResult`.
@@ -275,11 +305,14 @@ def run_audit(
     source = None if isinstance(table, (CaseTable, pd.DataFrame)) else table
     inputs = [source, config.resolved_cache_dir(), *config.embeddings.values()]
     with claim_output(out_dir, "audit", inputs=inputs, force=force) as claim:
-        return _run_audit(table, config, claim)
+        return _run_audit(table, config, claim, precomputed)
 
 
 def _run_audit(
-    table: CaseTable | pd.DataFrame | str | os.PathLike[str], config: AuditConfig, claim: OutputClaim
+    table: CaseTable | pd.DataFrame | str | os.PathLike[str],
+    config: AuditConfig,
+    claim: OutputClaim,
+    precomputed: dict[str, np.ndarray] | None = None,
 ) -> AuditResult:
     from medaudit.device import seed_everything
 
@@ -306,7 +339,7 @@ def _run_audit(
         n = len(table)
         slicer = _make_slicer(config, n)
 
-        embs = _encode(table, config, modalities, progress)
+        embs = _encode(table, config, modalities, progress, precomputed)
         task = progress.add_task("fuse + fit slicer", total=2)
         from medaudit.audit.fusion import fuse
 

@@ -10,8 +10,19 @@ Layout of ``cache_dir/<encoder-name>-<key16>/`` (``key16`` = first 16 hex digits
 
 Every file is written atomically (``medaudit.io``), and a shard counts only once its keys file exists, so a
 run killed at any point resumes with exactly the batches it had finished. Items are keyed by content
-(image file bytes, or path + size + mtime with ``content="stat"``; text; metadata row values), so
+(text; metadata row values; image files by resolved path + size + modification time in nanoseconds,
+``content="stat"``, the default, or by a SHA-256 of the file's bytes with ``content="bytes"``), so
 duplicates are computed once and a changed file is recomputed.
+
+Why stat keys are safe enough (and the default): resuming a 377k-image run with byte keys re-reads
+every image (hundreds of GB for MIMIC-CXR-JPG) before computing anything; stat keys cost one ``stat``
+per file. Any write through the file system updates the modification time, so an edited, re-exported or
+re-downloaded image gets a new key and is recomputed; a dataset moved or mounted elsewhere changes the
+resolved path, which only costs a recomputation, never a wrong hit. The one miss is a file rewritten
+with the *same size* and its *mtime deliberately restored* (``touch -r``, ``rsync -t`` over a same-size
+file) or rewritten within the timestamp granularity of a coarse file system (FAT: 2 s); public datasets
+are read-only releases, so this does not happen in practice. Use ``content="bytes"`` (CLI
+``--cache-content bytes``) when images may be edited in place.
 """
 
 from __future__ import annotations
@@ -150,8 +161,9 @@ def encode_cached(
     cache_dir: str | os.PathLike[str],
     batch_size: int = 64,
     progress: bool = True,
-    content: ContentMode = "bytes",
+    content: ContentMode = "stat",
     on_batch: Callable[[int, int], None] | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> np.ndarray:
     """Embed ``inputs`` with ``encoder``, reusing and extending an on-disk cache; ``(n, dim)`` float32.
 
@@ -163,8 +175,11 @@ def encode_cached(
         cache_dir: root cache folder (one subfolder per encoder configuration).
         batch_size: items per computed shard; a killed run loses at most one batch.
         progress: show a rich progress bar (also silenced by ``MEDAUDIT_QUIET=1``).
-        content: image item key: ``"bytes"`` (hash of the file) or ``"stat"`` (path + size + mtime, faster).
+        content: image item key: ``"stat"`` (path + size + mtime, default; see the module docstring
+            for why that is safe) or ``"bytes"`` (hash of the file's bytes, re-read on every run).
         on_batch: called as ``on_batch(done, total)`` after each shard is safely on disk.
+        out: write the ``(n, dim)`` result to this ``.npy`` file (atomically) and return it memory-mapped
+            read-only, so memory stays bounded by one batch and one shard, whatever ``n``.
 
     Only items whose key is missing from the cache are computed; the result is assembled from shards
     memory-mapped one at a time.
@@ -250,10 +265,16 @@ def encode_cached(
 
     if not keys:
         return np.zeros((0, int(encoder.dim)), dtype=np.float32)
-    return _assemble(folder, keys, where)
+    if out is None:
+        return _assemble(folder, keys, where)
+    with atomic_save(out) as tmp:
+        _assemble(folder, keys, where, tmp)
+    return np.load(out, mmap_mode="r")
 
 
-def _assemble(folder: Path, keys: list[str], where: dict[str, tuple[str, int]]) -> np.ndarray:
+def _assemble(
+    folder: Path, keys: list[str], where: dict[str, tuple[str, int]], out_path: Path | None = None
+) -> np.ndarray:
     by_shard: dict[str, list[tuple[int, int]]] = {}
     for pos, k in enumerate(keys):
         shard, row = where[k]
@@ -261,7 +282,11 @@ def _assemble(folder: Path, keys: list[str], where: dict[str, tuple[str, int]]) 
     out: np.ndarray | None = None
     for shard, pairs in by_shard.items():
         arr = np.load(folder / f"{shard}.npy", mmap_mode="r")
-        if out is None:
+        if out is None and out_path is not None:
+            out = np.lib.format.open_memmap(
+                out_path, mode="w+", dtype=np.float32, shape=(len(keys), arr.shape[1])
+            )
+        elif out is None:
             out = np.empty((len(keys), arr.shape[1]), dtype=np.float32)
         elif arr.shape[1] != out.shape[1]:
             raise InputError(
@@ -271,6 +296,8 @@ def _assemble(folder: Path, keys: list[str], where: dict[str, tuple[str, int]]) 
         rows = np.fromiter((r for _, r in pairs), dtype=np.int64, count=len(pairs))
         out[pos] = arr[rows]
         del arr
+    if isinstance(out, np.memmap):
+        out.flush()
     if out is None:
         return np.zeros((0, 0), dtype=np.float32)
     return out

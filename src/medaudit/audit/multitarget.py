@@ -1,0 +1,268 @@
+"""Audit several findings of one dataset with shared embeddings, and rank their worst slices together.
+
+:func:`audit_dataset` embeds every joined image / report / metadata row **once** (through the resumable
+embedding cache), then runs :func:`medaudit.audit.pipeline.run_audit` per finding on that finding's rows,
+reusing those embeddings. Output layout (the whole folder is replaced atomically)::
+
+    OUT/index.html          worst slices across all findings, ranked by the lower Wilson 95% bound of
+                            their error rate (comparable across findings of different prevalence)
+    OUT/dataset.json        dataset, join counts, uncertain policy, per-finding cases / drops / skips
+    OUT/<finding>/          slices.json, membership.parquet, report.html of that finding
+
+With ``targets="all"`` a finding that cannot be audited (no labels, no predictions, too few cases) is
+skipped with a warning and recorded in ``dataset.json``; a single named finding raises instead.
+An interrupted run resumes from the embedding cache; its outputs equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medaudit import __version__
+from medaudit.audit.datasets import JoinedDataset, target_frame
+from medaudit.audit.pipeline import AuditConfig, AuditResult, run_audit
+from medaudit.audit.table import CaseTable, ColumnMap, load_case_table
+from medaudit.data.cxr.common import UncertainPolicy, resolve_target, snake
+from medaudit.errors import InputError
+from medaudit.io import atomic_output_dir, atomic_write_json, atomic_write_text
+from medaudit.progress import make_progress
+
+__all__ = ["DATASET_FILE", "INDEX_FILE", "DatasetAuditResult", "audit_dataset", "rank_slices"]
+
+INDEX_FILE = "index.html"
+DATASET_FILE = "dataset.json"
+
+
+@dataclass
+class DatasetAuditResult:
+    """Outcome of :func:`audit_dataset`: one :class:`AuditResult` per audited finding."""
+
+    out_dir: Path
+    results: dict[str, AuditResult]
+    skipped: dict[str, str]
+    ranking: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def _targets(joined: JoinedDataset, targets: str | list[str]) -> list[str]:
+    if isinstance(targets, str) and targets.strip().lower() == "all":
+        return [c for c in joined.label_columns if c in joined.predicted]
+    names = [targets] if isinstance(targets, str) else list(targets)
+    return list(dict.fromkeys(resolve_target(t, joined.label_columns) for t in names))
+
+
+def _modalities(joined: JoinedDataset, config: AuditConfig) -> tuple[str, ...]:
+    if config.modalities is not None:
+        return config.resolved_modalities()
+    df = joined.df
+    mods = []
+    if df["image"].notna().all():
+        mods.append("image")
+    if df["report"].fillna("").astype(str).str.strip().astype(bool).any():
+        mods.append("report")
+    if joined.meta:
+        mods.append("metadata")
+    if not mods:
+        raise InputError("the dataset has neither images, reports nor metadata to embed")
+    return tuple(mods)
+
+
+def shared_embeddings(
+    joined: JoinedDataset, config: AuditConfig, modalities: tuple[str, ...], memmap_dir: Path | None = None
+) -> dict[str, np.ndarray]:
+    """Embed every joined row once per modality (rows in ``joined.df`` order); computed embeddings are
+    memory-mapped from ``memmap_dir/<modality>.npy`` when it is given."""
+    from medaudit.audit.pipeline import _encode
+
+    df = joined.df
+    n = len(df)
+    canon = pd.DataFrame(
+        {
+            "id": df["id"].astype(str),
+            "label": np.zeros(n, dtype=int),
+            "prob": np.zeros(n),
+            "pred": np.zeros(n, dtype=int),
+            "image": df["image"],
+            "report": df["report"].fillna("").astype(str),
+        }
+    )
+    table = CaseTable(df=canon, meta=df[joined.meta].reset_index(drop=True))
+    with make_progress() as progress:
+        return _encode(table, config, modalities, progress, memmap_dir=memmap_dir)
+
+
+def _audit_one(
+    joined: JoinedDataset,
+    finding: str,
+    config: AuditConfig,
+    embs: dict[str, np.ndarray],
+    row_of: dict[str, int],
+    uncertain: UncertainPolicy,
+    out: Path,
+) -> tuple[AuditResult, dict[str, Any]]:
+    frame, drops = target_frame(joined, finding, uncertain)
+    mods = config.resolved_modalities()
+    min_cases = max(config.n_components if config.slicer in ("mixture", "domino") else 0, config.n_slices, 2)
+    table = load_case_table(
+        frame,
+        ColumnMap(),
+        config.meta,
+        skip_bad=config.skip_bad,
+        require=tuple(m for m in mods if m != "metadata"),
+        threshold=config.threshold,
+        min_cases=min_cases,
+    )
+    pos = np.fromiter((row_of[i] for i in table.ids), dtype=np.int64, count=len(table))
+    result = run_audit(table, config, out, precomputed={m: e[pos] for m, e in embs.items()})
+    info = {
+        "cases": len(table),
+        "positives": int(table.df["label"].sum()),
+        "error_rate": result.counts["error_rate"],
+        "dropped": drops,
+        "skipped_rows": table.n_skipped,
+    }
+    return result, info
+
+
+def rank_slices(results: dict[str, AuditResult], top: int | None = None) -> pd.DataFrame:
+    """All non-empty slices of all findings, worst first (lower Wilson bound of the error rate)."""
+    rows = []
+    for finding, res in results.items():
+        overall = res.counts["error_rate"] or 0.0
+        for s in res.slices:
+            if not s["size"]:
+                continue
+            ng = s["explanation"]["ngrams"]
+            rows.append(
+                {
+                    "finding": finding,
+                    "slice": s["name"],
+                    "rank_in_finding": s["rank"],
+                    "size": s["size"],
+                    "error_rate": s["error_rate"],
+                    "error_lo": s["error_ci"][0],
+                    "error_hi": s["error_ci"][1],
+                    "finding_error_rate": overall,
+                    "excess_errors": s["n_errors"] - s["size"] * overall,
+                    "top_ngram": ng[0]["ngram"] if ng else "",
+                }
+            )
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df = df.sort_values(
+        ["error_lo", "size", "finding", "rank_in_finding"], ascending=[False, False, True, True]
+    )
+    df = df.reset_index(drop=True)
+    return df.head(top) if top else df
+
+
+def _write_index(stage: Path, summary: dict[str, Any], ranking: pd.DataFrame, links: dict[str, str]) -> None:
+    from medaudit.report.html import render
+
+    rows = ranking.to_dict(orient="records")
+    for r in rows:
+        r["link"] = links.get(r["finding"])
+    html = render("dataset_index.html", summary=summary, rows=rows, version=__version__)
+    atomic_write_text(stage / INDEX_FILE, html)
+
+
+def audit_dataset(
+    joined: JoinedDataset,
+    targets: str | list[str],
+    config: AuditConfig | None = None,
+    out_dir: str | os.PathLike[str] = "audit_out",
+    uncertain: UncertainPolicy = "zeros",
+    dataset: str = "",
+    *,
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
+    force: bool = False,
+) -> DatasetAuditResult:
+    """Audit ``targets`` (finding names, or ``"all"``) of a joined dataset; see the module docstring.
+
+    ``out_dir`` follows :mod:`medaudit.outdir` (``inputs``: the dataset root and predictions table).
+    """
+    from medaudit.outdir import check_output
+
+    check_output(out_dir, "audit-dataset", inputs=inputs, force=force)
+    config = (config or AuditConfig()).model_copy(update={"meta": list(joined.meta)})
+    config = config.model_copy(update={"modalities": _modalities(joined, config)})
+    findings = _targets(joined, targets)
+    if not findings:
+        raise InputError("no finding has both labels and a predictions column")
+    many = isinstance(targets, str) and targets.strip().lower() == "all"
+    from medaudit.device import seed_everything
+
+    seed_everything(config.seed)  # encoders with random weights (tests) build the same model every run
+    cache = config.resolved_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".shared-embeddings-") as tmp:
+        embs = shared_embeddings(joined, config, config.resolved_modalities(), Path(tmp))
+        return _audit_all(joined, findings, many, config, embs, uncertain, out_dir, dataset, inputs, force)
+
+
+def _audit_all(
+    joined: JoinedDataset,
+    findings: list[str],
+    many: bool,
+    config: AuditConfig,
+    embs: dict[str, np.ndarray],
+    uncertain: UncertainPolicy,
+    out_dir: str | os.PathLike[str],
+    dataset: str,
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
+    force: bool = False,
+) -> DatasetAuditResult:
+    row_of = {str(i): k for k, i in enumerate(joined.df["id"].astype(str))}
+    results: dict[str, AuditResult] = {}
+    per: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    out = Path(out_dir).absolute()
+    with atomic_output_dir(out, kind="audit-dataset", inputs=inputs, force=force) as stage:
+        for f in findings:
+            try:
+                res, info = _audit_one(joined, f, config, embs, row_of, uncertain, stage / snake(f))
+            except InputError as exc:
+                if not many:
+                    raise
+                skipped[f] = str(exc)
+                warnings.warn(f"skipping finding '{f}': {exc}", stacklevel=2)
+                continue
+            res.out_dir = out / snake(f)
+            res.paths = {k: out / snake(f) / p.name for k, p in res.paths.items()}
+            results[f], per[f] = res, info
+        if not results:
+            raise InputError(
+                "no finding could be audited: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+            )
+        for f in joined.label_columns:
+            if many and f not in joined.predicted:
+                skipped.setdefault(f, "no predictions column")
+        ranking = rank_slices(results)
+        summary = {
+            "medaudit_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "dataset": dataset or joined.kind,
+            "uncertain_policy": uncertain,
+            "blank_labels": "negative (not mentioned)",
+            "modalities": list(config.resolved_modalities()),
+            "embedded_rows": len(joined.df),
+            "join": joined.report.to_dict(),
+            "findings": per,
+            "skipped": skipped,
+            "ranking_rule": "lower Wilson 95% bound of the slice error rate, then size",
+        }
+        links = {f: f"{snake(f)}/report.html" for f in results} if config.write_report else {}
+        atomic_write_json(stage / DATASET_FILE, summary)
+        _write_index(stage, summary, ranking, links)
+    return DatasetAuditResult(out, results, skipped, ranking, summary)
