@@ -91,8 +91,8 @@ def _cli(table: Path, out: Path, cache: Path, *extra: str) -> int:
     return main(
         [
             "audit",
-            "--table", str(table), "--out", str(out), "--cache", str(cache),
-            "--id", "case", "--label", "truth", "--prob", "score", "--image", "png", "--report", "text",
+            "--table", str(table), "--out", str(out), "--cache-dir", str(cache),
+            "--id-col", "case", "--label-col", "truth", "--prob-col", "score", "--image-col", "png", "--report-col", "text",
             "--meta", "view", "--meta", "sex,age", "--modalities", "image,report,metadata",
             "--n-slices", "3", "--n-components", "6", "--pca", "16", "--seed", "1",
             "--encoder-opt", "image.size=64", "--encoder-opt", "report.dim=16",
@@ -230,3 +230,26 @@ def test_planted_slice_is_found_and_explained(tmp_path: Path) -> None:
     assert res.payload["config"]["rank_by"] == "excess_errors"
     sc = [s["slicer_score"] for s in res.slices]
     assert sc == sorted(sc, reverse=True), sc
+
+
+def test_old_flag_spellings_still_work_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from medaudit.cli import rewrite_deprecated
+
+    argv = ["audit", "--table", "t.csv", "--cache", "c", "--label=truth", "--id", "case", "--out", "o"]
+    with caplog.at_level("WARNING", logger="medaudit"):
+        new = rewrite_deprecated(argv)
+    assert new == [
+        "audit",
+        "--table",
+        "t.csv",
+        "--cache-dir",
+        "c",
+        "--label-col=truth",
+        "--id-col",
+        "case",
+        "--out",
+        "o",
+    ]
+    assert sum("deprecated" in r.message for r in caplog.records) == 3
+    # other commands are left alone
+    assert rewrite_deprecated(["texture", "train", "--label", "x"]) == ["texture", "train", "--label", "x"]

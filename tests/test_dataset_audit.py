@@ -55,7 +55,7 @@ def _predictions(root: Path, path: Path, extra: list[str] = (), seed: int = 0) -
 
 
 def _run(argv: list[str]) -> int:
-    return main(["audit", *argv, "--cache", str(Path(argv[argv.index("--out") + 1]).parent / "cache")])
+    return main(["audit", *argv, "--cache-dir", str(Path(argv[argv.index("--out") + 1]).parent / "cache")])
 
 
 def test_dataset_all_targets_end_to_end(tmp_path, capsys):

@@ -210,7 +210,7 @@ def _set(df: pd.DataFrame, col: str, row: int, value: object) -> pd.DataFrame:
         (lambda d: _set(d, "prob", 1, np.nan), [], "row 2"),
         (lambda d: _set(d, "report", 4, ""), [], "row 5"),
         (lambda d: _set(d, "image", 0, "img/none.png"), [], "none.png"),
-        (lambda d: d.assign(report_file="missing.txt"), ["--report-path", "report_file"], "missing.txt"),
+        (lambda d: d.assign(report_file="missing.txt"), ["--report-path-col", "report_file"], "missing.txt"),
         (lambda d: d, [], "at least 20"),
     ],
 )
@@ -221,7 +221,7 @@ def test_cli_bad_table_exits_2_without_output(
 
     table = _write(tmp_path, defect(good))
     out = tmp_path / "out"
-    rc = main(["audit", "--table", str(table), "--out", str(out), "--cache", str(tmp_path / "c"), *extra])
+    rc = main(["audit", "--table", str(table), "--out", str(out), "--cache-dir", str(tmp_path / "c"), *extra])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and str(table) in err[0] and needle in err[0], err
@@ -241,7 +241,7 @@ def test_undecodable_image_fails_with_path(tmp_path: Path, good: pd.DataFrame, c
         str(table),
         "--out",
         str(out),
-        "--cache",
+        "--cache-dir",
         str(tmp_path / "c"),
         "--n-slices",
         "2",

@@ -126,7 +126,16 @@ def audit_args(audit_cache: Path) -> Callable[..., list[object]]:
     """``audit --table T --out O`` plus the fast settings (report off unless ``report=True``)."""
 
     def args(table: Path, out: Path, *extra: object, report: bool = False) -> list[object]:
-        base: list[object] = ["audit", "--table", table, "--out", out, *AUDIT_FAST, "--cache", audit_cache]
+        base: list[object] = [
+            "audit",
+            "--table",
+            table,
+            "--out",
+            out,
+            *AUDIT_FAST,
+            "--cache-dir",
+            audit_cache,
+        ]
         return base + ([] if report else ["--no-report"]) + list(extra)
 
     return args

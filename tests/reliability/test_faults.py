@@ -18,7 +18,7 @@ from .conftest import AUDIT_FAST, make_table, one_line, run_sub, snapshot
 
 def _audit(table: Path, out: Path, cache: Path, **env: str):
     return run_sub(
-        ["audit", "--table", table, "--out", out, *AUDIT_FAST, "--cache", cache, "--no-report"], env
+        ["audit", "--table", table, "--out", out, *AUDIT_FAST, "--cache-dir", cache, "--no-report"], env
     )
 
 
