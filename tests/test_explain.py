@@ -137,7 +137,7 @@ def test_outputs_roundtrip_and_schema_checks(tmp_path: Path) -> None:
     }
     write_slices_json(tmp_path / "s.json", payload)
     data = read_slices_json(tmp_path / "s.json")
-    assert data["schema_version"] == "1.0" and data["slices"][0]["error_rate"] is None
+    assert data["schema_version"] == "1.1" and data["slices"][0]["error_rate"] is None
     (tmp_path / "bad.json").write_text('{"schema_version": "2.0", "config": {}, "counts": {}, "slices": []}')
     with pytest.raises(InputError, match=r"schema_version 2\.0"):
         read_slices_json(tmp_path / "bad.json")
