@@ -91,7 +91,7 @@ def test_uncovered_language_warns(cases, tmp_path: Path) -> None:
 
 
 def test_cli_bad_lexicon_exits_2(cases, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    df, _, folder = cases
+    df, _, _ = cases
     table = tmp_path / "cases.csv"
     df.to_csv(table, index=False)
     lex = tmp_path / "lex.yaml"

@@ -50,6 +50,10 @@ _UNCERTAIN_PRE = tuple(
         "can not exclude",
         "cannot exclude",
         "cannot rule out",
+        "difficult to exclude",
+        "not exclude",
+        "differential considerations include",
+        "differential diagnosis includes",
         "not excluded",
         "possible",
         "possibly",
@@ -88,7 +92,7 @@ _UNCERTAIN_POST = tuple(
 _SCOPE_STOP = frozenset(
     ["but", "however", "although", "though", "except", "which", "whereas", "while", "yet"]
 )
-_SCOPE = 6  # tokens an uncertainty scope covers
+_SCOPE = 8  # tokens an uncertainty scope covers
 
 
 def _match_at(tokens: Sequence[str], i: int, phrases: Iterable[tuple[str, ...]]) -> int:
