@@ -6,7 +6,8 @@ cover, a report is MeSH-positive when one of the concept's headings (text before
 among its major terms; it is extractor-positive when the concept's code is 1 (mentioned, affirmed).
 Reports without FINDINGS or IMPRESSION text are left out.
 
-Compared: medaudit's own extractor (NegEx scope from medaudit.audit.explain + ConText-style hedges)
+Compared: the text rules behind the phantom cohort's labels today (medaudit.data.cxr.openi.TEXT_RULES,
+on the text alone), medaudit's own extractor (NegEx scope from medaudit.audit.explain + ConText-style hedges)
 and negspacy 1.1 (NegEx, "en_clinical" termset) on a blank spaCy English pipeline with a sentencizer
 and an entity ruler built from the same lexicon (no model download). Writes
 bench/results/concepts_vs_mesh.{json,md}.
@@ -26,7 +27,22 @@ import pandas as pd
 
 from medaudit.audit.concepts import default_lexicon, extract_concepts
 from medaudit.audit.concepts.lexicon import _WORD, Lexicon
-from medaudit.data.cxr.openi import load_openi_reports
+from medaudit.data.cxr.openi import TEXT_RULES, affirmed_mentions, load_openi_reports
+
+#: concept -> the Open-i label whose text rule (medaudit.data.cxr.openi.TEXT_RULES) the phantom cohort's
+#: labels use today (OR-ed there with MeSH); compared here on the text alone.
+COHORT_RULE = {
+    "cardiomegaly": "cardiomegaly",
+    "pleural effusion": "pleural_effusion",
+    "nodule": "nodule",
+    "emphysema": "emphysema",
+    "atelectasis": "atelectasis",
+    "pneumothorax": "pneumothorax",
+    "edema": "edema",
+    "fracture": "fracture",
+    "lung opacity": "opacity",
+    "support device": "support_devices",
+}
 
 #: concept -> MeSH major headings (before "/"); "Heading/qualifier" entries match the full term prefix.
 MESH: dict[str, tuple[str, ...]] = {
@@ -162,6 +178,11 @@ def main(out_dir: Path = Path("bench/results")) -> None:
         a = prf(ours[concept].to_numpy() == 1, y)
         a_unc = prf(np.isin(ours[concept].to_numpy(), (1, 2)), y)
         b = prf(neg[concept].to_numpy() == 1, y)
+        cohort = {}
+        if concept in COHORT_RULE:
+            rx = TEXT_RULES[COHORT_RULE[concept]]
+            hits = np.array([bool(affirmed_mentions(t, rx)) for t in texts])
+            cohort = {f"cohort_rule_{k}": v for k, v in prf(hits, y).items() if k != "mesh_n"}
         rows.append(
             {
                 "concept": concept,
@@ -169,6 +190,7 @@ def main(out_dir: Path = Path("bench/results")) -> None:
                 **{f"medaudit_{k}": v for k, v in a.items()},
                 "medaudit_with_uncertain_f1": a_unc["f1"],
                 **{f"negspacy_{k}": v for k, v in b.items() if k != "mesh_n"},
+                **cohort,
             }
         )
     df = pd.DataFrame(rows)
@@ -187,15 +209,20 @@ def main(out_dir: Path = Path("bench/results")) -> None:
         f"Macro F1: medaudit {meta['macro_f1_medaudit']:.3f}, negspacy {meta['macro_f1_negspacy']:.3f}.",
         "",
         "| concept | MeSH major headings | MeSH n | medaudit n | P | R | F1 | F1 incl. uncertain "
-        "| negspacy P | negspacy R | negspacy F1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| negspacy P | negspacy R | negspacy F1 | cohort text rule P | R | F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['concept']} | {r['mesh']} | {r['medaudit_mesh_n']} | {r['medaudit_pred_n']} | "
             f"{r['medaudit_precision']:.2f} | {r['medaudit_recall']:.2f} | {r['medaudit_f1']:.2f} | "
             f"{r['medaudit_with_uncertain_f1']:.2f} | {r['negspacy_precision']:.2f} | "
-            f"{r['negspacy_recall']:.2f} | {r['negspacy_f1']:.2f} |"
+            f"{r['negspacy_recall']:.2f} | {r['negspacy_f1']:.2f} | "
+            + (
+                f"{r['cohort_rule_precision']:.2f} | {r['cohort_rule_recall']:.2f} | {r['cohort_rule_f1']:.2f} |"
+                if "cohort_rule_f1" in r
+                else "– | – | – |"
+            )
         )
     (out_dir / "concepts_vs_mesh.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
