@@ -178,7 +178,14 @@ def audit_command(
     fusion_dim: int = typer.Option(
         _D.fusion_dim, "--fusion-dim", help="Per-modality dimension for balanced fusion."
     ),
-    slicer: SlicerName = typer.Option(_D.slicer, "--slicer", help="Slicer family."),
+    slicer: SlicerName = typer.Option(
+        _D.slicer,
+        "--slicer",
+        help="mixture (embedding slices) | rules (readable rules) | both (one ranked list) | kmeans.",
+    ),
+    concepts: Path | None = typer.Option(
+        _D.concepts, "--concepts", help="Concept lexicon (YAML, docs/concepts.md; default: built-in)."
+    ),
     n_slices: int = typer.Option(_D.n_slices, "--n-slices", min=1),
     n_components: int = typer.Option(_D.n_components, "--n-components", min=1, help="Mixture components."),
     y_weight: float = typer.Option(_D.y_weight, "--y-weight", help="Label log-likelihood weight."),

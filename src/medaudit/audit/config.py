@@ -45,9 +45,11 @@ class Fusion(StrEnum):
 
 
 class SlicerName(StrEnum):
-    """The slicer families."""
+    """The slicer families: embedding slices, readable rule slices, or both in one ranked list."""
 
+    both = "both"
     mixture = "mixture"
+    rules = "rules"
     kmeans = "kmeans"
 
 
@@ -92,7 +94,14 @@ class AuditConfig(_Model):
         encoders: encoder name per modality (defaults: :data:`DEFAULT_ENCODERS`).
         encoder_kwargs: extra keyword arguments per modality for ``get_encoder``.
         fusion / fusion_weights / fusion_dim: passed to :func:`medaudit.audit.fusion.fuse`.
-        slicer: ``mixture`` (Domino-style error-aware Gaussian mixture) or ``kmeans``.
+        slicer: ``mixture`` (Domino-style error-aware Gaussian mixture), ``kmeans``, ``rules``
+            (conjunctions of readable predicates, :mod:`medaudit.audit.slicers.rules`; no embeddings
+            needed) or ``both`` (default: mixture and rules in one ranked list,
+            :mod:`medaudit.audit.rule_audit`; see docs/concepts.md for the evidence).
+        concepts: a YAML concept lexicon (default: the built-in one, docs/concepts.md).
+        rule_max_level / rule_min_support: rule length (1-3) and smallest rule slice.
+        rule_ngrams: open-vocabulary n-gram predicates offered to the rule search (0: none).
+        merge_jaccard: member Jaccard at which two slices of the ranked list are merged.
         n_slices / n_components / y_weight / y_hat_weight / pca: slicer settings (study: 5 slices,
             20 mixture components, label and prediction weights 10, PCA to 128 dimensions).
         rank_by: how the mixture's components are ranked into slices: ``"excess_errors"`` (default: errors
@@ -122,7 +131,12 @@ class AuditConfig(_Model):
     fusion: Fusion = Fusion.concat
     fusion_weights: dict[str, float] | None = None
     fusion_dim: int = Field(64, ge=1)
-    slicer: SlicerName = SlicerName.mixture
+    slicer: SlicerName = SlicerName.both
+    concepts: Path | None = None
+    rule_max_level: int = Field(3, ge=1, le=3)
+    rule_min_support: int = Field(10, ge=1)
+    rule_ngrams: int = Field(100, ge=0)
+    merge_jaccard: float = Field(0.5, gt=0.0, le=1.0)
     n_slices: int = Field(5, ge=1)
     n_components: int = Field(20, ge=1)
     y_weight: float = 10.0
