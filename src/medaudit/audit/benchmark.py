@@ -77,6 +77,10 @@ SLICER_CONFIGS: dict[str, dict[str, Any]] = {
     "restarts": {"n_init": 10},
 }
 DEFAULT_METADATA_COLUMNS: tuple[str, ...] = ("view_position", "age", "sex")
+#: The sliceline peer: the package's defaults except k (= slices), lattice level and alpha (0.95, as in the
+#: package's README; its default 0.6 penalises small slices so hard that it returns none here).
+SLICELINE_PARAMS: dict[str, Any] = {"alpha": 0.95, "max_l": 2, "min_sup": 10}
+RULE_VARIANTS: tuple[str, ...] = ("rules", "rules+mixture")
 KS: tuple[int, ...] = (10, 25)
 METRIC_COLUMNS: tuple[str, ...] = tuple(f"p{k}_{d}" for d in ("study", "dcbench") for k in KS)
 
@@ -125,6 +129,10 @@ class BenchConfig:
     peer_domino: bool = False
     peer_fusions: tuple[str, ...] = ("concat",)
     peer_variants: tuple[str, ...] = ("image", "image+report+metadata")  #: variants the Domino peer runs on
+    rule_variants: tuple[str, ...] = ()  #: ``rules`` and/or ``rules+mixture`` (:mod:`.bench_rules`)
+    rules_mixture_variant: str = "image+report+metadata"  #: the embedding slices merged in ``rules+mixture``
+    peer_sliceline: bool = False  #: the ``sliceline`` package on the rule slicer's predicates
+    sliceline_params: dict[str, Any] = field(default_factory=lambda: dict(SLICELINE_PARAMS))
 
     def key_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -293,6 +301,8 @@ def _init_worker(state_dir: str, threads: int = 1) -> None:
     _STATE["peer_python"] = (
         (d / "peer_python.txt").read_text().strip() if (d / "peer_python.txt").exists() else ""
     )
+    pp = d / "predicates.parquet"
+    _STATE["predicates"] = pd.read_parquet(pp) if pp.exists() else None
 
 
 def _config_from_json(d: dict[str, Any]) -> BenchConfig:
@@ -305,6 +315,7 @@ def _config_from_json(d: dict[str, Any]) -> BenchConfig:
         "metadata_columns",
         "peer_fusions",
         "peer_variants",
+        "rule_variants",
     ):
         d[k] = tuple(d[k])
     d["variants"] = tuple(tuple(v) for v in d["variants"])
@@ -422,6 +433,7 @@ def run_one(
     kind: str,
     task: RunTask,
     peer_python: str = "",
+    predicates: pd.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """Execute one run and return its rows (one per variant × fusion × slicer config × slicer seed × method)."""
     from medaudit.audit import metrics
@@ -458,6 +470,12 @@ def run_one(
     base["train_s"] = time.perf_counter() - t0
     test = {m: emb[m][scen.test_idx] for m in MODALITIES if m in emb}
     rows: list[dict[str, Any]] = []
+    pred_run = None
+    if predicates is not None:
+        from medaudit.audit.bench_rules import run_predicates
+
+        pred_run = run_predicates(predicates, scen.test_idx, y)
+    mix_scores: np.ndarray | None = None
     for variant in config.variants:
         missing = [m for m in variant if m not in test]
         if missing:
@@ -484,12 +502,81 @@ def run_one(
                     eta = modality_eta2(scores.argmax(axis=1), {m: test[m] for m in variant})
                     row.update({f"eta2_{m}": eta.get(m, float("nan")) for m in MODALITIES})
                     row.update({f"var_share_{m}": vshare.get(m, float("nan")) for m in MODALITIES})
+                    row.update(_explanation_hit(pred_run, scores, "", scen))
                     rows.append(row)
+                    if vname == config.rules_mixture_variant and fusion in ("concat", "none") and s_i == 0:
+                        mix_scores = scores if mix_scores is None else mix_scores
             peer_ok = vname in config.peer_variants and (fusion in config.peer_fusions or fusion == "none")
             if config.peer_domino and peer_python and peer_ok:
-                rows.append(
-                    {**base, **_run_domino_peer(peer_python, z, y, probs, config, scen, task, vname, fusion)}
+                prow, pscores = _run_domino_peer(peer_python, z, y, probs, config, scen, task, vname, fusion)
+                rows.append({**base, **prow, **_explanation_hit(pred_run, pscores, "", scen)})
+    if pred_run is not None:
+        rows += _rule_rows(config, base, scen, probs, pred_run, mix_scores)
+    return rows
+
+
+def _explanation_hit(
+    pred: pd.DataFrame | None, scores: np.ndarray | None, rule: str, scen: sc.Scenario
+) -> dict[str, Any]:
+    """Whether the top-ranked slice's rule (own or best-matching) or top concept names the attribute."""
+    if pred is None or scores is None or scores.shape[1] == 0:
+        return {}
+    from medaudit.audit.bench_rules import names_attribute, slice_terms
+
+    members = scores[:, 0] > 0.5
+    if not members.any():  # a soft slice with no member above 0.5: its 10 highest-scoring cases
+        members = np.zeros(len(scores), dtype=bool)
+        members[np.argsort(-scores[:, 0], kind="stable")[:10]] = True
+    t = slice_terms(pred, members, rule)
+    attr = str(scen.metadata.get("attribute", ""))
+    return {
+        "hit": float(names_attribute(t["terms"], attr)),
+        "top_rule": t["rule"],
+        "top_concept": t["concept"],
+    }
+
+
+def _rule_rows(
+    config: BenchConfig,
+    base: dict[str, Any],
+    scen: sc.Scenario,
+    probs: np.ndarray,
+    pred: pd.DataFrame,
+    mix_scores: np.ndarray | None,
+) -> list[dict[str, Any]]:
+    """Rows of the ``rules`` / ``rules+mixture`` variants and the ``sliceline`` peer."""
+    from medaudit.audit import bench_rules as br
+
+    y = scen.test_labels
+    errors = ((probs >= 0.5).astype(np.int64) != y).astype(np.int64)
+    k = int(config.slicer_params.get("n_slices", 5))
+    rows: list[dict[str, Any]] = []
+    t1 = time.perf_counter()
+    r_scores, r_texts = br.fit_rules(pred, y, probs, k)
+    r_s = time.perf_counter() - t1
+    common = {"fusion": "none", "slicer_config": "study", "slicer_seed": 0, "n_predicates": pred.shape[1]}
+    for v in config.rule_variants:
+        scores, texts, fit_s = r_scores, r_texts, r_s
+        if v == "rules+mixture":
+            if mix_scores is None:
+                raise InputError(
+                    f"rules+mixture needs the variant {config.rules_mixture_variant} in --variants"
                 )
+            scores, texts = br.merge_ranked([r_scores, mix_scores], [r_texts, []], errors)
+        row = {**base, **common, "variant": v, "n_modalities": 0, "method": "medaudit", "fit_s": fit_s}
+        row.update(_score_rows(scores, scen, probs))
+        row.update(_explanation_hit(pred, scores, texts[0], scen))
+        rows.append(row)
+    if config.peer_sliceline:
+        from medaudit.audit.peer_sliceline import run_sliceline
+
+        t1 = time.perf_counter()
+        res = run_sliceline(pred, errors, k=k, **config.sliceline_params)
+        row = {**base, **common, "variant": "rules", "n_modalities": 0, "method": "sliceline-0.3.0"}
+        row.update(_score_rows(res.scores, scen, probs))
+        row["fit_s"] = time.perf_counter() - t1
+        row.update(_explanation_hit(pred, res.scores, res.rules[0], scen))
+        rows.append(row)
     return rows
 
 
@@ -503,8 +590,9 @@ def _run_domino_peer(
     task: RunTask,
     vname: str,
     fusion: str,
-) -> dict[str, Any]:
-    """Run the published Domino 0.1.5 (separate Python 3.9 env) on the same arrays; one row."""
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Run the published Domino 0.1.5 (separate Python 3.9 env) on the same arrays; one row and its
+    membership scores (``None`` when it failed)."""
     script = Path(os.environ.get("MEDAUDIT_DOMINO_SCRIPT", "/work/shared/peers/run_domino.py"))
     p = config.slicer_params
     row: dict[str, Any] = {"variant": vname, "n_modalities": vname.count("+") + 1, "fusion": fusion}
@@ -524,15 +612,18 @@ def _run_domino_peer(
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         if res.returncode != 0 or not (d / "o.npy").exists():
             row["error"] = (res.stderr.strip().splitlines() or ["domino failed"])[-1][:300]
-            return row
+            return row, None
         scores = np.load(d / "o.npy").astype(np.float64)
     row.update(_score_rows(scores, scen, probs))
     row["fit_s"] = time.perf_counter() - t1
-    return row
+    return row, scores
 
 
 def _worker_run(task: RunTask, runs_dir: str) -> tuple[str, int]:
-    rows = run_one(_STATE["config"], _STATE["df"], _STATE["emb"], _STATE["kind"], task, _STATE["peer_python"])
+    st = _STATE
+    rows = run_one(
+        st["config"], st["df"], st["emb"], st["kind"], task, st["peer_python"], st.get("predicates")
+    )
     _write_rows(Path(runs_dir) / f"{task.key}.parquet", rows)
     return task.key, len(rows)
 
@@ -621,6 +712,13 @@ def run_benchmark(
     atomic_write_json(state / "config.json", dataclasses.asdict(config))
     atomic_write_text(state / "kind.txt", kind)
     atomic_write_text(state / "peer_python.txt", peer_py)
+    if config.rule_variants or config.peer_sliceline:
+        from medaudit.audit.bench_rules import cohort_predicates
+
+        with atomic_save(state / "predicates.parquet") as tmp:
+            cohort_predicates(df, config.metadata_columns).to_parquet(tmp, index=False)
+    else:
+        (state / "predicates.parquet").unlink(missing_ok=True)
     t_runs = time.perf_counter()
     if todo:
         with make_progress() as prog:
@@ -679,7 +777,7 @@ def aggregate(runs: pd.DataFrame, n_boot: int = 1000, by_share: bool = False) ->
         "slicer_config",
         "method",
     ]
-    metric_cols = [c for c in (*METRIC_COLUMNS, "baseline", "baseline_slice") if c in kept]
+    metric_cols = [c for c in (*METRIC_COLUMNS, "hit", "baseline", "baseline_slice") if c in kept]
     eta_cols = [c for c in kept.columns if c.startswith(("eta2_", "var_share_"))]
     per_run = kept.groupby([*keys, "key"], dropna=False)[[*metric_cols, *eta_cols]].mean().reset_index()
     out = []
@@ -732,13 +830,41 @@ def stability(runs: pd.DataFrame) -> pd.DataFrame:
     return per.groupby(keys).mean().reset_index()
 
 
+def hit_rates(runs: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
+    """Explanation hit rate over all scenarios: the share of kept runs whose top-ranked slice's rule or
+    top concept names the planted attribute, with a bootstrap 95% CI, per variant × fusion × method."""
+    from medaudit.audit.metrics import bootstrap_ci
+
+    if "hit" not in runs:
+        return pd.DataFrame()
+    kept = runs[runs["kept"] & runs["hit"].notna()]
+    kept = kept[kept["slicer_seed"] == 0] if "slicer_seed" in kept else kept
+    out = []
+    for (v, f, m), g in kept.groupby(["variant", "fusion", "method"]):
+        mean, lo, hi = bootstrap_ci(g["hit"].to_numpy(dtype=float), n_boot=n_boot, seed=0)
+        rec = {
+            "variant": v,
+            "fusion": f,
+            "method": m,
+            "n_runs": len(g),
+            "hit": mean,
+            "hit_lo": lo,
+            "hit_hi": hi,
+        }
+        for scen, gs in g.groupby("scenario"):
+            rec[f"hit_{scen}"] = float(gs["hit"].mean())
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
 def contributions(results: pd.DataFrame) -> pd.DataFrame:
     """Per multimodal variant and fusion: each modality's share of the fused variance (``var_share_*``, what
     PCA and the mixture see), its eta² under the slice assignment and that eta²'s share of the total
     (``eta_share_*``): the concatenation-bias check."""
     if results.empty:
         return results
-    r = results[(results["method"] == "medaudit") & results["variant"].str.contains("+", regex=False)].copy()
+    multi = results["variant"].str.contains("+", regex=False) & ~results["variant"].isin(RULE_VARIANTS)
+    r = results[(results["method"] == "medaudit") & multi].copy()
     eta = [c for c in r.columns if c.startswith("eta2_")]
     vs = [c for c in r.columns if c.startswith("var_share_")]
     tot = r[eta].sum(axis=1, min_count=1)
@@ -822,6 +948,7 @@ def markdown_table(
     """Results as a markdown table: mean [95% CI] per metric."""
     if results.empty:
         return "_no kept runs_\n"
+    metrics = [*metrics, *(["hit"] if "hit" in results else [])]
     head = ["scenario", "variant", "fusion", "slicer", "method", "runs", *metrics, "baseline"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in results.iterrows():
@@ -875,7 +1002,9 @@ def write_outputs(
     by_share = aggregate(runs, n_boot=n_boot, by_share=True)
     stab = stability(runs)
     contrib = contributions(results)
+    hits = hit_rates(runs, n_boot=n_boot)
     for name, frame in (
+        ("hit_rate", hits),
         ("results", results),
         ("results_by_share", by_share),
         ("stability", stab),
@@ -905,6 +1034,9 @@ def write_outputs(
         *[f"> {n}\n" for n in notes],
         markdown_table(results),
     ]
+    if not hits.empty:
+        md += ["\n## Explanation hit rate (top slice's rule or top concept names the attribute)\n",
+               frame_to_markdown(hits), "\n"]  # fmt: skip
     if not stab.empty:
         md += [
             "\n## Slicer instability (spread of p@10 across slicer seeds, mean over runs)\n",
@@ -929,12 +1061,13 @@ def write_outputs(
         "p@25 study",
         "p@10 dcbench",
         "p@25 dcbench",
+        "hit",
         "baseline",
     ]
     rows = []
     for _, r in results.iterrows():
         rows.append([r["scenario"], r["variant"], r["fusion"], r["slicer_config"], r["method"], int(r["n_runs"]),
-                     *[_fmt(r, m) for m in ("p10_study", "p25_study", "p10_dcbench", "p25_dcbench")], f"{r['baseline']:.2f}"])  # fmt: skip
+                     *[_fmt(r, m) for m in ("p10_study", "p25_study", "p10_dcbench", "p25_dcbench", "hit")], f"{r['baseline']:.2f}"])  # fmt: skip
     html = (
         environment()
         .from_string(_HTML)
@@ -951,6 +1084,7 @@ def write_outputs(
             extra=[
                 {"title": title, "header": list(map(str, f.columns)), "rows": _html_rows(f)}
                 for title, f in (
+                    ("Explanation hit rate (top slice's rule or top concept names the attribute)", hits),
                     ("Slicer instability (spread of p@10 across slicer seeds, mean over runs)", stab),
                     ("Modality contribution: fused-variance share and eta² per fusion", contrib),
                 )
@@ -1006,6 +1140,14 @@ def _parse_variants(s: str) -> tuple[tuple[str, ...], ...]:
     return tuple(out)
 
 
+def _rule_tokens(s: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in s.split(",") if t.strip() in RULE_VARIANTS)
+
+
+def _embedding_tokens(s: str) -> list[str]:
+    return [t.strip() for t in s.split(",") if t.strip() and t.strip() not in RULE_VARIANTS]
+
+
 def _parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for it in items:
@@ -1037,7 +1179,9 @@ def bench_scenarios_command(
     seed: int = typer.Option(0, help="First seed."),
     n_train: int = typer.Option(1000, help="Training cases per run."),
     n_test: int = typer.Option(500, help="Test cases per run."),
-    variants: str = typer.Option("all", help="'all' or e.g. image,report,image+report+metadata."),
+    variants: str = typer.Option(
+        "all", help="'all' or e.g. image,report,image+report+metadata; also rules, rules+mixture."
+    ),
     fusions: str = typer.Option("concat,balanced", help="Fusions for multimodal variants."),
     slicer_configs: str = typer.Option(
         "study", help="Slicer configs: study (n_init=1), restarts (n_init=10)."
@@ -1051,6 +1195,12 @@ def bench_scenarios_command(
     ),
     workers: int = typer.Option(1, help="Parallel worker processes."),
     peer_domino: bool = typer.Option(False, "--peer-domino", help="Also run Domino 0.1.5 as a peer row."),
+    peer_sliceline: bool = typer.Option(
+        False, "--peer-sliceline", help="Also run the sliceline package on the rule predicates."
+    ),
+    domino_env: Path | None = typer.Option(
+        None, "--domino-env", help="Script that builds the Domino env and prints its python."
+    ),
     peer_variants: str = typer.Option(
         "image,image+report+metadata", help="Variants the Domino peer runs on."
     ),
@@ -1068,7 +1218,9 @@ def bench_scenarios_command(
         n_runs=runs,
         seed=seed,
         scenario_params=params,
-        variants=_parse_variants(variants),
+        variants=_parse_variants(",".join(_embedding_tokens(variants)) or "image+report+metadata"),
+        rule_variants=_rule_tokens(variants),
+        peer_sliceline=peer_sliceline,
         fusions=tuple(f.strip() for f in fusions.split(",") if f.strip()),
         slicer_configs=tuple(c.strip() for c in slicer_configs.split(",") if c.strip()),
         slicer_seeds=slicer_seeds,
@@ -1083,6 +1235,13 @@ def bench_scenarios_command(
     for f in cfg.fusions:
         if f not in ("concat", "balanced"):
             raise InputError(f"fusion '{f}': choose concat or balanced")
+    if "rules+mixture" in cfg.rule_variants and cfg.rules_mixture_variant not in {
+        "+".join(v) for v in cfg.variants
+    }:
+        raise InputError(f"--variants: rules+mixture needs {cfg.rules_mixture_variant} as well")
+    if domino_env is not None:
+        os.environ["MEDAUDIT_DOMINO_ENV"] = str(domino_env)
+        os.environ.setdefault("MEDAUDIT_DOMINO_SCRIPT", str(domino_env.parent / "run_domino.py"))
     res = run_benchmark(cfg, out, cohort=cohort, cache_dir=cache_dir, workers=workers, n_cases=n_cases)
     typer.echo(
         f"{res['runs_kept']} kept / {res['runs_total']} runs ({res['n_cached']} cached) in {res['wall_s']:.1f}s; "
