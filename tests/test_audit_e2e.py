@@ -119,7 +119,7 @@ def test_cli_audit_end_to_end(small_table: Path, tmp_path: Path) -> None:
 
     assert _cli(small_table, out, cache, "--skip-bad") == 0
     data = read_slices_json(out / "slices.json")
-    assert data["schema_version"] == "1.0"
+    assert data["schema_version"] == "1.1"
     assert data["counts"]["cases"] == 39 and data["counts"]["skipped_rows"] == 1
     assert data["counts"]["skipped_reasons"] == {"bad probability": 1}
     assert data["config"]["n_slices"] == 3 and data["modalities"] == ["image", "report", "metadata"]

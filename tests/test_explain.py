@@ -47,16 +47,16 @@ def _corpus(n: int = 60, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarr
 def test_negated_slice_not_explained_by_positive_concept() -> None:
     reports, in_slice, reference = _corpus()
     ng = report_ngrams(reports, in_slice, reference, top_k=40)
-    assert len(ng) == 40
+    assert 0 < len(ng) <= 40  # redundant n-grams (same words, same reports) are collapsed
     over = ng[ng["direction"] == "over"]["ngram"].tolist()
-    assert "no_pleural no_effusion" in over
+    neg = next(g for g in over if "no_effusion" in g)
     # the positive concept is *under*-represented in the slice, never over
     pos = ng[ng["ngram"] == "pleural effusion"]
     assert pos.empty or (pos["direction"] == "under").all()
     assert not any(g in {"pleural effusion", "effusion", "pleural"} for g in over)
     assert ng["diff"].abs().is_monotonic_decreasing
     assert set(ng.columns) >= {"ngram", "diff", "direction", "negated", "slice_doc_frac"}
-    assert ng.loc[ng["ngram"] == "no_pleural no_effusion", "negated"].item()
+    assert ng.loc[ng["ngram"] == neg, "negated"].item()
     # a TF-IDF computed once and reused gives the same ranking
     again = report_ngrams(None, in_slice, reference, top_k=40, tfidf=ngram_tfidf(reports))
     pd.testing.assert_frame_equal(again, ng)
@@ -137,7 +137,7 @@ def test_outputs_roundtrip_and_schema_checks(tmp_path: Path) -> None:
     }
     write_slices_json(tmp_path / "s.json", payload)
     data = read_slices_json(tmp_path / "s.json")
-    assert data["schema_version"] == "1.0" and data["slices"][0]["error_rate"] is None
+    assert data["schema_version"] == "1.1" and data["slices"][0]["error_rate"] is None
     (tmp_path / "bad.json").write_text('{"schema_version": "2.0", "config": {}, "counts": {}, "slices": []}')
     with pytest.raises(InputError, match=r"schema_version 2\.0"):
         read_slices_json(tmp_path / "bad.json")

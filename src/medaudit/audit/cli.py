@@ -67,6 +67,10 @@ def parse_encoder_opts(values: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def config_family(cfg: AuditConfig) -> str:
+    return "rules" if cfg.slicer == "rules" else "mixture"
+
+
 def audit_command(
     table: Path = typer.Option(..., "--table", help="Case table: .csv, .tsv, .parquet or .jsonl."),
     out: Path = typer.Option(..., "--out", help="Output folder (replaced atomically)."),
@@ -97,7 +101,14 @@ def audit_command(
     ),
     fusion: str = typer.Option("concat", "--fusion", help="concat | balanced"),
     fusion_dim: int = typer.Option(64, "--fusion-dim", help="Per-modality dimension for balanced fusion."),
-    slicer: str = typer.Option("mixture", "--slicer", help="mixture | kmeans"),
+    slicer: str = typer.Option(
+        "mixture",
+        "--slicer",
+        help="mixture (embedding slices) | rules (readable rule slices) | both (one ranked list) | kmeans.",
+    ),
+    concepts: Path | None = typer.Option(
+        None, "--concepts", help="Concept lexicon (YAML, docs/concepts.md; default: built-in)."
+    ),
     n_slices: int = typer.Option(5, "--n-slices", min=1),
     n_components: int = typer.Option(20, "--n-components", min=1, help="Mixture components."),
     y_weight: float = typer.Option(10.0, "--y-weight", help="Label log-likelihood weight."),
@@ -152,6 +163,7 @@ def audit_command(
         fusion=fusion,
         fusion_dim=fusion_dim,
         slicer=slicer,
+        concepts=concepts,
         n_slices=n_slices,
         n_components=n_components,
         y_weight=y_weight,
@@ -172,10 +184,13 @@ def audit_command(
         f"audited {c['cases']} cases ({c['skipped_rows']} rows skipped), error rate {c['error_rate']:.3f}; "
         f"{len(result.slices)} slices written to {result.out_dir}"
     )
+    for w in result.payload.get("warnings", []):
+        typer.echo(f"warning: {w}", err=True)
     for s in result.slices:
         er = "-" if s["error_rate"] is None else f"{s['error_rate']:.3f}"
         top = s["explanation"]["ngrams"][0]["ngram"] if s["explanation"]["ngrams"] else ""
+        head = s["explanation"].get("headline", "")
         typer.echo(
-            f"  slice {s['rank']}: {s['size']} members, error rate {er}"
-            + (f", top n-gram '{top}'" if top else "")
+            f"  slice {s['rank']} ({s.get('family', config_family(cfg))}): {s['size']} members, error rate {er}"
+            + (f"; {head}" if head else (f", top n-gram '{top}'" if top else ""))
         )

@@ -24,8 +24,12 @@ __all__ = [
     "exemplars",
     "metadata_enrichment",
     "negate_text",
+    "negated_phrases",
+    "negation_flags",
     "ngram_tfidf",
+    "phrase_ngrams",
     "report_ngrams",
+    "sentence_tokens",
 ]
 
 NEGATION_PREFIX = "no_"
@@ -140,7 +144,12 @@ def _match(tokens: Sequence[str], i: int, index: dict[str, tuple[tuple[str, ...]
     return 0
 
 
-def _negate_sentence(tokens: list[str]) -> list[str]:
+def negation_flags(tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """NegEx scope of one sentence's tokens: (negated, trigger) boolean arrays, one entry per token.
+
+    See :func:`negate_text` for the triggers and the scope rules (a scope ends at the sentence, at
+    "but" / "however" / "although" ..., and after six content words).
+    """
     n = len(tokens)
     negated = np.zeros(n, dtype=bool)
     trigger = np.zeros(n, dtype=bool)
@@ -181,6 +190,11 @@ def _negate_sentence(tokens: list[str]) -> list[str]:
             i += m
         else:
             i += 1
+    return negated, trigger
+
+
+def _negate_sentence(tokens: list[str]) -> list[str]:
+    negated, trigger = negation_flags(tokens)
     out: list[str] = []
     for tok, neg, trig in zip(tokens, negated, trigger, strict=True):
         if trig:
@@ -190,6 +204,52 @@ def _negate_sentence(tokens: list[str]) -> list[str]:
         if tok in STOP_WORDS:
             continue
         out.append(NEGATION_PREFIX + tok if neg else tok)
+    return out
+
+
+#: De-identification placeholders (Open-i ``XXXX``, MIMIC ``___``, ``[** ... **]``): never features.
+_PLACEHOLDER = re.compile(r"\b[xX]{2,}\b|_{2,}|\[\*\*.*?\*\*\]")
+_PLACEHOLDER_TOKEN = re.compile(r"^(?:no_)?x{2,}$")
+
+
+def sentence_tokens(text: str) -> list[list[str]]:
+    """Lower-case word tokens of each sentence of ``text``; placeholders become the token ``xxxx``."""
+    out: list[list[str]] = []
+    for sentence in _SENTENCE_SPLIT.split(_PLACEHOLDER.sub(" xxxx ", str(text)).lower()):
+        toks = _TOKEN.findall(re.sub(r"n't\b", " not", sentence))
+        if toks:
+            out.append(toks)
+    return out
+
+
+def negated_phrases(text: str) -> list[list[str]]:
+    """Negation-marked content words of ``text`` (see :func:`negate_text`), as phrases.
+
+    A phrase never crosses a sentence end (``.;:!?`` or a line break) nor a de-identification
+    placeholder, which is dropped: n-grams built inside phrases never span either.
+    """
+    phrases: list[list[str]] = []
+    for toks in sentence_tokens(text):
+        cur: list[str] = []
+        for tok in _negate_sentence(toks):
+            if _PLACEHOLDER_TOKEN.match(tok):
+                if cur:
+                    phrases.append(cur)
+                cur = []
+            else:
+                cur.append(tok)
+        if cur:
+            phrases.append(cur)
+    return phrases
+
+
+def phrase_ngrams(text: str, ngram_range: tuple[int, int] = (1, 4)) -> list[str]:
+    """The n-grams of :func:`negated_phrases` (never across a sentence or a placeholder)."""
+    lo, hi = ngram_range
+    out: list[str] = []
+    for ph in negated_phrases(text):
+        for k in range(lo, hi + 1):
+            out.extend(" ".join(ph[i : i + k]) for i in range(len(ph) - k + 1))
     return out
 
 
@@ -203,12 +263,7 @@ def negate_text(text: str) -> str:
     prefix ``no_``. Example: ``"No pleural effusion or pneumothorax. Heart is enlarged."`` ->
     ``"no no_pleural no_effusion no_pneumothorax heart enlarged"``.
     """
-    words: list[str] = []
-    for sentence in _SENTENCE_SPLIT.split(str(text).lower()):
-        toks = _TOKEN.findall(re.sub(r"n't\b", " not", sentence))
-        if toks:
-            words.extend(_negate_sentence(toks))
-    return " ".join(words)
+    return " ".join(w for ph in negated_phrases(text) for w in ph)
 
 
 def report_ngrams(
@@ -271,13 +326,14 @@ def report_ngrams(
     diff = mean_s - mean_r
     # stable ranking: |diff| descending, ties by n-gram text
     a = np.abs(diff)
-    if len(a) > top_k > 0:
-        kth = np.partition(a, len(a) - top_k)[len(a) - top_k]
+    pool = 4 * top_k  # over-fetch, then collapse redundant n-grams
+    if len(a) > pool > 0:
+        kth = np.partition(a, len(a) - pool)[len(a) - pool]
         cand = np.flatnonzero(a >= kth)  # keeps every tie at the cut
     else:
         cand = np.arange(len(a))
-    order = cand[np.lexsort((vocab[cand], -a[cand]))][:top_k]
-    order = [o for o in order if diff[o] != 0.0]
+    order = cand[np.lexsort((vocab[cand], -a[cand]))]
+    order = _collapse_redundant([o for o in order if diff[o] != 0.0], vocab, xs, diff)[:top_k]
     return pd.DataFrame(
         {
             "ngram": [str(vocab[o]) for o in order],
@@ -293,23 +349,61 @@ def report_ngrams(
     )
 
 
+def _contains(big: str, small: str) -> bool:
+    return f" {small} " in f" {big} "
+
+
+def _collapse_redundant(
+    order: list[int], vocab: np.ndarray, xs: Any, diff: np.ndarray, min_jaccard: float = 0.8
+) -> list[int]:
+    """Drop an n-gram when a better-ranked one contains it (or it contains that one), both point the
+    same way, and they occur in nearly the same slice reports (Jaccard >= ``min_jaccard``): "chest
+    tube" and "tube" in the same members are one feature."""
+    kept: list[int] = []
+    docs: dict[int, np.ndarray] = {}
+
+    def _docs(j: int) -> np.ndarray:
+        if j not in docs:
+            docs[j] = np.asarray(xs[:, j].todense() if hasattr(xs, "todense") else xs[:, j]).ravel() > 0
+        return docs[j]
+
+    for o in order:
+        redundant = False
+        for k in kept:
+            if np.sign(diff[k]) != np.sign(diff[o]):
+                continue
+            if not (_contains(str(vocab[k]), str(vocab[o])) or _contains(str(vocab[o]), str(vocab[k]))):
+                continue
+            a, b = _docs(k), _docs(o)
+            union = int((a | b).sum())
+            if union == 0 or (a & b).sum() / union >= min_jaccard:
+                redundant = True
+                break
+        if not redundant:
+            kept.append(o)
+    return kept
+
+
 def ngram_tfidf(
     reports: Sequence[str], ngram_range: tuple[int, int] = (1, 4), min_df: int = 2
 ) -> tuple[Any, np.ndarray]:
-    """TF-IDF matrix (sparse, n x V) and vocabulary of the negation-marked reports (:func:`negate_text`).
+    """TF-IDF matrix (sparse, n x V) and vocabulary of the negation-marked reports' n-grams.
+
+    N-grams come from :func:`phrase_ngrams`: they never cross a sentence, and de-identification
+    placeholders (``XXXX``, ``___``) are never features.
 
     ``min_df`` is lowered to 1 when no n-gram occurs in ``min_df`` reports. An empty corpus gives an
     ``(n, 0)`` matrix.
     """
+    from functools import partial
+
     from scipy import sparse
 
-    docs = [negate_text(r if isinstance(r, str) else "") for r in reports]
+    docs = [r if isinstance(r, str) else "" for r in reports]
     for mdf in sorted({max(1, min(min_df, len(docs))), 1}, reverse=True):
         vec = TfidfVectorizer(
-            tokenizer=str.split,
-            token_pattern=None,
+            analyzer=partial(phrase_ngrams, ngram_range=ngram_range),
             lowercase=False,
-            ngram_range=ngram_range,
             min_df=mdf,
             dtype=np.float64,
         )

@@ -1,9 +1,12 @@
 """Audit outputs, versioned: ``slices.json`` and ``membership.parquet`` (schema in docs/audit.md).
 
-``slices.json`` (``schema_version`` "1.0")::
+``slices.json`` (``schema_version`` "1.1"; 1.1 adds, and 1.0 readers can ignore: ``warnings``,
+``concepts``, ``rule_search``, ``ranking``, and per slice ``family`` (mixture / rules), ``evidence``
+(excess errors, one-sided binomial p), ``linked`` (merged overlapping slices), ``rule_qvalue`` (rule
+slices) and ``explanation.headline`` / ``explanation.rule`` / ``explanation.concepts``)::
 
     {
-      "schema_version": "1.0",
+      "schema_version": "1.1",
       "medaudit_version": "0.1.0",
       "created": "2026-11-28T14:00:00+00:00",
       "config": {...},                       # the AuditConfig, JSON-serialised
@@ -46,7 +49,7 @@ __all__ = [
     "write_slices_json",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SLICES_FILE = "slices.json"
 MEMBERSHIP_FILE = "membership.parquet"
 REPORT_FILE = "report.html"

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from medaudit import __version__
-from medaudit.audit import explain
+from medaudit.audit import explain, rule_audit
+from medaudit.audit.concepts import load_lexicon
 from medaudit.audit.outputs import (
     MEMBERSHIP_FILE,
     REPORT_FILE,
@@ -40,6 +41,7 @@ from medaudit.audit.outputs import (
     write_membership,
     write_slices_json,
 )
+from medaudit.audit.rule_audit import report_concepts
 from medaudit.audit.table import MODALITIES, CaseTable, ColumnMap, load_case_table, load_embeddings
 from medaudit.errors import InputError
 from medaudit.io import atomic_output_dir, default_cache_dir
@@ -77,7 +79,13 @@ class AuditConfig:
         encoders: encoder name per modality (defaults: efficientnet-lite0, tfidf-svd, tabular).
         encoder_kwargs: extra keyword arguments per modality for ``get_encoder``.
         fusion / fusion_weights / fusion_dim: passed to :func:`medaudit.audit.fusion.fuse`.
-        slicer: ``mixture`` (Domino-style error-aware Gaussian mixture) or ``kmeans``.
+        slicer: ``mixture`` (Domino-style error-aware Gaussian mixture), ``kmeans``, ``rules``
+            (conjunctions of readable predicates, :mod:`medaudit.audit.slicers.rules`; no embeddings
+            needed) or ``both`` (mixture and rules in one ranked list, :mod:`medaudit.audit.rule_audit`).
+        concepts: a YAML concept lexicon (default: the built-in one, docs/concepts.md).
+        rule_max_level / rule_min_support: rule length (1–3) and smallest rule slice.
+        rule_ngrams: open-vocabulary n-gram predicates offered to the rule search (0: none).
+        merge_jaccard: member Jaccard at which two slices of the ranked list are merged.
         n_slices / n_components / y_weight / y_hat_weight / pca: slicer settings (study: 5 slices,
             20 mixture components, label and prediction weights 10, PCA to 128 dimensions).
         rank_by: how the mixture's components are ranked into slices (see
@@ -106,6 +114,11 @@ class AuditConfig:
     fusion_weights: dict[str, float] | None = None
     fusion_dim: int = 64
     slicer: str = "mixture"
+    concepts: str | os.PathLike[str] | None = None
+    rule_max_level: int = 3
+    rule_min_support: int = 10
+    rule_ngrams: int = 100
+    merge_jaccard: float = 0.5
     n_slices: int = 5
     n_components: int = 20
     y_weight: float = 10.0
@@ -352,6 +365,146 @@ def _slice_summary(
     }
 
 
+_RANKING_NOTE = {
+    "mixture": "the mixture slicer's rank_by rule",
+    "kmeans": "the k-means slicer's order",
+    "rules": "rule search order: each rule is the most significant on the cases not covered by "
+    "the rules above it (exact one-sided binomial test, Benjamini-Hochberg over every rule tried)",
+    "both": "one list of mixture and rule slices ranked by the one-sided binomial p-value of their "
+    "members' errors against the overall error rate (evidence.p_value; size-aware: purity and size "
+    "both count); slices with member Jaccard >= merge_jaccard merged into the better one (linked)",
+}
+
+
+def _drop_reports(modalities: tuple[str, ...], audit_warnings: list[str]) -> tuple[str, ...]:
+    """Every report is empty: warn and go on with the other modalities."""
+    rest = tuple(m for m in modalities if m != "report")
+    if not rest:
+        raise InputError("every report is empty and no other modality is selected (see --modalities)")
+    audit_warnings.append(f"every report is empty: the report modality is dropped; using {', '.join(rest)}")
+    return rest
+
+
+def _fit_mixture(
+    slicer: Any,
+    embs: dict[str, np.ndarray],
+    config: AuditConfig,
+    targets: np.ndarray,
+    probs: np.ndarray,
+    progress: Any,
+) -> tuple[np.ndarray | None, np.ndarray, Any, Any]:
+    """Fuse the embeddings and fit the embedding slicer: (fused, scores, slice errors, slice scores)."""
+    if slicer is None:
+        return None, np.zeros((len(targets), 0)), None, None
+    task = progress.add_task("fuse + fit slicer", total=2)
+    from medaudit.audit.fusion import fuse
+
+    fused = fuse(
+        embs,
+        method=config.fusion,
+        weights=config.fusion_weights,
+        dim=config.fusion_dim,
+        random_state=config.seed,
+    )
+    fused = np.asarray(fused, dtype=np.float32)
+    progress.update(task, advance=1)
+    slicer.fit(fused, targets, probs)
+    scores = np.asarray(slicer.predict_proba(fused, targets, probs), dtype=np.float64)
+    progress.update(task, advance=1)
+    return fused, scores, getattr(slicer, "slice_error_", None), getattr(slicer, "slice_score_", None)
+
+
+def _fit_rules(predicates: pd.DataFrame, config: AuditConfig, targets: np.ndarray, probs: np.ndarray) -> Any:
+    from medaudit.audit.slicers.rules import RuleSlicer
+
+    params = {k: v for k, v in config.slicer_kwargs.items() if k in RuleSlicer().get_params()}
+    rs = RuleSlicer(
+        n_slices=config.n_slices,
+        max_level=config.rule_max_level,
+        min_support=config.rule_min_support,
+        **params,
+    )
+    return rs.fit(predicates, targets, probs)
+
+
+def _add_rule_explanation(
+    summary: dict[str, Any],
+    s: np.ndarray,
+    config: AuditConfig,
+    predicates: pd.DataFrame | None,
+    concepts: pd.DataFrame | None,
+    rule: list[str] | None,
+    family: str,
+) -> None:
+    """Lead the slice's explanation with its rule (or best-matching rule) and top concepts."""
+    mask = s > config.membership_threshold
+    if not mask.any():
+        mask = np.zeros(len(s), dtype=bool)
+        mask[explain.exemplars(s, k=config.n_exemplars)] = True
+    desc = rule_audit.describe_slice(predicates, concepts, mask, rule, family)
+    summary["family"] = family
+    summary["explanation"] = {**desc, **summary["explanation"]}
+
+
+def _rank_slices(
+    slices: list[dict[str, Any]], scores: np.ndarray, table: CaseTable, config: AuditConfig, family: str
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Attach each slice's evidence; for ``both``, rank all slices on it and merge overlapping ones."""
+    errors = table.errors
+    masks = [scores[:, j] > config.membership_threshold for j in range(scores.shape[1])]
+    for sl, m in zip(slices, masks, strict=True):
+        sl["evidence"] = rule_audit.slice_evidence(m, errors)
+    order = list(range(len(slices)))
+    linked: dict[int, list[tuple[int, float]]] = {i: [] for i in order}
+    if family == "both":
+        logp = [sl["evidence"]["log10_p"] for sl in slices]
+        order, linked = rule_audit.merge_ranked(masks, logp, config.merge_jaccard)
+        order = order[: config.n_slices]
+    out = []
+    for rank, j in enumerate(order, start=1):
+        sl = slices[j]
+        sl["linked"] = [
+            {
+                "family": slices[i]["family"],
+                "jaccard": jac,
+                "size": slices[i]["size"],
+                "error_rate": slices[i]["error_rate"],
+                "headline": slices[i]["explanation"].get("headline", ""),
+            }
+            for i, jac in linked.get(j, [])
+        ]
+        sl["rank"], sl["name"] = rank, f"slice_{rank}"
+        out.append(sl)
+    return out, scores[:, order] if order else scores[:, :0]
+
+
+def _concept_summary(concepts: pd.DataFrame | None, lexicon: Any) -> dict[str, Any] | None:
+    if concepts is None:
+        return None
+    from medaudit.audit.concepts import default_lexicon
+
+    lex = lexicon or default_lexicon()
+    return {
+        "lexicon": lex.name or "custom",
+        "language": lex.language,
+        "codes": {"1": "mentioned", "-1": "denied", "2": "uncertain", "0": "not mentioned"},
+        "mentioned": {c: int((concepts[c] == 1).sum()) for c in concepts.columns},
+    }
+
+
+def _rule_search_summary(rs: Any, predicates: pd.DataFrame | None) -> dict[str, Any] | None:
+    if rs is None or predicates is None:
+        return None
+    return {
+        "n_predicates": int(predicates.shape[1]),
+        "n_rules_tested": int(rs.n_rules_tested_),
+        "min_support": int(rs.min_support_),
+        "max_level": int(rs.max_level),
+        "alpha": float(rs.alpha),
+        "levels": rs.search_stats_,
+    }
+
+
 def run_audit(
     table: CaseTable | pd.DataFrame | str | os.PathLike[str],
     config: AuditConfig | None = None,
@@ -376,11 +529,17 @@ def run_audit(
     config = config or AuditConfig()
     modalities = config.resolved_modalities()
     seed_everything(config.seed)
-    min_cases = max(config.n_components if config.slicer in ("mixture", "domino") else 0, config.n_slices, 2)
+    family = str(config.slicer).lower()
+    if family == "rules":
+        modalities = ()
+    lexicon = load_lexicon(config.concepts) if config.concepts else None  # fail fast on a bad file
+    min_cases = max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
+    raw_input = table
+    audit_warnings: list[str] = []
     with make_progress() as progress:
         if not isinstance(table, CaseTable):
             task = progress.add_task("read case table", total=1)
-            require = tuple(m for m in modalities if m not in config.embeddings)
+            require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
             table = load_case_table(
                 table,
                 config.columns,
@@ -390,43 +549,75 @@ def run_audit(
                 threshold=config.threshold,
                 min_cases=min_cases,
             )
+            if "report" in modalities and "report" not in config.embeddings and not table.has_report:
+                if any(isinstance(r, str) and r.strip() for r in table.df["report"]):
+                    table = load_case_table(  # some reports empty: the strict check names the rows
+                        raw_input,
+                        config.columns,
+                        config.meta,
+                        skip_bad=config.skip_bad,
+                        require=(*require, "report"),
+                        threshold=config.threshold,
+                        min_cases=min_cases,
+                    )
+                else:
+                    modalities = _drop_reports(modalities, audit_warnings)
+                    rule_audit.warn(audit_warnings[-1])
             progress.update(task, completed=1)
         elif "metadata" in modalities and table.meta.shape[1] == 0:
             raise InputError("the metadata modality needs at least one metadata column (--meta)")
         n = len(table)
-        slicer = _make_slicer(config, n)
+        concepts, msg = report_concepts(table.df["report"].tolist(), lexicon)
+        if msg:
+            audit_warnings.append(msg)
+            rule_audit.warn(msg)
+        slicer = _make_slicer(dataclasses.replace(config, slicer="mixture"), n) if family == "both" else None
+        slicer = slicer or (_make_slicer(config, n) if family != "rules" else None)
 
-        embs = _encode(table, config, modalities, progress)
-        task = progress.add_task("fuse + fit slicer", total=2)
-        from medaudit.audit.fusion import fuse
-
-        fused = fuse(
-            embs,
-            method=config.fusion,
-            weights=config.fusion_weights,
-            dim=config.fusion_dim,
-            random_state=config.seed,
-        )
-        fused = np.asarray(fused, dtype=np.float32)
-        progress.update(task, advance=1)
+        embs = _encode(table, config, modalities, progress) if slicer is not None else {}
         targets = table.df["label"].to_numpy().astype(np.int64)
         probs = table.df["prob"].to_numpy().astype(np.float64)
-        slicer.fit(fused, targets, probs)
-        scores = np.asarray(slicer.predict_proba(fused, targets, probs), dtype=np.float64)
-        progress.update(task, advance=1)
-        slicer_err = getattr(slicer, "slice_error_", None)
-        slicer_score = getattr(slicer, "slice_score_", None)
+        fused, scores, slicer_err, slicer_score = _fit_mixture(slicer, embs, config, targets, probs, progress)
+        families = ["mixture"] * scores.shape[1]
+        predicates, rule_slicer = None, None
+        if family in ("rules", "both") or concepts is not None:
+            predicates = rule_audit.audit_predicates(
+                concepts, table.meta, targets, table.df["report"].tolist(), max_ngrams=config.rule_ngrams
+            )
+        if family in ("rules", "both"):
+            task = progress.add_task("rule search", total=1)
+            rule_slicer = _fit_rules(predicates, config, targets, probs)
+            rule_scores = rule_slicer.predict_proba(predicates, targets, probs)
+            scores = np.concatenate([scores, rule_scores], axis=1)
+            families += ["rules"] * rule_scores.shape[1]
+            progress.update(task, completed=1)
 
         k = scores.shape[1]
         task = progress.add_task("explain slices", total=k)
         reports = [r if isinstance(r, str) else "" for r in table.df["report"].tolist()]
         tfidf = explain.ngram_tfidf(reports) if any(r.strip() for r in reports) else None
         slices = []
+        n_mix = families.count("mixture")
         for j in range(k):
-            se = float(slicer_err[j]) if slicer_err is not None and j < len(slicer_err) else None
-            ss = float(slicer_score[j]) if slicer_score is not None and j < len(slicer_score) else None
-            slices.append(_slice_summary(j, scores, table, config, se, tfidf, ss))
+            se = float(slicer_err[j]) if slicer_err is not None and j < min(len(slicer_err), n_mix) else None
+            ss = (
+                float(slicer_score[j])
+                if slicer_score is not None and j < min(len(slicer_score), n_mix)
+                else None
+            )
+            if families[j] == "rules":
+                se, ss = (
+                    float(rule_slicer.slice_error_[j - n_mix]),
+                    float(rule_slicer.slice_score_[j - n_mix]),
+                )
+            summary = _slice_summary(j, scores, table, config, se, tfidf, ss)
+            rule = rule_slicer.rules_[j - n_mix] if families[j] == "rules" else None
+            _add_rule_explanation(summary, scores[:, j], config, predicates, concepts, rule, families[j])
+            if families[j] == "rules":
+                summary["rule_qvalue"] = float(rule_slicer.slice_qvalue_[j - n_mix])
+            slices.append(summary)
             progress.update(task, advance=1)
+        slices, scores = _rank_slices(slices, scores, table, config, family)
 
         errors = table.errors
         counts = {
@@ -446,8 +637,12 @@ def run_audit(
             "config": config.to_dict(),
             "modalities": list(modalities),
             "embedding_dims": {m: int(e.shape[1]) for m, e in embs.items()},
-            "fused_dim": int(fused.shape[1]),
+            "fused_dim": int(fused.shape[1]) if fused is not None else 0,
             "counts": counts,
+            "warnings": audit_warnings,
+            "concepts": _concept_summary(concepts, lexicon),
+            "rule_search": _rule_search_summary(rule_slicer, predicates),
+            "ranking": _RANKING_NOTE[family if family in _RANKING_NOTE else "mixture"],
             "membership_rule": f"a case is a member of a slice when its membership score is > {config.membership_threshold}",
             "slices": slices,
         }

@@ -1,7 +1,9 @@
 """Slice discovery: find groups of cases where a classifier fails.
 
 ``get_slicer(name, **params)`` builds a registered slicer: ``"mixture"`` (alias ``"domino"``), the
-error-aware Gaussian mixture of Domino, and ``"kmeans"``, a k-means baseline on the error cases.
+error-aware Gaussian mixture of Domino, ``"kmeans"``, a k-means baseline on the error cases, and
+``"rules"``, conjunctions of readable predicates (:class:`RuleSlicer`; it takes a boolean predicate
+matrix in place of embeddings).
 Register your own with :func:`register_slicer`.
 """
 
@@ -15,12 +17,14 @@ from medaudit.errors import InputError
 from .base import BaseSlicer, check_slicer_inputs
 from .kmeans import KMeansErrorSlicer
 from .mixture import ErrorAwareMixtureSlicer
+from .rules import RuleSlicer
 
 __all__ = [
     "SLICERS",
     "BaseSlicer",
     "ErrorAwareMixtureSlicer",
     "KMeansErrorSlicer",
+    "RuleSlicer",
     "check_slicer_inputs",
     "get_slicer",
     "register_slicer",
@@ -30,6 +34,7 @@ SLICERS: dict[str, type[BaseSlicer]] = {
     "mixture": ErrorAwareMixtureSlicer,
     "domino": ErrorAwareMixtureSlicer,
     "kmeans": KMeansErrorSlicer,
+    "rules": RuleSlicer,
 }
 
 

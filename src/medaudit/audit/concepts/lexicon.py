@@ -1,0 +1,174 @@
+"""Concept lexicons: named concepts with grouped synonyms, loadable from YAML and validated.
+
+YAML format (see ``default_lexicon.yaml`` and docs/concepts.md)::
+
+    name: my-lexicon          # optional
+    language: en              # optional; the built-in lexicon covers English reports
+    concepts:
+      - name: chest tube      # unique, required
+        synonyms: [chest tube*, thoracostomy tube]   # non-empty, required
+        group: device         # optional, free text
+        includes: [tube]      # optional: other concepts whose mentions count for this one
+        negatable: true       # optional (false for phrases that carry their own negation)
+
+A synonym is a phrase of lower-case words matched within one sentence; ``foo*`` matches any word
+starting with ``foo`` and ``~`` stands for up to two arbitrary words.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medaudit.errors import InputError
+
+__all__ = ["Concept", "Lexicon", "default_lexicon", "load_lexicon", "parse_lexicon"]
+
+_TOP_KEYS = frozenset({"name", "language", "concepts", "description"})
+_CONCEPT_KEYS = frozenset({"name", "synonyms", "group", "includes", "negatable", "description"})
+_WORD = re.compile(r"[a-z0-9]+\*?|~")
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One concept: ``name`` (used in rule text), its ``synonyms``, ``group``, ``includes``."""
+
+    name: str
+    synonyms: tuple[str, ...]
+    group: str = ""
+    includes: tuple[str, ...] = ()
+    negatable: bool = True
+
+    def pattern(self) -> str:
+        """A regular expression over space-joined lower-case tokens matching any synonym."""
+        alts = []
+        for syn in sorted(self.synonyms, key=len, reverse=True):
+            parts = []
+            for w in _WORD.findall(syn.lower()):
+                if w == "~":
+                    parts.append(r"(?:[a-z0-9]+ ){0,2}")
+                else:
+                    core = re.escape(w.rstrip("*")) + (r"[a-z0-9]*" if w.endswith("*") else "")
+                    parts.append(core + " ")
+            if parts:
+                alts.append("".join(parts))
+        return r"(?<![a-z0-9])(?:" + "|".join(alts) + ")" if alts else r"(?!x)x"
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """An ordered set of concepts (order = column order of :func:`extract_concepts`)."""
+
+    concepts: tuple[Concept, ...]
+    name: str = ""
+    language: str = "en"
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.concepts]
+
+    def __len__(self) -> int:
+        return len(self.concepts)
+
+
+def _str_list(value: Any, where: str, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise InputError(f"{where}: key '{key}' must be a list of strings")
+    out = tuple(str(v).strip() for v in value if str(v).strip())
+    return out
+
+
+def _parse_concept(item: Any, where: str, i: int) -> Concept:
+    if not isinstance(item, dict):
+        raise InputError(f"{where}: concepts[{i}] must be a mapping with 'name' and 'synonyms'")
+    name = str(item.get("name", "")).strip()
+    at = f"{where}: concept '{name}'" if name else f"{where}: concepts[{i}]"
+    unknown = sorted(set(map(str, item)) - _CONCEPT_KEYS)
+    if unknown:
+        raise InputError(f"{at}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(_CONCEPT_KEYS))})")
+    if not name:
+        raise InputError(f"{where}: concepts[{i}]: key 'name' is missing or empty")
+    synonyms = _str_list(item.get("synonyms", []), at, "synonyms")
+    includes = _str_list(item.get("includes", []), at, "includes")
+    if not synonyms or not any(_WORD.findall(s.lower()) for s in synonyms):
+        raise InputError(f"{at}: key 'synonyms' is missing or empty")
+    neg = item.get("negatable", True)
+    if not isinstance(neg, bool):
+        raise InputError(f"{at}: key 'negatable' must be true or false")
+    return Concept(name, synonyms, str(item.get("group", "") or ""), includes, neg)
+
+
+def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
+    """Validate a lexicon given as parsed YAML (``where`` names its source in error messages)."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping with a 'concepts' list")
+    unknown = sorted(set(map(str, data)) - _TOP_KEYS)
+    if unknown:
+        raise InputError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    items = data.get("concepts")
+    if not isinstance(items, list) or not items:
+        raise InputError(f"{where}: key 'concepts' is missing or empty")
+    concepts = [_parse_concept(it, where, i) for i, it in enumerate(items)]
+    seen: set[str] = set()
+    for c in concepts:
+        if c.name.lower() in seen:
+            raise InputError(f"{where}: duplicate concept name '{c.name}'")
+        seen.add(c.name.lower())
+    for c in concepts:
+        for inc in c.includes:
+            if inc.lower() not in seen:
+                raise InputError(f"{where}: concept '{c.name}': key 'includes' names unknown concept '{inc}'")
+    return Lexicon(tuple(concepts), str(data.get("name", "") or ""), str(data.get("language", "en") or "en"))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that rejects duplicate mapping keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    keys: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in keys:
+            raise InputError(f"{loader.name}: duplicate key '{key}' (line {key_node.start_mark.line + 1})")
+        keys.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_lexicon(path: str | Path) -> Lexicon:
+    """Read and validate a YAML lexicon file; :class:`InputError` naming the file and the key."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InputError(f"{p}: file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: not a readable text file ({exc})") from exc
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(p)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise InputError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    return parse_lexicon(data, str(p))
+
+
+@lru_cache(maxsize=1)
+def default_lexicon() -> Lexicon:
+    """The built-in English chest X-ray lexicon (``default_lexicon.yaml``)."""
+    text = resources.files("medaudit.audit.concepts").joinpath("default_lexicon.yaml").read_text("utf-8")
+    return parse_lexicon(yaml.safe_load(text), "default_lexicon.yaml")

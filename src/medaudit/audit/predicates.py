@@ -1,0 +1,140 @@
+"""Readable boolean predicates over cases, the building blocks of rule slices.
+
+:func:`build_predicates` turns concept codes, metadata and labels into one boolean column per
+predicate, named so that a conjunction reads as a sentence:
+
+* concepts: ``report mentions support device`` (code 1), ``report denies pleural effusion`` (-1),
+  ``report is uncertain about pneumonia`` (2);
+* categorical metadata (and numeric columns with few distinct values): ``view = AP``, one per value
+  (the ``max_levels`` most frequent), plus ``sex is missing`` when values are missing;
+* numeric metadata: one-sided thresholds at the quantiles, ``age < 45`` and ``age >= 70``, so that a
+  conjunction of two expresses a range;
+* labels: ``label = 0`` and ``label = 1``.
+
+Constant columns (all true or all false) are dropped; they cannot define a slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["build_predicates", "concept_predicates", "metadata_predicates"]
+
+_CONCEPT_STATES = ((1, "report mentions {}"), (-1, "report denies {}"), (2, "report is uncertain about {}"))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1e6 else f"{x:.4g}"
+
+
+def concept_predicates(concepts: pd.DataFrame, states: Sequence[int] = (1, -1, 2)) -> dict[str, np.ndarray]:
+    """Predicates ``report mentions|denies|is uncertain about <concept>`` from concept codes."""
+    out: dict[str, np.ndarray] = {}
+    for col in concepts.columns:
+        v = concepts[col].to_numpy()
+        for code, template in _CONCEPT_STATES:
+            if code in states:
+                out[template.format(col)] = v == code
+    return out
+
+
+def _numeric_predicates(name: str, v: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    finite = np.isfinite(v)
+    if not finite.any():
+        return out
+    qs = np.quantile(v[finite], np.linspace(0, 1, n_bins + 1)[1:-1], method="higher")
+    lo = np.nanmin(v[finite])
+    for q in np.unique([float(_fmt(q)) for q in qs]):  # the name's rounded value is the threshold
+        if q <= lo:
+            continue
+        # a threshold at a tied quantile: ">= q" keeps the tie on the upper side
+        out[f"{name} < {_fmt(q)}"] = finite & (v < q)
+        out[f"{name} >= {_fmt(q)}"] = finite & (v >= q)
+    if not finite.all():
+        out[f"{name} is missing"] = ~finite
+    return out
+
+
+def metadata_predicates(
+    metadata: pd.DataFrame, n_bins: int = 4, max_levels: int = 20, numeric_min_unique: int = 6
+) -> dict[str, np.ndarray]:
+    """Predicates from metadata: ``col = value`` for categorical columns, quantile thresholds for
+    numeric ones (``n_bins`` quantile bins give ``n_bins - 1`` cut points, each as ``<`` and ``>=``)."""
+    out: dict[str, np.ndarray] = {}
+    for col in metadata.columns:
+        s = metadata[col]
+        numeric = (
+            pd.api.types.is_numeric_dtype(s)
+            and not pd.api.types.is_bool_dtype(s)
+            and s.nunique(dropna=True) >= numeric_min_unique
+        )
+        if numeric:
+            out.update(
+                _numeric_predicates(str(col), pd.to_numeric(s, errors="coerce").to_numpy(float), n_bins)
+            )
+            continue
+        missing = s.isna().to_numpy()
+        levels = s[~missing].map(str)
+        counts = levels.value_counts()
+        top = sorted(counts.index[:max_levels], key=lambda lv: (-counts[lv], lv))
+        lv_arr = s.map(lambda x: None if pd.isna(x) else str(x)).to_numpy(dtype=object)
+        for lv in top:
+            out[f"{col} = {lv}"] = lv_arr == lv
+        if missing.any():
+            out[f"{col} is missing"] = missing
+    return out
+
+
+def build_predicates(
+    concepts: pd.DataFrame | None = None,
+    metadata: pd.DataFrame | None = None,
+    label: np.ndarray | Sequence[int] | None = None,
+    *,
+    extra: pd.DataFrame | None = None,
+    n_bins: int = 4,
+    max_levels: int = 20,
+    concept_states: Sequence[int] = (1, -1, 2),
+) -> pd.DataFrame:
+    """One boolean column per readable predicate (see the module docstring for the names).
+
+    Args:
+        concepts: concept codes from :func:`medaudit.audit.concepts.extract_concepts`.
+        metadata: metadata columns (categorical values, numeric quantile thresholds).
+        label: binary ground-truth labels, giving ``label = 0`` / ``label = 1``.
+        extra: further boolean columns appended as they are (e.g. open-vocabulary n-grams from
+            :func:`medaudit.audit.concepts.ngram_features`).
+        n_bins: quantile bins per numeric column.
+        max_levels: most frequent values kept per categorical column.
+        concept_states: which concept codes become predicates (1 mentions, -1 denies, 2 uncertain).
+
+    Returns:
+        (n, p) boolean DataFrame with a RangeIndex; constant columns are dropped.
+    """
+    cols: dict[str, np.ndarray] = {}
+    n = None
+    for part in (concepts, metadata, extra):
+        if part is not None:
+            n = len(part) if n is None else n
+            if len(part) != n:
+                raise ValueError("concepts, metadata, extra and label must have the same number of rows")
+    if concepts is not None:
+        cols.update(concept_predicates(concepts, concept_states))
+    if metadata is not None:
+        cols.update(metadata_predicates(metadata, n_bins=n_bins, max_levels=max_levels))
+    if label is not None:
+        y = np.asarray(label).astype(int).ravel()
+        if n is not None and len(y) != n:
+            raise ValueError("label must have one entry per row")
+        for v in np.unique(y):
+            cols[f"label = {int(v)}"] = y == v
+    if extra is not None:
+        for c in extra.columns:
+            cols.setdefault(str(c), np.asarray(extra[c].to_numpy(dtype=bool)))
+    keep = {k: np.asarray(v, dtype=bool) for k, v in cols.items() if 0 < np.count_nonzero(v) < len(v)}
+    if not keep:
+        return pd.DataFrame(index=pd.RangeIndex(n or (0 if label is None else len(label))))
+    return pd.DataFrame(keep)

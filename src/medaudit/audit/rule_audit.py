@@ -1,0 +1,193 @@
+"""Concepts and rule slices inside the audit: predicates, the rule slicer, slice descriptions and
+the single ranked list of embedding (mixture) and rule slices.
+
+* :func:`report_concepts`: concept codes of the table's reports, or ``None`` with a warning when every
+  report is empty or the lexicon matches (almost) none of them (another language).
+* :func:`audit_predicates`: readable predicates from concepts, metadata, labels and open-vocabulary
+  n-grams.
+* :func:`describe_slice`: the slice's best-matching rule (coverage, precision) and its concept
+  enrichment (odds ratio, Benjamini–Hochberg q), plus a one-line headline.
+* :func:`merge_ranked`: one list ranked by the evidence of excess errors, overlapping slices merged.
+
+Ranking across families. Every slice, whatever found it, is scored on its members with the same
+exact one-sided binomial test of its error count against the overall error rate
+(:func:`medaudit.audit.slicers.rules.rule_log_pvalues`); the list is sorted by that p-value. The test
+needs both purity and size: a 20-case slice with 15 errors at a 10% base rate (p ~ 1e-10) ranks above
+a 300-case slice at 16% (p ~ 1e-3), and a large slice with many excess errors still ranks first.
+
+Merging. Two slices whose member Jaccard index is >= ``MERGE_JACCARD`` (0.5) are one finding: at
+0.5 the shared cases outnumber the cases only one of them holds (two 100-case slices share >= 67
+cases), so each is mostly the other; below it most cases differ. The better-ranked slice is kept and
+lists the other under ``linked``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medaudit.audit import explain
+from medaudit.audit.concepts import Lexicon, default_lexicon, extract_concepts, ngram_features
+from medaudit.audit.predicates import build_predicates
+from medaudit.audit.slicers.rules import best_rule, rule_log_pvalues
+
+__all__ = [
+    "MERGE_JACCARD",
+    "audit_predicates",
+    "concept_enrichment",
+    "describe_slice",
+    "merge_ranked",
+    "report_concepts",
+]
+
+MERGE_JACCARD = 0.5
+#: Below this share of non-empty reports with any lexicon match, the reports are taken to be in a
+#: language (or style) the lexicon does not cover.
+MIN_COVERAGE = 0.05
+_STATE = {1: "mentioned", -1: "denied", 2: "uncertain", 0: "not mentioned"}
+
+
+def report_concepts(
+    reports: Sequence[Any], lexicon: Lexicon | None = None, where: str = "reports"
+) -> tuple[pd.DataFrame | None, str | None]:
+    """Concept codes of the reports, or ``(None, warning)`` when no report text can be used."""
+    texts = [r if isinstance(r, str) else "" for r in reports]
+    n_text = sum(bool(t.strip()) for t in texts)
+    if n_text == 0:
+        return None, f"{where}: every report is empty; concepts and report rules are skipped"
+    lex = lexicon or default_lexicon()
+    codes = extract_concepts(texts, lex)
+    covered = int((codes != 0).any(axis=1).sum())
+    if covered < MIN_COVERAGE * n_text:
+        return None, (
+            f"{where}: the concept lexicon ({lex.name or 'custom'}, language '{lex.language}') matches "
+            f"only {covered} of {n_text} reports; they may be in another language. Concepts are skipped; "
+            "the audit uses the other modalities and open-vocabulary n-grams"
+        )
+    return codes, None
+
+
+def audit_predicates(
+    concepts: pd.DataFrame | None,
+    metadata: pd.DataFrame | None,
+    label: np.ndarray,
+    reports: Sequence[Any] | None = None,
+    max_ngrams: int = 100,
+) -> pd.DataFrame:
+    """Predicates for the rule slicer: concepts, metadata, label and the ``max_ngrams`` most frequent
+    open-vocabulary n-grams (1–2 words, in 2%–50% of the reports)."""
+    extra = None
+    if reports is not None and max_ngrams > 0 and any(isinstance(r, str) and r.strip() for r in reports):
+        extra = ngram_features(reports, ngram_range=(1, 2), min_df=0.02, max_df=0.5, max_features=max_ngrams)
+        extra = extra if extra.shape[1] else None
+    meta = metadata if metadata is not None and metadata.shape[1] else None
+    return build_predicates(concepts, meta, label, extra=extra)
+
+
+def concept_enrichment(concepts: pd.DataFrame, mask: np.ndarray, top: int = 10) -> list[dict[str, Any]]:
+    """Concept states over-represented in the slice: odds ratio and Benjamini–Hochberg q per
+    (concept, state), from :func:`medaudit.audit.explain.metadata_enrichment`."""
+    states = concepts.apply(lambda c: c.map(_STATE))
+    table = explain.metadata_enrichment(states, mask)
+    if table.empty:
+        return []
+    table = table[(table["direction"] == "over") & (table["value"] != "not mentioned")]
+    table = table.rename(columns={"column": "concept", "value": "state"})
+    return table.head(top).to_dict(orient="records")
+
+
+def _headline(rule: dict[str, Any] | None, concepts: list[dict[str, Any]], family: str) -> str:
+    parts = []
+    if rule is not None:
+        if family == "rules":
+            parts.append(f"rule: {rule['text']}")
+        else:
+            parts.append(
+                f"{rule['coverage']:.0%} of members match {rule['text']} "
+                f"({rule['precision']:.0%} of the cases matching it are members)"
+            )
+    if concepts:
+        top = ", ".join(
+            f"{c['concept']} {c['state']} ({c['in_slice']:.0%} vs {c['out_slice']:.0%}, "
+            f"OR {c['effect']:.3g}, q {c['q_value']:.1g})"
+            for c in concepts[:3]
+        )
+        parts.append(f"top concepts: {top}")
+    return "; ".join(parts)
+
+
+def describe_slice(
+    predicates: pd.DataFrame | None,
+    concepts: pd.DataFrame | None,
+    mask: np.ndarray,
+    rule: list[str] | None = None,
+    family: str = "mixture",
+) -> dict[str, Any]:
+    """``rule`` (the slice's own rule, or its best-matching one), ``concepts`` and ``headline``."""
+    m = np.asarray(mask, dtype=bool)
+    desc: dict[str, Any] = {"rule": None, "concepts": [], "headline": ""}
+    if rule is not None and predicates is not None:
+        cover = predicates[rule].to_numpy(bool).all(axis=1)
+        k = int((cover & m).sum())
+        desc["rule"] = {
+            "rule": list(rule),
+            "text": " ∧ ".join(rule),
+            "coverage": k / max(int(m.sum()), 1),
+            "precision": k / max(int(cover.sum()), 1),
+            "jaccard": k / max(int((cover | m).sum()), 1),
+            "rule_size": int(cover.sum()),
+        }
+    elif predicates is not None and predicates.shape[1] and m.any():
+        desc["rule"] = best_rule(predicates, m, max_level=3, beam=20)
+    if concepts is not None and m.any() and not m.all():
+        desc["concepts"] = concept_enrichment(concepts, m)
+    desc["headline"] = _headline(desc["rule"], desc["concepts"], family)
+    return desc
+
+
+def slice_evidence(mask: np.ndarray, errors: np.ndarray) -> dict[str, float]:
+    """Members' errors against the overall rate: excess errors and the one-sided binomial p-value."""
+    m = np.asarray(mask, dtype=bool)
+    e = np.asarray(errors, dtype=bool)
+    size, k = int(m.sum()), int((e & m).sum())
+    logp = float(rule_log_pvalues(np.array([k]), np.array([size]), len(e), int(e.sum()))[0]) if size else 0.0
+    return {
+        "excess_errors": k - size * float(e.mean()),
+        "p_value": float(np.exp(logp)),
+        "log10_p": logp / float(np.log(10.0)),
+    }
+
+
+def merge_ranked(
+    masks: list[np.ndarray], log10_p: Sequence[float], threshold: float = MERGE_JACCARD
+) -> tuple[list[int], dict[int, list[tuple[int, float]]]]:
+    """Rank slices by ``log10_p`` (ascending) and merge those with member Jaccard >= ``threshold``.
+
+    Returns the kept indices in rank order and, per kept index, the merged ``(index, jaccard)`` pairs.
+    """
+    order = sorted(range(len(masks)), key=lambda i: (log10_p[i], i))
+    kept: list[int] = []
+    linked: dict[int, list[tuple[int, float]]] = {}
+    for i in order:
+        target = None
+        for k in kept:
+            union = int((masks[i] | masks[k]).sum())
+            jac = int((masks[i] & masks[k]).sum()) / union if union else 0.0
+            if jac >= threshold:
+                target = (k, jac)
+                break
+        if target is None:
+            kept.append(i)
+            linked[i] = []
+        else:
+            linked[target[0]].append((i, target[1]))
+    return kept, linked
+
+
+def warn(message: str) -> None:
+    """Emit an audit warning (Python ``UserWarning``)."""
+    warnings.warn(message, UserWarning, stacklevel=3)

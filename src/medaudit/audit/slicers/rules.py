@@ -1,0 +1,430 @@
+"""Rule slices: conjunctions of readable predicates where a classifier fails (SliceLine-style search).
+
+:class:`RuleSlicer` searches the lattice of conjunctions of up to ``max_level`` boolean predicates
+(``view = AP ∧ report mentions support device``), after SliceLine (Sagadeeva & Boehm, SIGMOD 2021):
+
+* **Scoring.** A rule with ``size`` cases and ``errors`` errors has *excess errors*
+  ``errors - size * e`` (``e`` the overall error rate) and an exact one-sided p-value: the binomial
+  probability of at least ``errors`` errors among ``size`` cases at rate ``e`` (SciPy's
+  ``binomtest(alternative="greater")``, vectorised).
+* **Pruning** (level-wise, each bound holds for every extension of a rule): ``size >=
+  min_support``; ``errors >= min_errors``; and the best p-value any extension could reach (all of
+  its cases errors, at the smallest admissible size) must be <= ``alpha``; a rule failing any bound
+  is not extended; nor is one whose best reachable p-value is worse than that of the ``10 *
+  n_slices``-th best rule found so far (SliceLine's top-K score bound). Level-``k+1`` candidates are joined from level-``k`` rules whose every
+  ``k``-subset survived (apriori). Beam limits keep the search fast: at most ``max_parents`` rules
+  of a level are extended and ``max_candidates`` candidates evaluated, those with the most errors
+  first (each cut is recorded in ``search_stats_``).
+* **Multiple testing.** Benjamini–Hochberg over *every* rule whose error count was computed, with
+  p = 1 for rules pruned before their size was counted.
+* **Selection.** Rules with ``q <= alpha`` and positive excess are picked greedily, one per round:
+  each round scores every candidate on the cases *not yet covered* by the slices already picked, and
+  takes the best one whose residual errors are still significant (p at most the Benjamini–Hochberg
+  cut-off p-value). A rule that is
+  only significant because it contains part of an earlier slice is therefore not reported again;
+  rules sharing more than ``max_overlap`` of the smaller slice's members with a picked one (overlap
+  coefficient ``|A ∩ B| / min(|A|, |B|)``) are skipped as duplicates.
+
+Ranking and size: ``rank_by="p_value"`` (default) ranks by the strength of evidence that a slice fails
+more often than the whole cohort. It grows with both purity and size, so a 20-case slice with 15
+errors at a 10% base rate (p ≈ 1e-10) outranks a 300-case slice at 16% (p ≈ 1e-3), while a large slice
+with many excess errors still comes first. ``rank_by="excess_errors"`` favours size (SliceLine's
+objective at alpha = 1 is similar).
+
+Counting is vectorised over bit-packed columns (:mod:`medaudit.audit.slicers.bits`); error counts are
+computed on the error cases only and sizes only for rules that pass the error bounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from medaudit.errors import InputError
+
+from .base import BaseSlicer, check_slicer_inputs
+from .bits import as_bool_matrix, pack_columns, pack_mask, popcount_rows
+
+__all__ = ["RuleSlicer", "best_rule", "rule_log_pvalues", "rule_pvalues"]
+
+RULE_JOIN = " ∧ "
+RANK_RULES = ("p_value", "excess_errors")
+
+
+def rule_log_pvalues(errors: np.ndarray, size: np.ndarray, n: int, n_errors: int) -> np.ndarray:
+    """Natural log of the exact one-sided binomial p-values P(X >= errors), X ~ Binomial(size, e),
+    e = n_errors / n the overall error rate (``scipy.stats.binomtest(..., alternative="greater")``,
+    vectorised). Binomial rather than hypergeometric: as exact, conservative for slices that are a
+    large share of the cases, and ~200x faster in SciPy."""
+    e = np.asarray(errors, dtype=np.int64)
+    s = np.asarray(size, dtype=np.int64)
+    rate = n_errors / n if n else 0.0
+    return np.minimum(stats.binom.logsf(e - 1, s, rate), 0.0)
+
+
+def rule_pvalues(errors: np.ndarray, size: np.ndarray, n: int, n_errors: int) -> np.ndarray:
+    """One-sided hypergeometric p-values (see :func:`rule_log_pvalues`)."""
+    return np.exp(rule_log_pvalues(errors, size, n, n_errors))
+
+
+class RuleSlicer(BaseSlicer):
+    """Rule slices over a (n, p) boolean predicate matrix (see the module docstring).
+
+    ``fit(X, targets, pred_probs)``: ``X`` is the boolean predicate matrix (a DataFrame from
+    :func:`medaudit.audit.predicates.build_predicates` gives the rule names) in place of embeddings.
+
+    Args:
+        n_slices: slices returned (at most; fewer when fewer rules pass the test).
+        max_level: largest number of predicates in a rule (1–3).
+        min_support: smallest slice size, in cases (int) or as a fraction of the cases (float < 1).
+        min_errors: smallest number of errors in a slice.
+        alpha: Benjamini–Hochberg false discovery rate; also the pruning bound.
+        max_overlap: overlap coefficient above which a rule is skipped as a duplicate of a better one.
+        rank_by: ``"p_value"`` or ``"excess_errors"``.
+        max_candidates: candidates evaluated per level at most (those with the most errors).
+        max_parents: rules of one level extended to the next at most (those with the most errors).
+        feature_names: names of the predicates when ``X`` is an array.
+
+    Attributes (after fit):
+        rules_: per slice, the list of predicate names; ``rule_text_``: joined with " ∧ ".
+        slice_error_, slice_size_, slice_errors_, slice_excess_, slice_pvalue_, slice_qvalue_,
+        slice_score_ (-log10 p): per slice, in rank order.
+        n_rules_tested_: rules counted in the Benjamini–Hochberg correction.
+        search_stats_: candidates and survivors per level, truncation flags, timings.
+    """
+
+    def __init__(
+        self,
+        n_slices: int = 5,
+        max_level: int = 3,
+        min_support: int | float = 10,
+        min_errors: int = 3,
+        alpha: float = 0.05,
+        max_overlap: float = 0.5,
+        rank_by: str = "p_value",
+        max_candidates: int = 200_000,
+        max_parents: int = 2_000,
+        feature_names: list[str] | None = None,
+    ) -> None:
+        self.n_slices = n_slices
+        self.max_level = max_level
+        self.min_support = min_support
+        self.min_errors = min_errors
+        self.alpha = alpha
+        self.max_overlap = max_overlap
+        self.rank_by = rank_by
+        self.max_candidates = max_candidates
+        self.max_parents = max_parents
+        self.feature_names = feature_names
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.rank_by not in RANK_RULES:
+            raise InputError(f"rank_by '{self.rank_by}': choose one of {', '.join(RANK_RULES)}")
+        if not 1 <= int(self.max_level) <= 3:
+            raise InputError(f"max_level must be 1, 2 or 3, got {self.max_level}")
+        if not 0 < float(self.alpha) <= 1:
+            raise InputError(f"alpha must lie in (0, 1], got {self.alpha}")
+
+    def _names(self, x: Any, p: int) -> list[str]:
+        if isinstance(x, pd.DataFrame):
+            return [str(c) for c in x.columns]
+        if self.feature_names is not None:
+            if len(self.feature_names) != p:
+                raise InputError(f"feature_names has {len(self.feature_names)} names for {p} predicates")
+            return [str(c) for c in self.feature_names]
+        return [f"x{j}" for j in range(p)]
+
+    def _best_p(self, errs: np.ndarray) -> np.ndarray:
+        """Smallest p-value any extension of a rule with ``errs`` errors could reach (a lookup table:
+        the bound depends on the error count only)."""
+        if getattr(self, "_best_p_table", None) is None:
+            e = np.arange(self.n_errors_ + 1)
+            s = np.maximum(self.min_support_, e)
+            self._best_p_table = rule_pvalues(np.minimum(e, s), s, self.n_, self.n_errors_)
+        return self._best_p_table[errs]
+
+    def _expandable(self, errs: np.ndarray, size: np.ndarray | None = None) -> np.ndarray:
+        ok = errs >= self.min_errors
+        if size is not None:
+            ok &= size >= self.min_support_
+        bound = min(self.alpha, self._kth_best)
+        ok[ok] = self._best_p(errs[ok]) <= bound
+        return ok
+
+    def _update_kth_best(self, errs: np.ndarray, size: np.ndarray) -> None:
+        """SliceLine's score pruning: the p-value of the K-th best admissible rule so far (K =
+        ``10 * n_slices``); an extension whose best possible p-value is worse cannot enter the top K."""
+        ok = (size >= self.min_support_) & (errs >= self.min_errors) & (errs > size * self.base_rate_)
+        if not ok.any():
+            return
+        k = 10 * int(self.n_slices)
+        p = np.concatenate([self._top_p, rule_pvalues(errs[ok], size[ok], self.n_, self.n_errors_)])
+        self._top_p = np.sort(p)[:k]
+        if len(self._top_p) >= k:
+            self._kth_best = float(self._top_p[-1])
+
+    # -- search --------------------------------------------------------------------------------------
+    def _extend(self, parents: np.ndarray, singles: np.ndarray) -> np.ndarray:
+        """Apriori join (levels 2 and 3): a candidate is generated only when every subset survived.
+
+        ``parents``: (m, k) sorted feature indices; returns (m', k + 1), grouped by prefix."""
+        if len(parents) == 0:
+            return np.empty((0, parents.shape[1] + 1), dtype=np.int64)
+        if parents.shape[1] == 1:
+            s = np.sort(singles)
+            i, j = np.triu_indices(len(s), 1)
+            return np.stack([s[i], s[j]], axis=1)
+        p = self.n_features_in_
+        adj = np.zeros((p, p), dtype=bool)
+        adj[parents[:, 0], parents[:, 1]] = adj[parents[:, 1], parents[:, 0]] = True
+        cols = np.arange(p)
+        out: list[np.ndarray] = []
+        order = np.lexsort((parents[:, 1], parents[:, 0]))
+        parents = parents[order]
+        starts = np.flatnonzero(np.r_[True, parents[1:, 0] != parents[:-1, 0]])
+        for g, a in zip(starts, parents[starts, 0], strict=True):
+            bs = parents[g : g + np.searchsorted(parents[g:, 0], a, side="right"), 1]
+            r, c = np.nonzero(adj[bs] & adj[a][None, :] & (cols[None, :] > bs[:, None]))
+            out.append(np.stack([np.full(len(r), a), bs[r], c], axis=1))
+        return np.concatenate(out) if out else np.empty((0, 3), dtype=np.int64)
+
+    def _count(self, rules: np.ndarray, packed: np.ndarray) -> np.ndarray:
+        """Bit counts of the conjunctions ``rules`` ((m, k), grouped by prefix) in ``packed`` rows."""
+        out = np.empty(len(rules), dtype=np.int64)
+        if len(rules) == 0:
+            return out
+        prefix = rules[:, :-1]
+        starts = np.flatnonzero(np.r_[True, (prefix[1:] != prefix[:-1]).any(axis=1)])
+        ends = np.r_[starts[1:], len(rules)]
+        step = max(1, (1 << 22) // packed.shape[1])  # ~32 MB of temporaries per block
+        for a, b in zip(starts, ends, strict=True):
+            base = np.bitwise_and.reduce(packed[prefix[a]], axis=0)
+            for lo in range(a, b, step):
+                hi = min(b, lo + step)
+                out[lo:hi] = popcount_rows(packed[rules[lo:hi, -1]] & base)
+        return out
+
+    def _search(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """All sized rules as a (m, max_level) index array padded with -1, their sizes and errors, and
+        the number of rules tried."""
+        p, depth = self.n_features_in_, int(self.max_level)
+        size, errs = popcount_rows(self._fall), popcount_rows(self._ferr)
+        level_rules = np.arange(p, dtype=np.int64)[:, None]
+        all_rules, all_size, all_errs = [level_rules], [size], [errs]
+        n_tested = p
+        self._top_p, self._kth_best = np.empty(0), 1.0
+        self._update_kth_best(errs, size)
+        level_rules = level_rules[self._expandable(errs, size)]
+        singles = level_rules[:, 0]
+        stats_: dict[str, Any] = {"level_1": {"candidates": p, "expandable": len(level_rules)}}
+        for level in range(2, depth + 1):
+            cands = self._extend(level_rules, singles)
+            e = self._count(cands, self._ferr)
+            truncated = len(cands) > self.max_candidates
+            if truncated:
+                keep = np.sort(np.argsort(-e, kind="stable")[: self.max_candidates])
+                cands, e = cands[keep], e[keep]
+            n_tested += len(cands)
+            pass_err = self._expandable(e)
+            sized, e = cands[pass_err], e[pass_err]
+            s = self._count(sized, self._fall)
+            all_rules.append(sized)
+            all_size.append(s)
+            all_errs.append(e)
+            self._update_kth_best(e, s)
+            ok = self._expandable(e, s)
+            parents_cut = int(ok.sum()) > self.max_parents
+            if parents_cut:  # beam: extend the rules with the most errors only
+                idx = np.flatnonzero(ok)
+                ok[:] = False
+                ok[idx[np.argsort(-e[idx], kind="stable")[: self.max_parents]]] = True
+            level_rules = sized[ok]
+            stats_[f"level_{level}"] = {
+                "parents_cut": bool(parents_cut),
+                "candidates": len(cands),
+                "sized": len(sized),
+                "expandable": len(level_rules),
+                "truncated": bool(truncated),
+            }
+            if len(level_rules) == 0:
+                break
+        self.search_stats_ = stats_
+        padded = np.full((sum(len(r) for r in all_rules), depth), -1, dtype=np.int64)
+        row = 0
+        for r in all_rules:
+            padded[row : row + len(r), : r.shape[1]] = r
+            row += len(r)
+        return padded, np.concatenate(all_size), np.concatenate(all_errs), n_tested
+
+    def _rule_rows(self, rules: np.ndarray) -> np.ndarray:
+        """Packed member rows of padded rules (m, depth) -> (m, words)."""
+        out = self._fall[np.maximum(rules[:, 0], 0)].copy()
+        for k in range(1, rules.shape[1]):
+            has = rules[:, k] >= 0
+            out[has] &= self._fall[rules[has, k]]
+        return out
+
+    def _select(
+        self, rules: np.ndarray, size: np.ndarray, errs: np.ndarray, q: np.ndarray, logp: np.ndarray
+    ) -> list[int]:
+        """Greedy pick: each round takes the best rule on the cases not yet covered by picked slices
+        (its *residual* errors must still be significant), skipping near-duplicates."""
+        excess = errs - size * self.base_rate_
+        eligible = np.flatnonzero(
+            (size >= self.min_support_) & (errs >= self.min_errors) & (q <= self.alpha) & (excess > 0)
+        )
+        level = (rules[eligible] >= 0).sum(axis=1)
+        keys = (level, -excess[eligible], logp[eligible])
+        if self.rank_by == "excess_errors":
+            keys = (level, logp[eligible], -excess[eligible])
+        order = eligible[np.lexsort(keys)]
+        cap = int(np.clip((1 << 28) // (8 * self._fall.shape[1]), 200, 5000))
+        order = order[:cap]
+        rows = self._rule_rows(rules[order])
+        err_bits = self._err_mask
+        log_cut = float(logp[q <= self.alpha].max()) if (q <= self.alpha).any() else -np.inf
+        covered = np.zeros(rows.shape[1], dtype=np.uint64)
+        sizes = size[order]
+        picked: list[int] = []
+        taken = np.zeros(len(order), dtype=bool)
+        for _ in range(int(self.n_slices)):
+            free = rows & ~covered
+            r_size = popcount_rows(free)
+            r_err = popcount_rows(free & err_bits)
+            r_logp = rule_log_pvalues(r_err, r_size, self.n_, self.n_errors_)
+            ok = ~taken & (r_size >= self.min_support_) & (r_err >= self.min_errors)
+            ok &= r_logp <= log_cut
+            for i in picked:
+                shared = popcount_rows(rows & rows[i])
+                ok &= shared <= self.max_overlap * np.minimum(sizes, sizes[i])
+            if not ok.any():
+                break
+            r_excess = r_err - r_size * self.base_rate_
+            score = r_logp if self.rank_by == "p_value" else -r_excess
+            best = int(np.flatnonzero(ok)[np.argmin(score[ok])])
+            picked.append(best)
+            taken[best] = True
+            covered |= rows[best]
+        return [int(order[i]) for i in picked]
+
+    # -- estimator API -------------------------------------------------------------------------------
+    def fit(self, embeddings: Any, targets: np.ndarray, pred_probs: np.ndarray) -> Self:
+        """Search rule slices. ``embeddings``: the (n, p) boolean predicate matrix."""
+        self._check_params()
+        x = as_bool_matrix(embeddings, "predicates")
+        n, p = x.shape
+        names = self._names(embeddings, p)
+        inp = check_slicer_inputs(np.zeros((n, 1), dtype=np.float32), targets, pred_probs)
+        errors = inp.targets.argmax(axis=1) != inp.pred_probs.argmax(axis=1)
+        self.n_, self.n_errors_ = n, int(errors.sum())
+        self.base_rate_ = self.n_errors_ / n
+        ms = self.min_support
+        self.min_support_ = max(1, int(np.ceil(ms * n)) if isinstance(ms, float) and ms < 1 else int(ms))
+        self.feature_names_in_ = np.asarray(names, dtype=object)
+        self.n_features_in_ = p
+        self._best_p_table = None
+        self._fall = pack_columns(x)
+        self._ferr = pack_columns(x, np.flatnonzero(errors))
+        self._err_mask = pack_mask(errors)
+        rules, size, errs, n_tested = self._search()
+        logp = rule_log_pvalues(errs, size, n, self.n_errors_)
+        pv = np.exp(logp)
+        p_all = np.concatenate([pv, np.ones(n_tested - len(rules))])
+        q = np.asarray(stats.false_discovery_control(p_all, method="bh"), dtype=float)[: len(rules)]
+        picked = self._select(rules, size, errs, q, logp) if self.n_errors_ else []
+        self.n_rules_tested_ = int(n_tested)
+        self._store(picked, rules, size, errs, logp, q, names)
+        del self._fall, self._ferr, self._best_p_table, self._err_mask
+        return self
+
+    def _store(
+        self,
+        picked: list[int],
+        rules: np.ndarray,
+        size: np.ndarray,
+        errs: np.ndarray,
+        logp: np.ndarray,
+        q: np.ndarray,
+        names: list[str],
+    ) -> None:
+        self.rule_index_ = [[int(j) for j in rules[i] if j >= 0] for i in picked]
+        self.rules_ = [[names[j] for j in idx] for idx in self.rule_index_]
+        self.rule_text_ = [RULE_JOIN.join(r) for r in self.rules_]
+        self.slice_size_ = np.array([size[i] for i in picked], dtype=np.int64)
+        self.slice_errors_ = np.array([errs[i] for i in picked], dtype=np.int64)
+        self.slice_error_ = self.slice_errors_ / np.maximum(self.slice_size_, 1)
+        self.slice_excess_ = self.slice_errors_ - self.slice_size_ * self.base_rate_
+        lp = np.array([logp[i] for i in picked], dtype=float)
+        self.slice_pvalue_ = np.exp(lp)
+        self.slice_qvalue_ = np.array([q[i] for i in picked], dtype=float)
+        self.slice_score_ = -lp / np.log(10.0)
+        self.n_slices_ = len(picked)
+
+    def predict_proba(self, embeddings: Any, targets: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+        """(n, n_slices_) 0/1 membership: a case is in a slice when it satisfies the slice's rule."""
+        x = as_bool_matrix(embeddings, "predicates")
+        if x.shape[1] != self.n_features_in_:
+            raise InputError(
+                f"predicates: {x.shape[1]} columns, but the slicer was fitted on {self.n_features_in_}"
+            )
+        out = np.zeros((x.shape[0], len(self.rule_index_)), dtype=np.float64)
+        for k, idx in enumerate(self.rule_index_):
+            out[:, k] = x[:, idx].all(axis=1)
+        return out
+
+
+def best_rule(
+    predicates: pd.DataFrame | np.ndarray,
+    mask: np.ndarray,
+    names: list[str] | None = None,
+    max_level: int = 2,
+    beam: int = 25,
+) -> dict[str, Any] | None:
+    """The conjunction of up to ``max_level`` predicates that best matches the cases of ``mask``.
+
+    Best = highest F1 between the rule's cases and ``mask`` (equivalently, highest Jaccard). Level 1
+    is exhaustive; level 2 and 3 combine the ``beam`` predicates with the largest coverage.
+
+    Returns:
+        ``{"rule": [names], "text": "a ∧ b", "coverage": |rule ∩ mask| / |mask|, "precision":
+        |rule ∩ mask| / |rule|, "jaccard": ..., "rule_size": |rule|}``, or ``None`` when nothing
+        overlaps the mask.
+    """
+    x = as_bool_matrix(predicates, "predicates")
+    cols = [str(c) for c in predicates.columns] if isinstance(predicates, pd.DataFrame) else names
+    cols = cols or [f"x{j}" for j in range(x.shape[1])]
+    m = np.asarray(mask, dtype=bool)
+    n_m = int(m.sum())
+    if n_m == 0 or x.shape[1] == 0:
+        return None
+    f = pack_columns(x)
+    mp = pack_mask(m)
+    size = popcount_rows(f)
+    inter = popcount_rows(f & mp)
+    cands: list[tuple[tuple[int, ...], int, int]] = [
+        ((j,), int(size[j]), int(inter[j])) for j in range(x.shape[1])
+    ]
+    top = np.argsort(-inter, kind="stable")[:beam]
+    top = np.sort(top[inter[top] > 0])
+    for level in range(2, max_level + 1):
+        from itertools import combinations
+
+        for combo in combinations(top.tolist(), level):
+            row = np.bitwise_and.reduce(f[list(combo)], axis=0)
+            cands.append((combo, int(popcount_rows(row)), int(popcount_rows(row & mp))))
+    best = max(cands, key=lambda c: (2 * c[2] / (c[1] + n_m), -len(c[0])))
+    rule, s, k = best
+    if k == 0:
+        return None
+    return {
+        "rule": [cols[j] for j in rule],
+        "text": RULE_JOIN.join(cols[j] for j in rule),
+        "coverage": k / n_m,
+        "precision": k / s,
+        "jaccard": k / (s + n_m - k),
+        "rule_size": s,
+    }

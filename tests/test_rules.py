@@ -1,0 +1,98 @@
+"""Rule slicer: lattice search, exact test + Benjamini-Hochberg, non-overlapping selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from medaudit.audit.slicers import RuleSlicer, get_slicer
+from medaudit.audit.slicers.rules import best_rule
+from medaudit.errors import InputError
+
+
+def _data(
+    n: int = 3000, p: int = 30, seed: int = 0
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, p)) < rng.uniform(0.05, 0.3, p)
+    y = rng.integers(0, 2, n)
+    err = rng.random(n) < 0.1
+    planted = x[:, 3] & x[:, 7] & (y == 0)
+    err[planted] = rng.random(planted.sum()) < 0.7
+    pred = np.where(err, 1 - y, y)
+    df = pd.DataFrame(x, columns=[f"f{j}" for j in range(p)])
+    df["label = 0"] = y == 0
+    return df, y, pred, planted
+
+
+def test_finds_planted_level3_rule() -> None:
+    df, y, pred, planted = _data()
+    s = RuleSlicer(n_slices=3).fit(df, y, pred)
+    assert sorted(s.rules_[0]) == ["f3", "f7", "label = 0"]
+    assert s.slice_qvalue_[0] < 1e-6 and s.slice_excess_[0] > 0
+    member = s.predict_proba(df, y, pred)[:, 0].astype(bool)
+    assert (member == planted).all()
+    assert s.n_rules_tested_ >= df.shape[1]
+
+
+def test_no_signal_no_slices() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.random((2000, 20)) < 0.2
+    y = rng.integers(0, 2, 2000)
+    pred = np.where(rng.random(2000) < 0.1, 1 - y, y)
+    s = RuleSlicer().fit(x, y, pred)
+    assert s.n_slices_ <= 1  # BH at 5%: almost never a false slice on pure noise
+    assert s.predict_proba(x, y, pred).shape == (2000, s.n_slices_)
+
+
+def test_small_strong_slice_surfaces_next_to_large_ones() -> None:
+    """A 20-case slice with 15 errors is reported although larger failing slices exist."""
+    rng = np.random.default_rng(2)
+    n = 5000
+    x = rng.random((n, 12)) < 0.25
+    y = rng.integers(0, 2, n)
+    err = rng.random(n) < 0.1
+    for a, b, rate in ((0, 1, 0.3), (2, 3, 0.25), (4, 5, 0.22)):  # large, moderate failures
+        m = x[:, a] & x[:, b]
+        err[m] = rng.random(m.sum()) < rate
+    small = np.zeros(n, dtype=bool)
+    small[rng.choice(n, 20, replace=False)] = True
+    x[:, 11] = small
+    err[small] = False
+    err[np.flatnonzero(small)[:15]] = True
+    pred = np.where(err, 1 - y, y)
+    s = RuleSlicer(n_slices=5).fit(x, y, pred)
+    assert ["x11"] in s.rules_
+    assert s.slice_size_[s.rules_.index(["x11"])] == 20
+
+
+def test_no_nested_duplicates() -> None:
+    df, y, pred, _ = _data()
+    s = RuleSlicer(n_slices=5).fit(df, y, pred)
+    masks = s.predict_proba(df, y, pred).astype(bool)
+    for i in range(masks.shape[1]):
+        for j in range(i):
+            shared = (masks[:, i] & masks[:, j]).sum()
+            assert shared <= 0.5 * min(masks[:, i].sum(), masks[:, j].sum())
+
+
+def test_estimator_contract_and_errors() -> None:
+    df, y, pred, _ = _data(n=500)
+    s = get_slicer("rules", n_slices=2)
+    assert isinstance(clone(s), RuleSlicer)
+    with pytest.raises(InputError, match="0/1"):
+        RuleSlicer().fit(np.full((10, 2), 0.5), np.zeros(10), np.zeros(10))
+    with pytest.raises(InputError, match="rows"):
+        RuleSlicer().fit(df, y[:-1], pred)
+    with pytest.raises(InputError, match="rank_by"):
+        RuleSlicer(rank_by="size").fit(df, y, pred)
+
+
+def test_best_rule_describes_members() -> None:
+    df, _, _, planted = _data()
+    d = best_rule(df, planted, max_level=3)
+    assert d is not None and sorted(d["rule"]) == ["f3", "f7", "label = 0"]
+    assert d["coverage"] == 1.0 and d["precision"] == 1.0
+    assert best_rule(df, np.zeros(len(df), dtype=bool)) is None
