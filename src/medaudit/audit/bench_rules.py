@@ -1,17 +1,15 @@
 """Rule slices in the failure-scenario benchmark: predicates, the ``rules`` / ``rules+mixture`` variants,
 the ``sliceline`` peer and the explanation hit rate.
 
-* :func:`cohort_predicates`: the readable predicate table of a whole cohort, built once (report concepts,
-  open-vocabulary n-grams, metadata); each run adds ``label = 0/1`` for its test split
-  (:func:`run_predicates`).
-* :func:`fit_rules`: :class:`~medaudit.audit.slicers.rules.RuleSlicer` on a run's predicates.
-* :func:`merge_ranked`: one ranked list of rule and embedding slices, as ``rules+mixture``: every slice
-  (members = membership > 0.5) is scored by the exact one-sided binomial p-value of its errors against
-  the overall error rate, the rule slicer's own ranking, so a small pure slice is not buried under a
-  large one; duplicates (member Jaccard > 0.5) keep the better-ranked slice.
+Everything here reuses the audit's own functions, so the benchmark measures what ``medaudit audit`` does:
+
+* :func:`cohort_concepts`: report concept codes of the whole cohort, extracted once;
+  :func:`run_predicates`: a run's predicate table, built from its test split as the audit builds it.
+* :func:`fit_rules`: :class:`~medaudit.audit.slicers.rules.RuleSlicer` with the audit's settings.
+* :func:`merge_ranked`: the audit's one ranked list of rule and embedding slices (``rules+mixture``).
 * :func:`slice_terms` / :func:`names_attribute`: what the top-ranked slice says (its rule, or for an
-  embedding slice its best-matching rule, plus its most enriched concept) and whether that names the
-  planted attribute (support devices, lateral or frontal view): the explanation hit rate.
+  embedding slice its best-matching rule, plus its top concept) and whether that names the planted
+  attribute (support devices, lateral or frontal view): the explanation hit rate.
 """
 
 from __future__ import annotations
@@ -25,13 +23,12 @@ import pandas as pd
 
 __all__ = [
     "ATTRIBUTE_PATTERNS",
-    "cohort_predicates",
+    "cohort_concepts",
     "fit_rules",
     "merge_ranked",
     "names_attribute",
     "run_predicates",
     "slice_terms",
-    "top_concept",
 ]
 
 #: planted attribute family -> pattern a positive predicate or concept must match to name it.
@@ -64,105 +61,85 @@ def names_attribute(terms: Sequence[str], attribute: str) -> bool:
     return any(pat.search(t) and not _NEGATIVE_FORM.search(t.lower()) for t in terms if t)
 
 
-def cohort_predicates(df: pd.DataFrame, metadata_columns: Sequence[str]) -> pd.DataFrame:
-    """Predicates of every case (no labels): concepts, open-vocabulary n-grams, metadata."""
-    from medaudit.audit.concepts import extract_concepts, ngram_features
-    from medaudit.audit.predicates import build_predicates
+def cohort_concepts(df: pd.DataFrame) -> pd.DataFrame:
+    """Concept codes of every report of the cohort (extracted once; empty frame without reports)."""
+    from medaudit.audit.rule_audit import report_concepts
 
-    reports = df["report"].fillna("").astype(str) if "report" in df else pd.Series([""] * len(df))
-    concepts = extract_concepts(reports.reset_index(drop=True))
+    reports = df["report"].tolist() if "report" in df else [""] * len(df)
+    codes, _ = report_concepts(reports)
+    return codes.reset_index(drop=True) if codes is not None else pd.DataFrame(index=range(len(df)))
+
+
+def run_predicates(
+    concepts: pd.DataFrame, df: pd.DataFrame, idx: np.ndarray, y: np.ndarray, metadata_columns: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A run's predicate table, built as the audit builds it (:func:`medaudit.audit.rule_audit.
+    audit_predicates` on the test split: concepts, metadata, label, open-vocabulary n-grams), and the
+    test split's concept codes."""
+    from medaudit.audit.pipeline import AuditConfig
+    from medaudit.audit.rule_audit import audit_predicates
+
+    idx = np.asarray(idx)
+    codes = concepts.iloc[idx].reset_index(drop=True) if concepts.shape[1] else None
     meta_cols = [c for c in metadata_columns if c in df.columns]
-    meta = df[meta_cols].reset_index(drop=True) if meta_cols else None
-    grams = ngram_features(reports.tolist())
-    grams = pd.DataFrame(np.asarray(grams.to_numpy(dtype=bool)), columns=grams.columns)
-    pred = build_predicates(concepts, meta, extra=grams)
-    return pred.astype(bool)
-
-
-def run_predicates(cohort_pred: pd.DataFrame, idx: np.ndarray, y: np.ndarray) -> pd.DataFrame:
-    """A run's predicate table: the test rows of ``cohort_pred`` plus ``label = 0/1``; constants dropped."""
-    p = cohort_pred.iloc[np.asarray(idx)].reset_index(drop=True)
-    y = np.asarray(y).astype(int)
-    p = p.assign(**{"label = 0": y == 0, "label = 1": y == 1})
-    counts = p.sum(axis=0).to_numpy()
-    return p.loc[:, (counts > 0) & (counts < len(p))]
+    meta = df.iloc[idx][meta_cols].reset_index(drop=True) if meta_cols else None
+    reports = df.iloc[idx]["report"].tolist() if "report" in df else None
+    pred = audit_predicates(codes, meta, np.asarray(y), reports, max_ngrams=AuditConfig().rule_ngrams)
+    return pred, codes
 
 
 def fit_rules(
     pred: pd.DataFrame, y: np.ndarray, probs: np.ndarray, n_slices: int
-) -> tuple[np.ndarray, list[str]]:
-    """Fit the rule slicer; (n, n_slices) 0/1 memberships (zero columns when fewer slices) and rule texts."""
+) -> tuple[np.ndarray, list[list[str]]]:
+    """The audit's rule slicer (its default search settings); (n, n_slices) 0/1 memberships (zero
+    columns when fewer slices pass the test) and each slice's rule (list of predicate names)."""
+    from medaudit.audit.pipeline import AuditConfig
     from medaudit.audit.slicers.rules import RuleSlicer
 
-    rs = RuleSlicer(n_slices=n_slices).fit(pred, y, probs)
+    cfg = AuditConfig()
+    rs = RuleSlicer(n_slices=n_slices, max_level=cfg.rule_max_level, min_support=cfg.rule_min_support)
+    rs.fit(pred, y, probs)
     got = rs.predict_proba(pred, y, probs)
     out = np.zeros((len(pred), n_slices), dtype=np.float64)
     out[:, : got.shape[1]] = got
-    texts = list(rs.rule_text_) + [""] * (n_slices - len(rs.rule_text_))
-    return out, texts
-
-
-def _log_p(members: np.ndarray, errors: np.ndarray) -> float:
-    from medaudit.audit.slicers.rules import rule_log_pvalues
-
-    m = members.astype(bool)
-    if not m.any():
-        return 0.0
-    return float(
-        rule_log_pvalues(np.array([errors[m].sum()]), np.array([m.sum()]), len(m), int(errors.sum()))[0]
-    )
+    return out, [list(r) for r in rs.rules_] + [[] for _ in range(n_slices - len(rs.rules_))]
 
 
 def merge_ranked(
-    blocks: Sequence[np.ndarray], texts: Sequence[Sequence[str]], errors: np.ndarray, max_jaccard: float = 0.5
-) -> tuple[np.ndarray, list[str]]:
-    """Rank the slices of several slicers together by the binomial p-value of their members' errors;
-    drop a slice whose members overlap a better-ranked one's at Jaccard > ``max_jaccard``."""
+    blocks: Sequence[np.ndarray], rules: Sequence[Sequence[list[str]]], errors: np.ndarray
+) -> tuple[np.ndarray, list[list[str]]]:
+    """The audit's one ranked list (``--slicer both``): every non-empty slice of every block ranked by
+    the binomial evidence of its members' errors, overlapping ones merged at the audit's Jaccard
+    threshold (:func:`medaudit.audit.rule_audit.merge_ranked`)."""
+    from medaudit.audit.pipeline import AuditConfig
+    from medaudit.audit.rule_audit import merge_ranked as product_merge
+    from medaudit.audit.rule_audit import slice_evidence
+
     cols, names = [], []
-    for b, t in zip(blocks, texts, strict=True):
+    for b, r in zip(blocks, rules, strict=True):
         for j in range(b.shape[1]):
             if (b[:, j] > 0.5).any():
                 cols.append(b[:, j])
-                names.append(t[j] if j < len(t) else "")
-    order = sorted(range(len(cols)), key=lambda j: _log_p(cols[j] > 0.5, errors))
-    kept: list[int] = []
-    for j in order:
-        mj = cols[j] > 0.5
-        if all(
-            ((mj & (cols[i] > 0.5)).sum() / max((mj | (cols[i] > 0.5)).sum(), 1)) <= max_jaccard for i in kept
-        ):
-            kept.append(j)
-    if not kept:
-        return np.zeros((len(errors), 1)), [""]
-    return np.stack([cols[j] for j in kept], axis=1), [names[j] for j in kept]
+                names.append(list(r[j]) if j < len(r) else [])
+    if not cols:
+        return np.zeros((len(errors), 1)), [[]]
+    masks = [c > 0.5 for c in cols]
+    logp = [slice_evidence(m, errors)["log10_p"] for m in masks]
+    order, _ = product_merge(masks, logp, AuditConfig().merge_jaccard)
+    return np.stack([cols[j] for j in order], axis=1), [names[j] for j in order]
 
 
-def top_concept(pred: pd.DataFrame, members: np.ndarray, min_members: int = 3) -> str:
-    """The ``report mentions …`` predicate most enriched among ``members`` (smoothed log odds ratio)."""
-    cols = [c for c in pred.columns if str(c).startswith("report mentions ")]
-    m = np.asarray(members, dtype=bool)
-    if not cols or m.sum() == 0 or m.all():
-        return ""
-    x = pred[cols].to_numpy(dtype=bool)
-    a, b = x[m].sum(0) + 0.5, (~x[m]).sum(0) + 0.5
-    c, d = x[~m].sum(0) + 0.5, (~x[~m]).sum(0) + 0.5
-    lor = np.log(a * d / (b * c))
-    lor[x[m].sum(0) < min(min_members, m.sum())] = -np.inf
-    j = int(np.argmax(lor))
-    return str(cols[j]) if np.isfinite(lor[j]) and lor[j] > 0 else ""
+def slice_terms(
+    pred: pd.DataFrame, concepts: pd.DataFrame | None, members: np.ndarray, rule: list[str] | None = None
+) -> dict[str, Any]:
+    """What the audit says of a slice (:func:`medaudit.audit.rule_audit.describe_slice`): its rule
+    (own, or best-matching for an embedding slice) and its top concept."""
+    from medaudit.audit.rule_audit import describe_slice
 
-
-def slice_terms(pred: pd.DataFrame, members: np.ndarray, rule_text: str = "") -> dict[str, Any]:
-    """The top slice's rule (its own, else its best-matching rule) and its most enriched concept."""
-    from medaudit.audit.slicers.rules import RULE_JOIN, best_rule
-
-    m = np.asarray(members, dtype=bool)
-    rule = rule_text
-    if not rule and m.any():
-        br = best_rule(pred, m)
-        rule = br["text"] if br else ""
-    return {
-        "rule": rule,
-        "concept": top_concept(pred, m),
-        "terms": [*rule.split(RULE_JOIN), top_concept(pred, m)],
-    }
+    d = describe_slice(
+        pred, concepts, np.asarray(members, dtype=bool), rule or None, "rules" if rule else "mixture"
+    )
+    r = d["rule"]["rule"] if d["rule"] else []
+    top = d["concepts"][0] if d["concepts"] else None
+    concept = f"report mentions {top['concept']}" if top and top.get("state") == "mentioned" else ""
+    return {"rule": " ∧ ".join(r), "concept": concept, "terms": [*r, concept]}

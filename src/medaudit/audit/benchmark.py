@@ -301,8 +301,8 @@ def _init_worker(state_dir: str, threads: int = 1) -> None:
     _STATE["peer_python"] = (
         (d / "peer_python.txt").read_text().strip() if (d / "peer_python.txt").exists() else ""
     )
-    pp = d / "predicates.parquet"
-    _STATE["predicates"] = pd.read_parquet(pp) if pp.exists() else None
+    pp = d / "concepts.parquet"
+    _STATE["concepts"] = pd.read_parquet(pp) if pp.exists() else None
 
 
 def _config_from_json(d: dict[str, Any]) -> BenchConfig:
@@ -433,7 +433,7 @@ def run_one(
     kind: str,
     task: RunTask,
     peer_python: str = "",
-    predicates: pd.DataFrame | None = None,
+    concepts: pd.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """Execute one run and return its rows (one per variant × fusion × slicer config × slicer seed × method)."""
     from medaudit.audit import metrics
@@ -470,11 +470,11 @@ def run_one(
     base["train_s"] = time.perf_counter() - t0
     test = {m: emb[m][scen.test_idx] for m in MODALITIES if m in emb}
     rows: list[dict[str, Any]] = []
-    pred_run = None
-    if predicates is not None:
+    pred_run = None  # (predicates, concept codes) of the test split, when rules or hits are measured
+    if concepts is not None:
         from medaudit.audit.bench_rules import run_predicates
 
-        pred_run = run_predicates(predicates, scen.test_idx, y)
+        pred_run = run_predicates(concepts, df, scen.test_idx, y, config.metadata_columns)
     mix_scores: np.ndarray | None = None
     for variant in config.variants:
         missing = [m for m in variant if m not in test]
@@ -502,24 +502,27 @@ def run_one(
                     eta = modality_eta2(scores.argmax(axis=1), {m: test[m] for m in variant})
                     row.update({f"eta2_{m}": eta.get(m, float("nan")) for m in MODALITIES})
                     row.update({f"var_share_{m}": vshare.get(m, float("nan")) for m in MODALITIES})
-                    row.update(_explanation_hit(pred_run, scores, "", scen))
+                    row.update(_explanation_hit(pred_run, scores, None, scen))
                     rows.append(row)
                     if vname == config.rules_mixture_variant and fusion in ("concat", "none") and s_i == 0:
                         mix_scores = scores if mix_scores is None else mix_scores
             peer_ok = vname in config.peer_variants and (fusion in config.peer_fusions or fusion == "none")
             if config.peer_domino and peer_python and peer_ok:
                 prow, pscores = _run_domino_peer(peer_python, z, y, probs, config, scen, task, vname, fusion)
-                rows.append({**base, **prow, **_explanation_hit(pred_run, pscores, "", scen)})
+                rows.append({**base, **prow, **_explanation_hit(pred_run, pscores, None, scen)})
     if pred_run is not None:
         rows += _rule_rows(config, base, scen, probs, pred_run, mix_scores)
     return rows
 
 
 def _explanation_hit(
-    pred: pd.DataFrame | None, scores: np.ndarray | None, rule: str, scen: sc.Scenario
+    pred_run: tuple[pd.DataFrame, pd.DataFrame | None] | None,
+    scores: np.ndarray | None,
+    rule: list[str] | None,
+    scen: sc.Scenario,
 ) -> dict[str, Any]:
     """Whether the top-ranked slice's rule (own or best-matching) or top concept names the attribute."""
-    if pred is None or scores is None or scores.shape[1] == 0:
+    if pred_run is None or scores is None or scores.shape[1] == 0:
         return {}
     from medaudit.audit.bench_rules import names_attribute, slice_terms
 
@@ -527,7 +530,7 @@ def _explanation_hit(
     if not members.any():  # a soft slice with no member above 0.5: its 10 highest-scoring cases
         members = np.zeros(len(scores), dtype=bool)
         members[np.argsort(-scores[:, 0], kind="stable")[:10]] = True
-    t = slice_terms(pred, members, rule)
+    t = slice_terms(pred_run[0], pred_run[1], members, rule)
     attr = str(scen.metadata.get("attribute", ""))
     return {
         "hit": float(names_attribute(t["terms"], attr)),
@@ -541,41 +544,39 @@ def _rule_rows(
     base: dict[str, Any],
     scen: sc.Scenario,
     probs: np.ndarray,
-    pred: pd.DataFrame,
+    pred_run: tuple[pd.DataFrame, pd.DataFrame | None],
     mix_scores: np.ndarray | None,
 ) -> list[dict[str, Any]]:
     """Rows of the ``rules`` / ``rules+mixture`` variants and the ``sliceline`` peer."""
     from medaudit.audit import bench_rules as br
 
-    y = scen.test_labels
-    errors = ((probs >= 0.5).astype(np.int64) != y).astype(np.int64)
+    y, pred = scen.test_labels, pred_run[0]
+    errors = (probs >= 0.5).astype(np.int64) != y
     k = int(config.slicer_params.get("n_slices", 5))
     rows: list[dict[str, Any]] = []
     t1 = time.perf_counter()
-    r_scores, r_texts = br.fit_rules(pred, y, probs, k)
+    r_scores, r_rules = br.fit_rules(pred, y, probs, k)
     r_s = time.perf_counter() - t1
     common = {"fusion": "none", "slicer_config": "study", "slicer_seed": 0, "n_predicates": pred.shape[1]}
     for v in config.rule_variants:
-        scores, texts, fit_s = r_scores, r_texts, r_s
+        scores, rules, fit_s = r_scores, r_rules, r_s
         if v == "rules+mixture":
             if mix_scores is None:
-                raise InputError(
-                    f"rules+mixture needs the variant {config.rules_mixture_variant} in --variants"
-                )
-            scores, texts = br.merge_ranked([r_scores, mix_scores], [r_texts, []], errors)
+                raise InputError(f"rules+mixture needs the variant {config.rules_mixture_variant}")
+            scores, rules = br.merge_ranked([r_scores, mix_scores], [r_rules, []], errors)
         row = {**base, **common, "variant": v, "n_modalities": 0, "method": "medaudit", "fit_s": fit_s}
         row.update(_score_rows(scores, scen, probs))
-        row.update(_explanation_hit(pred, scores, texts[0], scen))
+        row.update(_explanation_hit(pred_run, scores, rules[0], scen))
         rows.append(row)
     if config.peer_sliceline:
         from medaudit.audit.peer_sliceline import run_sliceline
 
         t1 = time.perf_counter()
-        res = run_sliceline(pred, errors, k=k, **config.sliceline_params)
+        res = run_sliceline(pred, errors.astype(float), k=k, **config.sliceline_params)
         row = {**base, **common, "variant": "rules", "n_modalities": 0, "method": "sliceline-0.3.0"}
         row.update(_score_rows(res.scores, scen, probs))
         row["fit_s"] = time.perf_counter() - t1
-        row.update(_explanation_hit(pred, res.scores, res.rules[0], scen))
+        row.update(_explanation_hit(pred_run, res.scores, None, scen))
         rows.append(row)
     return rows
 
@@ -621,9 +622,7 @@ def _run_domino_peer(
 
 def _worker_run(task: RunTask, runs_dir: str) -> tuple[str, int]:
     st = _STATE
-    rows = run_one(
-        st["config"], st["df"], st["emb"], st["kind"], task, st["peer_python"], st.get("predicates")
-    )
+    rows = run_one(st["config"], st["df"], st["emb"], st["kind"], task, st["peer_python"], st.get("concepts"))
     _write_rows(Path(runs_dir) / f"{task.key}.parquet", rows)
     return task.key, len(rows)
 
@@ -713,12 +712,12 @@ def run_benchmark(
     atomic_write_text(state / "kind.txt", kind)
     atomic_write_text(state / "peer_python.txt", peer_py)
     if config.rule_variants or config.peer_sliceline:
-        from medaudit.audit.bench_rules import cohort_predicates
+        from medaudit.audit.bench_rules import cohort_concepts
 
-        with atomic_save(state / "predicates.parquet") as tmp:
-            cohort_predicates(df, config.metadata_columns).to_parquet(tmp, index=False)
+        with atomic_save(state / "concepts.parquet") as tmp:
+            cohort_concepts(df).to_parquet(tmp, index=False)
     else:
-        (state / "predicates.parquet").unlink(missing_ok=True)
+        (state / "concepts.parquet").unlink(missing_ok=True)
     t_runs = time.perf_counter()
     if todo:
         with make_progress() as prog:
