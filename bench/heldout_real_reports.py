@@ -16,6 +16,7 @@ Methods, on the same table:
 
 * ``medaudit``: :func:`medaudit.audit.pipeline.run_audit` with its default configuration on the report
   and metadata modalities (no images exist for this table), as a new user would run it;
+  ``medaudit:<slicer>`` overrides only the slicer (``mixture``, ``rules``, ``both``);
 * ``domino-0.1.5``: the published Domino slicer (``/work/shared/peers/run_domino.py`` in its own Python 3.9
   env, its default settings: 25 components, weights 10, PCA 128) on plain scikit-learn TF-IDF of the
   report text, with 5 slices like the audit.
@@ -153,7 +154,8 @@ def make_case(
     return t, gt
 
 
-def run_medaudit(t: pd.DataFrame, seed: int, work: Path) -> np.ndarray:
+def run_medaudit(t: pd.DataFrame, seed: int, work: Path, slicer: str | None = None) -> np.ndarray:
+    """The audit with its defaults on report + metadata (``slicer``: override the default slicer)."""
     from medaudit.audit.pipeline import AuditConfig, run_audit
 
     cfg = AuditConfig(
@@ -163,6 +165,8 @@ def run_medaudit(t: pd.DataFrame, seed: int, work: Path) -> np.ndarray:
         write_report=False,
         cache_dir=work / "emb-cache",
     )
+    if slicer:
+        cfg.slicer = slicer
     res = run_audit(t.drop(columns=["image"], errors="ignore"), cfg, work / "audit")
     mem = res.membership.set_index("id").loc[t["id"].astype(str)]
     return mem[[c for c in mem.columns if c.startswith("slice_")]].to_numpy(dtype=np.float64)
@@ -198,8 +202,8 @@ def evaluate(args: argparse.Namespace) -> pd.DataFrame:
             for method in args.methods:
                 with tempfile.TemporaryDirectory(prefix="medaudit-heldout-") as td:
                     t0 = time.perf_counter()
-                    if method == "medaudit":
-                        s = run_medaudit(t, seed, Path(td))
+                    if method.startswith("medaudit"):
+                        s = run_medaudit(t, seed, Path(td), method.partition(":")[2] or None)
                     else:
                         s = run_domino(t, seed, Path(td), args.domino_python, args.domino_script)
                     dt = time.perf_counter() - t0
@@ -234,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--bg-error", type=float, default=0.10)
     ap.add_argument("--group-error", type=float, default=0.70)
-    ap.add_argument("--methods", default="medaudit,domino-0.1.5")
+    ap.add_argument("--methods", default="medaudit:mixture,medaudit:rules,medaudit:both,domino-0.1.5")
     ap.add_argument("--domino-python", default=os.environ.get("MEDAUDIT_DOMINO_PYTHON", ""))
     ap.add_argument("--domino-script", type=Path, default=Path("/work/shared/peers/run_domino.py"))
     ap.add_argument("--out", type=Path, required=True)
