@@ -112,3 +112,10 @@ def test_ngram_features_are_named_and_binary() -> None:
     assert 'report says "pectus deformity"' in df.columns
     assert 'report says "no_effusion"' in df.columns
     assert df['report says "pectus"'].sum() == 3
+
+
+def test_exclude_and_resolution() -> None:
+    assert _code("Considerations include pericardial effusion.", "pleural effusion") == 0
+    assert _code("Small pericardial effusion and left pleural effusion.", "pleural effusion") == 1
+    assert _code("Interval resolution of left effusion.", "pleural effusion") == -1
+    assert _code("The left chest tube has been removed.", "tube") == -1

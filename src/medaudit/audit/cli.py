@@ -102,7 +102,7 @@ def audit_command(
     fusion: str = typer.Option("concat", "--fusion", help="concat | balanced"),
     fusion_dim: int = typer.Option(64, "--fusion-dim", help="Per-modality dimension for balanced fusion."),
     slicer: str = typer.Option(
-        "mixture",
+        "both",
         "--slicer",
         help="mixture (embedding slices) | rules (readable rule slices) | both (one ranked list) | kmeans.",
     ),

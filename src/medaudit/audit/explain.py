@@ -50,6 +50,10 @@ _PRE_TRIGGERS: tuple[tuple[str, ...], ...] = tuple(
         "absence of",
         "clear of",
         "rather than",
+        "resolution of",
+        "interval resolution of",
+        "removal of",
+        "interval removal of",
         "no",
         "not",
         "without",
@@ -78,6 +82,10 @@ _POST_TRIGGERS: tuple[tuple[str, ...], ...] = tuple(
         "is resolved",
         "are resolved",
         "ruled out",
+        "has cleared",
+        "have cleared",
+        "has been removed",
+        "have been removed",
         "is excluded",
         "are excluded",
     )
@@ -118,7 +126,10 @@ _FORWARD_STOP = frozenset(
 _BACKWARD_STOP = frozenset(
     ["but", "however", "although", "though", "except", "which", "whereas", "while", "yet"]
 )
-_MAX_SCOPE = 6  # content words (non stop-words) a scope may cover
+# Content words (non stop-words) a scope may cover. 12, not NegEx's classic 5-6: Open-i's lists of
+# denied findings ("No focal consolidation, suspicious pulmonary opacity, large pleural effusion, or
+# pneumothorax") run to 9; measured against MeSH, see docs/concepts.md.
+_MAX_SCOPE = 12
 
 _SENTENCE_SPLIT = re.compile(r"[.;:!?\n]+")
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -144,11 +155,17 @@ def _match(tokens: Sequence[str], i: int, index: dict[str, tuple[tuple[str, ...]
     return 0
 
 
+def _ends_forward(tokens: Sequence[str], j: int) -> bool:
+    """Whether ``tokens[j]`` ends a forward negation scope ("no opacity to suggest pneumonia" does not
+    end at "suggest": the pneumonia is denied too)."""
+    return tokens[j] in _FORWARD_STOP and not (j > 0 and tokens[j - 1] == "to")
+
+
 def negation_flags(tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """NegEx scope of one sentence's tokens: (negated, trigger) boolean arrays, one entry per token.
 
     See :func:`negate_text` for the triggers and the scope rules (a scope ends at the sentence, at
-    "but" / "however" / "although" ..., and after six content words).
+    "but" / "however" / "although" ..., and after twelve content words).
     """
     n = len(tokens)
     negated = np.zeros(n, dtype=bool)
@@ -180,7 +197,7 @@ def negation_flags(tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
             trigger[i : i + m] = True
             count = 0
             j = i + m
-            while j < n and count < _MAX_SCOPE and tokens[j] not in _FORWARD_STOP and not trigger[j]:
+            while j < n and count < _MAX_SCOPE and not _ends_forward(tokens, j) and not trigger[j]:
                 if _match(tokens, j, _PRE_INDEX):  # a new trigger starts its own scope
                     break
                 if tokens[j] not in STOP_WORDS:
@@ -257,9 +274,9 @@ def negate_text(text: str) -> str:
     """Lower-case, tokenise, mark negated words and drop stop-words (negation words are kept).
 
     A NegEx-style heuristic: within a sentence, a pre-negation trigger ("no", "not", "without",
-    "negative for", "no evidence of", ...) negates up to six following content words, stopping at a
+    "negative for", "no evidence of", ...) negates up to twelve following content words, stopping at a
     clause break ("but", "however", a copula such as "is"); a post-negation trigger ("not seen",
-    "is absent", "has resolved", ...) negates up to six preceding content words. Negated words get the
+    "is absent", "has resolved", ...) negates up to twelve preceding content words. Negated words get the
     prefix ``no_``. Example: ``"No pleural effusion or pneumothorax. Heart is enlarged."`` ->
     ``"no no_pleural no_effusion no_pneumothorax heart enlarged"``.
     """

@@ -81,7 +81,8 @@ class AuditConfig:
         fusion / fusion_weights / fusion_dim: passed to :func:`medaudit.audit.fusion.fuse`.
         slicer: ``mixture`` (Domino-style error-aware Gaussian mixture), ``kmeans``, ``rules``
             (conjunctions of readable predicates, :mod:`medaudit.audit.slicers.rules`; no embeddings
-            needed) or ``both`` (mixture and rules in one ranked list, :mod:`medaudit.audit.rule_audit`).
+            needed) or ``both`` (default: mixture and rules in one ranked list,
+            :mod:`medaudit.audit.rule_audit`; see docs/concepts.md for the evidence).
         concepts: a YAML concept lexicon (default: the built-in one, docs/concepts.md).
         rule_max_level / rule_min_support: rule length (1–3) and smallest rule slice.
         rule_ngrams: open-vocabulary n-gram predicates offered to the rule search (0: none).
@@ -113,7 +114,7 @@ class AuditConfig:
     fusion: str = "concat"
     fusion_weights: dict[str, float] | None = None
     fusion_dim: int = 64
-    slicer: str = "mixture"
+    slicer: str = "both"
     concepts: str | os.PathLike[str] | None = None
     rule_max_level: int = 3
     rule_min_support: int = 10

@@ -50,6 +50,10 @@ _UNCERTAIN_PRE = tuple(
         "can not exclude",
         "cannot exclude",
         "cannot rule out",
+        "difficult to exclude",
+        "not exclude",
+        "differential considerations include",
+        "differential diagnosis includes",
         "not excluded",
         "possible",
         "possibly",
@@ -88,7 +92,7 @@ _UNCERTAIN_POST = tuple(
 _SCOPE_STOP = frozenset(
     ["but", "however", "although", "though", "except", "which", "whereas", "while", "yet"]
 )
-_SCOPE = 6  # tokens an uncertainty scope covers
+_SCOPE = 8  # tokens an uncertainty scope covers
 
 
 def _match_at(tokens: Sequence[str], i: int, phrases: Iterable[tuple[str, ...]]) -> int:
@@ -125,7 +129,17 @@ def uncertainty_flags(tokens: Sequence[str]) -> np.ndarray:
     return flags
 
 
-def _report_codes(text: str, patterns: list[re.Pattern[str]], negatable: list[bool]) -> list[int]:
+def _mask(text: str, rx: re.Pattern[str] | None) -> str:
+    """``text`` with the matches of ``rx`` overwritten (same length, so offsets stay valid)."""
+    return rx.sub(lambda m: "#" * (m.end() - m.start() - 1) + " ", text) if rx is not None else text
+
+
+def _report_codes(
+    text: str,
+    patterns: list[re.Pattern[str]],
+    negatable: list[bool],
+    excludes: list[re.Pattern[str] | None],
+) -> list[int]:
     """Codes of one report for the lexicon's own synonyms (before ``includes``)."""
     codes = [NOT_MENTIONED] * len(patterns)
     sentences = sentence_tokens(text)
@@ -144,7 +158,7 @@ def _report_codes(text: str, patterns: list[re.Pattern[str]], negatable: list[bo
     starts = np.cumsum([0] + [len(t) + 1 for t in tokens[:-1]])
     for k, rx in enumerate(patterns):
         best = NOT_MENTIONED
-        for m in rx.finditer(joined):
+        for m in rx.finditer(_mask(joined, excludes[k])):
             a = int(np.searchsorted(starts, m.start(), side="right")) - 1
             b = int(np.searchsorted(starts, m.end() - 1, side="right"))
             if uncertain_all[a:b].any():
@@ -187,11 +201,12 @@ def extract_concepts(texts: Sequence[str] | pd.Series, lexicon: Lexicon | None =
     lex = lexicon or default_lexicon()
     patterns = [re.compile(c.pattern()) for c in lex.concepts]
     negatable = [c.negatable for c in lex.concepts]
+    excludes = [re.compile(p) if (p := c.exclude_pattern()) else None for c in lex.concepts]
     values = list(texts)
     codes = np.zeros((len(values), len(lex)), dtype=np.int8)
     for i, t in enumerate(values):
         if isinstance(t, str) and t.strip():
-            codes[i] = _report_codes(t, patterns, negatable)
+            codes[i] = _report_codes(t, patterns, negatable, excludes)
     codes = _apply_includes(codes, lex)
     index = texts.index if isinstance(texts, pd.Series) else None
     return pd.DataFrame(codes, columns=lex.names, index=index)

@@ -10,6 +10,7 @@ YAML format (see ``default_lexicon.yaml`` and docs/concepts.md)::
         group: device         # optional, free text
         includes: [tube]      # optional: other concepts whose mentions count for this one
         negatable: true       # optional (false for phrases that carry their own negation)
+        exclude: [chest tube removal]   # optional: phrases that never count as a mention
 
 A synonym is a phrase of lower-case words matched within one sentence; ``foo*`` matches any word
 starting with ``foo`` and ``~`` stands for up to two arbitrary words.
@@ -31,7 +32,7 @@ from medaudit.errors import InputError
 __all__ = ["Concept", "Lexicon", "default_lexicon", "load_lexicon", "parse_lexicon"]
 
 _TOP_KEYS = frozenset({"name", "language", "concepts", "description"})
-_CONCEPT_KEYS = frozenset({"name", "synonyms", "group", "includes", "negatable", "description"})
+_CONCEPT_KEYS = frozenset({"name", "synonyms", "group", "includes", "negatable", "exclude", "description"})
 _WORD = re.compile(r"[a-z0-9]+\*?|~")
 
 
@@ -44,21 +45,31 @@ class Concept:
     group: str = ""
     includes: tuple[str, ...] = ()
     negatable: bool = True
+    exclude: tuple[str, ...] = ()
 
     def pattern(self) -> str:
         """A regular expression over space-joined lower-case tokens matching any synonym."""
-        alts = []
-        for syn in sorted(self.synonyms, key=len, reverse=True):
-            parts = []
-            for w in _WORD.findall(syn.lower()):
-                if w == "~":
-                    parts.append(r"(?:[a-z0-9]+ ){0,2}")
-                else:
-                    core = re.escape(w.rstrip("*")) + (r"[a-z0-9]*" if w.endswith("*") else "")
-                    parts.append(core + " ")
-            if parts:
-                alts.append("".join(parts))
-        return r"(?<![a-z0-9])(?:" + "|".join(alts) + ")" if alts else r"(?!x)x"
+        return _phrases_pattern(self.synonyms)
+
+    def exclude_pattern(self) -> str | None:
+        """A regular expression matching the ``exclude`` phrases (``None`` without any)."""
+        return _phrases_pattern(self.exclude) if self.exclude else None
+
+
+def _phrases_pattern(phrases: tuple[str, ...]) -> str:
+    """One regular expression over space-joined lower-case tokens for a list of lexicon phrases."""
+    alts = []
+    for syn in sorted(phrases, key=len, reverse=True):
+        parts = []
+        for w in _WORD.findall(syn.lower()):
+            if w == "~":
+                parts.append(r"(?:[a-z0-9]+ ){0,2}")
+            else:
+                core = re.escape(w.rstrip("*")) + (r"[a-z0-9]*" if w.endswith("*") else "")
+                parts.append(core + " ")
+        if parts:
+            alts.append("".join(parts))
+    return r"(?<![a-z0-9])(?:" + "|".join(alts) + ")" if alts else r"(?!x)x"
 
 
 @dataclass(frozen=True)
@@ -98,12 +109,13 @@ def _parse_concept(item: Any, where: str, i: int) -> Concept:
         raise InputError(f"{where}: concepts[{i}]: key 'name' is missing or empty")
     synonyms = _str_list(item.get("synonyms", []), at, "synonyms")
     includes = _str_list(item.get("includes", []), at, "includes")
+    exclude = _str_list(item.get("exclude", []), at, "exclude")
     if not synonyms or not any(_WORD.findall(s.lower()) for s in synonyms):
         raise InputError(f"{at}: key 'synonyms' is missing or empty")
     neg = item.get("negatable", True)
     if not isinstance(neg, bool):
         raise InputError(f"{at}: key 'negatable' must be true or false")
-    return Concept(name, synonyms, str(item.get("group", "") or ""), includes, neg)
+    return Concept(name, synonyms, str(item.get("group", "") or ""), includes, neg, exclude)
 
 
 def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:

@@ -13,8 +13,8 @@
   is not extended; nor is one whose best reachable p-value is worse than that of the ``10 *
   n_slices``-th best rule found so far (SliceLine's top-K score bound). Level-``k+1`` candidates are joined from level-``k`` rules whose every
   ``k``-subset survived (apriori). Beam limits keep the search fast: at most ``max_parents`` rules
-  of a level are extended and ``max_candidates`` candidates evaluated, those with the most errors
-  first (each cut is recorded in ``search_stats_``).
+  of a level are extended (the most significant ones) and ``max_candidates`` candidates evaluated
+  (those with the most errors); each cut is recorded in ``search_stats_``.
 * **Multiple testing.** Benjamini–Hochberg over *every* rule whose error count was computed, with
   p = 1 for rules pruned before their size was counted.
 * **Selection.** Rules with ``q <= alpha`` and positive excess are picked greedily, one per round:
@@ -85,7 +85,7 @@ class RuleSlicer(BaseSlicer):
         max_overlap: overlap coefficient above which a rule is skipped as a duplicate of a better one.
         rank_by: ``"p_value"`` or ``"excess_errors"``.
         max_candidates: candidates evaluated per level at most (those with the most errors).
-        max_parents: rules of one level extended to the next at most (those with the most errors).
+        max_parents: rules of one level extended to the next at most (the most significant ones).
         feature_names: names of the predicates when ``X`` is an array.
 
     Attributes (after fit):
@@ -238,10 +238,11 @@ class RuleSlicer(BaseSlicer):
             self._update_kth_best(e, s)
             ok = self._expandable(e, s)
             parents_cut = int(ok.sum()) > self.max_parents
-            if parents_cut:  # beam: extend the rules with the most errors only
+            if parents_cut:  # beam: extend the most significant rules only
                 idx = np.flatnonzero(ok)
+                lp = rule_log_pvalues(e[idx], s[idx], self.n_, self.n_errors_)
                 ok[:] = False
-                ok[idx[np.argsort(-e[idx], kind="stable")[: self.max_parents]]] = True
+                ok[idx[np.argsort(lp, kind="stable")[: self.max_parents]]] = True
             level_rules = sized[ok]
             stats_[f"level_{level}"] = {
                 "parents_cut": bool(parents_cut),

@@ -1,0 +1,128 @@
+"""The audit with rule slices: --slicer rules|both, --concepts, fallbacks, one ranked list."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medaudit.audit.pipeline import AuditConfig, run_audit
+from medaudit.audit.rule_audit import merge_ranked, slice_evidence
+from medaudit.audit.table import ColumnMap
+from medaudit.cli import main
+from test_audit_e2e import make_cases
+
+_COLS = ColumnMap(id="case", label="truth", prob="score", image=None, report="text")
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, np.ndarray, Path]:
+    folder = tmp_path_factory.mktemp("rule_cases")
+    df, gt = make_cases(folder, n=300, images=False, seed=0)
+    return df, gt, folder
+
+
+def _cfg(folder: Path, **kw: object) -> AuditConfig:
+    base = dict(
+        columns=_COLS,
+        meta=["view", "sex", "age"],
+        modalities=("report", "metadata"),
+        n_slices=3,
+        n_components=6,
+        pca=16,
+        cache_dir=folder / "cache",
+        write_report=False,
+        encoder_kwargs={"report": {"dim": 16}},
+    )
+    base.update(kw)
+    return AuditConfig(**base)  # type: ignore[arg-type]
+
+
+def test_rules_find_and_name_the_planted_slice(cases, tmp_path: Path) -> None:
+    df, gt, folder = cases
+    res = run_audit(df, _cfg(folder, slicer="rules"), tmp_path / "out")
+    top = res.slices[0]
+    assert top["family"] == "rules" and "report mentions tube" in top["explanation"]["rule"]["rule"]
+    members = set(top["member_ids"])
+    assert len(members & set(df["case"][gt])) / len(members) >= 0.9
+    assert top["explanation"]["headline"].startswith("rule: ")
+    assert top["explanation"]["concepts"][0]["state"] == "mentioned"
+    assert res.payload["rule_search"]["n_rules_tested"] > res.payload["rule_search"]["n_predicates"]
+    assert res.payload["embedding_dims"] == {}  # no embeddings needed for rules
+
+
+def test_both_gives_one_merged_list(cases, tmp_path: Path) -> None:
+    df, gt, folder = cases
+    res = run_audit(df, _cfg(folder, slicer="both", write_report=True), tmp_path / "out")
+    data = json.loads((tmp_path / "out" / "slices.json").read_text())
+    assert data["schema_version"] == "1.1" and len(data["slices"]) <= 3
+    assert [s["rank"] for s in data["slices"]] == list(range(1, len(data["slices"]) + 1))
+    logp = [s["evidence"]["log10_p"] for s in data["slices"]]
+    assert logp == sorted(logp)
+    top = res.slices[0]
+    assert set(top["member_ids"]) & set(df["case"][gt])
+    assert top["linked"] and top["linked"][0]["jaccard"] >= 0.5  # the mixture found it too: merged
+    for s in res.slices:
+        assert s["explanation"]["rule"] is not None and 0 < s["explanation"]["rule"]["coverage"] <= 1
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "report mentions tube" in html and "Merged with" in html
+
+
+def test_all_empty_reports_fall_back(cases, tmp_path: Path) -> None:
+    df, _, folder = cases
+    empty = df.assign(text="")
+    with pytest.warns(UserWarning, match="every report is empty"):
+        res = run_audit(empty, _cfg(folder, slicer="both"), tmp_path / "out")
+    assert res.payload["modalities"] == ["metadata"] and res.payload["concepts"] is None
+    assert any("every report is empty" in w for w in res.payload["warnings"])
+
+
+def test_uncovered_language_warns(cases, tmp_path: Path) -> None:
+    df, _, folder = cases
+    rng = np.random.default_rng(0)
+    words = ["keine", "Auffälligkeit", "Erguss", "links", "Herz", "normal", "groß", "Lunge"]
+    foreign = df.assign(text=[" ".join(rng.choice(words, 6)) + "." for _ in range(len(df))])
+    with pytest.warns(UserWarning, match="another language"):
+        res = run_audit(foreign, _cfg(folder, slicer="rules"), tmp_path / "out")
+    assert res.payload["concepts"] is None
+
+
+def test_cli_bad_lexicon_exits_2(cases, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    df, _, _ = cases
+    table = tmp_path / "cases.csv"
+    df.to_csv(table, index=False)
+    lex = tmp_path / "lex.yaml"
+    lex.write_text("concepts:\n  - name: tube\n    synonyms: []\n")
+    out = tmp_path / "audit"
+    args = ["audit", "--table", str(table), "--out", str(out), "--id", "case", "--label", "truth"]
+    args += ["--prob", "score", "--report", "text", "--meta", "view", "--slicer", "rules"]
+    assert main([*args, "--concepts", str(lex)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lex.yaml" in err[0] and "synonyms" in err[0]
+    assert not out.exists()
+    lex.write_text("concepts:\n  - name: chest tube\n    synonyms: [chest tube]\n")
+    assert main([*args, "--concepts", str(lex), "--no-report"]) == 0
+    data = json.loads((out / "slices.json").read_text())
+    assert data["concepts"]["mentioned"] == {"chest tube": 36}
+    assert "report mentions chest tube" in data["slices"][0]["explanation"]["rule"]["rule"]
+
+
+def test_merge_and_size_aware_ranking() -> None:
+    """A 20-case slice with 15 errors outranks a 300-case slice at 16% errors (base rate 10%)."""
+    n = 5000
+    errors = np.zeros(n, dtype=bool)
+    errors[:500] = True  # 10% overall
+    small = np.zeros(n, dtype=bool)
+    small[:15] = small[600:605] = True  # 15 errors of 20
+    large = np.zeros(n, dtype=bool)
+    large[100:148] = large[1000:1252] = True  # 48 errors of 300
+    ev_small, ev_large = slice_evidence(small, errors), slice_evidence(large, errors)
+    assert ev_large["excess_errors"] > ev_small["excess_errors"]
+    assert ev_small["log10_p"] < ev_large["log10_p"]
+    dup = large.copy()
+    dup[1252:1300] = True  # Jaccard 300/348 with `large`
+    kept, linked = merge_ranked([large, small, dup], [ev_large["log10_p"], ev_small["log10_p"], -1.0])
+    assert kept[0] == 1 and len(kept) == 2 and linked[kept[1]][0][0] in (0, 2)
