@@ -87,6 +87,10 @@ SLICER_CONFIGS: dict[str, dict[str, Any]] = {
     "restarts": {"n_init": 10},
 }
 DEFAULT_METADATA_COLUMNS: tuple[str, ...] = ("view_position", "age", "sex")
+#: The sliceline peer: the package's defaults except k (= slices), lattice level and alpha (0.95, as in the
+#: package's README; its default 0.6 penalises small slices so hard that it returns none here).
+SLICELINE_PARAMS: dict[str, Any] = {"alpha": 0.95, "max_l": 2, "min_sup": 10}
+RULE_VARIANTS: tuple[str, ...] = ("rules", "rules+mixture")
 KS: tuple[int, ...] = (10, 25)
 METRIC_COLUMNS: tuple[str, ...] = tuple(f"p{k}_{d}" for d in ("study", "dcbench") for k in KS)
 
@@ -135,6 +139,10 @@ class BenchConfig:
     peer_domino: bool = False
     peer_fusions: tuple[str, ...] = ("concat",)
     peer_variants: tuple[str, ...] = ("image", "image+report+metadata")  #: variants the Domino peer runs on
+    rule_variants: tuple[str, ...] = ()  #: ``rules`` and/or ``rules+mixture`` (:mod:`.bench_rules`)
+    rules_mixture_variant: str = "image+report+metadata"  #: the embedding slices merged in ``rules+mixture``
+    peer_sliceline: bool = False  #: the ``sliceline`` package on the rule slicer's predicates
+    sliceline_params: dict[str, Any] = field(default_factory=lambda: dict(SLICELINE_PARAMS))
 
     def key_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -302,6 +310,7 @@ def _load_state(state_dir: str) -> dict[str, Any]:
         "config": _config_from_json(json.loads((d / "config.json").read_text())),
         "kind": (d / "kind.txt").read_text().strip(),
         "peer_python": _read_peer(d),
+        "concepts": pd.read_parquet(d / "concepts.parquet") if (d / "concepts.parquet").exists() else None,
     }
 
 
@@ -325,6 +334,7 @@ def _config_from_json(d: dict[str, Any]) -> BenchConfig:
         "metadata_columns",
         "peer_fusions",
         "peer_variants",
+        "rule_variants",
     ):
         d[k] = tuple(d[k])
     d["variants"] = tuple(tuple(v) for v in d["variants"])
@@ -442,6 +452,7 @@ def run_one(
     kind: str,
     task: RunTask,
     peer_python: str = "",
+    concepts: pd.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """Execute one run and return its rows (one per variant × fusion × slicer config × slicer seed × method)."""
     from medaudit.audit.slicers import get_slicer
@@ -478,6 +489,12 @@ def run_one(
     base["train_s"] = time.perf_counter() - t0
     test = {m: emb[m][scen.test_idx] for m in MODALITIES if m in emb}
     rows: list[dict[str, Any]] = []
+    pred_run = None  # (predicates, concept codes) of the test split, when rules or hits are measured
+    if concepts is not None:
+        from medaudit.audit.bench_rules import run_predicates
+
+        pred_run = run_predicates(concepts, df, scen.test_idx, y, config.metadata_columns)
+    mix_scores: np.ndarray | None = None
     for variant in config.variants:
         missing = [m for m in variant if m not in test]
         if missing:
@@ -504,12 +521,82 @@ def run_one(
                     eta = modality_eta2(scores.argmax(axis=1), {m: test[m] for m in variant})
                     row.update({f"eta2_{m}": eta.get(m, float("nan")) for m in MODALITIES})
                     row.update({f"var_share_{m}": vshare.get(m, float("nan")) for m in MODALITIES})
+                    row.update(_explanation_hit(pred_run, scores, None, scen))
                     rows.append(row)
+                    if vname == config.rules_mixture_variant and fusion in ("concat", "none") and s_i == 0:
+                        mix_scores = scores if mix_scores is None else mix_scores
             peer_ok = vname in config.peer_variants and (fusion in config.peer_fusions or fusion == "none")
             if config.peer_domino and peer_python and peer_ok:
-                rows.append(
-                    {**base, **_run_domino_peer(peer_python, z, y, probs, config, scen, task, vname, fusion)}
-                )
+                prow, pscores = _run_domino_peer(peer_python, z, y, probs, config, scen, task, vname, fusion)
+                rows.append({**base, **prow, **_explanation_hit(pred_run, pscores, None, scen)})
+    if pred_run is not None:
+        rows += _rule_rows(config, base, scen, probs, pred_run, mix_scores)
+    return rows
+
+
+def _explanation_hit(
+    pred_run: tuple[pd.DataFrame, pd.DataFrame | None] | None,
+    scores: np.ndarray | None,
+    rule: list[str] | None,
+    scen: sc.Scenario,
+) -> dict[str, Any]:
+    """Whether the top-ranked slice's rule (own or best-matching) or top concept names the attribute."""
+    if pred_run is None or scores is None or scores.shape[1] == 0:
+        return {}
+    from medaudit.audit.bench_rules import names_attribute, slice_terms
+
+    members = scores[:, 0] > 0.5
+    if not members.any():  # a soft slice with no member above 0.5: its 10 highest-scoring cases
+        members = np.zeros(len(scores), dtype=bool)
+        members[np.argsort(-scores[:, 0], kind="stable")[:10]] = True
+    t = slice_terms(pred_run[0], pred_run[1], members, rule)
+    attr = str(scen.metadata.get("attribute", ""))
+    return {
+        "hit": float(names_attribute(t["terms"], attr)),
+        "top_rule": t["rule"],
+        "top_concept": t["concept"],
+    }
+
+
+def _rule_rows(
+    config: BenchConfig,
+    base: dict[str, Any],
+    scen: sc.Scenario,
+    probs: np.ndarray,
+    pred_run: tuple[pd.DataFrame, pd.DataFrame | None],
+    mix_scores: np.ndarray | None,
+) -> list[dict[str, Any]]:
+    """Rows of the ``rules`` / ``rules+mixture`` variants and the ``sliceline`` peer."""
+    from medaudit.audit import bench_rules as br
+
+    y, pred = scen.test_labels, pred_run[0]
+    errors = (probs >= 0.5).astype(np.int64) != y
+    k = int(config.slicer_params.get("n_slices", 5))
+    rows: list[dict[str, Any]] = []
+    t1 = time.perf_counter()
+    r_scores, r_rules = br.fit_rules(pred, y, probs, k)
+    r_s = time.perf_counter() - t1
+    common = {"fusion": "none", "slicer_config": "study", "slicer_seed": 0, "n_predicates": pred.shape[1]}
+    for v in config.rule_variants:
+        scores, rules, fit_s = r_scores, r_rules, r_s
+        if v == "rules+mixture":
+            if mix_scores is None:
+                raise InputError(f"rules+mixture needs the variant {config.rules_mixture_variant}")
+            scores, rules = br.merge_ranked([r_scores, mix_scores], [r_rules, []], errors)
+        row = {**base, **common, "variant": v, "n_modalities": 0, "method": "medaudit", "fit_s": fit_s}
+        row.update(_score_rows(scores, scen, probs))
+        row.update(_explanation_hit(pred_run, scores, rules[0], scen))
+        rows.append(row)
+    if config.peer_sliceline:
+        from medaudit.audit.peer_sliceline import run_sliceline
+
+        t1 = time.perf_counter()
+        res = run_sliceline(pred, errors.astype(float), k=k, **config.sliceline_params)
+        row = {**base, **common, "variant": "rules", "n_modalities": 0, "method": "sliceline-0.3.0"}
+        row.update(_score_rows(res.scores, scen, probs))
+        row["fit_s"] = time.perf_counter() - t1
+        row.update(_explanation_hit(pred_run, res.scores, None, scen))
+        rows.append(row)
     return rows
 
 
@@ -523,8 +610,9 @@ def _run_domino_peer(
     task: RunTask,
     vname: str,
     fusion: str,
-) -> dict[str, Any]:
-    """Run the published Domino 0.1.5 (separate Python 3.9 env) on the same arrays; one row."""
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Run the published Domino 0.1.5 (separate Python 3.9 env) on the same arrays; one row and its
+    membership scores (``None`` when it failed)."""
     script = _peer_script(python)
     p = config.slicer_params
     row: dict[str, Any] = {"variant": vname, "n_modalities": vname.count("+") + 1, "fusion": fusion}
@@ -544,11 +632,11 @@ def _run_domino_peer(
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         if res.returncode != 0 or not (d / "o.npy").exists():
             row["error"] = (res.stderr.strip().splitlines() or ["domino failed"])[-1][:300]
-            return row
+            return row, None
         scores = np.load(d / "o.npy").astype(np.float64)
     row.update(_score_rows(scores, scen, probs))
     row["fit_s"] = time.perf_counter() - t1
-    return row
+    return row, scores
 
 
 def _execute_run(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -558,7 +646,7 @@ def _execute_run(payload: dict[str, Any]) -> list[dict[str, Any]]:
     torch.set_num_threads(int(payload.get("threads", 1)))
     st = _load_state(payload["state_dir"])
     task = RunTask(**payload["task"])
-    return run_one(st["config"], st["df"], st["emb"], st["kind"], task, st["peer_python"])
+    return run_one(st["config"], st["df"], st["emb"], st["kind"], task, st["peer_python"], st["concepts"])
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -613,6 +701,13 @@ def _write_state(
     atomic_write_json(state / "config.json", dataclasses.asdict(config))
     atomic_write_text(state / "kind.txt", kind)
     atomic_write_text(state / "peer_python.txt", f"{peer_py}\n{_PEER_SCRIPTS[peer_py]}" if peer_py else "")
+    if config.rule_variants or config.peer_sliceline:
+        from medaudit.audit.bench_rules import cohort_concepts
+
+        with atomic_save(state / "concepts.parquet") as tmp:
+            cohort_concepts(df).to_parquet(tmp, index=False)
+    else:
+        (state / "concepts.parquet").unlink(missing_ok=True)
     _load_state.cache_clear()
     return state
 
@@ -761,7 +856,7 @@ def aggregate(runs: pd.DataFrame, n_boot: int = 1000, by_share: bool = False) ->
         "slicer_config",
         "method",
     ]
-    metric_cols = [c for c in (*METRIC_COLUMNS, "baseline", "baseline_slice") if c in kept]
+    metric_cols = [c for c in (*METRIC_COLUMNS, "hit", "baseline", "baseline_slice") if c in kept]
     eta_cols = [c for c in kept.columns if c.startswith(("eta2_", "var_share_"))]
     per_run = kept.groupby([*keys, "key"], dropna=False)[[*metric_cols, *eta_cols]].mean().reset_index()
     out = []
@@ -814,13 +909,41 @@ def stability(runs: pd.DataFrame) -> pd.DataFrame:
     return per.groupby(keys).mean().reset_index()
 
 
+def hit_rates(runs: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
+    """Explanation hit rate over all scenarios: the share of kept runs whose top-ranked slice's rule or
+    top concept names the planted attribute, with a bootstrap 95% CI, per variant × fusion × method."""
+    from medaudit.audit.metrics import bootstrap_ci
+
+    if "hit" not in runs:
+        return pd.DataFrame()
+    kept = runs[runs["kept"] & runs["hit"].notna()]
+    kept = kept[kept["slicer_seed"] == 0] if "slicer_seed" in kept else kept
+    out = []
+    for (v, f, m), g in kept.groupby(["variant", "fusion", "method"]):
+        mean, lo, hi = bootstrap_ci(g["hit"].to_numpy(dtype=float), n_boot=n_boot, seed=0)
+        rec = {
+            "variant": v,
+            "fusion": f,
+            "method": m,
+            "n_runs": len(g),
+            "hit": mean,
+            "hit_lo": lo,
+            "hit_hi": hi,
+        }
+        for scen, gs in g.groupby("scenario"):
+            rec[f"hit_{scen}"] = float(gs["hit"].mean())
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
 def contributions(results: pd.DataFrame) -> pd.DataFrame:
     """Per multimodal variant and fusion: each modality's share of the fused variance (``var_share_*``, what
     PCA and the mixture see), its eta² under the slice assignment and that eta²'s share of the total
     (``eta_share_*``): the concatenation-bias check."""
     if results.empty:
         return results
-    r = results[(results["method"] == "medaudit") & results["variant"].str.contains("+", regex=False)].copy()
+    multi = results["variant"].str.contains("+", regex=False) & ~results["variant"].isin(RULE_VARIANTS)
+    r = results[(results["method"] == "medaudit") & multi].copy()
     eta = [c for c in r.columns if c.startswith("eta2_")]
     vs = [c for c in r.columns if c.startswith("var_share_")]
     tot = r[eta].sum(axis=1, min_count=1)
@@ -904,6 +1027,7 @@ def markdown_table(
     """Results as a markdown table: mean [95% CI] per metric."""
     if results.empty:
         return "_no kept runs_\n"
+    metrics = [*metrics, *(["hit"] if "hit" in results else [])]
     head = ["scenario", "variant", "fusion", "slicer", "method", "runs", *metrics, "baseline"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in results.iterrows():
@@ -956,7 +1080,9 @@ def write_outputs(
     by_share = aggregate(runs, n_boot=n_boot, by_share=True)
     stab = stability(runs)
     contrib = contributions(results)
+    hits = hit_rates(runs, n_boot=n_boot)
     for name, frame in (
+        ("hit_rate", hits),
         ("results", results),
         ("results_by_share", by_share),
         ("stability", stab),
@@ -986,6 +1112,9 @@ def write_outputs(
         *[f"> {n}\n" for n in notes],
         markdown_table(results),
     ]
+    if not hits.empty:
+        md += ["\n## Explanation hit rate (top slice's rule or top concept names the attribute)\n",
+               frame_to_markdown(hits), "\n"]  # fmt: skip
     if not stab.empty:
         md += [
             "\n## Slicer instability (spread of p@10 across slicer seeds, mean over runs)\n",
@@ -1010,12 +1139,13 @@ def write_outputs(
         "p@25 study",
         "p@10 dcbench",
         "p@25 dcbench",
+        "hit",
         "baseline",
     ]
     rows = []
     for _, r in results.iterrows():
         rows.append([r["scenario"], r["variant"], r["fusion"], r["slicer_config"], r["method"], int(r["n_runs"]),
-                     *[_fmt(r, m) for m in ("p10_study", "p25_study", "p10_dcbench", "p25_dcbench")], f"{r['baseline']:.2f}"])  # fmt: skip
+                     *[_fmt(r, m) for m in ("p10_study", "p25_study", "p10_dcbench", "p25_dcbench", "hit")], f"{r['baseline']:.2f}"])  # fmt: skip
     html = (
         environment()
         .from_string(_HTML)
@@ -1032,6 +1162,7 @@ def write_outputs(
             extra=[
                 {"title": title, "header": list(map(str, f.columns)), "rows": _html_rows(f)}
                 for title, f in (
+                    ("Explanation hit rate (top slice's rule or top concept names the attribute)", hits),
                     ("Slicer instability (spread of p@10 across slicer seeds, mean over runs)", stab),
                     ("Modality contribution: fused-variance share and eta² per fusion", contrib),
                 )
@@ -1087,6 +1218,14 @@ def _parse_variants(s: str) -> tuple[tuple[str, ...], ...]:
     return tuple(out)
 
 
+def _rule_tokens(s: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in s.split(",") if t.strip() in RULE_VARIANTS)
+
+
+def _embedding_tokens(s: str) -> list[str]:
+    return [t.strip() for t in s.split(",") if t.strip() and t.strip() not in RULE_VARIANTS]
+
+
 def _parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for it in items:
@@ -1118,7 +1257,9 @@ def bench_scenarios_command(
     seed: int = typer.Option(0, help="First seed."),
     n_train: int = typer.Option(1000, help="Training cases per run."),
     n_test: int = typer.Option(500, help="Test cases per run."),
-    variants: str = typer.Option("all", help="'all' or e.g. image,report,image+report+metadata."),
+    variants: str = typer.Option(
+        "all", help="'all' or e.g. image,report,image+report+metadata; also rules, rules+mixture."
+    ),
     fusions: str = typer.Option("concat,balanced", help="Fusions for multimodal variants."),
     slicer_configs: str = typer.Option(
         "study", help="Slicer configs: study (n_init=1), restarts (n_init=10)."
@@ -1132,6 +1273,9 @@ def bench_scenarios_command(
     ),
     workers: int = typer.Option(1, help="Parallel worker processes."),
     peer_domino: bool = typer.Option(False, "--peer-domino", help="Also run Domino 0.1.5 as a peer row."),
+    peer_sliceline: bool = typer.Option(
+        False, "--peer-sliceline", help="Also run the sliceline package on the rule predicates."
+    ),
     peer_variants: str = typer.Option(
         "image,image+report+metadata", help="Variants the Domino peer runs on."
     ),
@@ -1162,7 +1306,9 @@ def bench_scenarios_command(
         n_runs=runs,
         seed=seed,
         scenario_params=params,
-        variants=_parse_variants(variants),
+        variants=_parse_variants(",".join(_embedding_tokens(variants)) or "image+report+metadata"),
+        rule_variants=_rule_tokens(variants),
+        peer_sliceline=peer_sliceline,
         fusions=tuple(f.strip() for f in fusions.split(",") if f.strip()),
         slicer_configs=tuple(c.strip() for c in slicer_configs.split(",") if c.strip()),
         slicer_seeds=slicer_seeds,
@@ -1177,6 +1323,10 @@ def bench_scenarios_command(
     for f in cfg.fusions:
         if f not in ("concat", "balanced"):
             raise InputError(f"fusion '{f}': choose concat or balanced")
+    if "rules+mixture" in cfg.rule_variants and cfg.rules_mixture_variant not in {
+        "+".join(v) for v in cfg.variants
+    }:
+        raise InputError(f"--variants: rules+mixture needs {cfg.rules_mixture_variant} as well")
     res = run_benchmark(
         cfg, out, cohort=cohort, cache_dir=cache_dir, workers=workers, n_cases=n_cases,
         ray_address=ray_address, peers_dir=peers_dir, force=force,

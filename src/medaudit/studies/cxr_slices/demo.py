@@ -77,6 +77,7 @@ def run_demo(
     device: str | None = None,
     quiet: bool | None = None,
     force: bool = False,
+    slicer: str = "both",
 ) -> DemoResult:
     """Run the demo; returns the output folder, the report path and a summary of measured figures.
 
@@ -96,6 +97,8 @@ def run_demo(
         image_encoder, report_encoder: audit encoders (names in :mod:`medaudit.audit.encoders`).
         rank_by: slice ranking of the audit (``"excess_errors"``, ``"error_lcb"``, ``"error"``).
         views: ``"frontal"`` (PA/AP radiographs only) or ``"all"`` (frontal and lateral).
+        slicer: the audit's slicer family: ``both`` (mixture and rule slices in one ranked list),
+            ``mixture`` or ``rules``.
     """
     from medaudit.audit.pipeline import AuditConfig, run_audit
     from medaudit.outdir import check_output
@@ -195,6 +198,7 @@ def run_demo(
         encoder_kwargs=enc_kw,
         n_slices=n_slices,
         rank_by=rank_by,
+        slicer=slicer,
         cache_dir=cache / "embeddings",
         seed=seed,
         device=device,
@@ -235,6 +239,7 @@ def run_demo(
         "average_precision": float(aps[jb]),
         "share_in_baked_slice": float(gt[members].mean()) if members.any() else None,
         "ngrams": [g.get("ngram") for g in (sb.get("explanation", {}).get("ngrams") or [])][:5],
+        **_slice_rule(sb, attribute),
     }
     total = time.perf_counter() - t0
     timings["total_s"] = total
@@ -261,6 +266,7 @@ def run_demo(
         "n_slices": n_slices,
         "rank_by": rank_by,
         "views": views,
+        "slicer": slicer,
     }
     atomic_write_json(res.out_dir / "demo.json", summary)
     report = res.paths.get("report")
@@ -269,6 +275,22 @@ def run_demo(
         for line in summary_lines(result, attribute):
             console.print(line, highlight=False)
     return result
+
+
+def _slice_rule(sl: dict[str, Any], attribute: str) -> dict[str, Any]:
+    """The slice's family, its rule (own or best-matching) and whether the rule or the top concept
+    names the baked-in attribute."""
+    from medaudit.audit.bench_rules import names_attribute
+
+    ex = sl.get("explanation", {})
+    rule = (ex.get("rule") or {}).get("text")
+    concepts = [
+        f"report mentions {c['concept']}"
+        for c in (ex.get("concepts") or [])[:1]
+        if c.get("state") == "mentioned"
+    ]
+    terms = [*(rule or "").split(" ∧ "), *concepts]
+    return {"family": sl.get("family"), "rule": rule, "names_attribute": names_attribute(terms, attribute)}
 
 
 def summary_lines(result: DemoResult, attribute: str = "support_devices") -> list[str]:
@@ -289,6 +311,7 @@ def summary_lines(result: DemoResult, attribute: str = "support_devices") -> lis
         f"{b['size']} cases, error rate {(b['error_rate'] or 0):.2f}, "
         f"{(b['share_in_baked_slice'] or 0):.0%} negatives with {attribute}; "
         f"n-grams: {', '.join(str(x) for x in b['ngrams'])}"
+        + (f"; rule: {b['rule']}" if b.get("rule") else "")
     )
     return [
         f"report: {result.report}",
@@ -337,6 +360,7 @@ def demo_command(
     force: bool = typer.Option(
         False, "--force", help="Replace an --out folder medaudit did not write (never one holding an input)."
     ),
+    slicer: str = typer.Option("both", "--slicer", help="Audit slicer: both | mixture | rules."),
 ) -> None:
     """Audit a classifier with a baked-in failure on the embedded phantom cohort, end to end."""
     if n is not None and n < 50:
@@ -364,6 +388,7 @@ def demo_command(
         device=device,
         quiet=quiet,
         force=force,
+        slicer=slicer,
     )
     if quiet:  # progress was silenced; the summary is the command's output and is always shown
         for line in summary_lines(res, attribute):
