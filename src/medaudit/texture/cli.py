@@ -147,6 +147,9 @@ def eval_command(
     clean: Annotated[bool, typer.Option(help="Also evaluate the clean scans (severity 0).")] = True,
     device: Annotated[str | None, typer.Option(help="cpu | cuda.")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
+    texture_bias: Annotated[
+        bool, typer.Option(help="Also measure the texture-bias score (medaudit.texture.bias).")
+    ] = True,
 ) -> None:
     """Evaluate models on clean and corrupted test scans; write results, summary and an HTML report."""
     from medaudit.io import atomic_output_dir
@@ -159,12 +162,15 @@ def eval_command(
         model, cases, (["none"] if clean else []) + corrs, _ints(severities, "severities"), seed, device
     )
     summary = format_table(df)
+    bias = _texture_bias(model, cases, seed, device) if texture_bias else None
     with atomic_output_dir(out) as stage:
         df.to_csv(stage / "results.csv", index=False)
         summary.to_csv(stage / "summary.csv", index=False)
+        if bias is not None:
+            bias.to_csv(stage / "texture_bias.csv", index=False)
         if report:
             ex = example_slices(model, cases[0], corrs, 3, seed, device=device)
-            write_report(df, stage / "report.html", ex)
+            write_report(df, stage / "report.html", ex, texture_bias=bias)
     from medaudit.texture.metrics import mean_dice_table
 
     keep = [
@@ -186,7 +192,15 @@ def eval_command(
     sev = sorted(int(v) for v in df.loc[df["severity"] > 0, "severity"].unique()) if "severity" in df else []
     levels = ",".join(map(str, sev)) if sev else "none"
     _print_table(mean_dice_table(df).reset_index(), f"mean Dice per test corruption (severities {levels})")
+    if bias is not None:
+        _print_table(bias, "texture bias (0 = shape only, 1 = texture only; medaudit.texture.bias)")
     typer.echo(f"results: {out / 'results.csv'}")
+
+
+def _texture_bias(models: list[Path], cases: list[Any], seed: int, device: str | None) -> Any:
+    from medaudit.texture.bias import evaluate_texture_bias, summarise
+
+    return summarise(evaluate_texture_bias(models, cases, seed=seed, device=device))
 
 
 @app.command("predict")
