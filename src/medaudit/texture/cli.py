@@ -33,6 +33,18 @@ def _ints(text: str, what: str) -> list[int]:
         raise InputError(f"--{what}: expected integers like '1,2,3' or '1-5', got '{text}'") from None
 
 
+def _json_mapping(text: str | None, what: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"--{what}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"--{what}: expected a JSON object, got {text!r}")
+    return value
+
+
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -66,6 +78,19 @@ def train_command(
         str | None, typer.Option("--filter", help="Training filter (medaudit.texture.filters).")
     ] = None,
     severity: Annotated[str | None, typer.Option(help="Filter severity 1..5 or a range like 1-5.")] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="Training recipe: clean | filtered | mixed | bigaug | synthseg | gin.")
+    ] = None,
+    recipe_options: Annotated[
+        str | None,
+        typer.Option(help='Recipe options as JSON, e.g. \'{"p": 0.5, "exclude_families": ["noise"]}\'.'),
+    ] = None,
+    input_norm: Annotated[
+        str | None, typer.Option(help="Model input normalisation: none | zscore | percentile.")
+    ] = None,
+    severity_version: Annotated[
+        int | None, typer.Option(help="Severity table of the levels (2 = physical; 1 = the old one).")
+    ] = None,
     iterations: Annotated[int | None, typer.Option(help="Training iterations.")] = None,
     patch_size: Annotated[int | None, typer.Option(help="Cubic patch size (voxels).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Patches per iteration.")] = None,
@@ -89,6 +114,10 @@ def train_command(
         "spacing": spacing,
         "mode": mode,
         "filter_name": filter_name,
+        "recipe": recipe,
+        "recipe_options": _json_mapping(recipe_options, "recipe-options"),
+        "input_norm": input_norm,
+        "severity_version": severity_version,
         "iterations": iterations,
         "batch_size": batch_size,
         "lr": lr,
@@ -104,7 +133,7 @@ def train_command(
     if channels is not None:
         over["channels"] = _ints(channels, "channels")
     base.update({k: v for k, v in over.items() if v is not None})
-    if filter_name and mode is None and base["mode"] == "clean":
+    if filter_name and mode is None and base["mode"] == "clean" and base.get("recipe") is None:
         base["mode"] = "filtered"
     cfg = TrainConfig.from_dict(base)
     t0 = time.perf_counter()

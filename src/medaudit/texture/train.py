@@ -5,7 +5,13 @@ Modes:
 - ``clean``: train on the scans as they are (the baseline).
 - ``filtered``: the study's protocol: a filtered copy of the training scans *is* the training set
   (each scan filtered once, with a per-case seed and, for a severity range, a per-case severity).
-- ``online``: the filter is applied on the fly, with probability ``filter_prob`` per sampled volume.
+- ``online``: the filter is applied on the fly, with probability ``filter_prob`` per sampled patch
+  (since recipes: the ``mixed`` recipe with that one filter).
+
+``recipe`` (with ``recipe_options``) supersedes ``mode``: ``clean``, ``filtered``, ``mixed``, ``bigaug``,
+``synthseg``, ``gin`` (:mod:`medaudit.texture.recipes`); the recipe's transforms run batched on the
+training device inside the training loop. ``input_norm`` is the model's own pre-processing (applied
+to every patch / sliding window in training, validation, evaluation and prediction).
 
 Determinism: every random choice at iteration ``i`` (which volumes, which patches, online filter
 parameters) is drawn from generators seeded by ``(seed, i)``, and checkpoints hold the model,
@@ -34,6 +40,8 @@ from medaudit.errors import InputError
 from medaudit.io import atomic_save, atomic_write_json
 from medaudit.progress import make_progress
 from medaudit.texture import data as tdata
+from medaudit.texture.preprocess import INPUT_NORMS, normalise_input
+from medaudit.texture.severity import SEVERITY_VERSION, wm_label_of
 
 MODES = ("clean", "filtered", "online")
 CLEAN_NAMES = ("none", "clean", "identity")  # corruption names meaning "no corruption"
@@ -61,6 +69,10 @@ class TrainConfig:
     filter_name: str | None = None
     filter_severity: int | list[int] = 3  # a level 1..5, or [lo, hi] sampled uniformly (inclusive)
     filter_prob: float = 0.5  # online mode only
+    recipe: str | None = None  # clean | filtered | mixed | bigaug | synthseg | gin (None: from ``mode``)
+    recipe_options: dict[str, Any] = field(default_factory=dict)
+    severity_version: int = 2  # severity table of filter_severity / recipe levels (1 = the old table)
+    input_norm: str = "none"  # none | zscore | percentile: per-patch / per-window input normalisation
     # model
     channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     num_res_units: int = 1
@@ -85,6 +97,15 @@ class TrainConfig:
             raise InputError(f"unknown training mode '{self.mode}'; choose one of {list(MODES)}")
         if self.mode != "clean" and not self.filter_name:
             raise InputError(f"training mode '{self.mode}' needs a filter_name")
+        if self.recipe is not None and self.mode not in ("clean", self.recipe):
+            raise InputError(
+                f"set either recipe ('{self.recipe}') or the legacy mode ('{self.mode}'), not both"
+            )
+        if self.recipe == "filtered" and not self.filter_name:
+            raise InputError("recipe 'filtered' needs a filter_name")
+        if self.input_norm not in INPUT_NORMS:
+            raise InputError(f"unknown input_norm '{self.input_norm}'; choose one of {list(INPUT_NORMS)}")
+        self.make_recipe()  # validates the recipe name and options
         sev = self.filter_severity
         levels = [sev] if isinstance(sev, int) else list(sev)
         if not levels or any(not (0 <= int(s) <= 5) for s in levels) or len(levels) > 2:
@@ -113,9 +134,29 @@ class TrainConfig:
         return cls(**d)
 
     @property
+    def recipe_name(self) -> str:
+        """The recipe this config trains with (legacy ``mode`` mapped: ``online`` -> ``mixed``)."""
+        if self.recipe is not None:
+            return self.recipe
+        return {"clean": "clean", "filtered": "filtered", "online": "mixed"}[self.mode]
+
+    def make_recipe(self, spacing: Sequence[float] | None = None, wm_label: int | None = None) -> Any:
+        """The :class:`~medaudit.texture.recipes.Recipe` of this config."""
+        from medaudit.texture.recipes import make_recipe
+
+        opts = dict(self.recipe_options)
+        if self.recipe is None and self.mode == "online":
+            opts = {"filters": [self.filter_name], "severity": list(_sev_range(self)), "p": self.filter_prob}
+        if self.recipe_name == "filtered":
+            opts = {"filter": self.filter_name, "severity": list(_sev_range(self)), **opts}
+        return make_recipe(self.recipe_name, opts, self.severity_version, spacing, wm_label)
+
+    @property
     def train_filter(self) -> str:
-        """Label for reports: ``none`` (clean baseline) or ``<filter>@<severity>``."""
-        if self.mode == "clean":
+        """Label for reports: ``none`` (clean baseline), ``<filter>@<severity>`` or the recipe's label."""
+        if self.recipe is not None and self.recipe not in ("clean", "filtered"):
+            return str(self.make_recipe().describe())
+        if self.recipe_name == "clean":
             return "none"
         sev = self.filter_severity
         s = str(sev) if isinstance(sev, int) else f"{sev[0]}-{sev[-1]}"
@@ -168,9 +209,20 @@ def family_of(name: str | None) -> str:
 
 
 def apply_corruption(
-    name: str | None, severity: int, image: torch.Tensor, label: torch.Tensor | None, seed: int
+    name: str | None,
+    severity: int,
+    image: torch.Tensor,
+    label: torch.Tensor | None,
+    seed: int,
+    version: int = SEVERITY_VERSION,
+    spacing: Sequence[float] | None = None,
+    wm_label: int | None = None,
 ) -> torch.Tensor:
-    """Apply ``filters.get_corruption(name, severity, seed)`` to an image ``(1,D,H,W)``.
+    """Apply corruption ``name`` at ``severity`` of severity table ``version`` to an image ``(1,D,H,W)``.
+
+    Version 2 (physical levels, :mod:`medaudit.texture.severity`) resolves the filter parameters from
+    the scan's ``spacing`` (mm), its WM label ``wm_label`` in ``label`` (else the head's median) and
+    its size; version 1 is ``filters.get_corruption(name, severity, seed)``.
 
     Severity 0 or name ``clean``/``none`` is the identity. Transforms that need the label map (the
     SynthSeg-style per-tissue re-mapping) take it as ``fn(image, label=label)``; MONAI-style dictionary
@@ -178,9 +230,9 @@ def apply_corruption(
     """
     if not name or name in CLEAN_NAMES or int(severity) == 0:
         return image
-    from medaudit.texture import filters
+    from medaudit.texture import severity as sv
 
-    fn = filters.get_corruption(name, int(severity), seed=int(seed))
+    fn = sv.get_corruption(name, int(severity), int(seed), version, spacing, wm_label)
     try:
         takes_label = "label" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -219,13 +271,17 @@ def split_cases(
 
 
 def build_model(
-    n_classes: int, channels: Sequence[int], num_res_units: int = 1, dropout: float = 0.0
+    n_classes: int,
+    channels: Sequence[int],
+    num_res_units: int = 1,
+    dropout: float = 0.0,
+    input_norm: str = "none",
 ) -> torch.nn.Module:
-    """MONAI 3D ``UNet`` (instance norm), one input channel."""
+    """MONAI 3D ``UNet`` (instance norm), one input channel; ``model.input_norm`` is its pre-processing."""
     from monai.networks.nets import UNet
 
     ch = tuple(int(c) for c in channels)
-    return UNet(
+    model = UNet(
         spatial_dims=3,
         in_channels=1,
         out_channels=n_classes,
@@ -234,6 +290,8 @@ def build_model(
         num_res_units=num_res_units,
         dropout=dropout,
     )
+    model.input_norm = input_norm
+    return model
 
 
 def sliding_window_predict(
@@ -248,12 +306,14 @@ def sliding_window_predict(
     from monai.inferers import sliding_window_inference
 
     model.eval()
+    norm = str(getattr(model, "input_norm", "none"))
+    predictor = model if norm == "none" else (lambda w: model(normalise_input(w, norm)))
     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
         logits = sliding_window_inference(
             image[None].to(device),
             tuple(int(r) for r in roi_size),
             sw_batch_size,
-            model,
+            predictor,
             overlap=0.25,
             mode="gaussian",
         )
@@ -336,7 +396,7 @@ def _prepare_volumes(
     for v, c in zip(vols, cases, strict=True):
         if v["label"] is None:
             raise InputError(f"{c.image}: training and validation need a label map")
-    if training and config.mode == "filtered":
+    if training and config.recipe_name == "filtered":
         lo, hi = _sev_range(config)
         for v in vols:
             rng = np.random.default_rng(derive_seed(config.seed, "filtered", v["case_id"]))
@@ -347,6 +407,9 @@ def _prepare_volumes(
                 v["image"],
                 v["label"],
                 derive_seed(config.seed, "filter", v["case_id"]),
+                config.severity_version,
+                v["spacing"],
+                wm_label_of(config.label_set),
             )
             v["filter_severity"] = sev
     if training:
@@ -372,15 +435,9 @@ def _sample_batch(
 
     rng = np.random.default_rng(derive_seed(config.seed, "batch", iteration))
     images, labels = [], []
-    lo, hi = _sev_range(config)
     for b in range(config.batch_size):
         v = vols[int(rng.integers(len(vols)))]
         img = v["image"]
-        if config.mode == "online" and rng.random() < config.filter_prob:
-            sev = int(rng.integers(lo, hi + 1))
-            img = apply_corruption(
-                config.filter_name, sev, img, v["label"], derive_seed(config.seed, "online", iteration, b)
-            )
         crop = RandCropByPosNegLabeld(
             keys=["image", "label"],
             label_key="label",
@@ -404,6 +461,18 @@ def _sample_batch(
         images.append(torch.as_tensor(out["image"]).float())
         labels.append(torch.as_tensor(out["label"]).long())
     return torch.stack(images), torch.stack(labels)
+
+
+def training_batch(
+    config: TrainConfig, recipe: Any, vols: list[dict[str, Any]], iteration: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch batch of ``iteration`` on ``device`` with the recipe's transforms applied there (batched).
+
+    The recipe's randomness is seeded by ``(seed, "recipe", iteration)``: reproducible and resumable.
+    """
+    x, y = _sample_batch(config, vols, iteration)
+    x, y = x.to(device), y.to(device)
+    return recipe(x, y, derive_seed(config.seed, "recipe", iteration)), y
 
 
 def validate(
@@ -440,6 +509,7 @@ def train_step(
 ) -> torch.Tensor:
     """One optimisation step on a patch batch (mixed precision when ``use_amp``); returns the loss."""
     x, y = x.to(device), y.to(device)
+    x = normalise_input(x, str(getattr(model, "input_norm", "none")))
     opt.zero_grad(set_to_none=True)
     with torch.autocast(device_type=device.type, enabled=use_amp):
         loss = loss_fn(model(x), y)
@@ -483,8 +553,11 @@ def train(
     train_vols = _prepare_volumes(config, split["train"], training=True)
     val_vols = _prepare_volumes(config, split["val"], training=False)
 
+    recipe = config.make_recipe(train_vols[0]["spacing"], wm_label_of(ls))
     torch.manual_seed(config.seed)
-    model = build_model(ls.n_classes, config.channels, config.num_res_units, config.dropout).to(device)
+    model = build_model(
+        ls.n_classes, config.channels, config.num_res_units, config.dropout, config.input_norm
+    ).to(device)
     from monai.losses import DiceCELoss
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -523,7 +596,7 @@ def train(
         task = prog.add_task(f"train {config.train_filter}", total=config.iterations, completed=start)
         for it in range(start, end):
             model.train()
-            x, y = _sample_batch(config, train_vols, it)
+            x, y = training_batch(config, recipe, train_vols, it, device)
             loss = train_step(model, opt, scaler, loss_fn, x, y, device, use_amp)
             lv = float(loss.detach().cpu())
             history["loss"].append(lv)
@@ -537,7 +610,7 @@ def train(
             prog.update(task, completed=done, description=f"train {config.train_filter} loss {lv:.3f}")
     if end < config.iterations:
         return ckpt_path
-    families = [] if config.mode == "clean" else [family_of(config.filter_name)]
+    families = list(recipe.train_families())
     final = {
         "state_dict": model.state_dict(),
         "config": json.dumps(config.to_dict()),
@@ -546,9 +619,12 @@ def train(
         "class_names": list(ls.class_names),
         "label_set": ls.name,
         "train_filter": config.train_filter,
-        "train_mode": config.mode,
-        "filter_name": config.filter_name or "none",
-        "train_severity": 0 if config.mode == "clean" else _sev_range(config)[1],
+        "train_mode": config.mode if config.recipe is None else config.recipe,
+        "recipe": config.recipe_name,
+        "severity_version": int(config.severity_version),
+        "filter_name": config.filter_name
+        or ("none" if config.recipe_name == "clean" else config.train_filter),
+        "train_severity": _sev_range(config)[1] if config.filter_name else 0,
         "train_families": families,
         "val_dice": [[float(a), float(b)] for a, b in history["val_dice"]],
     }
@@ -572,9 +648,13 @@ def load_model(
     st = load_checkpoint(path)
     if "state_dict" not in st or "config" not in st:
         raise InputError(f"{path}: not a medaudit texture model (use the model.pt written by train)")
-    config = TrainConfig.from_dict(json.loads(st["config"]))
+    stored = json.loads(st["config"])
+    stored.setdefault("severity_version", 1)  # models trained before severity tables were versioned
+    config = TrainConfig.from_dict(stored)
     dev = default_device(str(device) if device is not None else config.device)
-    model = build_model(int(st["n_classes"]), config.channels, config.num_res_units, config.dropout)
+    model = build_model(
+        int(st["n_classes"]), config.channels, config.num_res_units, config.dropout, config.input_norm
+    )
     model.load_state_dict(st["state_dict"])
     model.to(dev).eval()
     meta = {k: v for k, v in st.items() if k != "state_dict"}
