@@ -19,6 +19,7 @@ from medaudit.errors import InputError
 from medaudit.progress import make_progress
 from medaudit.texture import data as tdata
 from medaudit.texture.metrics import segmentation_scores
+from medaudit.texture.severity import SEVERITY_VERSION, check_version, wm_label_of
 from medaudit.texture.train import (
     CLEAN_NAMES,
     apply_corruption,
@@ -38,6 +39,7 @@ COLUMNS = [
     "family",
     "seen",
     "severity",
+    "severity_version",
     "case",
     "class",
     "class_index",
@@ -80,13 +82,15 @@ def evaluate(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    severity_version: int = SEVERITY_VERSION,
 ) -> pd.DataFrame:
     """Long results table: one row per model x corruption x severity x case x foreground class.
 
     ``corruptions`` are names from :mod:`medaudit.texture.filters`; ``none`` (or ``clean``) means the
     clean scans, evaluated once at severity 0. Columns: see :data:`COLUMNS` (``seen``: the corruption's
     family was among the families the model saw in training). Cases are loaded with the models'
-    label set and working spacing (from the first model's training config).
+    label set and working spacing (from the first model's training config). ``severity_version``
+    selects the severity table (:mod:`medaudit.texture.severity`; 2 = physical levels) and is a column.
     """
     if not cases:
         raise InputError("no test cases given")
@@ -96,6 +100,7 @@ def evaluate(
     models = _load_models(checkpoints, device)
     meta0 = models[0][2]
     cfg0 = meta0["config"]
+    version, wm = check_version(severity_version), wm_label_of(meta0["label_set"])
     families = {c: family_of(c) for c in corruptions}
     conditions = [
         (c, 0) if _is_clean(c) else (c, int(s))
@@ -112,7 +117,14 @@ def evaluate(
             label = vol["label"][0]
             for corr, sev in conditions:
                 img = apply_corruption(
-                    corr, sev, vol["image"], vol["label"], derive_seed(seed, case.case_id, corr, sev)
+                    corr,
+                    sev,
+                    vol["image"],
+                    vol["label"],
+                    derive_seed(seed, case.case_id, corr, sev),
+                    version,
+                    vol["spacing"],
+                    wm,
                 )
                 for name, model, meta in models:
                     cfg = meta["config"]
@@ -134,6 +146,7 @@ def evaluate(
                                 "family": fam,
                                 "seen": bool(fam in fams),
                                 "severity": int(sev),
+                                "severity_version": version,
                                 "case": case.case_id,
                                 "class": str(meta["class_names"][k]),
                                 "class_index": k,
@@ -153,6 +166,7 @@ def example_slices(
     seed: int = 0,
     axis: int = 2,
     device: str | torch.device | None = None,
+    severity_version: int = SEVERITY_VERSION,
 ) -> dict[str, Any]:
     """Middle slices for a report: the clean image and reference, and per corruption (at ``severity``,
     with the same seed as :func:`evaluate`) the corrupted image and each model's prediction.
@@ -172,7 +186,16 @@ def example_slices(
     rows = []
     for corr in ["none", *[c for c in corruptions if not _is_clean(c)]]:
         sev = 0 if _is_clean(corr) else int(severity)
-        x = apply_corruption(corr, sev, img, lab, derive_seed(seed, case.case_id, corr, sev))
+        x = apply_corruption(
+            corr,
+            sev,
+            img,
+            lab,
+            derive_seed(seed, case.case_id, corr, sev),
+            severity_version,
+            vol["spacing"],
+            wm_label_of(meta0["label_set"]),
+        )
         preds = {}
         for name, model, meta in models:
             cfg = meta["config"]

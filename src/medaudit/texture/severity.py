@@ -74,7 +74,7 @@ def _spike(ratio: float, ctx: ScanContext) -> dict[str, Any]:
 
 
 # degrees -> (translation in mm, central band of k-space acquired before the movements)
-_MOTION = {1.0: (1.0, 0.6), 2.0: (2.0, 0.5), 3.0: (4.0, 0.4), 5.0: (6.0, 0.3), 8.0: (10.0, 0.2)}
+_MOTION = {1.0: (1.0, 0.6), 2.0: (2.0, 0.5), 4.0: (4.0, 0.4), 6.0: (6.0, 0.3), 10.0: (10.0, 0.2)}
 
 
 def _motion(deg: float, ctx: ScanContext) -> dict[str, Any]:
@@ -121,7 +121,7 @@ PHYSICAL: dict[str, PhysicalLevel] = {
         "ghost-to-signal ratio (N/2 ghost, axis 0)", "", (0.05, 0.1, 0.2, 0.35, 0.5), _ghosting
     ),
     "motion": PhysicalLevel(
-        "rotation up to (translation 1, 2, 4, 6, 10 mm)", "deg", (1, 2, 3, 5, 8), _motion
+        "rotation up to (and translation up to the same in mm)", "deg", (1, 2, 4, 6, 10), _motion
     ),
     "bias_field": PhysicalLevel(
         "peak multiplicative range (max / min over the volume)",

@@ -47,6 +47,7 @@ import typer
 from medaudit import __version__
 from medaudit.errors import InputError
 from medaudit.io import atomic_save, atomic_write_json
+from medaudit.texture.recipe_grid import parse_recipes, recipe_train_specs
 
 __all__ = [
     "DataSpec",
@@ -121,6 +122,8 @@ class StudyConfig:
     test_corruptions: tuple[str, ...]
     test_severities: tuple[int, ...]
     eval_seed: int = 0
+    recipes: tuple[Any, ...] = ()  # recipe_grid.RecipeEntry: recipe models next to train_filters
+    severity_version: int = 2  # severity table of the test levels (medaudit.texture.severity)
     eval_group: Literal["model", "corruption"] = "model"
     bootstrap: int = 2000
     cpus_per_task: float = 1.0
@@ -135,18 +138,23 @@ class StudyConfig:
             "train": dict(self.train),
             "train_filters": [{"name": f.name, "severities": list(f.severities)} for f in self.train_filters],
             "seeds": list(self.seeds),
+            "recipes": [
+                {"name": r.name, "options": dict(r.options), "label": r.label, "left_out": r.left_out}
+                for r in self.recipes
+            ],
             "test": {
                 "corruptions": list(self.test_corruptions),
                 "severities": list(self.test_severities),
                 "seed": self.eval_seed,
                 "group": self.eval_group,
+                "severity_version": self.severity_version,
             },
             "report": {"bootstrap": self.bootstrap},
             "resources": {"cpus_per_task": self.cpus_per_task, "gpus_per_task": self.gpus_per_task},
         }
 
 
-_TOP_KEYS = {"name", "data", "train", "train_filters", "seeds", "test", "report", "resources"}
+_TOP_KEYS = {"name", "data", "train", "train_filters", "recipes", "seeds", "test", "report", "resources"}
 
 
 def load_config(path: str | os.PathLike[str]) -> StudyConfig:
@@ -215,6 +223,8 @@ def _train_config_fields() -> set[str] | None:
 _STUDY_OWNED_TRAIN_FIELDS = (
     "filter_name",
     "filter_severity",
+    "recipe",
+    "recipe_options",
     "seed",
     "data_source",
     "data_path",
@@ -334,9 +344,16 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
     t = raw["test"]
     if not isinstance(t, Mapping):
         raise _err(source, "test", "expected a mapping with 'corruptions' and 'severities'")
-    bad = sorted(set(t) - {"corruptions", "severities", "seed", "group"})
+    bad = sorted(set(t) - {"corruptions", "severities", "seed", "group", "severity_version"})
     if bad:
-        raise _err(source, f"test.{bad[0]}", "unknown key; allowed: corruptions, severities, seed, group")
+        raise _err(
+            source,
+            f"test.{bad[0]}",
+            "unknown key; allowed: corruptions, severities, seed, group, severity_version",
+        )
+    sver = t.get("severity_version", 2)
+    if sver not in (1, 2):
+        raise _err(source, "test.severity_version", "expected 1 (the old table) or 2 (physical levels)")
     corr = t.get("corruptions")
     if not isinstance(corr, list) or not corr or not all(isinstance(c, str) for c in corr):
         raise _err(source, "test.corruptions", "expected a non-empty list of corruption names")
@@ -382,6 +399,8 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
         test_severities=tsev,
         eval_seed=int(eseed),
         eval_group=group,
+        recipes=parse_recipes(raw.get("recipes"), source),
+        severity_version=int(sver),
         bootstrap=int(boot),
         cpus_per_task=float(cpus),
         gpus_per_task=float(gpus),
@@ -410,7 +429,16 @@ def canonical_json(obj: Any) -> str:
 
 
 # The code a task's result depends on (a change to any of these files changes every key).
-_CODE_MODULES = ("filters", "train.py", "evaluate.py", "data.py", "metrics.py")
+_CODE_MODULES = (
+    "filters",
+    "train.py",
+    "evaluate.py",
+    "data.py",
+    "metrics.py",
+    "severity.py",
+    "recipes.py",
+    "preprocess.py",
+)
 _FINGERPRINT: str | None = None
 
 
@@ -478,16 +506,22 @@ def build_tasks(config: StudyConfig) -> list[Task]:
     data = config.data.as_json()
     # seed-major order: a partly finished run has every filter at the first seed(s)
     combos = [(seed, f, sev) for seed in config.seeds for f in config.train_filters for sev in f.severities]
-    for seed, f, sev in combos:
-        spec = {
+    specs = [
+        {
             "data": data,
             "train": dict(sorted(config.train.items())),
             "train_filter": f.name,
             "train_severity": int(sev),
             "seed": int(seed),
         }
+        for seed, f, sev in combos
+    ]
+    specs += recipe_train_specs(config.recipes, config.seeds, data, config.train)
+    for spec in sorted(specs, key=lambda sp: sp["seed"]):  # stable: filters before recipes per seed
+        f, sev, seed = FilterSpec(spec["train_filter"], ()), spec["train_severity"], spec["seed"]
         key = task_key("train", spec)
-        label = f"train {f.name}@{sev} seed={seed}"
+        model = f.name if "recipe" in spec else f"{f.name}@{sev}"
+        label = f"train {model} seed={seed}"
         tasks.append(Task("train", key, spec, (), label))
         groups: list[tuple[str, list[str]]]
         if config.eval_group == "model":
@@ -501,12 +535,14 @@ def build_tasks(config: StudyConfig) -> list[Task]:
                 "corruptions": corrs,
                 "severities": list(config.test_severities),
                 "eval_seed": config.eval_seed,
+                "severity_version": config.severity_version,
                 "train_filter": f.name,
                 "train_severity": int(sev),
                 "seed": int(seed),
+                **{k: spec[k] for k in ("recipe", "left_out") if k in spec},
             }
             ekey = task_key("eval", espec, upstream=[key])
-            tasks.append(Task("eval", ekey, espec, (key,), f"eval {f.name}@{sev} seed={seed} on {gname}"))
+            tasks.append(Task("eval", ekey, espec, (key,), f"eval {model} seed={seed} on {gname}"))
     return tasks
 
 
@@ -536,9 +572,14 @@ def _make_train_config(spec: Mapping[str, Any]) -> Any:
         "data_source": d["source"],
         "data_path": d.get("path"),
         "data_options": dict(d.get("options") or {}),
-        "mode": "clean" if clean else train.get("mode", "filtered"),
-        "filter_name": None if clean else spec["train_filter"],
-        "filter_severity": 0 if clean else int(spec["train_severity"]),
+        "mode": "clean" if clean or "recipe" in spec else train.get("mode", "filtered"),
+        "filter_name": None if clean or "recipe" in spec else spec["train_filter"],
+        "filter_severity": 0 if clean or "recipe" in spec else int(spec["train_severity"]),
+        **(
+            {"recipe": spec["recipe"], "recipe_options": dict(spec["recipe_options"])}
+            if "recipe" in spec
+            else {}
+        ),
         "seed": int(spec["seed"]),
     }
     return TrainConfig(**kw)
@@ -588,7 +629,14 @@ def execute_task(payload: Mapping[str, Any]) -> dict[str, Any]:
                 f"{ckpt.parent / 'split.json'}: the test split is empty; raise data.test_fraction"
             )
         corrs = ([BASELINE] if spec["clean"] else []) + list(spec["corruptions"])
-        df = evaluate([ckpt], cases, corrs, list(spec["severities"]), spec["eval_seed"])
+        df = evaluate(
+            [ckpt],
+            cases,
+            corrs,
+            list(spec["severities"]),
+            spec["eval_seed"],
+            severity_version=int(spec.get("severity_version", 1)),
+        )
         return {"rows": df}
     raise ValueError(f"unknown task kind {payload['kind']!r}")
 
@@ -934,7 +982,10 @@ def _annotate(rows: Any, task: Task) -> Any:
 
     df = pd.DataFrame(rows).copy()
     f, sev, seed = task.spec["train_filter"], int(task.spec["train_severity"]), int(task.spec["seed"])
-    df["model"] = f"{f if f == BASELINE else f'{f}@{sev}'} seed={seed}"
+    recipe = task.spec.get("recipe")
+    df["model"] = f"{f if f == BASELINE or recipe else f'{f}@{sev}'} seed={seed}"
+    df["recipe"] = recipe or ("clean" if f == BASELINE else "filtered")
+    df["left_out"] = task.spec.get("left_out") or ""
     df["train_filter"] = task.spec["train_filter"]
     df["train_severity"] = int(task.spec["train_severity"])
     df["seed"] = int(task.spec["seed"])

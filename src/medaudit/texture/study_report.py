@@ -84,6 +84,9 @@ def model_scores(results: pd.DataFrame) -> pd.DataFrame:
     df["family"] = df["family"].fillna("clean").astype(str)
     cols = ["dice"] + (["hd95"] if "hd95" in df.columns else [])
     keys = [*_MODEL, "corruption", "family", "severity"]
+    if "train_families" in df.columns:  # the families a model's recipe covers (constant per model)
+        df["train_families"] = df["train_families"].fillna("").astype(str)
+        keys.append("train_families")
     # mean over classes within a case first, then over cases (each case weighs the same)
     case_key = ["case"] if "case" in df.columns else []
     per_case = df.groupby(keys + case_key, dropna=False)[cols].mean().reset_index()
@@ -166,7 +169,12 @@ def corruption_errors(scores: pd.DataFrame) -> pd.DataFrame:
         b_clean = float(bc["dice"].mean()) if not bc.empty else np.nan
         ce, rce = _ce(mdice, bdice, m_clean, b_clean)
         fam = str(g["family"].iloc[0])
-        tfam = _family(str(f))
+        tfams = (
+            [t for t in str(g["train_families"].iloc[0]).split(",") if t]
+            if "train_families" in g.columns
+            else [_family(str(f))]
+        )
+        tfam = ",".join(tfams)
         rows.append(
             {
                 "train_filter": f,
@@ -175,7 +183,7 @@ def corruption_errors(scores: pd.DataFrame) -> pd.DataFrame:
                 "corruption": c,
                 "family": fam,
                 "train_family": tfam,
-                "seen": f != BASELINE and fam == tfam,
+                "seen": f != BASELINE and fam in tfams,
                 "dice": float(mdice.mean()),
                 "ce": ce,
                 "rce": rce,
@@ -399,8 +407,10 @@ def write_study_report(
 ) -> Path:
     """Analyse ``results`` and write the self-contained HTML report to ``path`` (atomically)."""
     from medaudit.report.html import figure_to_data_uri, render
+    from medaudit.texture.severity import with_version
 
     n_boot = int(n_boot or getattr(config, "bootstrap", 2000))
+    results = with_version(results)  # results from before versioned severities: table v1
     scores = model_scores(results)
     corruptions = list(
         getattr(config, "test_corruptions", None)
@@ -420,6 +430,7 @@ def write_study_report(
         name=str(getattr(config, "name", "study")),
         source=str(getattr(config, "source", "")),
         n_rows=len(results),
+        severity_versions=sorted(int(v) for v in results["severity_version"].unique()),
         n_models=int(scores[_MODEL].drop_duplicates().shape[0]),
         seeds=sorted(int(s) for s in scores["seed"].unique()),
         n_boot=n_boot,

@@ -105,7 +105,6 @@ class TrainConfig:
             raise InputError("recipe 'filtered' needs a filter_name")
         if self.input_norm not in INPUT_NORMS:
             raise InputError(f"unknown input_norm '{self.input_norm}'; choose one of {list(INPUT_NORMS)}")
-        self.make_recipe()  # validates the recipe name and options
         sev = self.filter_severity
         levels = [sev] if isinstance(sev, int) else list(sev)
         if not levels or any(not (0 <= int(s) <= 5) for s in levels) or len(levels) > 2:
@@ -116,6 +115,7 @@ class TrainConfig:
             raise InputError("val_fraction and test_fraction must lie in [0, 1)")
         if self.iterations < 1 or self.batch_size < 1:
             raise InputError("iterations and batch_size must be >= 1")
+        self.make_recipe()  # validates the recipe name and options
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,9 +16,11 @@ dimensions (D, H, W); in a TorchIO image (C, W, H, D) the same numbers refer to 
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,6 +52,17 @@ def as_batch(x: Tensor, name: str = "input") -> tuple[Tensor, bool]:
     if x.ndim == 5:
         return x, False
     raise InputError(f"{name}: expected shape (C, D, H, W) or (B, C, D, H, W), got {tuple(x.shape)}")
+
+
+def _owner() -> tuple[int, int | None]:
+    """``(process id, DataLoader worker id or None)`` of the caller."""
+    info = torch.utils.data.get_worker_info()
+    return os.getpid(), None if info is None else int(info.id)
+
+
+def _worker_seed(seed: int, worker: int) -> int:
+    """A seed for DataLoader worker ``worker`` derived from ``seed`` (distinct per worker)."""
+    return (int(seed) * 1_000_003 + 7919 * (worker + 1)) % _MAX_SEED
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -172,7 +185,18 @@ class RandomFilter:
     """Samples the parameters of ``filter_cls`` and applies it; the applied parameters are recorded.
 
     ``p`` is the probability of applying the filter at all.  ``seed`` is an int, a ``torch.Generator``
-    (used as is) or ``None`` (a generator seeded from torch's global RNG on first use).  One parameter
+    or ``None``.  Randomness is worker-safe and follows MONAI's ``Randomizable`` contract
+    (``R``, :meth:`set_random_state`, :meth:`randomize`):
+
+    * ``seed=None`` draws every call from torch's global RNG, so ``torch.manual_seed`` /
+      ``monai.utils.set_determinism`` reseed it and each DataLoader worker (whose torch RNG the
+      DataLoader seeds differently) gets its own draws;
+    * an int / ``Generator`` seed gives a private stream; inside a DataLoader worker it is re-derived
+      from ``(seed, worker id)`` on first use, so workers never repeat each other's draws;
+    * :meth:`set_random_state` (called per worker by ``monai.data.DataLoader``, and by hand) reseeds
+      the private stream explicitly.
+
+    One parameter
     set is drawn per call, shared by all samples of a batch (the noise itself still differs per sample,
     see :class:`Filter`).  After a call, ``last_params`` holds the parameters of the deterministic filter
     that was applied (``None`` if skipped) and ``last_record`` a ``{"name", "params", "applied"}``
@@ -185,6 +209,31 @@ class RandomFilter:
         self.p = p
         self.seed = seed
 
+    R: np.random.RandomState = np.random.RandomState()
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandomFilter:
+        """MONAI's ``Randomizable.set_random_state``: reseed from ``seed`` or a ``RandomState`` (``None``:
+        back to the constructor's ``seed``).  Returns ``self``."""
+        if seed is not None:
+            self.R = np.random.RandomState(int(seed) % _MAX_SEED)
+        elif state is not None:
+            if not isinstance(state, np.random.RandomState):
+                raise TypeError(f"state must be None or a np.random.RandomState, got {type(state).__name__}")
+            self.R = state
+        else:
+            self.R = np.random.RandomState()
+            self._gen = None
+            return self
+        self._gen = make_generator(int(self.R.randint(_MAX_SEED)))
+        self._gen_owner = _owner()
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw the next deterministic filter into ``last_transform`` (MONAI's ``randomize``)."""
+        self.last_transform = self.sample()
+
     @property
     def name(self) -> str:
         return self.filter_cls.name
@@ -193,14 +242,20 @@ class RandomFilter:
     def family(self) -> str:
         return self.filter_cls.family
 
-    def _rng(self) -> torch.Generator:
+    def _rng(self) -> torch.Generator | None:
+        """The generator of the next draw (``None``: torch's global RNG)."""
         g = getattr(self, "_gen", None)
-        if g is None:
-            if isinstance(self.seed, torch.Generator):
-                g = self.seed
-            else:
-                g = make_generator(draw_seed() if self.seed is None else int(self.seed))
-            self._gen = g
+        owner = _owner()
+        if g is not None and getattr(self, "_gen_owner", None) == owner:
+            return g
+        if self.seed is None and g is None:
+            return None
+        base = self.seed if g is None else draw_seed(g)
+        if isinstance(base, torch.Generator):
+            g = base if owner[1] is None else make_generator(draw_seed(base) + owner[1] + 1)
+        else:
+            g = make_generator(int(base) if owner[1] is None else _worker_seed(int(base), owner[1]))
+        self._gen, self._gen_owner = g, owner
         return g
 
     def sample_params(self, g: torch.Generator) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -211,13 +266,16 @@ class RandomFilter:
         if not 0.0 <= self.p <= 1.0:
             raise InputError(f"{type(self).__name__}: p must be in [0, 1], got {self.p}")
         g = self._rng()
+        if g is None:  # seed=None: a fresh stream from torch's global RNG on every call
+            g = make_generator(draw_seed())
         if self.p < 1.0 and float(torch.rand((), generator=g)) >= self.p:
             return None
         return self.filter_cls(**self.sample_params(g))
 
-    def __call__(self, x: Tensor) -> Tensor:
-        t = self.sample()
-        self.last_transform = t
+    def __call__(self, x: Tensor, randomize: bool = True) -> Tensor:
+        if randomize or not hasattr(self, "last_transform"):
+            self.randomize()
+        t = self.last_transform
         if t is None:
             self.last_params = None
             self.last_record = {"name": self.name, "params": None, "applied": False}

@@ -257,9 +257,12 @@ class RandomLabelIntensityRemap(RandomFilter):
             "seed": draw_seed(g),
         }
 
-    def __call__(self, x: Tensor, label: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        t = self.sample()
-        self.last_transform = t
+    def __call__(  # type: ignore[override]
+        self, x: Tensor, label: Tensor | None = None, randomize: bool = True
+    ) -> Tensor:
+        if randomize or not hasattr(self, "last_transform"):
+            self.randomize()
+        t = self.last_transform
         if t is None:
             self.last_params = None
             self.last_record = {"name": self.name, "params": None, "applied": False}
