@@ -242,3 +242,37 @@ def evaluate_texture_bias(
                     {"model": name, "case": case.case_id, "probe": probe, "level": level, "dice": dice}
                 )
     return pd.DataFrame(rows, columns=["model", "case", "probe", "level", "dice"])
+
+
+def study_texture_bias(out_dir: str | Path, results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per trained model of a study folder: :func:`summarise` of its texture-bias probes.
+
+    Models are the ``model`` labels of the study's ``results.parquet`` (or ``results``), with their
+    checkpoints ``train/<train_key>/model.pt``; the test cases are the first model's test split. Adds
+    ``row`` (the model label without its seed) so that seeds can be averaged.
+    """
+    import json
+
+    from medaudit.texture import data as tdata
+
+    out_dir = Path(out_dir)
+    if results is None:
+        results = pd.read_parquet(out_dir / "results.parquet")
+    pairs = results[["model", "train_key"]].drop_duplicates().sort_values("model")
+    ckpts = {str(m): out_dir / "train" / str(k) / "model.pt" for m, k in pairs.itertuples(index=False)}
+    ckpts = {m: p for m, p in ckpts.items() if p.is_file()}
+    if not ckpts:
+        return pd.DataFrame()
+    split = json.loads((next(iter(ckpts.values())).parent / "split.json").read_text())
+    cases = [tdata.VolumeCase.from_dict(d) for d in split["test"]]
+    table = summarise(evaluate_texture_bias(ckpts, cases))
+    table.insert(1, "row", table["model"].str.replace(r" seed=\d+$", "", regex=True))
+    return table
+
+
+def bias_by_row(table: pd.DataFrame) -> pd.DataFrame:
+    """Seed-averaged texture-bias table: mean and min-max over seeds of each training row."""
+    g = table.groupby("row", sort=False)
+    out = g[["dice_clean", "shape_retention", "texture_retention", "texture_bias"]].mean()
+    out["bias_min"], out["bias_max"], out["seeds"] = g["texture_bias"].min(), g["texture_bias"].max(), g.size()
+    return out.reset_index().sort_values("texture_bias", ascending=False)
