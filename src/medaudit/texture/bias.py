@@ -274,5 +274,21 @@ def bias_by_row(table: pd.DataFrame) -> pd.DataFrame:
     """Seed-averaged texture-bias table: mean and min-max over seeds of each training row."""
     g = table.groupby("row", sort=False)
     out = g[["dice_clean", "shape_retention", "texture_retention", "texture_bias"]].mean()
-    out["bias_min"], out["bias_max"], out["seeds"] = g["texture_bias"].min(), g["texture_bias"].max(), g.size()
+    out["bias_min"], out["bias_max"], out["seeds"] = (
+        g["texture_bias"].min(),
+        g["texture_bias"].max(),
+        g.size(),
+    )
     return out.reset_index().sort_values("texture_bias", ascending=False)
+
+
+def write_study_texture_bias(out_dir: str | Path, results: pd.DataFrame) -> pd.DataFrame | None:
+    """:func:`study_texture_bias` of a study folder, written to ``texture_bias.csv`` (atomically)."""
+    from medaudit.io import atomic_write_text
+
+    if results is None or results.empty or "train_key" not in results.columns:
+        return None
+    table = study_texture_bias(out_dir, results)
+    if not table.empty:
+        atomic_write_text(Path(out_dir) / "texture_bias.csv", table.to_csv(index=False))
+    return table
