@@ -240,14 +240,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--group-error", type=float, default=0.70)
     ap.add_argument("--methods", default="medaudit:mixture,medaudit:rules,medaudit:both,domino-0.1.5")
     ap.add_argument("--domino-python", default=os.environ.get("MEDAUDIT_DOMINO_PYTHON", ""))
-    peers = Path(os.environ.get("MEDAUDIT_PEERS", Path(__file__).resolve().parents[1].parent / "shared" / "peers"))
+    peers = Path(
+        os.environ.get("MEDAUDIT_PEERS", Path(__file__).resolve().parents[1].parent / "shared" / "peers")
+    )
     ap.add_argument("--domino-script", type=Path, default=peers / "run_domino.py")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if "domino-0.1.5" in args.methods and not args.domino_python:
-        env = subprocess.run(["bash", str(args.domino_script.parent / "domino_env.sh")], capture_output=True, text=True)
+        env = subprocess.run(
+            ["bash", str(args.domino_script.parent / "domino_env.sh")], capture_output=True, text=True
+        )
         if env.returncode != 0:
             sys.exit(f"Domino env cannot be built: {env.stderr.strip()[-300:]}")
         args.domino_python = env.stdout.strip().splitlines()[-1]

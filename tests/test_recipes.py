@@ -147,7 +147,7 @@ def test_recipe_run_is_reproducible_and_resume_is_bit_identical(tmp_path):
 
 
 def test_study_config_recipes_and_leave_one_family_out():
-    from medaudit.texture import study as st
+    from medaudit.studies.texture_robustness import study as st
 
     raw = {
         "name": "r",

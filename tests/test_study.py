@@ -126,6 +126,10 @@ def test_shipped_configs_validate():
     assert len(full.seeds) >= 3
     n_train = sum(t.kind == "train" for t in st.build_tasks(full))
     assert n_train == len(full.seeds) * (1 + sum(len(f.severities) for f in filters))
+    # issue 12's evidence: 8 models x 3 seeds; leave-one-family-out: baseline and 3 left-out families
+    recipes, lofo = st.load_config("study_recipes"), st.load_config("study_lofo")
+    assert sum(t.kind == "train" for t in st.build_tasks(recipes)) == 24 and len(recipes.seeds) == 3
+    assert sum(t.kind == "train" for t in st.build_tasks(lofo)) == 4
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,8 +245,12 @@ def test_report_renders_and_escapes(tiny_run, tmp_path):
         "unseen corruption families",
         "Clean-accuracy cost",
         "Seen families",
+        "Texture bias",
     ):
         assert section in html
+    bias = pd.read_csv(out / "texture_bias.csv")
+    assert set(bias["row"]) == {"none", f"{TRAIN_FILTER}@3"}
+    assert bias["texture_bias"].dropna().between(0, 1).all()
     assert html.count("data:image/png;base64,") >= 2
     tables = main_tables(pd.read_parquet(out / "results.parquet"), n_boot=20)
     rank = tables["ranking"]

@@ -132,9 +132,11 @@ def test_evaluate_end_to_end_and_report(models, tmp_path):
     assert [r["corruption"] for r in ex["rows"]] == ["none", "gaussian_noise"]
     assert not np.allclose(ex["rows"][0]["image"], ex["rows"][1]["image"])
     df.loc[df["model"] == "none", "model"] = "<script>alert(1)</script>"
-    path = write_report(df, tmp_path / "report.html", ex, title="t <b>x</b>")
+    bias = pd.DataFrame({"model": ["<script>alert(1)</script>"], "texture_bias": [0.61]})
+    path = write_report(df, tmp_path / "report.html", ex, title="t <b>x</b>", texture_bias=bias)
     html = path.read_text()
     assert "<script>alert(1)" not in html and "&lt;script&gt;" in html
+    assert "Texture bias" in html and "0.610" in html
     assert "&lt;b&gt;x&lt;/b&gt;" in html and html.count("data:image/png;base64,") >= 4
 
 
@@ -196,6 +198,9 @@ def test_cli_train_eval_predict(dataset, models, tmp_path, capsys):
     assert rc == 0
     res = pd.read_csv(tmp_path / "e" / "results.csv")
     assert sorted(res["severity"].unique()) == [0, 2, 4]
+    bias = pd.read_csv(tmp_path / "e" / "texture_bias.csv")
+    assert list(bias["model"]) == ["none", "gaussian_blur@3"]
+    assert bias["texture_bias"].dropna().between(0, 1).all()
     rc = main(
         [
             "texture",

@@ -45,6 +45,11 @@ def _json_mapping(text: str | None, what: str) -> dict[str, Any] | None:
     return value
 
 
+#: the robust model of ``texture demo`` (the best recipe of the study_recipes evidence, docs/study.md)
+DEMO_RECIPE = "bigaug"
+DEMO_RECIPE_OPTIONS: dict[str, dict[str, Any]] = {}
+
+
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -216,6 +221,9 @@ def eval_command(
             "--force", help="Use an --out folder medaudit did not write (never one holding an input)."
         ),
     ] = False,
+    texture_bias: Annotated[
+        bool, typer.Option(help="Also measure the texture-bias score (medaudit.texture.bias).")
+    ] = True,
 ) -> None:
     """Evaluate models on clean and corrupted test scans; write results, summary and an HTML report."""
     from medaudit.outdir import claim_output
@@ -233,13 +241,16 @@ def eval_command(
             severity_version=severity_version,
         )  # fmt: skip
         summary = format_table(df)
+        bias = _texture_bias(model, cases, seed, device) if texture_bias else None
         df.to_csv(stage / "results.csv", index=False)
         summary.to_csv(stage / "summary.csv", index=False)
+        if bias is not None:
+            bias.to_csv(stage / "texture_bias.csv", index=False)
         if report:
             ex = example_slices(
                 model, cases[0], corrs, 3, seed, device=device, severity_version=severity_version
             )
-            write_report(df, stage / "report.html", ex)
+            write_report(df, stage / "report.html", ex, texture_bias=bias)
     from medaudit.texture.metrics import mean_dice_table
 
     keep = [
@@ -261,7 +272,15 @@ def eval_command(
     sev = sorted(int(v) for v in df.loc[df["severity"] > 0, "severity"].unique()) if "severity" in df else []
     levels = ",".join(map(str, sev)) if sev else "none"
     _print_table(mean_dice_table(df).reset_index(), f"mean Dice per test corruption (severities {levels})")
+    if bias is not None:
+        _print_table(bias, "texture bias (0 = shape only, 1 = texture only; medaudit.texture.bias)")
     typer.echo(f"results: {out / 'results.csv'}")
+
+
+def _texture_bias(models: list[Path], cases: list[Any], seed: int, device: str | None) -> Any:
+    from medaudit.texture.bias import evaluate_texture_bias, summarise
+
+    return summarise(evaluate_texture_bias(models, cases, seed=seed, device=device))
 
 
 @app.command("predict")
@@ -308,13 +327,13 @@ def demo_command(
     cache_dir: Annotated[str | None, typer.Option(help="Cache for the mni-phantom cohort.")] = None,
     n_subjects: Annotated[int, typer.Option(help="Simulated subjects.")] = 8,
     iterations: Annotated[int, typer.Option(help="Training iterations per model.")] = 600,
-    filter_name: Annotated[
-        str, typer.Option("--filter", help="Training filter of the robust model.")
-    ] = "gaussian_blur",
-    severity: Annotated[int, typer.Option(help="Training filter severity.")] = 3,
+    recipe: Annotated[str, typer.Option(help="Training recipe of the robust model.")] = DEMO_RECIPE,
+    recipe_options: Annotated[
+        str | None, typer.Option(help="Recipe options as JSON (the test families are always excluded).")
+    ] = None,
     corruptions: Annotated[
-        str, typer.Option(help="Test corruptions (ideally families the training filter does not cover).")
-    ] = "rician_noise,ghosting,bias_field,motion",
+        str, typer.Option(help="Test corruptions; their families are held out of the recipe.")
+    ] = "motion,ghosting,gibbs,spike,low_resolution",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu | cuda.")] = None,
     force: Annotated[
@@ -324,8 +343,8 @@ def demo_command(
         ),
     ] = False,
 ) -> None:
-    """Small end-to-end run on the simulated mni-phantom cohort: clean baseline vs a filtered model."""
-    from medaudit.texture.train import TrainConfig
+    """Small end-to-end run on the simulated mni-phantom cohort: clean baseline vs a training recipe."""
+    from medaudit.texture.train import TrainConfig, family_of
 
     t0 = time.perf_counter()
     common = {
@@ -344,26 +363,24 @@ def demo_command(
         "seed": seed,
         "device": device,
     }
-    runs = {
-        "none": TrainConfig(mode="clean", **common),
-        filter_name: TrainConfig(
-            mode="filtered", filter_name=filter_name, filter_severity=severity, **common
-        ),
-    }
+    held_out = sorted({family_of(c) for c in _names(corruptions)})
+    opts = dict(DEMO_RECIPE_OPTIONS.get(recipe, {})) | (_json_mapping(recipe_options, "recipe-options") or {})
+    opts["exclude_families"] = sorted({*opts.get("exclude_families", []), *held_out})
+    robust = TrainConfig(recipe=recipe, recipe_options=opts, **common)
+    typer.echo(f"robust model: recipe '{recipe}' {json.dumps(opts)} (test families held out: {held_out})")
+    runs = {"none": TrainConfig(mode="clean", **common), recipe: robust}
     from medaudit.outdir import claim_output
 
     with claim_output(out, "texture-demo", inputs=[cache_dir], force=force, in_place=True, keep_if=("runs",)):
-        _demo_run(out, runs, severity, corruptions, seed, device, t0)
+        _demo_run(out, runs, corruptions, seed, device, t0)
 
 
 def _demo_run(
-    out: Path, runs: dict[str, Any], severity: int, corruptions: str, seed: int, device: str | None, t0: float
+    out: Path, runs: dict[str, Any], corruptions: str, seed: int, device: str | None, t0: float
 ) -> None:
     from medaudit.texture.train import train
 
-    paths = {}
-    for name, cfg in runs.items():
-        paths[name] = train(cfg, out / "runs" / (name if name == "none" else f"{name}@{severity}"))
+    paths = {name: train(cfg, out / "runs" / name) for name, cfg in runs.items()}
     typer.echo(f"trained in {time.perf_counter() - t0:.1f} s")
     eval_command(
         model=list(paths.values()),
@@ -378,19 +395,37 @@ def _demo_run(
         device=device,
         report=True,
         force=False,
+        texture_bias=True,
     )
     import pandas as pd
 
-    typer.echo(unseen_verdict(pd.read_csv(out / "eval" / "results.csv")))
+    from medaudit.texture.verdict import goal_verdict
+
+    results = pd.read_csv(out / "eval" / "results.csv")
+    typer.echo(unseen_verdict(results))
+    typer.echo(goal_verdict(results))
+    typer.echo(_bias_verdict(pd.read_csv(out / "eval" / "texture_bias.csv")))
     typer.echo(f"report: {out / 'eval' / 'report.html'}")
     typer.echo(f"demo wall time: {time.perf_counter() - t0:.1f} s")
 
 
+def _bias_verdict(bias: Any) -> str:
+    """Which model is more texture-biased, from the texture-bias table (first row: the baseline)."""
+    if len(bias) < 2:
+        return "texture bias: needs two models"
+    b, r = bias.iloc[0], bias.iloc[1]
+    word = "LESS" if r["texture_bias"] < b["texture_bias"] else "NOT less"
+    return (
+        f"texture bias: '{r['model']}' {r['texture_bias']:.2f} vs baseline {b['texture_bias']:.2f}: "
+        f"the recipe is {word} texture-biased than the baseline (0 = shape only, 1 = texture only)."
+    )
+
+
 def unseen_verdict(results: Any) -> str:
-    """One plain sentence: did each filtered model beat the clean baseline on unseen corruption families?
+    """One plain sentence: did each non-baseline model beat the clean baseline on unseen corruption families?
 
     ``results`` is the long table of :func:`medaudit.texture.evaluate.evaluate`. Unseen corruptions are the
-    corrupted conditions (severity > 0) whose family is not among the filtered model's training families
+    corrupted conditions (severity > 0) whose family is not among the model's training families
     (the ``seen`` column); both models are compared on exactly those conditions, averaging Dice over classes,
     cases, severities and corruptions as in the mean-Dice table.
     """
@@ -399,7 +434,7 @@ def unseen_verdict(results: Any) -> str:
     base_models = sorted(set(results.loc[results["train_mode"] == "clean", "model"]))
     others = sorted(set(results.loc[results["train_mode"] != "clean", "model"]))
     if not base_models or not others:
-        return "verdict: needs one clean baseline and one filtered model"
+        return "verdict: needs one clean baseline and one other model"
     base = base_models[0]
     sc = condition_scores(results)
     lines = []
@@ -416,7 +451,7 @@ def unseen_verdict(results: Any) -> str:
         fams = ", ".join(sorted(set(rows["family"])))
         word = "BEAT" if d_f > d_b else "did NOT beat"
         lines.append(
-            f"verdict: the filtered model '{m}' {word} the clean baseline on unseen corruption families "
+            f"verdict: the model '{m}' {word} the clean baseline on unseen corruption families "
             f"({fams}): mean Dice {d_f:.3f} vs {d_b:.3f} ({d_f - d_b:+.3f}); higher on {wins} of "
             f"{len(unseen)} unseen corruptions."
         )

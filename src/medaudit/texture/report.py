@@ -171,8 +171,12 @@ def write_report(
     title: str = "Texture robustness report",
     notes: list[str] | None = None,
     baseline: str | None = None,
+    texture_bias: pd.DataFrame | None = None,
 ) -> Path:
-    """Render the robustness report to ``out_path`` (atomic); returns the path."""
+    """Render the robustness report to ``out_path`` (atomic); returns the path.
+
+    ``texture_bias``: the per-model table of :func:`medaudit.texture.bias.summarise`, shown when given.
+    """
     summary = tm.model_summary(results, baseline)
     heat = tm.mean_dice_table(results)
     ce = tm.corruption_error_table(results, baseline)
@@ -205,6 +209,7 @@ def write_report(
         rood=_table(rood) if not rood.empty else None,
         seen_unseen=_table(su) if not su.empty else None,
         examples=_examples_ctx(examples),
+        texture_bias=_table(texture_bias) if texture_bias is not None and not texture_bias.empty else None,
     )
     return atomic_write_text(out_path, html)
 

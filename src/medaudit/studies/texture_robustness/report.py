@@ -389,8 +389,13 @@ def write_study_report(
     config: Any,
     path: str | os.PathLike[str],
     n_boot: int | None = None,
+    texture_bias: pd.DataFrame | None = None,
 ) -> Path:
-    """Analyse ``results`` and write the self-contained HTML report to ``path`` (atomically)."""
+    """Analyse ``results`` and write the self-contained HTML report to ``path`` (atomically).
+
+    ``texture_bias``: per-model table of :func:`medaudit.texture.bias.study_texture_bias`, shown
+    averaged over seeds when given.
+    """
     from medaudit.report.html import figure_to_data_uri, render
     from medaudit.texture.severity import with_version
 
@@ -437,8 +442,17 @@ def write_study_report(
         clean_cost=_records(cost.drop(columns=["train_filter", "train_severity"])),
         gain=_records(gain.drop(columns=["train_filter", "train_severity"])),
         ranking=_records(rank.drop(columns=["train_filter", "train_severity"])),
+        texture_bias=_texture_bias_records(texture_bias),
     )
     return atomic_write_text(path, html)
+
+
+def _texture_bias_records(table: pd.DataFrame | None) -> list[dict[str, Any]] | None:
+    if table is None or table.empty:
+        return None
+    from medaudit.texture.bias import bias_by_row
+
+    return _records(bias_by_row(table))
 
 
 def main_tables(results: pd.DataFrame, n_boot: int = 2000) -> dict[str, pd.DataFrame]:

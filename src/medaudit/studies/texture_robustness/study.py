@@ -703,8 +703,11 @@ def _run_study(
     run.results_path = store.compact(eval_keys)
     if report and run.results_path is not None:
         from medaudit.studies.texture_robustness.report import write_study_report
+        from medaudit.texture.bias import write_study_texture_bias
 
-        run.report_path = write_study_report(store.read(), config, out / "report.html")
+        results = store.read()
+        bias = write_study_texture_bias(out, results)
+        run.report_path = write_study_report(results, config, out / "report.html", texture_bias=bias)
     run.wall_s = time.perf_counter() - t0
     return run
 
