@@ -203,7 +203,9 @@
       var li = el("li", "hit");
       li.appendChild(el("strong", "case-id", C.id[h[0]]));
       li.appendChild(document.createTextNode(" label " + C.label[h[0]] + ", prediction " + C.pred[h[0]] + " · "));
-      (slicesOf.get(h[0]) || []).forEach(function (rank) {
+      var ranks = slicesOf.get(h[0]) || [];
+      if (!ranks.length) li.appendChild(el("span", "muted", "in no slice"));
+      ranks.forEach(function (rank) {
         li.appendChild(button("goto", "slice " + rank, function () { openSlice(String(rank), true); }));
       });
       var from = Math.max(0, h[2] - 80), to = Math.min(h[1].length, h[2] + q.length + 80);
