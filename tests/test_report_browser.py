@@ -160,6 +160,7 @@ def test_filter_by_concept_from_optional_slice_fields(
     browser: Any, audit: AuditResult, tmp_path: Path
 ) -> None:
     payload = json.loads(json.dumps(audit.payload))
+    payload["target"] = "Pneumothorax"  # every report says "No pneumothorax."
     payload["slices"][-1].update(
         kind="rules",
         rule="view = AP ∧ concept(support device) = positive",
@@ -179,6 +180,9 @@ def test_filter_by_concept_from_optional_slice_fields(
     pg.click(f"#slice-table tr[data-rank='{last}'] a")
     assert "concept(support device) = positive" in (pg.locator(f"#slice-{last} .rule").text_content() or "")
     assert pg.locator(f"#slice-{last} .chip", has_text="<script>").count() == 1  # a chip, as text
+    marks = pg.locator(f"#slice-{last} .member p.report mark").all_text_contents()
+    n_cards = pg.locator(f"#slice-{last} .member").count()
+    assert n_cards and sum(m.endswith("No pneumothorax.") for m in marks) == n_cards  # findings sentence
     assert pg.title() == "medaudit audit report" and page.clean(), page.console
     page.page.close()
 

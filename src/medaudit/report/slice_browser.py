@@ -38,7 +38,7 @@ __all__ = [
     "thumbnail_uri",
 ]
 
-_SENTENCE_RE = re.compile(r"[^.!?\n]+[.!?]*")
+_SENTENCE_RE = re.compile("[^.!?\n\u2028\u2029]+[.!?]*")
 _WORD_RE = re.compile(r"[a-z0-9]+")
 
 
@@ -212,7 +212,9 @@ def browser_data(
     row_of = {str(c): i for i, c in enumerate(df["id"].tolist())}
     lists = _slice_rows(payload, row_of, np.asarray(scores, dtype=np.float64))
     rep_rows = _report_rows(n, lists, limits)
-    thumb_rows = np.unique(np.concatenate([x["rows"][: limits.thumbs_per_slice] for x in lists] or [[]]))
+    thumb_rows = np.unique(
+        np.concatenate([x["rows"][: limits.thumbs_per_slice] for x in lists] or [np.zeros(0, dtype=np.int64)])
+    )
     used = np.unique(np.concatenate([x["rows"] for x in lists] + [rep_rows, thumb_rows])).astype(np.int64)
     pos = {int(r): i for i, r in enumerate(used)}
     target = payload.get("target") or payload.get("config", {}).get("target")
