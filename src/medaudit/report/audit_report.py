@@ -226,6 +226,7 @@ def render_audit_report(
     ``limits`` (:class:`medaudit.report.slice_browser.BrowserLimits`) caps the embedded report text and
     thumbnails; the page's CSP allows its own inline style and script by their SHA-256 hashes only.
     """
+    from medaudit.audit.outputs import to_jsonable
     from medaudit.report.csp import CSP_PLACEHOLDER, apply_csp, json_script
     from medaudit.report.html import environment
     from medaudit.report.slice_browser import BrowserLimits, browser_data
@@ -264,7 +265,7 @@ def render_audit_report(
         search_note=search_note,
         limits_note=limits_note,
         csp_placeholder=CSP_PLACEHOLDER,
-        data_json=json_script(data),
+        data_json=json_script(to_jsonable(data)),  # NaN -> null, numpy scalars -> Python
         browser_css=asset["audit_browser.css"],
         browser_js=asset["audit_browser.js"],
     )

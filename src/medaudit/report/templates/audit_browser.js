@@ -116,7 +116,7 @@
     head.appendChild(el("strong", "case-id", C.id[p]));
     head.appendChild(el("span", "badge " + (err ? "err" : "ok"), err ? "error" : "correct"));
     head.appendChild(el("span", "field", "label " + C.label[p]));
-    head.appendChild(el("span", "field", "prediction " + C.pred[p] + " (p = " + C.prob[p].toFixed(2) + ")"));
+    head.appendChild(el("span", "field", "prediction " + C.pred[p] + " (p = " + (C.prob[p] === null ? "–" : C.prob[p].toFixed(2)) + ")"));
     head.appendChild(el("span", "field", "membership " + (s.score[i] / 1000).toFixed(3)));
     body.appendChild(head);
     var meta = metaOf.get(p);
