@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from medaudit.audit.pipeline import AuditResult, run_audit
+from medaudit.audit.pipeline import AuditResult
 from medaudit.report.audit_report import render_audit_report
-from test_slice_browser import PAYLOAD, fast_config, make_cases
+from test_slice_browser import PAYLOAD, shared_audit
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -42,8 +42,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory: pytest.TempPathFactory) -> AuditResult:
-    tmp = tmp_path_factory.mktemp("browser")
-    return run_audit(make_cases(tmp / "cases", n=80), fast_config(tmp / "cache"), tmp / "out")
+    return shared_audit(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

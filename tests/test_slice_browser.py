@@ -68,10 +68,20 @@ def fast_config(cache: Path) -> AuditConfig:
     )
 
 
+_SHARED: dict[str, AuditResult] = {}
+
+
+def shared_audit(factory: pytest.TempPathFactory) -> AuditResult:
+    """One small audit for this module and the browser tests (run once per session; read-only)."""
+    if "audit" not in _SHARED:
+        tmp = factory.mktemp("browser")
+        _SHARED["audit"] = run_audit(make_cases(tmp / "cases", n=80), fast_config(tmp / "cache"), tmp / "out")
+    return _SHARED["audit"]
+
+
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory: pytest.TempPathFactory) -> AuditResult:
-    tmp = tmp_path_factory.mktemp("browser")
-    return run_audit(make_cases(tmp / "cases"), fast_config(tmp / "cache"), tmp / "out")
+    return shared_audit(tmp_path_factory)
 
 
 def _scores(res: AuditResult) -> np.ndarray:
@@ -109,6 +119,7 @@ def test_highlight_spans_marks_whole_sentences_with_every_term_word() -> None:
     spans = highlight_spans(text, ["support devices", "pleural effusion"])
     assert [text[a:b] for a, b in spans] == ["A support device is seen.", "No pleural effusion!"]
     assert highlight_spans(text, ["pneumothorax"]) == []
+    assert highlight_spans("Stable 1 cm nodule. 1 view.", ["no_acute 1"]) == []  # numbers alone match nothing
     assert highlight_spans("", ["x"]) == []
 
 

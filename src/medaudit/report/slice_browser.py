@@ -108,9 +108,10 @@ def highlight_spans(text: str, terms: Iterable[str]) -> list[list[int]]:
     """``[start, end]`` of each sentence of ``text`` that contains every word of one of ``terms``.
 
     Words match at a word start, case-insensitively, with a trailing plural ``s`` ignored, so the term
-    "support devices" marks "A support device is seen." Returns ``[]`` when nothing matches.
+    "support devices" marks "A support device is seen."; numbers in a term are ignored. Returns ``[]``
+    when nothing matches.
     """
-    wanted = [[_stem(w) for w in _WORD_RE.findall(t.lower())] for t in terms]
+    wanted = [[_stem(w) for w in _WORD_RE.findall(t.lower()) if not w.isdigit()] for t in terms]
     wanted = [w for w in wanted if w]
     spans = []
     for m in _SENTENCE_RE.finditer(text):
