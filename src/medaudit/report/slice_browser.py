@@ -200,6 +200,54 @@ def _report_rows(n: int, lists: Sequence[dict], limits: BrowserLimits) -> np.nda
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
+def _cases_block(df: Any, used: np.ndarray) -> dict[str, list]:
+    """Columnar rows of the embedded cases: id, label, prediction, probability (3 decimals)."""
+    return {
+        "id": [str(x) for x in df["id"].to_numpy(dtype=object)[used]],
+        "label": df["label"].to_numpy()[used].astype(int).tolist(),
+        "pred": df["pred"].to_numpy()[used].astype(int).tolist(),
+        "prob": np.round(df["prob"].to_numpy(dtype=np.float64)[used], 3).tolist(),
+    }
+
+
+def _reports_block(table: Any, texts: dict[int, str], pos: dict[int, int]) -> list[list]:
+    """``[case position, report text, metadata values]`` for each case whose report is embedded."""
+    meta_vals = table.meta.to_numpy(dtype=object) if table.meta.shape[1] else None
+    return [
+        [pos[r], t, [_cell(v) for v in meta_vals[r]] if meta_vals is not None else []]
+        for r, t in texts.items()
+    ]
+
+
+def _thumbs_block(table: Any, rows: np.ndarray, pos: dict[int, int], limits: BrowserLimits) -> list[list]:
+    """``[case position, data URI]`` for each readable image among ``rows``."""
+    images = table.df["image"].to_numpy(dtype=object)
+    uris = ((int(r), thumbnail_uri(images[r], limits.thumb_px, limits.thumb_quality)) for r in rows.tolist())
+    return [[pos[r], uri] for r, uri in uris if uri]
+
+
+def _slices_block(
+    lists: Sequence[dict], texts: dict[int, str], pos: dict[int, int], target: str | None
+) -> list:
+    """Per slice: its case positions in order, scores (per mille), highlight terms and spans."""
+    out = []
+    for x in lists:
+        terms = slice_terms(x["s"], target)
+        rows = x["rows"].tolist()
+        marks = [[pos[r], sp] for r in rows if r in texts and (sp := highlight_spans(texts[r], terms))]
+        out.append(
+            {
+                "rank": x["s"]["rank"],
+                "basis": x["basis"],
+                "rows": [pos[r] for r in rows],
+                "score": x["score"].tolist(),
+                "terms": terms,
+                "marks": marks,
+            }
+        )
+    return out
+
+
 def browser_data(
     payload: dict[str, Any],
     table: Any,
@@ -208,68 +256,31 @@ def browser_data(
 ) -> dict[str, Any]:
     """The JSON object the slice browser reads (see the module docstring for its size bounds)."""
     limits = limits or BrowserLimits()
-    df, meta = table.df, table.meta
+    df = table.df
     n = len(df)
     row_of = {str(c): i for i, c in enumerate(df["id"].tolist())}
     lists = _slice_rows(payload, row_of, np.asarray(scores, dtype=np.float64))
     rep_rows = _report_rows(n, lists, limits)
-    thumb_rows = np.unique(
-        np.concatenate([x["rows"][: limits.thumbs_per_slice] for x in lists] or [np.zeros(0, dtype=np.int64)])
-    )
+    empty = [np.zeros(0, dtype=np.int64)]
+    thumb_rows = np.unique(np.concatenate([x["rows"][: limits.thumbs_per_slice] for x in lists] or empty))
     used = np.unique(np.concatenate([x["rows"] for x in lists] + [rep_rows, thumb_rows])).astype(np.int64)
     pos = {int(r): i for i, r in enumerate(used)}
     target = payload.get("target") or payload.get("config", {}).get("target")
     target = target if isinstance(target, str) else None
     reports = df["report"].to_numpy(dtype=object)
-    cases = {
-        "id": [str(x) for x in df["id"].to_numpy(dtype=object)[used]],
-        "label": df["label"].to_numpy()[used].astype(int).tolist(),
-        "pred": df["pred"].to_numpy()[used].astype(int).tolist(),
-        "prob": np.round(df["prob"].to_numpy(dtype=np.float64)[used], 3).tolist(),
-    }
     texts = {
         int(r): (reports[r] if isinstance(reports[r], str) else "")[: limits.report_chars] for r in rep_rows
     }
-    meta_cols = [str(c) for c in meta.columns]
-    meta_vals = meta.to_numpy(dtype=object) if meta_cols else None
-    report_list = [
-        [pos[r], t, [_cell(v) for v in meta_vals[r]] if meta_vals is not None else []]
-        for r, t in texts.items()
-    ]
-    images = df["image"].to_numpy(dtype=object)
-    thumbs = []
-    for r in thumb_rows.tolist():
-        uri = thumbnail_uri(images[r], limits.thumb_px, limits.thumb_quality)
-        if uri:
-            thumbs.append([pos[int(r)], uri])
-    slices = []
-    for x in lists:
-        terms = slice_terms(x["s"], target)
-        marks = [
-            [pos[r], sp]
-            for r in x["rows"].tolist()
-            if r in texts and (sp := highlight_spans(texts[r], terms))
-        ]
-        slices.append(
-            {
-                "rank": x["s"]["rank"],
-                "basis": x["basis"],
-                "rows": [pos[r] for r in x["rows"].tolist()],
-                "score": x["score"].tolist(),
-                "terms": terms,
-                "marks": marks,
-            }
-        )
     return {
         "limits": asdict(limits),
         "n_cases": n,
         "all_reports": bool(n <= limits.all_reports_up_to),
         "target": target,
-        "meta_columns": meta_cols,
-        "cases": cases,
-        "reports": report_list,
-        "thumbs": thumbs,
-        "slices": slices,
+        "meta_columns": [str(c) for c in table.meta.columns],
+        "cases": _cases_block(df, used),
+        "reports": _reports_block(table, texts, pos),
+        "thumbs": _thumbs_block(table, thumb_rows, pos, limits),
+        "slices": _slices_block(lists, texts, pos, target),
     }
 
 
