@@ -73,6 +73,10 @@ class AuditResult:
         counts: the ``counts`` block of slices.json.
         embedding: the fused (n, d) embedding the slicer saw.
         table: the validated case table.
+        payload: the content of slices.json.
+
+    In a notebook the result shows as a compact table; ``to_frame()`` gives one row per slice and
+    ``members(rank)`` the cases of one slice as a DataFrame.
     """
 
     slices: list[dict[str, Any]]
@@ -83,6 +87,23 @@ class AuditResult:
     embedding: np.ndarray
     table: CaseTable
     payload: dict[str, Any]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per slice, indexed by rank (see :func:`medaudit.audit.result.slices_frame`)."""
+        from medaudit.audit.result import slices_frame
+
+        return slices_frame(self.slices)
+
+    def members(self, slice_id: int | str, complement: bool = False) -> pd.DataFrame:
+        """A slice's cases, best first, with scores, label, prediction, report and metadata."""
+        from medaudit.audit.result import slice_members
+
+        return slice_members(self, slice_id, complement=complement)
+
+    def _repr_html_(self) -> str:
+        from medaudit.audit.result import result_html
+
+        return result_html(self)
 
 
 def _make_slicer(config: AuditConfig, n_cases: int) -> Any:
