@@ -242,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         rc = int(exc.exit_code or 0)
     except Exception as exc:
+        if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
+            from medaudit.configfile import validation_error
+
+            _say(f"error: {validation_error(exc, 'config')}")  # type: ignore[arg-type]
+            return 2
         usage = _usage_error(exc)
         if usage is not None:  # click usage errors (typer ships its own copy of click), on one line
             _say(f"error: {usage[0]}")

@@ -21,19 +21,18 @@ interrupted and resumed from its last checkpoint therefore equals an uninterrupt
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import inspect
 import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medaudit.data import mri as tdata
 from medaudit.device import default_device, seed_everything
@@ -48,14 +47,19 @@ MODES = ("clean", "filtered", "online")
 CLEAN_NAMES = ("none", "clean", "identity")  # corruption names meaning "no corruption"
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (JSON/YAML-serialisable)."""
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (JSON/YAML-serialisable; validated by pydantic).
+
+    Values are coerced where unambiguous (``iterations: "500"`` is 500, ``lr: 3e-3`` is 0.003) and
+    refused otherwise, with one line naming the key.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # data
     data_source: str = "mni-phantom"  # mni-phantom | dhcp | folder | csv
     data_path: str | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)  # passed to the reader
+    data_options: dict[str, Any] = Field(default_factory=dict)  # passed to the reader
     label_set: str = "tissue4"
     spacing: float | None = None  # resample on load (mm); None keeps the native grid
     n_subjects: int = 8  # mni-phantom only
@@ -71,15 +75,15 @@ class TrainConfig:
     filter_severity: int | list[int] = 3  # a level 1..5, or [lo, hi] sampled uniformly (inclusive)
     filter_prob: float = 0.5  # online mode only
     recipe: str | None = None  # clean | filtered | mixed | bigaug | synthseg | gin (None: from ``mode``)
-    recipe_options: dict[str, Any] = field(default_factory=dict)
+    recipe_options: dict[str, Any] = Field(default_factory=dict)
     severity_version: int = 2  # severity table of filter_severity / recipe levels (1 = the old table)
     input_norm: str = "none"  # none | zscore | percentile: per-patch / per-window input normalisation
     # model
-    channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    channels: list[int] = Field(default_factory=lambda: [8, 16, 32, 64])
     num_res_units: int = 1
     dropout: float = 0.0
     # optimisation
-    patch_size: list[int] = field(default_factory=lambda: [48, 48, 48])
+    patch_size: list[int] = Field(default_factory=lambda: [48, 48, 48])
     batch_size: int = 2
     pos_neg_ratio: float = 2.0  # RandCropByPosNegLabeld pos:neg
     iterations: int = 300
@@ -93,7 +97,8 @@ class TrainConfig:
     inference_roi: list[int] | None = None  # sliding-window size at inference (default: patch_size)
     device: str | None = None
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
         if self.mode not in MODES:
             raise InputError(f"unknown training mode '{self.mode}'; choose one of {list(MODES)}")
         if self.mode != "clean" and not self.filter_name:
@@ -117,9 +122,10 @@ class TrainConfig:
         if self.iterations < 1 or self.batch_size < 1:
             raise InputError("iterations and batch_size must be >= 1")
         self.make_recipe()  # validates the recipe name and options
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @property
     def roi(self) -> list[int]:
@@ -127,12 +133,14 @@ class TrainConfig:
         return list(self.inference_roi or self.patch_size)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"unknown training config key(s): {unknown}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], source: str = "training config") -> TrainConfig:
+        """Validate a mapping; a bad key or value is one :class:`InputError` line naming ``source``."""
+        from medaudit.configfile import validation_error
+
+        try:
+            return cls.model_validate(d)
+        except ValidationError as exc:
+            raise validation_error(exc, source) from None
 
     @property
     def recipe_name(self) -> str:
@@ -171,23 +179,11 @@ class TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """A :class:`TrainConfig` from a YAML or JSON file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    """A :class:`TrainConfig` from a YAML or JSON file (its ``train:`` block, or the whole mapping)."""
+    from medaudit.configfile import read_mapping
 
-            d = yaml.safe_load(text) or {}
-        else:
-            d = json.loads(text)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot parse config ({exc})") from None
-    if not isinstance(d, dict):
-        raise InputError(f"{path}: config must be a mapping")
-    return TrainConfig.from_dict(d.get("train", d))
+    d = read_mapping(path)
+    return TrainConfig.from_dict(d.get("train", d), str(path))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ Output folder layout::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -205,23 +204,32 @@ def _as_int_list(value: Any, source: str, key: str, lo: int, hi: int) -> tuple[i
     return tuple(out)
 
 
-def _known_corruptions() -> set[str] | None:
-    """Names in the corruption registry, or None while :mod:`medaudit.texture.filters` is absent."""
-    try:
-        from medaudit.texture import filters
-    except ImportError:
-        return None
-    if not hasattr(filters, "list_corruptions"):
-        return None
+def _known_corruptions() -> set[str]:
+    """Names in the corruption registry."""
+    from medaudit.texture import filters
+
     return set(filters.list_corruptions())
 
 
-def _train_config_fields() -> set[str] | None:
-    try:
-        from medaudit.texture.train import TrainConfig
-    except ImportError:
-        return None
-    return {f.name for f in dataclasses.fields(TrainConfig)}
+def _typed_train(train: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The study's ``train`` block with every value validated (and coerced) by its TrainConfig field type."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from medaudit.texture.train import TrainConfig
+
+    out: dict[str, Any] = {}
+    for k, v in train.items():
+        try:
+            out[k] = TypeAdapter(TrainConfig.model_fields[k].annotation).validate_python(v)
+        except ValidationError as exc:
+            raise _err(source, f"train.{k}", f"{exc.errors()[0]['msg']} (got {v!r:.40})") from None
+    return out
+
+
+def _train_config_fields() -> set[str]:
+    from medaudit.texture.train import TrainConfig
+
+    return set(TrainConfig.model_fields)
 
 
 # TrainConfig fields the study sets itself for every task (the user may not set them under 'train').
@@ -302,7 +310,7 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
             )
         if k in _DATA_FIELDS:
             raise _err(source, f"train.{k}", "a data setting; put it under 'data'")
-        if fields is not None and k not in fields:
+        if k not in fields:
             allowed_t = sorted(fields - set(_STUDY_OWNED_TRAIN_FIELDS) - set(_DATA_FIELDS))
             raise _err(source, f"train.{k}", f"not a TrainConfig field; allowed: {', '.join(allowed_t)}")
     if train.get("mode", "filtered") not in ("filtered", "online"):
@@ -332,7 +340,7 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
                 raise _err(source, f"{key}.severities", "the 'none' baseline has no strength")
             sev: tuple[int, ...] = (0,)
         else:
-            if known is not None and fname not in known:
+            if fname not in known:
                 raise _err(
                     source, f"{key}.name", f"unknown filter '{fname}'; known: {', '.join(sorted(known))}"
                 )
@@ -369,7 +377,7 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
     for c in corr:
         if c == BASELINE:
             raise _err(source, "test.corruptions", "'none' (clean) is always evaluated; do not list it")
-        if known is not None and c not in known:
+        if c not in known:
             raise _err(
                 source, "test.corruptions", f"unknown corruption '{c}'; known: {', '.join(sorted(known))}"
             )
@@ -399,7 +407,7 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
     cfg = StudyConfig(
         name=name.strip(),
         data=data,
-        train=dict(train),
+        train=_typed_train(train, source),
         train_filters=tuple(filters),
         seeds=seeds,
         test_corruptions=tuple(corr),
