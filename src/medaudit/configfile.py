@@ -24,10 +24,12 @@ M = TypeVar("M", bound=BaseModel)
 def validation_error(exc: ValidationError, source: str) -> InputError:
     """One line naming ``source`` and the first failing key, e.g. ``a.yaml: key 'train.lr': ...``."""
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err.get("loc", ())) or "<root>"
-    msg = err.get("msg", "invalid value")
+    key = ".".join(str(p) for p in err.get("loc", ()))
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if err.get("type") == "extra_forbidden":
         msg = "unknown key"
+    if not key:  # a rule over several keys: the message names them
+        return InputError(f"{source}: {msg}")
     value = err.get("input")
     shown = "" if err.get("type") in ("extra_forbidden", "missing") else f" (got {value!r:.60})"
     return InputError(f"{source}: key '{key}': {msg}{shown}")
