@@ -202,3 +202,26 @@ def test_input_normalisation_modes():
     assert normalise_input(x, "none") is x
     with pytest.raises(InputError, match="input_norm"):
         TrainConfig(input_norm="minmax")
+
+
+def test_cli_train_with_a_recipe(tmp_path, capsys):
+    import json
+
+    from medaudit.cli import main
+    from medaudit.texture.train import load_checkpoint
+    from test_texture_train import _dataset
+
+    data = _dataset(tmp_path / "vols", n=3)
+    common = ["texture", "train", "--data", "folder", "--data-path", str(data), "--iterations", "2",
+              "--patch-size", "16", "--channels", "4,8", "--device", "cpu"]  # fmt: skip
+    bad = main([*common, "--out", str(tmp_path / "bad"), "--recipe", "gin", "--recipe-options", "{p: 1"])
+    assert bad == 2 and "recipe-options" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "x"), "--recipe", "nope"]) == 2
+    rc = main(
+        [*common, "--out", str(tmp_path / "r"), "--recipe", "mixed",
+         "--recipe-options", '{"p": 1.0, "families": ["noise"]}', "--input-norm", "zscore"]
+    )  # fmt: skip
+    assert rc == 0
+    meta = load_checkpoint(tmp_path / "r" / "model.pt")
+    cfg = json.loads(meta["config"])
+    assert cfg["recipe"] == "mixed" and cfg["input_norm"] == "zscore" and meta["train_families"] == ["noise"]
