@@ -45,9 +45,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from medaudit.audit.metrics import precision_at_k_dcbench
 
 from medaudit.io import atomic_write_text
+from medaudit.studies.cxr_slices.metrics import precision_at_k_dcbench
 
 META = ["view_position", "age", "sex"]
 MIN_GROUP, MAX_SHARE = 20, 0.10

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from medaudit.audit.benchmark import frame_to_markdown
 from scipy import stats
+
+from medaudit.studies.cxr_slices.benchmark import frame_to_markdown
 
 
 def planted_evidence(runs: pd.DataFrame) -> pd.DataFrame:

@@ -146,7 +146,7 @@ def thumbnail_uri(path: object, size: int = 96, quality: int = 70) -> str | None
 def _wilson(k: int, n: int) -> list[float | None]:
     if n <= 0:
         return [None, None]
-    from medaudit.audit.metrics import wilson_ci
+    from medaudit.stats import wilson_ci
 
     lo, hi = wilson_ci(k, n)
     return [min(float(lo), k / n), max(float(hi), k / n)]

@@ -912,7 +912,7 @@ def stability(runs: pd.DataFrame) -> pd.DataFrame:
 def hit_rates(runs: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
     """Explanation hit rate over all scenarios: the share of kept runs whose top-ranked slice's rule or
     top concept names the planted attribute, with a bootstrap 95% CI, per variant × fusion × method."""
-    from medaudit.audit.metrics import bootstrap_ci
+    from medaudit.stats import bootstrap_ci
 
     if "hit" not in runs:
         return pd.DataFrame()
