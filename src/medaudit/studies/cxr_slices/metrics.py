@@ -17,14 +17,11 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from medaudit.errors import InputError
-from medaudit.stats import bootstrap_ci, wilson_ci
 
 __all__ = [
-    "bootstrap_ci",
     "error_share_baseline",
     "precision_at_k_dcbench",
     "precision_at_k_study",
-    "wilson_ci",
 ]
 
 

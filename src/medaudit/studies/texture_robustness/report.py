@@ -32,7 +32,6 @@ from medaudit.io import atomic_write_text
 from medaudit.stats import bootstrap_ci
 
 __all__ = [
-    "bootstrap_ci",
     "clean_cost",
     "corruption_errors",
     "family_ratios",
