@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medaudit.audit import bench_rules as br
+from medaudit.studies.cxr_slices import bench_rules as br
 
 pytest.importorskip("medaudit.audit.slicers.rules")
 
@@ -74,7 +74,7 @@ def test_slice_terms_names_devices() -> None:
 
 def test_sliceline_peer_finds_planted_conjunction() -> None:
     pytest.importorskip("sliceline")
-    from medaudit.audit.peer_sliceline import run_sliceline
+    from medaudit.studies.cxr_slices.peer_sliceline import run_sliceline
 
     rng = np.random.default_rng(1)
     n = 600

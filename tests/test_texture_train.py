@@ -262,7 +262,7 @@ def _verdict_rows(dice_f_unseen, dice_b_unseen, dice_f_seen=0.1, dice_b_seen=0.9
 
 
 def test_demo_unseen_verdict_is_computed_from_unseen_conditions_only():
-    from medaudit.texture.cli import unseen_verdict
+    from medaudit.studies.texture_robustness.demo import unseen_verdict
 
     # filtered better on both unseen corruptions; the (much worse) seen blur must not count
     v = unseen_verdict(_verdict_rows(0.7, 0.5))

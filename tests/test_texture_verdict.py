@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from medaudit.texture.verdict import goal_check, goal_verdict
+from medaudit.studies.texture_robustness.verdict import goal_check, goal_verdict
 
 
 def _rows(model_unseen, base_unseen, model_clean=0.80, base_clean=0.80, model_seen=0.1):

@@ -52,6 +52,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 #: commands a study adds to a product group: (group, name) -> (module, attribute)
 GROUP_EXTRAS: dict[tuple[str, str], tuple[str, str]] = {
+    ("texture", "demo"): ("medaudit.studies.texture_robustness.demo", "demo_command"),
     ("texture", "study"): ("medaudit.studies.texture_robustness.study", "study_command"),
 }
 #: old flag spellings, kept for one release: command path -> {old: new}

@@ -491,7 +491,7 @@ def run_one(
     rows: list[dict[str, Any]] = []
     pred_run = None  # (predicates, concept codes) of the test split, when rules or hits are measured
     if concepts is not None:
-        from medaudit.audit.bench_rules import run_predicates
+        from medaudit.studies.cxr_slices.bench_rules import run_predicates
 
         pred_run = run_predicates(concepts, df, scen.test_idx, y, config.metadata_columns)
     mix_scores: np.ndarray | None = None
@@ -543,7 +543,7 @@ def _explanation_hit(
     """Whether the top-ranked slice's rule (own or best-matching) or top concept names the attribute."""
     if pred_run is None or scores is None or scores.shape[1] == 0:
         return {}
-    from medaudit.audit.bench_rules import names_attribute, slice_terms
+    from medaudit.studies.cxr_slices.bench_rules import names_attribute, slice_terms
 
     members = scores[:, 0] > 0.5
     if not members.any():  # a soft slice with no member above 0.5: its 10 highest-scoring cases
@@ -567,7 +567,7 @@ def _rule_rows(
     mix_scores: np.ndarray | None,
 ) -> list[dict[str, Any]]:
     """Rows of the ``rules`` / ``rules+mixture`` variants and the ``sliceline`` peer."""
-    from medaudit.audit import bench_rules as br
+    from medaudit.studies.cxr_slices import bench_rules as br
 
     y, pred = scen.test_labels, pred_run[0]
     errors = (probs >= 0.5).astype(np.int64) != y
@@ -588,7 +588,7 @@ def _rule_rows(
         row.update(_explanation_hit(pred_run, scores, rules[0], scen))
         rows.append(row)
     if config.peer_sliceline:
-        from medaudit.audit.peer_sliceline import run_sliceline
+        from medaudit.studies.cxr_slices.peer_sliceline import run_sliceline
 
         t1 = time.perf_counter()
         res = run_sliceline(pred, errors.astype(float), k=k, **config.sliceline_params)
@@ -702,7 +702,7 @@ def _write_state(
     atomic_write_text(state / "kind.txt", kind)
     atomic_write_text(state / "peer_python.txt", f"{peer_py}\n{_PEER_SCRIPTS[peer_py]}" if peer_py else "")
     if config.rule_variants or config.peer_sliceline:
-        from medaudit.audit.bench_rules import cohort_concepts
+        from medaudit.studies.cxr_slices.bench_rules import cohort_concepts
 
         with atomic_save(state / "concepts.parquet") as tmp:
             cohort_concepts(df).to_parquet(tmp, index=False)

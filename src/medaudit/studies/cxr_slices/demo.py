@@ -280,7 +280,7 @@ def run_demo(
 def _slice_rule(sl: dict[str, Any], attribute: str) -> dict[str, Any]:
     """The slice's family, its rule (own or best-matching) and whether the rule or the top concept
     names the baked-in attribute."""
-    from medaudit.audit.bench_rules import names_attribute
+    from medaudit.studies.cxr_slices.bench_rules import names_attribute
 
     ex = sl.get("explanation", {})
     rule = (ex.get("rule") or {}).get("text")

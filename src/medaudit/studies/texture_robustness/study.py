@@ -54,7 +54,7 @@ from medaudit.rungrid import (
     task_key,
     worker_threads,
 )
-from medaudit.texture.recipe_grid import parse_recipes, recipe_train_specs
+from medaudit.studies.texture_robustness.recipe_grid import parse_recipes, recipe_train_specs
 
 __all__ = [
     "TEXTURE_CODE",
