@@ -17,6 +17,7 @@ interval), composition, explanations and ``member_ids`` use its members; ``soft_
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -471,6 +472,50 @@ def run_audit(
         return _run_audit(table, config, claim, precomputed)
 
 
+def _read_cases(
+    table: CaseTable | pd.DataFrame | str | os.PathLike[str],
+    config: AuditConfig,
+    modalities: tuple[str, ...],
+    min_cases: int,
+    progress: Any,
+    warnings_out: list[str],
+) -> tuple[CaseTable, tuple[str, ...]]:
+    """The validated case table, and the modalities left once reports that are all empty are dropped.
+
+    Reports are checked strictly (empty ones named by row) when some reports have text or come from
+    files the user named; when every report text is empty, the audit warns and goes on with the other
+    modalities.
+    """
+    if isinstance(table, CaseTable):
+        if "metadata" in modalities and table.meta.shape[1] == 0:
+            raise InputError("the metadata modality needs at least one metadata column (--meta)")
+        return table, modalities
+    task = progress.add_task("read case table", total=1)
+    require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
+    read = functools.partial(
+        load_case_table,
+        table,
+        config.columns,
+        config.meta,
+        skip_bad=config.skip_bad,
+        threshold=config.threshold,
+    )
+    cases = read(require=require, min_cases=1)
+    if "report" in modalities and "report" not in config.embeddings and not cases.has_report:
+        named_files = config.columns.report_path is not None  # report files the user named must be readable
+        if named_files or any(isinstance(r, str) and r.strip() for r in cases.df["report"]):
+            cases = read(require=(*require, "report"), min_cases=1)  # the strict check names the rows
+        else:
+            modalities = _drop_reports(modalities, warnings_out)
+            rule_audit.warn(warnings_out[-1])
+    if len(cases) < min_cases:
+        where = str(cases.source) if cases.source else "table"
+        skipped = f" after skipping {cases.n_skipped} bad rows" if cases.n_skipped else ""
+        raise InputError(f"{where}: {len(cases)} valid cases{skipped}; at least {min_cases} are needed")
+    progress.update(task, completed=1)
+    return cases, modalities
+
+
 def _run_audit(
     table: CaseTable | pd.DataFrame | str | os.PathLike[str],
     config: AuditConfig,
@@ -486,38 +531,9 @@ def _run_audit(
         modalities = ()
     lexicon = load_lexicon(config.concepts) if config.concepts else None  # fail fast on a bad file
     min_cases = max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
-    raw_input = table
     audit_warnings: list[str] = []
     with make_progress() as progress:
-        if not isinstance(table, CaseTable):
-            task = progress.add_task("read case table", total=1)
-            require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
-            table = load_case_table(
-                table,
-                config.columns,
-                config.meta,
-                skip_bad=config.skip_bad,
-                require=require,
-                threshold=config.threshold,
-                min_cases=min_cases,
-            )
-            if "report" in modalities and "report" not in config.embeddings and not table.has_report:
-                if any(isinstance(r, str) and r.strip() for r in table.df["report"]):
-                    table = load_case_table(  # some reports empty: the strict check names the rows
-                        raw_input,
-                        config.columns,
-                        config.meta,
-                        skip_bad=config.skip_bad,
-                        require=(*require, "report"),
-                        threshold=config.threshold,
-                        min_cases=min_cases,
-                    )
-                else:
-                    modalities = _drop_reports(modalities, audit_warnings)
-                    rule_audit.warn(audit_warnings[-1])
-            progress.update(task, completed=1)
-        elif "metadata" in modalities and table.meta.shape[1] == 0:
-            raise InputError("the metadata modality needs at least one metadata column (--meta)")
+        table, modalities = _read_cases(table, config, modalities, min_cases, progress, audit_warnings)
         claim.check_inputs([table.source, *table.df["image"].dropna().tolist()], "input file")
         n = len(table)
         concepts, msg = report_concepts(table.df["report"].tolist(), lexicon)

@@ -201,19 +201,62 @@ def load_case_table(
     unknown_mod = [m for m in require if m not in MODALITIES]
     if unknown_mod:
         raise InputError(f"unknown modality '{unknown_mod[0]}' (choose from {', '.join(MODALITIES)})")
+    raw, source, where, base = _read_raw(path_or_df, columns)
+    use_prob, use_pred = _check_wanted(raw, where, columns, meta, require)
+    n = len(raw)
+    probs = _RowProblems(where, n, skip_bad)
+    ids = _parse_ids(raw, columns, probs)
+    labels = _parse_labels(raw, columns, probs, ids)
+    prob, pred = _parse_predictions(raw, columns, probs, ids, use_prob, use_pred, threshold)
+    report_col = columns.report_path or columns.report
+    has_report_col = bool(report_col) and report_col in raw.columns
+    reports = (
+        _parse_reports(raw, columns, probs, ids, base, "report" in require) if has_report_col else [None] * n
+    )
+    has_image_col = bool(columns.image) and columns.image in raw.columns
+    images = (
+        _parse_images(raw, columns, probs, ids, base, "image" in require) if has_image_col else [None] * n
+    )
+    df = pd.DataFrame(
+        {
+            "id": pd.Series(ids, dtype=object),
+            "label": labels,
+            "prob": prob,
+            "pred": pred,
+            "image": pd.Series(images, dtype=object),
+            "report": pd.Series(reports, dtype=object),
+        }
+    )
+    meta_df = raw[meta].copy() if meta else pd.DataFrame(index=raw.index)
+    table = _keep_good(df, meta_df, probs, ids, where, min_cases, source)
+    table.has_image = bool(has_image_col and len(table.df) and table.df["image"].notna().all())
+    table.has_report = bool(
+        has_report_col
+        and len(table.df)
+        and table.df["report"].map(lambda r: bool(r and str(r).strip())).all()
+    )
+    return table
+
+
+def _read_raw(
+    path_or_df: str | os.PathLike[str] | pd.DataFrame, columns: ColumnMap
+) -> tuple[pd.DataFrame, Path | None, str, Path]:
+    """The raw table, its source file, the name errors use, and the folder relative paths start from."""
     if isinstance(path_or_df, pd.DataFrame):
         raw = path_or_df.reset_index(drop=True).copy()
-        source: Path | None = None
-        where = "table"
-        base = Path.cwd()
+        source, where, base = None, "table", Path.cwd()
     else:
         source = Path(path_or_df)
         raw = read_table(source, text_columns=[columns.id]).reset_index(drop=True)
-        where = str(source)
-        base = source.absolute().parent
+        where, base = str(source), source.absolute().parent
     raw.columns = [str(c) for c in raw.columns]
+    return raw, source, where, base
 
-    # --- columns -----------------------------------------------------------------------------------
+
+def _check_wanted(
+    raw: pd.DataFrame, where: str, columns: ColumnMap, meta: list[str], require: Sequence[str]
+) -> tuple[bool, bool]:
+    """Check that every column a role needs exists; returns whether probabilities / predictions are read."""
     wanted: list[tuple[str, str]] = [("id", columns.id), ("label", columns.label)]
     use_pred = columns.pred is not None
     use_prob = columns.prob is not None and (columns.prob in raw.columns or not use_pred)
@@ -225,31 +268,27 @@ def load_case_table(
         raise InputError(
             f"{where}: no prediction column: give a probability column (prob) or a hard prediction (pred)"
         )
-    need_image = "image" in require
-    need_report = "report" in require
-    if need_image:
+    if "image" in require:
         if not columns.image:
             raise InputError(f"{where}: the image modality needs an image column")
         wanted.append(("image", columns.image))
     report_col = columns.report_path or columns.report
-    report_is_path = columns.report_path is not None
-    if need_report:
+    if "report" in require:
         if not report_col:
             raise InputError(f"{where}: the report modality needs a report column")
-        wanted.append(("report_path" if report_is_path else "report", report_col))
+        wanted.append(("report_path" if columns.report_path is not None else "report", report_col))
     if "metadata" in require and not meta:
         raise InputError(f"{where}: the metadata modality needs at least one metadata column (--meta)")
     wanted.extend(("metadata", m) for m in meta)
     _check_columns(raw, where, wanted)
+    return use_prob, use_pred
 
-    n = len(raw)
-    probs = _RowProblems(where, n, skip_bad)
-    ids_raw = raw[columns.id].tolist()
 
-    # --- ids -----------------------------------------------------------------------------------------
+def _parse_ids(raw: pd.DataFrame, columns: ColumnMap, probs: _RowProblems) -> list[str]:
+    """Case ids as strings (integral floats as integers); missing and duplicate ids are bad rows."""
     ids: list[str] = []
     first_seen: dict[str, int] = {}
-    for i, v in enumerate(ids_raw):
+    for i, v in enumerate(raw[columns.id].tolist()):
         if _missing(v) or (isinstance(v, str) and not v.strip()):
             probs.add(i, "missing id", f"column '{columns.id}' row {i + 1}: missing id")
             ids.append("")
@@ -267,7 +306,12 @@ def load_case_table(
         else:
             first_seen[s] = i
 
-    # --- label ---------------------------------------------------------------------------------------
+    return ids
+
+
+def _parse_labels(raw: pd.DataFrame, columns: ColumnMap, probs: _RowProblems, ids: list[str]) -> np.ndarray:
+    """Binary labels; anything else is a bad row."""
+    n = len(raw)
     labels = np.zeros(n, dtype=np.int64)
     for i, v in enumerate(raw[columns.label].tolist()):
         b = _as_binary(v)
@@ -280,7 +324,20 @@ def load_case_table(
         else:
             labels[i] = b
 
-    # --- prediction ----------------------------------------------------------------------------------
+    return labels
+
+
+def _parse_predictions(
+    raw: pd.DataFrame,
+    columns: ColumnMap,
+    probs: _RowProblems,
+    ids: list[str],
+    use_prob: bool,
+    use_pred: bool,
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities in [0, 1] and hard predictions (thresholded, or read from the ``pred`` column)."""
+    n = len(raw)
     prob = np.zeros(n, dtype=np.float64)
     pred = np.zeros(n, dtype=np.int64)
     if use_prob:
@@ -310,87 +367,101 @@ def load_case_table(
         if not use_prob:
             prob = pred.astype(np.float64)
 
-    # --- reports -------------------------------------------------------------------------------------
+    return prob, pred
+
+
+def _parse_reports(
+    raw: pd.DataFrame, columns: ColumnMap, probs: _RowProblems, ids: list[str], base: Path, need_report: bool
+) -> list[object]:
+    """Report texts (from the column, or read from the files it names); empty ones bad when required."""
+    n = len(raw)
+    report_col = columns.report_path or columns.report
+    report_is_path = columns.report_path is not None
     reports: list[object] = [None] * n
-    has_report_col = bool(report_col) and report_col in raw.columns
-    if has_report_col:
-        for i, v in enumerate(raw[report_col].tolist()):  # type: ignore[index]
-            missing = _missing(v)
-            if report_is_path:
-                if missing or not str(v).strip():
-                    if need_report:
-                        probs.add(
-                            i, "empty report", f"column '{report_col}' {_row(i, ids[i])}: missing report path"
-                        )
-                    continue
-                rp = Path(str(v).strip())
-                rp = rp if rp.is_absolute() else base / rp
-                try:
-                    text = rp.read_text(encoding="utf-8", errors="replace")
-                except OSError as exc:
-                    if need_report:
-                        probs.add(
-                            i,
-                            "unreadable report file",
-                            f"column '{report_col}' {_row(i, ids[i])}: report file {rp} is unreadable "
-                            f"({exc.strerror or type(exc).__name__})",
-                        )
-                    continue
-            else:
-                text = "" if missing else str(v)
-            if not text.strip():
+    for i, v in enumerate(raw[report_col].tolist()):  # type: ignore[index]
+        missing = _missing(v)
+        if report_is_path:
+            if missing or not str(v).strip():
                 if need_report:
-                    probs.add(i, "empty report", f"column '{report_col}' {_row(i, ids[i])}: empty report")
-                reports[i] = ""
+                    probs.add(
+                        i, "empty report", f"column '{report_col}' {_row(i, ids[i])}: missing report path"
+                    )
                 continue
-            reports[i] = text
+            rp = Path(str(v).strip())
+            rp = rp if rp.is_absolute() else base / rp
+            try:
+                text = rp.read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                if need_report:
+                    probs.add(
+                        i,
+                        "unreadable report file",
+                        f"column '{report_col}' {_row(i, ids[i])}: report file {rp} is unreadable "
+                        f"({exc.strerror or type(exc).__name__})",
+                    )
+                continue
+        else:
+            text = "" if missing else str(v)
+        if not text.strip():
+            if need_report:
+                probs.add(i, "empty report", f"column '{report_col}' {_row(i, ids[i])}: empty report")
+            reports[i] = ""
+            continue
+        reports[i] = text
 
-    # --- images (existence only; decoding errors surface from the encoder with the path) -------------
+    return reports
+
+
+def _parse_images(
+    raw: pd.DataFrame, columns: ColumnMap, probs: _RowProblems, ids: list[str], base: Path, need_image: bool
+) -> list[object]:
+    """Image paths that exist, are readable and within the pixel limit (decoding errors surface later)."""
+    n = len(raw)
     images: list[object] = [None] * n
-    has_image_col = bool(columns.image) and columns.image in raw.columns
-    if has_image_col:
-        for i, v in enumerate(raw[columns.image].tolist()):  # type: ignore[index]
-            missing = _missing(v) or not str(v).strip()
-            if missing:
-                if need_image:
-                    probs.add(
-                        i, "missing image", f"column '{columns.image}' {_row(i, ids[i])}: missing image path"
-                    )
-                continue
-            ip = Path(str(v).strip())
-            ip = ip if ip.is_absolute() else base / ip
-            if not ip.is_file() or not os.access(ip, os.R_OK):
-                if need_image:
-                    probs.add(
-                        i,
-                        "missing image",
-                        f"column '{columns.image}' {_row(i, ids[i])}: image {ip} is missing or unreadable",
-                    )
-                continue
+    for i, v in enumerate(raw[columns.image].tolist()):  # type: ignore[index]
+        missing = _missing(v) or not str(v).strip()
+        if missing:
             if need_image:
-                try:
-                    check_pixel_limit(ip)
-                except InputError as exc:
-                    probs.add(
-                        i,
-                        "image too large or unreadable",
-                        f"column '{columns.image}' {_row(i, ids[i])}: {exc}",
-                    )
-                    continue
-            images[i] = str(ip)
+                probs.add(
+                    i, "missing image", f"column '{columns.image}' {_row(i, ids[i])}: missing image path"
+                )
+            continue
+        ip = Path(str(v).strip())
+        ip = ip if ip.is_absolute() else base / ip
+        if not ip.is_file() or not os.access(ip, os.R_OK):
+            if need_image:
+                probs.add(
+                    i,
+                    "missing image",
+                    f"column '{columns.image}' {_row(i, ids[i])}: image {ip} is missing or unreadable",
+                )
+            continue
+        if need_image:
+            try:
+                check_pixel_limit(ip)
+            except InputError as exc:
+                probs.add(
+                    i,
+                    "image too large or unreadable",
+                    f"column '{columns.image}' {_row(i, ids[i])}: {exc}",
+                )
+                continue
+        images[i] = str(ip)
 
+    return images
+
+
+def _keep_good(
+    df: pd.DataFrame,
+    meta_df: pd.DataFrame,
+    probs: _RowProblems,
+    ids: list[str],
+    where: str,
+    min_cases: int,
+    source: Path | None,
+) -> CaseTable:
+    """Drop the bad rows (with ``skip_bad``; otherwise a bad row has already raised) and count them."""
     keep = ~probs.bad
-    df = pd.DataFrame(
-        {
-            "id": pd.Series(ids, dtype=object),
-            "label": labels,
-            "prob": prob,
-            "pred": pred,
-            "image": pd.Series(images, dtype=object),
-            "report": pd.Series(reports, dtype=object),
-        }
-    )
-    meta_df = raw[meta].copy() if meta else pd.DataFrame(index=raw.index)
     skipped_ids = [ids[i] for i in np.flatnonzero(probs.bad) if ids[i]]
     df = df.loc[keep].reset_index(drop=True)
     meta_df = meta_df.loc[keep].reset_index(drop=True)
@@ -407,10 +478,6 @@ def load_case_table(
         skipped_reasons=dict(sorted(probs.reasons.items())),
         skipped_ids=skipped_ids,
         source=source,
-        has_image=bool(has_image_col and len(df) and df["image"].notna().all()),
-        has_report=bool(
-            has_report_col and len(df) and df["report"].map(lambda r: bool(r and str(r).strip())).all()
-        ),
     )
 
 
