@@ -185,34 +185,12 @@ def encode_cached(
     memory-mapped one at a time.
     """
     ids = list(ids)
-    n = len(inputs)
-    if len(ids) != n:
-        raise InputError(f"encode_cached: {len(ids)} ids but {n} inputs")
-    seen: set[Any] = set()
-    for i in ids:
-        if i in seen:
-            raise InputError(f"encode_cached: duplicate case id {i!r}")
-        seen.add(i)
-    if batch_size < 1:
-        raise InputError(f"encode_cached: batch_size must be positive, got {batch_size}")
+    _check_ids(ids, len(inputs), batch_size)
     if getattr(encoder, "requires_fit", False) and not getattr(encoder, "is_fitted", True):
         encoder.fit(inputs)
-
-    folder = cache_folder(encoder, cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        atomic_write_json(
-            meta_path, {"encoder": encoder.name, "modality": encoder.modality, "key": encoder.cache_key()}
-        )
-
+    folder = _prepare_folder(encoder, cache_dir)
     with make_progress(disable=None if progress else True) as prog:
-        task = prog.add_task(f"{encoder.name}: hashing inputs", total=n)
-        keys: list[str] = []
-        for start in range(0, n, 4096):
-            keys += item_keys(encoder, _subset(inputs, list(range(start, min(n, start + 4096)))), content)
-            prog.update(task, completed=len(keys))
-
+        keys = _hash_inputs(encoder, inputs, content, prog)
         index = _load_index(folder)
         where: dict[str, tuple[str, int]] = dict(
             zip(index["item"], zip(index["shard"], index["row"].astype(int), strict=True), strict=True)
@@ -222,47 +200,20 @@ def encode_cached(
             if k not in where and k not in todo_first:
                 todo_first[k] = pos
         todo = list(todo_first.items())
-
         enc_task = prog.add_task(f"{encoder.name}: encoding", total=len(todo))
         new_rows: list[pd.DataFrame] = []
         dim: int | None = None
         for start, stop, emb in _embedding_batches(encoder, inputs, [p for _, p in todo], batch_size):
             chunk = todo[start:stop]
-            positions = [p for _, p in chunk]
-            emb = np.asarray(emb, dtype=np.float32)
-            if emb.ndim != 2 or emb.shape[0] != len(chunk):
-                raise InputError(
-                    f"encoder {encoder.name!r} returned shape {emb.shape} for {len(chunk)} inputs "
-                    f"(cases {ids[positions[0]]!r}..{ids[positions[-1]]!r})"
-                )
-            bad = ~np.isfinite(emb).all(axis=1)
-            if bad.any():
-                raise InputError(
-                    f"encoder {encoder.name!r} gave non-finite values for case {ids[positions[int(np.argmax(bad))]]!r}"
-                )
-            if dim is not None and emb.shape[1] != dim:
-                raise InputError(f"encoder {encoder.name!r} changed width from {dim} to {emb.shape[1]}")
-            dim = emb.shape[1]
-            shard = f"shard-{uuid.uuid4().hex[:16]}"
-            with atomic_save(folder / f"{shard}.npy") as tmp, open(tmp, "wb") as fh:
-                np.save(fh, emb)
-            keys_df = pd.DataFrame({"item": [k for k, _ in chunk], "id": [str(ids[p]) for p in positions]})
-            with atomic_save(folder / f"{shard}.keys.parquet") as tmp:
-                keys_df.to_parquet(tmp, index=False)
-            for row, (k, _) in enumerate(chunk):
-                where[k] = (shard, row)
-            new_rows.append(
-                pd.DataFrame({"item": keys_df["item"], "shard": shard, "row": np.arange(len(chunk))})
-            )
+            dim = _check_batch(encoder, np.asarray(emb, dtype=np.float32), chunk, ids, dim)
+            new_rows.append(_write_shard(folder, np.asarray(emb, dtype=np.float32), chunk, ids, where))
             prog.advance(enc_task, len(chunk))
             if on_batch is not None:
                 on_batch(stop, len(todo))
-
     if new_rows or not (folder / "index.parquet").is_file():
         full = pd.concat([index, *new_rows], ignore_index=True) if new_rows else index
         with atomic_save(folder / "index.parquet") as tmp:
             full.to_parquet(tmp, index=False)
-
     if not keys:
         return np.zeros((0, int(encoder.dim)), dtype=np.float32)
     if out is None:
@@ -270,6 +221,81 @@ def encode_cached(
     with atomic_save(out) as tmp:
         _assemble(folder, keys, where, tmp)
     return np.load(out, mmap_mode="r")
+
+
+def _check_ids(ids: list[Any], n: int, batch_size: int) -> None:
+    if len(ids) != n:
+        raise InputError(f"encode_cached: {len(ids)} ids but {n} inputs")
+    seen: set[Any] = set()
+    for i in ids:
+        if i in seen:
+            raise InputError(f"encode_cached: duplicate case id {i!r}")
+        seen.add(i)
+    if batch_size < 1:
+        raise InputError(f"encode_cached: batch_size must be positive, got {batch_size}")
+
+
+def _prepare_folder(encoder: Encoder, cache_dir: str | os.PathLike[str]) -> Path:
+    """The encoder configuration's cache folder, with its ``meta.json``."""
+    folder = cache_folder(encoder, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        atomic_write_json(
+            meta_path, {"encoder": encoder.name, "modality": encoder.modality, "key": encoder.cache_key()}
+        )
+    return folder
+
+
+def _hash_inputs(encoder: Encoder, inputs: Any, content: ContentMode, prog: Any) -> list[str]:
+    """One cache key per input, in blocks of 4096 with progress."""
+    n = len(inputs)
+    task = prog.add_task(f"{encoder.name}: hashing inputs", total=n)
+    keys: list[str] = []
+    for start in range(0, n, 4096):
+        keys += item_keys(encoder, _subset(inputs, list(range(start, min(n, start + 4096)))), content)
+        prog.update(task, completed=len(keys))
+    return keys
+
+
+def _check_batch(
+    encoder: Encoder, emb: np.ndarray, chunk: list[tuple[str, int]], ids: list[Any], dim: int | None
+) -> int:
+    """A batch's embeddings must be (len(chunk), dim), finite, and as wide as the earlier batches."""
+    positions = [p for _, p in chunk]
+    if emb.ndim != 2 or emb.shape[0] != len(chunk):
+        raise InputError(
+            f"encoder {encoder.name!r} returned shape {emb.shape} for {len(chunk)} inputs "
+            f"(cases {ids[positions[0]]!r}..{ids[positions[-1]]!r})"
+        )
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        raise InputError(
+            f"encoder {encoder.name!r} gave non-finite values for case {ids[positions[int(np.argmax(bad))]]!r}"
+        )
+    if dim is not None and emb.shape[1] != dim:
+        raise InputError(f"encoder {encoder.name!r} changed width from {dim} to {emb.shape[1]}")
+    return int(emb.shape[1])
+
+
+def _write_shard(
+    folder: Path,
+    emb: np.ndarray,
+    chunk: list[tuple[str, int]],
+    ids: list[Any],
+    where: dict[str, tuple[str, int]],
+) -> pd.DataFrame:
+    """Write one computed batch as a shard (atomically); record where each item lives; its index rows."""
+    positions = [p for _, p in chunk]
+    shard = f"shard-{uuid.uuid4().hex[:16]}"
+    with atomic_save(folder / f"{shard}.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, emb)
+    keys_df = pd.DataFrame({"item": [k for k, _ in chunk], "id": [str(ids[p]) for p in positions]})
+    with atomic_save(folder / f"{shard}.keys.parquet") as tmp:
+        keys_df.to_parquet(tmp, index=False)
+    for row, (k, _) in enumerate(chunk):
+        where[k] = (shard, row)
+    return pd.DataFrame({"item": keys_df["item"], "shard": shard, "row": np.arange(len(chunk))})
 
 
 def _assemble(
