@@ -68,8 +68,11 @@ def test_config_validation():
         TrainConfig(mode="bogus")
     with pytest.raises(InputError, match="filter_severity"):
         TrainConfig(mode="filtered", filter_name="gaussian_noise", filter_severity=7)
-    with pytest.raises(InputError, match="unknown training config key"):
+    with pytest.raises(InputError, match="'iterationz': unknown key"):
         TrainConfig.from_dict({"iterationz": 3})
+    with pytest.raises(InputError, match="'lr'"):
+        TrainConfig(lr="fast")
+    assert TrainConfig.from_dict({"lr": "3e-3", "iterations": "500"}).iterations == 500
 
 
 def test_resume_equals_uninterrupted(dataset, tmp_path):

@@ -12,13 +12,27 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medaudit.errors import InputError
 
-__all__ = ["read_config", "read_mapping", "validation_error"]
+__all__ = ["Config", "read_config", "read_mapping", "validation_error"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Config(BaseModel):
+    """Base of medaudit's configs: unknown keys refused, assignments validated, and a bad value given
+    to the constructor raised as one :class:`InputError` line naming the key (an ``InputError`` is a
+    ``ValueError``, like pydantic's own error)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise validation_error(exc, type(self).__name__) from None
 
 
 def validation_error(exc: ValidationError, source: str) -> InputError:

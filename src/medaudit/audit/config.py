@@ -12,8 +12,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from medaudit.configfile import Config
 from medaudit.errors import InputError
 
 __all__ = [
@@ -61,7 +62,7 @@ class RankRule(StrEnum):
     error = "error"
 
 
-class _Model(BaseModel):
+class _Model(Config):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
 
 

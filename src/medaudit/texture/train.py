@@ -27,13 +27,15 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from medaudit.configfile import Config
 from medaudit.data import mri as tdata
 from medaudit.device import default_device, seed_everything
 from medaudit.errors import InputError
@@ -47,14 +49,12 @@ MODES = ("clean", "filtered", "online")
 CLEAN_NAMES = ("none", "clean", "identity")  # corruption names meaning "no corruption"
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Config):
     """Everything that defines a training run (JSON/YAML-serialisable; validated by pydantic).
 
     Values are coerced where unambiguous (``iterations: "500"`` is 500, ``lr: 3e-3`` is 0.003) and
     refused otherwise, with one line naming the key.
     """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # data
     data_source: str = "mni-phantom"  # mni-phantom | dhcp | folder | csv
@@ -549,6 +549,61 @@ def train(
         meta = load_checkpoint(model_path)
         if meta.get("config_key") == key:
             return model_path
+    run = _setup_run(config, out_dir)
+    if resume and ckpt_path.is_file():
+        _resume(run, ckpt_path, key)
+    end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
+    t0 = time.perf_counter()
+    with make_progress(disable=None if progress is None else not progress) as prog:
+        task = prog.add_task(f"train {config.train_filter}", total=config.iterations, completed=run.start)
+        for it in range(run.start, end):
+            lv = _iteration(run, config, it)
+            if on_iteration is not None:
+                on_iteration(it, lv)
+            done = it + 1
+            if run.val_vols and (done % config.val_every == 0 or done == config.iterations):
+                val = validate(run.model, run.val_vols, run.label_set.n_classes, config, run.device)
+                run.history["val_dice"].append([done, val])
+            if done % config.checkpoint_every == 0 or done == end:
+                _checkpoint(run, ckpt_path, done, key)
+                fault_point("train:checkpoint")
+            prog.update(task, completed=done, description=f"train {config.train_filter} loss {lv:.3f}")
+    if end < config.iterations:
+        return ckpt_path
+    _save_final(run, config, key, model_path)
+    atomic_write_json(
+        out_dir / "history.json",
+        {
+            "loss": run.history["loss"],
+            "val_dice": run.history["val_dice"],
+            "seconds_this_call": time.perf_counter() - t0,
+            "train_cases": [c.case_id for c in run.split["train"]],
+        },
+    )
+    return model_path
+
+
+@dataclass
+class _Run:
+    """The state of one training run: data, model, optimiser and history."""
+
+    device: torch.device
+    label_set: Any
+    split: dict[str, list[Any]]
+    train_vols: list[dict[str, Any]]
+    val_vols: list[dict[str, Any]]
+    recipe: Any
+    model: torch.nn.Module
+    loss_fn: Any
+    opt: torch.optim.Optimizer
+    scaler: Any
+    use_amp: bool
+    start: int = 0
+    history: dict[str, list[Any]] = field(default_factory=lambda: {"loss": [], "val_dice": []})
+
+
+def _setup_run(config: TrainConfig, out_dir: Path) -> _Run:
+    """Load and split the data (before anything is written), then build the model, loss and optimiser."""
     device = default_device(config.device)
     seed_everything(config.seed)
     cases = load_data(config)
@@ -559,7 +614,6 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the data are known to be good
     atomic_write_json(out_dir / "split.json", {k: [c.to_dict() for c in v] for k, v in split.items()})
     atomic_write_json(out_dir / "config.json", config.to_dict())
-
     recipe = config.make_recipe(train_vols[0]["spacing"], wm_label_of(ls))
     torch.manual_seed(config.seed)
     model = build_model(
@@ -567,60 +621,65 @@ def train(
     ).to(device)
     from monai.losses import DiceCELoss
 
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start, history = 0, {"loss": [], "val_dice": []}
-    if resume and ckpt_path.is_file():
-        st = load_checkpoint(ckpt_path)
-        if st.get("config_key") == key:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            scaler.load_state_dict(st["scaler"])
-            _set_rng_state(st["rng"])
-            start = int(st["iteration"])
-            history = {"loss": list(st["history_loss"]), "val_dice": [list(x) for x in st["history_val"]]}
+    return _Run(
+        device=device,
+        label_set=ls,
+        split=split,
+        train_vols=train_vols,
+        val_vols=val_vols,
+        recipe=recipe,
+        model=model,
+        loss_fn=DiceCELoss(to_onehot_y=True, softmax=True),
+        opt=torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+        scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
+        use_amp=use_amp,
+    )
 
-    def checkpoint(it: int) -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(),
-                "iteration": it,
-                "config_key": key,
-                "history_loss": [float(x) for x in history["loss"]],
-                "history_val": [[float(a), float(b)] for a, b in history["val_dice"]],
-            },
-        )
 
-    end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
-    t0 = time.perf_counter()
-    with make_progress(disable=None if progress is None else not progress) as prog:
-        task = prog.add_task(f"train {config.train_filter}", total=config.iterations, completed=start)
-        for it in range(start, end):
-            model.train()
-            x, y = training_batch(config, recipe, train_vols, it, device)
-            loss = train_step(model, opt, scaler, loss_fn, x, y, device, use_amp)
-            lv = float(loss.detach().cpu())
-            history["loss"].append(lv)
-            if on_iteration is not None:
-                on_iteration(it, lv)
-            done = it + 1
-            if val_vols and (done % config.val_every == 0 or done == config.iterations):
-                history["val_dice"].append([done, validate(model, val_vols, ls.n_classes, config, device)])
-            if done % config.checkpoint_every == 0 or done == end:
-                checkpoint(done)
-                fault_point("train:checkpoint")
-            prog.update(task, completed=done, description=f"train {config.train_filter} loss {lv:.3f}")
-    if end < config.iterations:
-        return ckpt_path
-    families = list(recipe.train_families())
+def _resume(run: _Run, ckpt_path: Path, key: str) -> None:
+    """Continue from a checkpoint of the same config (weights, optimiser, scaler, RNG states, history)."""
+    st = load_checkpoint(ckpt_path)
+    if st.get("config_key") != key:
+        return
+    run.model.load_state_dict(st["model"])
+    run.opt.load_state_dict(st["optimizer"])
+    run.scaler.load_state_dict(st["scaler"])
+    _set_rng_state(st["rng"])
+    run.start = int(st["iteration"])
+    run.history = {"loss": list(st["history_loss"]), "val_dice": [list(x) for x in st["history_val"]]}
+
+
+def _iteration(run: _Run, config: TrainConfig, it: int) -> float:
+    run.model.train()
+    x, y = training_batch(config, run.recipe, run.train_vols, it, run.device)
+    loss = train_step(run.model, run.opt, run.scaler, run.loss_fn, x, y, run.device, run.use_amp)
+    lv = float(loss.detach().cpu())
+    run.history["loss"].append(lv)
+    return lv
+
+
+def _checkpoint(run: _Run, ckpt_path: Path, it: int, key: str) -> None:
+    save_checkpoint(
+        ckpt_path,
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "rng": _rng_state(),
+            "iteration": it,
+            "config_key": key,
+            "history_loss": [float(x) for x in run.history["loss"]],
+            "history_val": [[float(a), float(b)] for a, b in run.history["val_dice"]],
+        },
+    )
+
+
+def _save_final(run: _Run, config: TrainConfig, key: str, model_path: Path) -> None:
+    """``model.pt``: weights, config, label set, recipe and the corruption families it trained on."""
+    ls = run.label_set
     final = {
-        "state_dict": model.state_dict(),
+        "state_dict": run.model.state_dict(),
         "config": json.dumps(config.to_dict()),
         "config_key": key,
         "n_classes": ls.n_classes,
@@ -633,20 +692,10 @@ def train(
         "filter_name": config.filter_name
         or ("none" if config.recipe_name == "clean" else config.train_filter),
         "train_severity": _sev_range(config)[1] if config.filter_name else 0,
-        "train_families": families,
-        "val_dice": [[float(a), float(b)] for a, b in history["val_dice"]],
+        "train_families": list(run.recipe.train_families()),
+        "val_dice": [[float(a), float(b)] for a, b in run.history["val_dice"]],
     }
     save_checkpoint(model_path, final)
-    atomic_write_json(
-        out_dir / "history.json",
-        {
-            "loss": history["loss"],
-            "val_dice": history["val_dice"],
-            "seconds_this_call": time.perf_counter() - t0,
-            "train_cases": [c.case_id for c in split["train"]],
-        },
-    )
-    return model_path
 
 
 def load_model(
