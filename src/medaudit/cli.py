@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     import click
 
+    from medaudit.outdir import clear_interrupt_note
+
+    clear_interrupt_note()
     old = signal.getsignal(signal.SIGTERM)
     with contextlib.suppress(ValueError):  # not in the main thread: keep the default
         signal.signal(signal.SIGTERM, _on_sigterm)

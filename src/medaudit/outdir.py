@@ -43,6 +43,7 @@ __all__ = [
     "OutputClaim",
     "check_output",
     "claim_output",
+    "clear_interrupt_note",
     "interrupt_note",
     "read_marker",
 ]
@@ -58,6 +59,11 @@ _NOTES: list[str] = []
 def interrupt_note() -> str | None:
     """One line on what the last interrupted output claim kept (``None`` if no claim was interrupted)."""
     return _NOTES[-1] if _NOTES else None
+
+
+def clear_interrupt_note() -> None:
+    """Forget earlier notes (``cli.main`` calls it at the start of each command)."""
+    _NOTES.clear()
 
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
