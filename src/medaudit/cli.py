@@ -225,6 +225,9 @@ def _internal(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit status (see the module docstring)."""
+    from medaudit.outdir import clear_interrupt_note
+
+    clear_interrupt_note()
     setup_logging()
     args = rewrite_deprecated(list(sys.argv[1:] if argv is None else argv))
     old = signal.getsignal(signal.SIGTERM)

@@ -43,6 +43,7 @@ __all__ = [
     "OutputClaim",
     "check_output",
     "claim_output",
+    "clear_interrupt_note",
     "interrupt_note",
     "read_marker",
 ]
@@ -58,6 +59,11 @@ _NOTES: list[str] = []
 def interrupt_note() -> str | None:
     """One line on what the last interrupted output claim kept (``None`` if no claim was interrupted)."""
     return _NOTES[-1] if _NOTES else None
+
+
+def clear_interrupt_note() -> None:
+    """Forget earlier notes (``cli.main`` calls it at the start of each command)."""
+    _NOTES.clear()
 
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
@@ -140,7 +146,7 @@ class OutputClaim:
             self.inputs.append(p)
 
 
-def _refusal(path: Path, kind: str, force: bool, flag: str) -> str | None:
+def _refusal(path: Path, kind: str, force: bool, in_place: bool) -> str | None:
     """Why the existing ``path`` may not be taken as ``kind`` output (``None``: it may)."""
     if not os.path.lexists(path):
         anc = _first_existing(path)
@@ -160,12 +166,13 @@ def _refusal(path: Path, kind: str, force: bool, flag: str) -> str | None:
         return None
     if force:
         return None
+    verb = "write into it anyway" if in_place else "replace it"
     if mark is not None:
-        return f"is a medaudit '{mark['kind']}' output, not a '{kind}' one (pass --force to replace it)"
-    return "holds files medaudit did not write (pass --force to replace it, or choose an empty folder)"
+        return f"is a medaudit '{mark['kind']}' output, not a '{kind}' one (pass --force to {verb})"
+    return f"holds files medaudit did not write (pass --force to {verb}, or choose an empty folder)"
 
 
-def _check(path: Path, kind: str, inputs: list[Path], force: bool, flag: str) -> None:
+def _check(path: Path, kind: str, inputs: list[Path], force: bool, flag: str, in_place: bool = False) -> None:
     why = _protected(path)
     if why is None:
         for p in inputs:
@@ -173,7 +180,7 @@ def _check(path: Path, kind: str, inputs: list[Path], force: bool, flag: str) ->
                 why = f"contains the input {p}; medaudit never writes over its inputs"
                 break
     if why is None:
-        why = _refusal(path, kind, force, flag)
+        why = _refusal(path, kind, force, in_place)
     if why is not None:
         raise InputError(f"{flag} {path}: {why}")
 
@@ -326,11 +333,13 @@ def claim_output(
     out = _resolve(path)
     claim = OutputClaim(out, kind, out, flag, force, in_place)
     claim.check_inputs(inputs)
-    _check(out, kind, claim.inputs, force, flag)
+    _check(out, kind, claim.inputs, force, flag, in_place)
     parents = _make_parents(out, flag)
     try:
         with _lock(out, flag):
-            _check(out, kind, claim.inputs, force, flag)  # again, now that no other run can change it
+            _check(
+                out, kind, claim.inputs, force, flag, in_place
+            )  # again, now that no other run can change it
             _clean_stale(out, started)
             created = _open(claim)
             try:
@@ -355,13 +364,14 @@ def check_output(
     inputs: Iterable[str | os.PathLike[str] | None] = (),
     force: bool = False,
     flag: str = "--out",
+    in_place: bool = False,
 ) -> Path:
     """The checks of :func:`claim_output` alone (nothing is created); returns the resolved path.
 
     For commands that do long work before they claim their output, so that a bad ``--out`` fails at once.
     """
     out = _resolve(path)
-    claim = OutputClaim(out, kind, out, flag, force)
+    claim = OutputClaim(out, kind, out, flag, force, in_place)
     claim.check_inputs(inputs)
-    _check(out, kind, claim.inputs, force, flag)
+    _check(out, kind, claim.inputs, force, flag, in_place)
     return out

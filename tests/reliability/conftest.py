@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -70,6 +71,9 @@ def run_sub(args: list[object], env: dict[str, str] | None = None, cwd: Path | N
         capture_output=True,
         text=True,
         timeout=300,
+        # a shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it:
+        # give the command the default disposition, as it has when started from a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -200,6 +204,13 @@ def tconfig(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-iteration model trained through the CLI; returns its run folder."""
+    import torch
+
     run = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["texture", "train", "--out", str(run), "--config", str(tconfig)]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses of the fault tests run, so that weights compare equal
+    try:
+        assert main(["texture", "train", "--out", str(run), "--config", str(tconfig)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return run

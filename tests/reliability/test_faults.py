@@ -84,27 +84,25 @@ def test_audit_kills_interrupts_and_reruns(reference, tmp_path):
     _same(out, ref)
 
 
-def test_sigkill_during_training_then_resume_equals_uninterrupted(tconfig, tmp_path):
-    full, run = tmp_path / "full", tmp_path / "run"
-    assert run_sub(["texture", "train", "-o", full, "--config", tconfig]).returncode == 0
-    r = run_sub(["texture", "train", "-o", run, "--config", tconfig], {"MEDAUDIT_FAULT": "train:checkpoint"})
-    assert r.returncode == -signal.SIGKILL
-    assert (run / "checkpoint.pt").is_file() and not (run / "model.pt").exists()
-    r = run_sub(["texture", "train", "-o", run, "--config", tconfig])
-    assert r.returncode == 0, r.stderr
-    a = torch.load(full / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(run / "model.pt", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((run / MARKER).read_text())["kind"] == "texture-train"
-    assert _leftovers(tmp_path, "run") == [] and _leftovers(tmp_path, "full") == []
-
-
-def test_sigint_during_training_keeps_the_checkpoint(tconfig, tmp_path):
+def test_training_interrupted_killed_and_resumed_equals_uninterrupted(trained, tconfig, tmp_path):
     run = tmp_path / "run"
-    r = run_sub(
-        ["texture", "train", "-o", run, "--config", tconfig], {"MEDAUDIT_FAULT": "train:checkpoint@INT"}
-    )
+    args = ["texture", "train", "-o", run, "--config", tconfig]
+    # 1. SIGINT right after the first checkpoint: exit 130, one line, the checkpoint is kept
+    r = run_sub(args, {"MEDAUDIT_FAULT": "train:checkpoint@INT"})
     assert r.returncode == 130, r.stderr
     line = one_line(r.stderr)
     assert "kept" in line and "resume" in line and str(run) in line
-    assert (run / "checkpoint.pt").is_file()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["iteration"] == 1
+    # 2. resumed, then SIGKILL right after the next checkpoint
+    r = run_sub(args, {"MEDAUDIT_FAULT": "train:checkpoint"})
+    assert r.returncode == -signal.SIGKILL
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["iteration"] == 2
+    assert not (run / "model.pt").exists()
+    # 3. resumed to the end: the same weights as the uninterrupted run
+    r = run_sub(args)
+    assert r.returncode == 0, r.stderr
+    a = torch.load(trained / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / MARKER).read_text())["kind"] == "texture-train"
+    assert _leftovers(tmp_path, "run") == []
