@@ -18,10 +18,10 @@ import torch
 from medaudit.data import mri as tdata
 from medaudit.errors import InputError
 from medaudit.progress import make_progress
+from medaudit.texture.filters.registry import is_clean
 from medaudit.texture.metrics import segmentation_scores
 from medaudit.texture.severity import SEVERITY_VERSION, check_version, wm_label_of
 from medaudit.texture.train import (
-    CLEAN_NAMES,
     apply_corruption,
     derive_seed,
     family_of,
@@ -71,7 +71,7 @@ def _load_models(
 
 
 def _is_clean(name: str) -> bool:
-    return name in CLEAN_NAMES
+    return is_clean(name)
 
 
 def evaluate(

@@ -42,11 +42,11 @@ from medaudit.errors import InputError
 from medaudit.faults import fault_point
 from medaudit.io import atomic_save, atomic_write_json
 from medaudit.progress import make_progress
+from medaudit.texture.filters.registry import is_clean
 from medaudit.texture.preprocess import INPUT_NORMS, normalise_input
 from medaudit.texture.severity import SEVERITY_VERSION, wm_label_of
 
 MODES = ("clean", "filtered", "online")
-CLEAN_NAMES = ("none", "clean", "identity")  # corruption names meaning "no corruption"
 
 
 class TrainConfig(Config):
@@ -198,7 +198,7 @@ def derive_seed(*parts: Any) -> int:
 
 def family_of(name: str | None) -> str:
     """Corruption family of a filter name (``clean`` for no corruption)."""
-    if not name or name in CLEAN_NAMES:
+    if is_clean(name):
         return "clean"
     from medaudit.texture import filters
 
@@ -225,7 +225,7 @@ def apply_corruption(
     SynthSeg-style per-tissue re-mapping) take it as ``fn(image, label=label)``; MONAI-style dictionary
     transforms (with ``keys``) get ``{"image", "label"}``.
     """
-    if not name or name in CLEAN_NAMES or int(severity) == 0:
+    if is_clean(name) or int(severity) == 0:
         return image
     from medaudit.texture import severity as sv
 

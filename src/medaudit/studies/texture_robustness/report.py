@@ -30,6 +30,7 @@ from medaudit import __version__
 from medaudit.errors import InputError
 from medaudit.io import atomic_write_text
 from medaudit.stats import bootstrap_ci
+from medaudit.texture.filters.registry import CLEAN
 
 __all__ = [
     "clean_cost",
@@ -42,7 +43,7 @@ __all__ = [
     "write_study_report",
 ]
 
-BASELINE = "none"
+BASELINE = CLEAN  # the clean baseline: one name, from the corruption registry
 _MODEL = ["train_filter", "train_severity", "seed"]
 _REQUIRED = ("train_filter", "train_severity", "seed", "corruption", "severity", "dice")
 

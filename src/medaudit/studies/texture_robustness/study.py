@@ -55,6 +55,7 @@ from medaudit.rungrid import (
     worker_threads,
 )
 from medaudit.studies.texture_robustness.recipe_grid import parse_recipes, recipe_train_specs
+from medaudit.texture.filters.registry import CLEAN
 
 __all__ = [
     "TEXTURE_CODE",
@@ -71,7 +72,7 @@ __all__ = [
     "study_task_key",
 ]
 
-BASELINE = "none"
+BASELINE = CLEAN  # the clean baseline: one name, from the corruption registry
 SEVERITIES = (1, 2, 3, 4, 5)
 _CONFIG_DIR = Path(__file__).with_name("configs")
 

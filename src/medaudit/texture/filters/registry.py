@@ -149,6 +149,17 @@ def _spec(name: str) -> FilterSpec:
         raise InputError(f"unknown filter '{name}'; known: {', '.join(sorted(FILTERS))}") from None
 
 
+#: The one name of "no corruption": the clean test scans and the clean-trained baseline model.
+CLEAN = "none"
+#: Other spellings accepted on input for it (kept for configs and results written before).
+CLEAN_ALIASES: tuple[str, ...] = ("clean", "identity")
+
+
+def is_clean(name: str | None) -> bool:
+    """Whether a corruption / training-filter name means "no corruption"."""
+    return not name or name == CLEAN or name in CLEAN_ALIASES
+
+
 def list_corruptions(family: str | None = None) -> list[str]:
     """Filter names (registry order), optionally only those of ``family``."""
     if family is not None and family not in FAMILIES:
