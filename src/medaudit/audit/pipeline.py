@@ -553,15 +553,22 @@ def _load_table(
     """Validate the table. Reports are checked strictly only when some are non-empty; when every
     report is empty the report modality is dropped with a warning (the audit goes on without it)."""
     require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
-    kw: dict[str, Any] = {"skip_bad": config.skip_bad, "threshold": config.threshold, "min_cases": min_cases}
-    table = load_case_table(source, config.columns, config.meta, require=require, **kw)
+    kw: dict[str, Any] = {"skip_bad": config.skip_bad, "threshold": config.threshold}
+    # first pass without the report and size checks, so that row errors keep their usual order
+    table = load_case_table(source, config.columns, config.meta, require=require, min_cases=0, **kw)
     if "report" in modalities and "report" not in config.embeddings and not table.has_report:
-        if any(isinstance(r, str) and r.strip() for r in table.df["report"]):
-            # some reports empty: the strict check names the rows (or skips them with --skip-bad)
-            table = load_case_table(source, config.columns, config.meta, require=(*require, "report"), **kw)
+        has_text = any(isinstance(r, str) and r.strip() for r in table.df["report"])
+        if has_text or config.columns.report_path is not None:
+            # some reports empty, or report files unreadable: the strict check names the rows (or
+            # skips them with --skip-bad)
+            require = (*require, "report")
         else:
             modalities = _drop_reports(modalities, audit_warnings)
             rule_audit.warn(audit_warnings[-1])
+    if "report" in require or len(table) < min_cases:
+        table = load_case_table(
+            source, config.columns, config.meta, require=require, min_cases=min_cases, **kw
+        )
     return table, modalities
 
 
