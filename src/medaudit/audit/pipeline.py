@@ -17,7 +17,6 @@ interval), composition, explanations and ``member_ids`` use its members; ``soft_
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -440,6 +439,72 @@ def _rule_search_summary(rs: Any, predicates: pd.DataFrame | None) -> dict[str, 
     }
 
 
+def _explain_slices(
+    scores: np.ndarray,
+    families: list[str],
+    table: CaseTable,
+    config: AuditConfig,
+    mixture_stats: tuple[Any, Any],
+    rule_slicer: Any,
+    predicates: pd.DataFrame | None,
+    concepts: pd.DataFrame | None,
+    progress: Any,
+) -> list[dict[str, Any]]:
+    """One summary per slice column of ``scores`` (mixture columns first, then rule columns)."""
+    slicer_err, slicer_score = mixture_stats
+    k = scores.shape[1]
+    task = progress.add_task("explain slices", total=k)
+    reports = [r if isinstance(r, str) else "" for r in table.df["report"].tolist()]
+    tfidf = explain.ngram_tfidf(reports) if any(r.strip() for r in reports) else None
+    slices = []
+    n_mix = families.count("mixture")
+    for j in range(k):
+        rule = None
+        if families[j] == "rules":
+            r = j - n_mix
+            se, ss = float(rule_slicer.slice_error_[r]), float(rule_slicer.slice_score_[r])
+            rule = rule_slicer.rules_[r]
+        else:
+            se = float(slicer_err[j]) if slicer_err is not None and j < len(slicer_err) else None
+            ss = float(slicer_score[j]) if slicer_score is not None and j < len(slicer_score) else None
+        summary = _slice_summary(j, scores, table, config, se, tfidf, ss)
+        _add_rule_explanation(summary, scores[:, j], config, predicates, concepts, rule, families[j])
+        if rule is not None:
+            summary["rule_qvalue"] = float(rule_slicer.slice_qvalue_[j - n_mix])
+        slices.append(summary)
+        progress.update(task, advance=1)
+    return slices
+
+
+def _load_table(
+    source: pd.DataFrame | str | os.PathLike[str],
+    config: AuditConfig,
+    modalities: tuple[str, ...],
+    min_cases: int,
+    audit_warnings: list[str],
+) -> tuple[CaseTable, tuple[str, ...]]:
+    """Validate the table. Reports are checked strictly only when some are non-empty; when every
+    report is empty the report modality is dropped with a warning (the audit goes on without it)."""
+    require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
+    kw: dict[str, Any] = {"skip_bad": config.skip_bad, "threshold": config.threshold}
+    # first pass without the report and size checks, so that row errors keep their usual order
+    table = load_case_table(source, config.columns, config.meta, require=require, min_cases=0, **kw)
+    if "report" in modalities and "report" not in config.embeddings and not table.has_report:
+        has_text = any(isinstance(r, str) and r.strip() for r in table.df["report"])
+        if has_text or config.columns.report_path is not None:
+            # some reports empty, or report files unreadable: the strict check names the rows (or
+            # skips them with --skip-bad)
+            require = (*require, "report")
+        else:
+            modalities = _drop_reports(modalities, audit_warnings)
+            rule_audit.warn(audit_warnings[-1])
+    if "report" in require or len(table) < min_cases:
+        table = load_case_table(
+            source, config.columns, config.meta, require=require, min_cases=min_cases, **kw
+        )
+    return table, modalities
+
+
 def run_audit(
     table: CaseTable | pd.DataFrame | str | os.PathLike[str],
     config: AuditConfig | None = None,
@@ -472,50 +537,6 @@ def run_audit(
         return _run_audit(table, config, claim, precomputed)
 
 
-def _read_cases(
-    table: CaseTable | pd.DataFrame | str | os.PathLike[str],
-    config: AuditConfig,
-    modalities: tuple[str, ...],
-    min_cases: int,
-    progress: Any,
-    warnings_out: list[str],
-) -> tuple[CaseTable, tuple[str, ...]]:
-    """The validated case table, and the modalities left once reports that are all empty are dropped.
-
-    Reports are checked strictly (empty ones named by row) when some reports have text or come from
-    files the user named; when every report text is empty, the audit warns and goes on with the other
-    modalities.
-    """
-    if isinstance(table, CaseTable):
-        if "metadata" in modalities and table.meta.shape[1] == 0:
-            raise InputError("the metadata modality needs at least one metadata column (--meta)")
-        return table, modalities
-    task = progress.add_task("read case table", total=1)
-    require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
-    read = functools.partial(
-        load_case_table,
-        table,
-        config.columns,
-        config.meta,
-        skip_bad=config.skip_bad,
-        threshold=config.threshold,
-    )
-    cases = read(require=require, min_cases=1)
-    if "report" in modalities and "report" not in config.embeddings and not cases.has_report:
-        named_files = config.columns.report_path is not None  # report files the user named must be readable
-        if named_files or any(isinstance(r, str) and r.strip() for r in cases.df["report"]):
-            cases = read(require=(*require, "report"), min_cases=1)  # the strict check names the rows
-        else:
-            modalities = _drop_reports(modalities, warnings_out)
-            rule_audit.warn(warnings_out[-1])
-    if len(cases) < min_cases:
-        where = str(cases.source) if cases.source else "table"
-        skipped = f" after skipping {cases.n_skipped} bad rows" if cases.n_skipped else ""
-        raise InputError(f"{where}: {len(cases)} valid cases{skipped}; at least {min_cases} are needed")
-    progress.update(task, completed=1)
-    return cases, modalities
-
-
 def _run_audit(
     table: CaseTable | pd.DataFrame | str | os.PathLike[str],
     config: AuditConfig,
@@ -533,7 +554,12 @@ def _run_audit(
     min_cases = max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
     audit_warnings: list[str] = []
     with make_progress() as progress:
-        table, modalities = _read_cases(table, config, modalities, min_cases, progress, audit_warnings)
+        if not isinstance(table, CaseTable):
+            task = progress.add_task("read case table", total=1)
+            table, modalities = _load_table(table, config, modalities, min_cases, audit_warnings)
+            progress.update(task, completed=1)
+        elif "metadata" in modalities and table.meta.shape[1] == 0:
+            raise InputError("the metadata modality needs at least one metadata column (--meta)")
         claim.check_inputs([table.source, *table.df["image"].dropna().tolist()], "input file")
         n = len(table)
         concepts, msg = report_concepts(table.df["report"].tolist(), lexicon)
@@ -563,31 +589,17 @@ def _run_audit(
             families += ["rules"] * rule_scores.shape[1]
             progress.update(task, completed=1)
 
-        k = scores.shape[1]
-        task = progress.add_task("explain slices", total=k)
-        reports = [r if isinstance(r, str) else "" for r in table.df["report"].tolist()]
-        tfidf = explain.ngram_tfidf(reports) if any(r.strip() for r in reports) else None
-        slices = []
-        n_mix = families.count("mixture")
-        for j in range(k):
-            se = float(slicer_err[j]) if slicer_err is not None and j < min(len(slicer_err), n_mix) else None
-            ss = (
-                float(slicer_score[j])
-                if slicer_score is not None and j < min(len(slicer_score), n_mix)
-                else None
-            )
-            if families[j] == "rules":
-                se, ss = (
-                    float(rule_slicer.slice_error_[j - n_mix]),
-                    float(rule_slicer.slice_score_[j - n_mix]),
-                )
-            summary = _slice_summary(j, scores, table, config, se, tfidf, ss)
-            rule = rule_slicer.rules_[j - n_mix] if families[j] == "rules" else None
-            _add_rule_explanation(summary, scores[:, j], config, predicates, concepts, rule, families[j])
-            if families[j] == "rules":
-                summary["rule_qvalue"] = float(rule_slicer.slice_qvalue_[j - n_mix])
-            slices.append(summary)
-            progress.update(task, advance=1)
+        slices = _explain_slices(
+            scores,
+            families,
+            table,
+            config,
+            (slicer_err, slicer_score),
+            rule_slicer,
+            predicates,
+            concepts,
+            progress,
+        )
         slices, scores = _rank_slices(slices, scores, table, config, family)
 
         errors = table.errors
