@@ -89,9 +89,8 @@ def test_sliceline_peer_finds_planted_conjunction() -> None:
 
 def test_benchmark_rule_variants_and_sliceline_rows(tmp_path) -> None:
     pytest.importorskip("sliceline")
-    from test_benchmark import SMALL, synth_cohort
-
     from medaudit.audit import benchmark as bm
+    from test_benchmark import SMALL, synth_cohort
 
     df, emb = synth_cohort()
     lateral = (df["view_position"] == "LATERAL").to_numpy()
