@@ -119,3 +119,15 @@ def test_exclude_and_resolution() -> None:
     assert _code("Small pericardial effusion and left pleural effusion.", "pleural effusion") == 1
     assert _code("Interval resolution of left effusion.", "pleural effusion") == -1
     assert _code("The left chest tube has been removed.", "tube") == -1
+
+
+def test_redundant_ngrams_collapse() -> None:
+    import numpy as np
+
+    from medaudit.audit.explain import report_ngrams
+
+    reports = ["Right chest tube in place."] * 10 + ["Lungs are clear."] * 10
+    in_slice = np.arange(20) < 10
+    ng = report_ngrams(reports, in_slice, ~in_slice, top_k=10)["ngram"].tolist()
+    tube_grams = [g for g in ng if "tube" in g.split()]
+    assert len(tube_grams) == 1  # "tube", "chest tube", "right chest tube" ... are one feature

@@ -20,10 +20,11 @@
 * **Selection.** Rules with ``q <= alpha`` and positive excess are picked greedily, one per round:
   each round scores every candidate on the cases *not yet covered* by the slices already picked, and
   takes the best one whose residual errors are still significant (p at most the Benjamini–Hochberg
-  cut-off p-value). A rule that is
-  only significant because it contains part of an earlier slice is therefore not reported again;
-  rules sharing more than ``max_overlap`` of the smaller slice's members with a picked one (overlap
-  coefficient ``|A ∩ B| / min(|A|, |B|)``) are skipped as duplicates.
+  cut-off p-value). A rule that is only significant because it contains part of an earlier slice is
+  therefore not reported again; rules sharing more than ``max_overlap`` of the smaller slice's members
+  with a picked one (overlap coefficient ``|A ∩ B| / min(|A|, |B|)``) are skipped as duplicates. The
+  candidates are every significant single predicate plus the most significant conjunctions (as many
+  as fit in 128 MB of packed member rows, 200–5,000).
 
 Ranking and size: ``rank_by="p_value"`` (default) ranks by the strength of evidence that a slice fails
 more often than the whole cohort. It grows with both purity and size, so a 20-case slice with 15
@@ -62,7 +63,15 @@ def rule_log_pvalues(errors: np.ndarray, size: np.ndarray, n: int, n_errors: int
     e = np.asarray(errors, dtype=np.int64)
     s = np.asarray(size, dtype=np.int64)
     rate = n_errors / n if n else 0.0
-    return np.minimum(stats.binom.logsf(e - 1, s, rate), 0.0)
+    out = np.minimum(stats.binom.logsf(e - 1, s, rate), 0.0)
+    far = ~np.isfinite(out) | (out < -600.0)  # SciPy's logsf underflows to -inf in the far tail
+    if far.any() and 0.0 < rate < 1.0:
+        # P(X >= k) = pmf(k) * sum_j prod ratios; the ratios fall below r = (s-k)/(k+1) * rate/(1-rate)
+        # < 1, so log sf = log pmf(k) - log(1 - r) up to a factor in [1, 1 / (1 - r)]: exact enough to rank.
+        k, m = e[far].astype(float), s[far].astype(float)
+        r = np.clip((m - k) / (k + 1.0) * rate / (1.0 - rate), 0.0, 1.0 - 1e-12)
+        out[far] = stats.binom.logpmf(e[far], s[far], rate) - np.log1p(-r)
+    return out
 
 
 def rule_pvalues(errors: np.ndarray, size: np.ndarray, n: int, n_errors: int) -> np.ndarray:
@@ -283,8 +292,10 @@ class RuleSlicer(BaseSlicer):
         if self.rank_by == "excess_errors":
             keys = (level, logp[eligible], -excess[eligible])
         order = eligible[np.lexsort(keys)]
-        cap = int(np.clip((1 << 28) // (8 * self._fall.shape[1]), 200, 5000))
-        order = order[:cap]
+        # candidate pool: every single predicate, plus the most significant conjunctions (memory cap)
+        cap = int(np.clip((1 << 27) // (8 * self._fall.shape[1]), 200, 5000))
+        single = (rules[order] >= 0).sum(axis=1) == 1
+        order = np.concatenate([order[single], order[~single][:cap]])
         rows = self._rule_rows(rules[order])
         err_bits = self._err_mask
         log_cut = float(logp[q <= self.alpha].max()) if (q <= self.alpha).any() else -np.inf
