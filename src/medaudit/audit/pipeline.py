@@ -506,6 +506,72 @@ def _rule_search_summary(rs: Any, predicates: pd.DataFrame | None) -> dict[str, 
     }
 
 
+def _explain_slices(
+    scores: np.ndarray,
+    families: list[str],
+    table: CaseTable,
+    config: AuditConfig,
+    mixture_stats: tuple[Any, Any],
+    rule_slicer: Any,
+    predicates: pd.DataFrame | None,
+    concepts: pd.DataFrame | None,
+    progress: Any,
+) -> list[dict[str, Any]]:
+    """One summary per slice column of ``scores`` (mixture columns first, then rule columns)."""
+    slicer_err, slicer_score = mixture_stats
+    k = scores.shape[1]
+    task = progress.add_task("explain slices", total=k)
+    reports = [r if isinstance(r, str) else "" for r in table.df["report"].tolist()]
+    tfidf = explain.ngram_tfidf(reports) if any(r.strip() for r in reports) else None
+    slices = []
+    n_mix = families.count("mixture")
+    for j in range(k):
+        rule = None
+        if families[j] == "rules":
+            r = j - n_mix
+            se, ss = float(rule_slicer.slice_error_[r]), float(rule_slicer.slice_score_[r])
+            rule = rule_slicer.rules_[r]
+        else:
+            se = float(slicer_err[j]) if slicer_err is not None and j < len(slicer_err) else None
+            ss = float(slicer_score[j]) if slicer_score is not None and j < len(slicer_score) else None
+        summary = _slice_summary(j, scores, table, config, se, tfidf, ss)
+        _add_rule_explanation(summary, scores[:, j], config, predicates, concepts, rule, families[j])
+        if rule is not None:
+            summary["rule_qvalue"] = float(rule_slicer.slice_qvalue_[j - n_mix])
+        slices.append(summary)
+        progress.update(task, advance=1)
+    return slices
+
+
+def _load_table(
+    source: pd.DataFrame | str | os.PathLike[str],
+    config: AuditConfig,
+    modalities: tuple[str, ...],
+    min_cases: int,
+    audit_warnings: list[str],
+) -> tuple[CaseTable, tuple[str, ...]]:
+    """Validate the table. Reports are checked strictly only when some are non-empty; when every
+    report is empty the report modality is dropped with a warning (the audit goes on without it)."""
+    require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
+    kw: dict[str, Any] = {"skip_bad": config.skip_bad, "threshold": config.threshold}
+    # first pass without the report and size checks, so that row errors keep their usual order
+    table = load_case_table(source, config.columns, config.meta, require=require, min_cases=0, **kw)
+    if "report" in modalities and "report" not in config.embeddings and not table.has_report:
+        has_text = any(isinstance(r, str) and r.strip() for r in table.df["report"])
+        if has_text or config.columns.report_path is not None:
+            # some reports empty, or report files unreadable: the strict check names the rows (or
+            # skips them with --skip-bad)
+            require = (*require, "report")
+        else:
+            modalities = _drop_reports(modalities, audit_warnings)
+            rule_audit.warn(audit_warnings[-1])
+    if "report" in require or len(table) < min_cases:
+        table = load_case_table(
+            source, config.columns, config.meta, require=require, min_cases=min_cases, **kw
+        )
+    return table, modalities
+
+
 def run_audit(
     table: CaseTable | pd.DataFrame | str | os.PathLike[str],
     config: AuditConfig | None = None,
@@ -535,35 +601,11 @@ def run_audit(
         modalities = ()
     lexicon = load_lexicon(config.concepts) if config.concepts else None  # fail fast on a bad file
     min_cases = max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
-    raw_input = table
     audit_warnings: list[str] = []
     with make_progress() as progress:
         if not isinstance(table, CaseTable):
             task = progress.add_task("read case table", total=1)
-            require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
-            table = load_case_table(
-                table,
-                config.columns,
-                config.meta,
-                skip_bad=config.skip_bad,
-                require=require,
-                threshold=config.threshold,
-                min_cases=min_cases,
-            )
-            if "report" in modalities and "report" not in config.embeddings and not table.has_report:
-                if any(isinstance(r, str) and r.strip() for r in table.df["report"]):
-                    table = load_case_table(  # some reports empty: the strict check names the rows
-                        raw_input,
-                        config.columns,
-                        config.meta,
-                        skip_bad=config.skip_bad,
-                        require=(*require, "report"),
-                        threshold=config.threshold,
-                        min_cases=min_cases,
-                    )
-                else:
-                    modalities = _drop_reports(modalities, audit_warnings)
-                    rule_audit.warn(audit_warnings[-1])
+            table, modalities = _load_table(table, config, modalities, min_cases, audit_warnings)
             progress.update(task, completed=1)
         elif "metadata" in modalities and table.meta.shape[1] == 0:
             raise InputError("the metadata modality needs at least one metadata column (--meta)")
@@ -593,31 +635,17 @@ def run_audit(
             families += ["rules"] * rule_scores.shape[1]
             progress.update(task, completed=1)
 
-        k = scores.shape[1]
-        task = progress.add_task("explain slices", total=k)
-        reports = [r if isinstance(r, str) else "" for r in table.df["report"].tolist()]
-        tfidf = explain.ngram_tfidf(reports) if any(r.strip() for r in reports) else None
-        slices = []
-        n_mix = families.count("mixture")
-        for j in range(k):
-            se = float(slicer_err[j]) if slicer_err is not None and j < min(len(slicer_err), n_mix) else None
-            ss = (
-                float(slicer_score[j])
-                if slicer_score is not None and j < min(len(slicer_score), n_mix)
-                else None
-            )
-            if families[j] == "rules":
-                se, ss = (
-                    float(rule_slicer.slice_error_[j - n_mix]),
-                    float(rule_slicer.slice_score_[j - n_mix]),
-                )
-            summary = _slice_summary(j, scores, table, config, se, tfidf, ss)
-            rule = rule_slicer.rules_[j - n_mix] if families[j] == "rules" else None
-            _add_rule_explanation(summary, scores[:, j], config, predicates, concepts, rule, families[j])
-            if families[j] == "rules":
-                summary["rule_qvalue"] = float(rule_slicer.slice_qvalue_[j - n_mix])
-            slices.append(summary)
-            progress.update(task, advance=1)
+        slices = _explain_slices(
+            scores,
+            families,
+            table,
+            config,
+            (slicer_err, slicer_score),
+            rule_slicer,
+            predicates,
+            concepts,
+            progress,
+        )
         slices, scores = _rank_slices(slices, scores, table, config, family)
 
         errors = table.errors

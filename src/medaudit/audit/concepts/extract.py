@@ -139,6 +139,7 @@ def _report_codes(
     patterns: list[re.Pattern[str]],
     negatable: list[bool],
     excludes: list[re.Pattern[str] | None],
+    first_words: list[tuple[frozenset[str], tuple[str, ...]]],
 ) -> list[int]:
     """Codes of one report for the lexicon's own synonyms (before ``includes``)."""
     codes = [NOT_MENTIONED] * len(patterns)
@@ -156,7 +157,11 @@ def _report_codes(
     negated_all, uncertain_all = np.concatenate(neg), np.concatenate(unc)
     joined = " ".join(tokens) + " "
     starts = np.cumsum([0] + [len(t) + 1 for t in tokens[:-1]])
+    words = set(tokens)
     for k, rx in enumerate(patterns):
+        exact, prefixes = first_words[k]
+        if words.isdisjoint(exact) and not (prefixes and any(t.startswith(prefixes) for t in words)):
+            continue  # no synonym can start here: skip the regular expression
         best = NOT_MENTIONED
         for m in rx.finditer(_mask(joined, excludes[k])):
             a = int(np.searchsorted(starts, m.start(), side="right")) - 1
@@ -202,11 +207,12 @@ def extract_concepts(texts: Sequence[str] | pd.Series, lexicon: Lexicon | None =
     patterns = [re.compile(c.pattern()) for c in lex.concepts]
     negatable = [c.negatable for c in lex.concepts]
     excludes = [re.compile(p) if (p := c.exclude_pattern()) else None for c in lex.concepts]
+    first_words = [c.first_words() for c in lex.concepts]
     values = list(texts)
     codes = np.zeros((len(values), len(lex)), dtype=np.int8)
     for i, t in enumerate(values):
         if isinstance(t, str) and t.strip():
-            codes[i] = _report_codes(t, patterns, negatable, excludes)
+            codes[i] = _report_codes(t, patterns, negatable, excludes, first_words)
     codes = _apply_includes(codes, lex)
     index = texts.index if isinstance(texts, pd.Series) else None
     return pd.DataFrame(codes, columns=lex.names, index=index)

@@ -51,6 +51,16 @@ class Concept:
         """A regular expression over space-joined lower-case tokens matching any synonym."""
         return _phrases_pattern(self.synonyms)
 
+    def first_words(self) -> tuple[frozenset[str], tuple[str, ...]]:
+        """The words a synonym can start with: exact words and prefixes (from ``foo*``)."""
+        exact: set[str] = set()
+        prefixes: set[str] = set()
+        for syn in self.synonyms:
+            words = [w for w in _WORD.findall(syn.lower()) if w != "~"]
+            if words:
+                (prefixes.add(words[0][:-1]) if words[0].endswith("*") else exact.add(words[0]))
+        return frozenset(exact), tuple(sorted(prefixes))
+
     def exclude_pattern(self) -> str | None:
         """A regular expression matching the ``exclude`` phrases (``None`` without any)."""
         return _phrases_pattern(self.exclude) if self.exclude else None
