@@ -143,7 +143,8 @@ def main() -> None:
     if args.lofo is not None:
         lc = condition_dice(load_parts(args.lofo))
         text += ["\n## Leave-one-family-out (BigAug without F, tested on F, severities 3-5)\n"]
-        text.append(markdown(lofo_table(lc)))
+        lofo = lofo_table(lc)
+        text.append(markdown(lofo) if not lofo.empty else "(no leave-one-family-out model finished)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(text) + "\n")
     print("\n".join(text))

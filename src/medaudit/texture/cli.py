@@ -45,7 +45,6 @@ def _json_mapping(text: str | None, what: str) -> dict[str, Any] | None:
     return value
 
 
-#: the robust model of ``texture demo`` (the best recipe of the study_recipes evidence, docs/study.md)
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
