@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import typer
 
-import medaudit.audit.cli as audit_cli
+import medaudit.audit.pipeline as pipeline
 from medaudit.outdir import MARKER, claim_output
 
 from .conftest import make_table, one_line
@@ -29,7 +29,7 @@ def _patch_run(monkeypatch, exc: BaseException, seen: list | None = None) -> Non
                 seen.append(c.stage)
             raise exc
 
-    monkeypatch.setattr(audit_cli, "run_audit", fake)
+    monkeypatch.setattr(pipeline, "run_audit", fake)  # the CLI imports it from there when it runs
 
 
 def test_success_is_0(cli, audit_args, table, tmp_path):
