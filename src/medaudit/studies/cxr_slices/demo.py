@@ -100,19 +100,10 @@ def run_demo(
         slicer: the audit's slicer family: ``both`` (mixture and rule slices in one ranked list),
             ``mixture`` or ``rules``.
     """
-    from medaudit.audit.pipeline import AuditConfig, run_audit
     from medaudit.outdir import check_output
 
     check_output(out_dir, "audit", inputs=[cache_dir or default_cache_dir()], force=force)
-    from medaudit.data.phantom_cxr import build_cohort, cohort_table, select_cases
     from medaudit.device import seed_everything
-    from medaudit.studies.cxr_slices.classifier import train_cnn
-    from medaudit.studies.cxr_slices.metrics import (
-        error_share_baseline,
-        precision_at_k_dcbench,
-        precision_at_k_study,
-    )
-    from medaudit.studies.cxr_slices.scenarios import in_slice_accuracy_gap, spurious_correlation
 
     if views not in ("frontal", "all"):
         raise InputError(f"views '{views}': choose frontal or all")
@@ -127,23 +118,70 @@ def run_demo(
     n_test = n_test if n_test is not None else (100 if quick else 500)
     epochs = epochs if epochs is not None else (4 if quick else 10)
     seed_everything(seed)
-
     _log(f"[bold]medaudit demo[/bold]: phantom cohort in {cache}", quiet)
+    scen_kw = {"task": task, "attribute": attribute, "corr": corr, "n_train": n_train, "n_test": n_test}
+    scen, train, test = _cohort_and_scenario(cache, seed, image_size, views, n, slice_share, quiet, scen_kw)
+    timings["cohort_s"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    clf_kw = {"arch": arch, "epochs": epochs, "device": device, "class_weight": class_weight}
+    prob, pred, acc, gap = _classify(train, test, scen, image_size, seed, quiet, clf_kw)
+    timings["classifier_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    enc_kw: dict[str, dict[str, Any]] = {}
+    if image_encoder == "efficientnet-lite0":
+        enc_kw["image"] = {"size": 64 if quick else 224, "device": device}
+    cfg_kw = {"encoders": {"image": image_encoder, "report": report_encoder, "metadata": "tabular"}}
+    cfg_kw |= {"encoder_kwargs": enc_kw, "n_slices": n_slices, "rank_by": rank_by, "slicer": slicer}
+    cfg_kw |= {"cache_dir": cache / "embeddings", "seed": seed, "device": device}
+    res, table = _audit(test, scen, prob, out_dir, force, cfg_kw)
+    timings["audit_s"] = time.perf_counter() - t
+    figures, best, top_slice = _measure(res, table, scen, pred, acc, gap, attribute)
+    timings["total_s"] = time.perf_counter() - t0
+    summary = {
+        "scenario": {k2: v for k2, v in scen.summary().items() if k2 != "cell_counts"},
+        "figures": figures,
+        "top_slice": top_slice,
+        "best_matching_slice": best,
+        "timings": timings,
+        "n_train": scen.n_train,
+        "n_test": scen.n_test,
+        "seed": seed,
+        "image_size": image_size,
+        "epochs": epochs,
+        "n_slices": n_slices,
+        "rank_by": rank_by,
+        "views": views,
+        "slicer": slicer,
+    }
+    atomic_write_json(res.out_dir / "demo.json", summary)
+    result = DemoResult(out_dir=res.out_dir, report=res.paths.get("report"), summary=summary)
+    if not quiet:
+        for line in summary_lines(result, attribute):
+            console.print(line, highlight=False)
+    return result
+
+
+def _cohort_and_scenario(
+    cache: Path,
+    seed: int,
+    image_size: int,
+    views: str,
+    n: int | None,
+    slice_share: float,
+    quiet: bool,
+    scen_kw: dict[str, Any],
+) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
+    """The cohort's (frontal) cases, the baked-in spurious correlation, and the train / test tables."""
+    from medaudit.data.phantom_cxr import build_cohort, cohort_table, select_cases
+    from medaudit.studies.cxr_slices.scenarios import spurious_correlation
+
     full = cohort_table(cache, seed=seed, image_size=image_size)
     if views == "frontal":
         full = full[full["frontal_lateral"] == "Frontal"].reset_index(drop=True)
     df = select_cases(full, n, seed)
-    scen = spurious_correlation(
-        df,
-        seed=seed,
-        task=task,
-        attribute=attribute,
-        corr=corr,
-        n_train=n_train,
-        n_test=n_test,
-        slice_share=slice_share,
-    )
+    scen = spurious_correlation(df, seed=seed, slice_share=slice_share, **scen_kw)
     summ = scen.summary()
+    task, attribute = scen_kw["task"], scen_kw["attribute"]
     _log(
         f"baked-in failure: '{task}' correlated with '{attribute}' in training (r = "
         f"{summ['train_corr_label_attr']:.2f}, {scen.n_train} training cases); test split {scen.n_test} cases, "
@@ -156,28 +194,44 @@ def run_demo(
     test = df.iloc[scen.test_idx].reset_index(drop=True)
     train["image"] = [full.set_index("id").loc[i, "image"] for i in train["id"]]
     test["image"] = [full.set_index("id").loc[i, "image"] for i in test["id"]]
-    timings["cohort_s"] = time.perf_counter() - t0
+    return scen, train, test
 
-    t = time.perf_counter()
+
+def _classify(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    scen: Any,
+    image_size: int,
+    seed: int,
+    quiet: bool,
+    clf_kw: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Train the small CNN on the manipulated split; its test probabilities, predictions, accuracy, gap."""
+    from medaudit.studies.cxr_slices.classifier import train_cnn
+    from medaudit.studies.cxr_slices.scenarios import in_slice_accuracy_gap
+
     clf = train_cnn(
         train["image"].tolist(),
         scen.train_labels,
-        arch=arch,
         image_size=image_size,
-        epochs=epochs,
         random_state=seed,
-        device=device,
         progress=not quiet,
-        class_weight=class_weight,
+        **clf_kw,
     )
     prob = clf.predict_proba(test["image"].tolist())[:, 1]
     pred = (prob >= 0.5).astype(int)
-    timings["classifier_s"] = time.perf_counter() - t
     acc = float((pred == scen.test_labels).mean())
     gap = in_slice_accuracy_gap(scen, pred)
     _log(f"classifier: test accuracy {acc:.3f}; accuracy gap outside - inside the slice {gap:+.3f}", quiet)
+    return prob, pred, acc, gap
 
-    t = time.perf_counter()
+
+def _audit(
+    test: pd.DataFrame, scen: Any, prob: np.ndarray, out_dir: Any, force: bool, cfg_kw: dict[str, Any]
+) -> tuple[Any, pd.DataFrame]:
+    """Run the image + report + metadata audit on the test split; keep the audited cases beside it."""
+    from medaudit.audit.pipeline import AuditConfig, run_audit
+
     table = pd.DataFrame(
         {
             "id": test["id"],
@@ -188,27 +242,26 @@ def run_demo(
             **{m: test[m] for m in DEMO_META},
         }
     )
-    enc_kw: dict[str, dict[str, Any]] = {}
-    if image_encoder == "efficientnet-lite0":
-        enc_kw["image"] = {"size": 64 if quick else 224, "device": device}
-    cfg = AuditConfig(
-        meta=list(DEMO_META),
-        modalities=("image", "report", "metadata"),
-        encoders={"image": image_encoder, "report": report_encoder, "metadata": "tabular"},
-        encoder_kwargs=enc_kw,
-        n_slices=n_slices,
-        rank_by=rank_by,
-        slicer=slicer,
-        cache_dir=cache / "embeddings",
-        seed=seed,
-        device=device,
-    )
+    cfg = AuditConfig(meta=list(DEMO_META), modalities=("image", "report", "metadata"), **cfg_kw)
     res = run_audit(table, cfg, out_dir, force=force)
     with atomic_save(res.out_dir / "cases.parquet") as tmp_cases:  # the audited table, for `medaudit audit`
         table.assign(in_baked_slice=scen.test_slice, attribute=scen.test_attribute).to_parquet(
             tmp_cases, index=False
         )
-    timings["audit_s"] = time.perf_counter() - t
+    return res, table
+
+
+def _measure(
+    res: Any, table: pd.DataFrame, scen: Any, pred: np.ndarray, acc: float, gap: float, attribute: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Precision@k of the baked-in failure, the best-matching slice and the top slice."""
+    from sklearn.metrics import average_precision_score
+
+    from medaudit.studies.cxr_slices.metrics import (
+        error_share_baseline,
+        precision_at_k_dcbench,
+        precision_at_k_study,
+    )
 
     mem = res.membership.set_index("id").loc[table["id"].astype(str)]
     scores = mem[[c for c in mem.columns if c.startswith("slice_")]].to_numpy()
@@ -224,10 +277,7 @@ def run_demo(
         "test_accuracy": acc,
         "in_slice_accuracy_gap": gap,
     }
-    s1 = res.slices[0] if res.slices else {}
     # the discovered slice that best matches the baked-in failure (highest average precision, as dcbench)
-    from sklearn.metrics import average_precision_score
-
     aps = [average_precision_score(gt, scores[:, j]) for j in range(scores.shape[1])]
     jb = int(np.argmax(aps))
     sb = res.slices[jb]
@@ -241,40 +291,17 @@ def run_demo(
         "ngrams": [g.get("ngram") for g in (sb.get("explanation", {}).get("ngrams") or [])][:5],
         **_slice_rule(sb, attribute),
     }
-    total = time.perf_counter() - t0
-    timings["total_s"] = total
-    summary = {
-        "scenario": {k2: v for k2, v in summ.items() if k2 != "cell_counts"},
-        "figures": figures,
-        "top_slice": {
-            "size": s1.get("size"),
-            "error_rate": s1.get("error_rate"),
-            "share_in_baked_slice": float(gt[mem["slice_1"].to_numpy() > 0.5].mean())
-            if (mem["slice_1"].to_numpy() > 0.5).any()
-            else None,
-            "ngrams": [
-                g.get("ngram", g.get("term")) for g in (s1.get("explanation", {}).get("ngrams") or [])
-            ][:5],
-        },
-        "best_matching_slice": best,
-        "timings": timings,
-        "n_train": scen.n_train,
-        "n_test": scen.n_test,
-        "seed": seed,
-        "image_size": image_size,
-        "epochs": epochs,
-        "n_slices": n_slices,
-        "rank_by": rank_by,
-        "views": views,
-        "slicer": slicer,
+    s1 = res.slices[0] if res.slices else {}
+    in1 = mem["slice_1"].to_numpy() > 0.5
+    top_slice = {
+        "size": s1.get("size"),
+        "error_rate": s1.get("error_rate"),
+        "share_in_baked_slice": float(gt[in1].mean()) if in1.any() else None,
+        "ngrams": [g.get("ngram", g.get("term")) for g in (s1.get("explanation", {}).get("ngrams") or [])][
+            :5
+        ],
     }
-    atomic_write_json(res.out_dir / "demo.json", summary)
-    report = res.paths.get("report")
-    result = DemoResult(out_dir=res.out_dir, report=report, summary=summary)
-    if not quiet:
-        for line in summary_lines(result, attribute):
-            console.print(line, highlight=False)
-    return result
+    return figures, best, top_slice
 
 
 def _slice_rule(sl: dict[str, Any], attribute: str) -> dict[str, Any]:
