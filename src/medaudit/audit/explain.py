@@ -459,28 +459,12 @@ def metadata_enrichment(
         ``risk_difference`` (categorical), ``direction`` (over / under), ``n_in``, ``n_out``,
         ``p_value``, ``q_value``.
     """
-    cols = [
-        "column",
-        "kind",
-        "value",
-        "test",
-        "in_slice",
-        "out_slice",
-        "effect",
-        "effect_name",
-        "risk_difference",
-        "direction",
-        "n_in",
-        "n_out",
-        "p_value",
-        "q_value",
-    ]
     mask = np.asarray(in_slice_mask, dtype=bool)
     if len(mask) != len(meta_df):
         raise ValueError("meta_df and in_slice_mask must have the same length")
     rows: list[dict[str, object]] = []
     if mask.all() or not mask.any() or meta_df.shape[1] == 0:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_ENRICHMENT_COLUMNS)
     for col in meta_df.columns:
         s = meta_df[col]
         numeric = (
@@ -488,73 +472,11 @@ def metadata_enrichment(
             and not pd.api.types.is_bool_dtype(s)
             and s.nunique(dropna=True) >= numeric_min_unique
         )
-        if numeric:
-            v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
-            a, b = v[mask & np.isfinite(v)], v[~mask & np.isfinite(v)]
-            if len(a) < 2 or len(b) < 2:
-                continue
-            if np.all(np.concatenate([a, b]) == a[0]):
-                p = 1.0
-            else:
-                p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
-            pooled = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2.0)
-            smd = float((a.mean() - b.mean()) / pooled) if pooled > 0 else 0.0
-            rows.append(
-                {
-                    "column": str(col),
-                    "kind": "numeric",
-                    "value": "",
-                    "test": "mannwhitneyu",
-                    "in_slice": float(a.mean()),
-                    "out_slice": float(b.mean()),
-                    "effect": smd,
-                    "effect_name": "smd",
-                    "risk_difference": np.nan,
-                    "direction": "over" if smd > 0 else "under",
-                    "n_in": len(a),
-                    "n_out": len(b),
-                    "p_value": p,
-                }
-            )
-            continue
-        levels = s.astype(object).where(s.notna(), "(missing)").map(str)
-        counts = levels.value_counts()
-        top = sorted(counts.index[:max_levels], key=lambda lv: (-counts[lv], lv))
-        if len(counts) < 2:
-            continue
-        n_in, n_out = int(mask.sum()), int((~mask).sum())
-        lv_arr = levels.to_numpy()
-        for lv in top:
-            has = lv_arr == lv
-            a = int((has & mask).sum())
-            b = n_in - a
-            c = int((has & ~mask).sum())
-            d = n_out - c
-            p = float(stats.fisher_exact([[a, b], [c, d]], alternative="two-sided").pvalue)
-            if min(a, b, c, d) == 0:
-                odds = ((a + 0.5) * (d + 0.5)) / ((b + 0.5) * (c + 0.5))
-            else:
-                odds = (a * d) / (b * c)
-            rd = a / n_in - c / n_out
-            rows.append(
-                {
-                    "column": str(col),
-                    "kind": "categorical",
-                    "value": str(lv),
-                    "test": "fisher",
-                    "in_slice": a / n_in,
-                    "out_slice": c / n_out,
-                    "effect": float(odds),
-                    "effect_name": "odds_ratio",
-                    "risk_difference": float(rd),
-                    "direction": "over" if rd > 0 else "under",
-                    "n_in": n_in,
-                    "n_out": n_out,
-                    "p_value": p,
-                }
-            )
+        rows += (
+            _numeric_test(str(col), s, mask) if numeric else _categorical_tests(str(col), s, mask, max_levels)
+        )
     if not rows:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_ENRICHMENT_COLUMNS)
     out = pd.DataFrame(rows)
     out["q_value"] = bh_qvalues(out["p_value"].to_numpy(dtype=float))
     # |effect| on a comparable scale: log odds ratio for categorical, SMD for numeric
@@ -573,7 +495,102 @@ def metadata_enrichment(
         .drop(columns="_s")
         .reset_index(drop=True)
     )
-    return out[cols]
+    return out[_ENRICHMENT_COLUMNS]
+
+
+_ENRICHMENT_COLUMNS = [
+    "column",
+    "kind",
+    "value",
+    "test",
+    "in_slice",
+    "out_slice",
+    "effect",
+    "effect_name",
+    "risk_difference",
+    "direction",
+    "n_in",
+    "n_out",
+    "p_value",
+    "q_value",
+]
+
+
+def _numeric_test(col: str, s: pd.Series, mask: np.ndarray) -> list[dict[str, object]]:
+    """Mann-Whitney U of a numeric column, slice vs rest, with the standardised mean difference."""
+    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
+    a, b = v[mask & np.isfinite(v)], v[~mask & np.isfinite(v)]
+    if len(a) < 2 or len(b) < 2:
+        return []
+    if np.all(np.concatenate([a, b]) == a[0]):
+        p = 1.0
+    else:
+        p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    pooled = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2.0)
+    smd = float((a.mean() - b.mean()) / pooled) if pooled > 0 else 0.0
+    return [
+        {
+            "column": col,
+            "kind": "numeric",
+            "value": "",
+            "test": "mannwhitneyu",
+            "in_slice": float(a.mean()),
+            "out_slice": float(b.mean()),
+            "effect": smd,
+            "effect_name": "smd",
+            "risk_difference": np.nan,
+            "direction": "over" if smd > 0 else "under",
+            "n_in": len(a),
+            "n_out": len(b),
+            "p_value": p,
+        }
+    ]
+
+
+def _odds_ratio(a: int, b: int, c: int, d: int) -> float:
+    """Odds ratio of a 2x2 table, with the Haldane-Anscombe +0.5 correction when a cell is zero."""
+    if min(a, b, c, d) == 0:
+        return ((a + 0.5) * (d + 0.5)) / ((b + 0.5) * (c + 0.5))
+    return (a * d) / (b * c)
+
+
+def _categorical_tests(col: str, s: pd.Series, mask: np.ndarray, max_levels: int) -> list[dict[str, object]]:
+    """Fisher's exact test per value (the ``max_levels`` most frequent), with odds ratio and risk difference."""
+    levels = s.astype(object).where(s.notna(), "(missing)").map(str)
+    counts = levels.value_counts()
+    if len(counts) < 2:
+        return []
+    top = sorted(counts.index[:max_levels], key=lambda lv: (-counts[lv], lv))
+    n_in, n_out = int(mask.sum()), int((~mask).sum())
+    lv_arr = levels.to_numpy()
+    rows: list[dict[str, object]] = []
+    for lv in top:
+        has = lv_arr == lv
+        a = int((has & mask).sum())
+        b = n_in - a
+        c = int((has & ~mask).sum())
+        d = n_out - c
+        p = float(stats.fisher_exact([[a, b], [c, d]], alternative="two-sided").pvalue)
+        odds = _odds_ratio(a, b, c, d)
+        rd = a / n_in - c / n_out
+        rows.append(
+            {
+                "column": col,
+                "kind": "categorical",
+                "value": str(lv),
+                "test": "fisher",
+                "in_slice": a / n_in,
+                "out_slice": c / n_out,
+                "effect": float(odds),
+                "effect_name": "odds_ratio",
+                "risk_difference": float(rd),
+                "direction": "over" if rd > 0 else "under",
+                "n_in": n_in,
+                "n_out": n_out,
+                "p_value": p,
+            }
+        )
+    return rows
 
 
 def exemplars(scores: np.ndarray, k: int = 8) -> np.ndarray:
