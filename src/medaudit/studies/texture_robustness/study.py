@@ -269,13 +269,35 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
     for key in ("data", "train_filters", "test"):
         if key not in raw:
             raise _err(source, key, "required key is missing")
-
     name = raw.get("name", Path(source).stem)
     if not isinstance(name, str) or not name.strip():
         raise _err(source, "name", "expected a non-empty string")
+    known = _known_corruptions()
+    test = _parse_test(raw["test"], source, known)
+    boot, cpus, gpus = _parse_resources(raw, source)
+    cfg = StudyConfig(
+        name=name.strip(),
+        data=_parse_data(raw["data"], source),
+        train=_parse_train(raw.get("train") or {}, source),
+        train_filters=_parse_filters(raw["train_filters"], source, known),
+        seeds=_as_int_list(raw.get("seeds", [0]), source, "seeds", 0, 2**31 - 1),
+        test_corruptions=test["corruptions"],
+        test_severities=test["severities"],
+        eval_seed=test["seed"],
+        eval_group=test["group"],
+        recipes=parse_recipes(raw.get("recipes"), source),
+        severity_version=test["severity_version"],
+        bootstrap=boot,
+        cpus_per_task=cpus,
+        gpus_per_task=gpus,
+        source=source,
+    )
+    _check_trainable(cfg, source)
+    return cfg
 
-    # data
-    d = raw["data"]
+
+def _parse_data(d: Any, source: str) -> DataSpec:
+    """The data source: mni-phantom, or dhcp / folder / csv with a path that is not a placeholder."""
     if not isinstance(d, Mapping):
         raise _err(source, "data", "expected a mapping with 'source' (and 'path' / 'options')")
     allowed = {"source", "path", "options", *_DATA_FIELDS}
@@ -295,12 +317,13 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
     opts = d.get("options") or {}
     if not isinstance(opts, Mapping):
         raise _err(source, "data.options", "expected a mapping of reader options")
-    data = DataSpec(
+    return DataSpec(
         source=src, path=dpath, options=dict(opts), settings={k: d[k] for k in _DATA_FIELDS if k in d}
     )
 
-    # train (model + budget): keyword arguments of TrainConfig
-    train = raw.get("train") or {}
+
+def _parse_train(train: Any, source: str) -> dict[str, Any]:
+    """The ``train`` block: TrainConfig fields the study does not set itself, each value type-checked."""
     if not isinstance(train, Mapping):
         raise _err(source, "train", "expected a mapping of training settings (model, budget)")
     fields = _train_config_fields()
@@ -317,10 +340,11 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
     if train.get("mode", "filtered") not in ("filtered", "online"):
         raise _err(source, "train.mode", "expected 'filtered' (the study's protocol) or 'online'")
 
-    known = _known_corruptions()
+    return _typed_train(train, source)
 
-    # training filters
-    tf = raw["train_filters"]
+
+def _parse_filters(tf: Any, source: str, known: set[str]) -> tuple[FilterSpec, ...]:
+    """Training filters with their strengths; the clean baseline is always added."""
     if not isinstance(tf, list) or not tf:
         raise _err(source, "train_filters", "expected a non-empty list of {name, severities}")
     filters: list[FilterSpec] = []
@@ -354,10 +378,11 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
     if not any(f.name == BASELINE for f in filters):
         filters.insert(0, FilterSpec(BASELINE, (0,)))  # the clean baseline is always part of a study
 
-    seeds = _as_int_list(raw.get("seeds", [0]), source, "seeds", 0, 2**31 - 1)
+    return tuple(filters)
 
-    # test grid
-    t = raw["test"]
+
+def _parse_test(t: Any, source: str, known: set[str]) -> dict[str, Any]:
+    """The test grid: corruptions x severities, the corruption seed, task grouping, severity table."""
     if not isinstance(t, Mapping):
         raise _err(source, "test", "expected a mapping with 'corruptions' and 'severities'")
     bad = sorted(set(t) - {"corruptions", "severities", "seed", "group", "severity_version"})
@@ -390,6 +415,17 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
     if group not in ("model", "corruption"):
         raise _err(source, "test.group", "expected 'model' (one task per model) or 'corruption'")
 
+    return {
+        "corruptions": tuple(corr),
+        "severities": tsev,
+        "seed": int(eseed),
+        "group": group,
+        "severity_version": int(sver),
+    }
+
+
+def _parse_resources(raw: Mapping[str, Any], source: str) -> tuple[int, float, float]:
+    """``report.bootstrap`` and ``resources.cpus_per_task`` / ``gpus_per_task``."""
     rep = raw.get("report") or {}
     if not isinstance(rep, Mapping) or set(rep) - {"bootstrap"}:
         raise _err(source, "report", "expected a mapping with 'bootstrap' only")
@@ -405,33 +441,19 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise _err(source, f"resources.{k}", "expected a non-negative number")
 
-    cfg = StudyConfig(
-        name=name.strip(),
-        data=data,
-        train=_typed_train(train, source),
-        train_filters=tuple(filters),
-        seeds=seeds,
-        test_corruptions=tuple(corr),
-        test_severities=tsev,
-        eval_seed=int(eseed),
-        eval_group=group,
-        recipes=parse_recipes(raw.get("recipes"), source),
-        severity_version=int(sver),
-        bootstrap=int(boot),
-        cpus_per_task=float(cpus),
-        gpus_per_task=float(gpus),
-        source=source,
-    )
-    if fields is not None:  # let TrainConfig check the values too, once per kind of model
-        for t in build_tasks(cfg):
-            if t.kind == "train" and (t.spec["seed"] == cfg.seeds[0]):
-                try:
-                    _make_train_config(t.spec)
-                except InputError as exc:
-                    raise _err(source, "train", str(exc)) from None
-                except (TypeError, ValueError) as exc:
-                    raise _err(source, "train", f"invalid value ({exc})") from None
-    return cfg
+    return int(boot), float(cpus), float(gpus)
+
+
+def _check_trainable(cfg: StudyConfig, source: str) -> None:
+    """Let TrainConfig check the values too, once per kind of model."""
+    for t in build_tasks(cfg):
+        if t.kind == "train" and (t.spec["seed"] == cfg.seeds[0]):
+            try:
+                _make_train_config(t.spec)
+            except InputError as exc:
+                raise _err(source, "train", str(exc)) from None
+            except (TypeError, ValueError) as exc:
+                raise _err(source, "train", f"invalid value ({exc})") from None
 
 
 # --------------------------------------------------------------------------------------------------
