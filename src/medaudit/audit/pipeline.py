@@ -537,6 +537,43 @@ def run_audit(
         return _run_audit(table, config, claim, precomputed)
 
 
+def _counts(table: CaseTable) -> dict[str, Any]:
+    """The ``counts`` block of slices.json: cases, skipped rows, errors, positives."""
+    n, errors = len(table), table.errors
+    return {
+        "cases": n,
+        "skipped_rows": table.n_skipped,
+        "skipped_reasons": table.skipped_reasons,
+        "errors": int(errors.sum()),
+        "error_rate": float(errors.mean()) if n else None,
+        "positives": int(table.df["label"].sum()),
+        "predicted_positives": int(table.df["pred"].sum()),
+    }
+
+
+def _write_outputs(
+    claim: OutputClaim,
+    payload: dict[str, Any],
+    membership: pd.DataFrame,
+    table: CaseTable,
+    scores: np.ndarray,
+    fused: np.ndarray | None,
+    write_report: bool,
+) -> dict[str, Path]:
+    """slices.json, membership.parquet and report.html into the claimed staging folder; their final paths."""
+    out, stage = claim.path, claim.stage
+    write_slices_json(stage / SLICES_FILE, payload)
+    fault_point("audit:write")
+    write_membership(stage / MEMBERSHIP_FILE, membership)
+    paths = {"slices_json": out / SLICES_FILE, "membership": out / MEMBERSHIP_FILE}
+    if write_report:
+        from medaudit.report.audit_report import write_audit_report
+
+        write_audit_report(stage / REPORT_FILE, payload, table, scores, fused)
+        paths["report"] = out / REPORT_FILE
+    return paths
+
+
 def _run_audit(
     table: CaseTable | pd.DataFrame | str | os.PathLike[str],
     config: AuditConfig,
@@ -602,16 +639,7 @@ def _run_audit(
         )
         slices, scores = _rank_slices(slices, scores, table, config, family)
 
-        errors = table.errors
-        counts = {
-            "cases": n,
-            "skipped_rows": table.n_skipped,
-            "skipped_reasons": table.skipped_reasons,
-            "errors": int(errors.sum()),
-            "error_rate": float(errors.mean()) if n else None,
-            "positives": int(table.df["label"].sum()),
-            "predicted_positives": int(table.df["pred"].sum()),
-        }
+        counts = _counts(table)
         payload: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "medaudit_version": __version__,
@@ -632,22 +660,12 @@ def _run_audit(
         membership = membership_frame(table.ids, scores)
 
         task = progress.add_task("write outputs", total=1)
-        out, stage = claim.path, claim.stage
-        write_slices_json(stage / SLICES_FILE, payload)
-        fault_point("audit:write")
-        write_membership(stage / MEMBERSHIP_FILE, membership)
-        if config.write_report:
-            from medaudit.report.audit_report import write_audit_report
-
-            write_audit_report(stage / REPORT_FILE, payload, table, scores, fused)
+        paths = _write_outputs(claim, payload, membership, table, scores, fused, config.write_report)
         progress.update(task, completed=1)
-    paths = {"slices_json": out / SLICES_FILE, "membership": out / MEMBERSHIP_FILE}
-    if config.write_report:
-        paths["report"] = out / REPORT_FILE
     return AuditResult(
         slices=slices,
         membership=membership,
-        out_dir=out,
+        out_dir=claim.path,
         paths=paths,
         counts=counts,
         embedding=fused,
