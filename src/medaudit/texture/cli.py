@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from medaudit.errors import InputError
+from medaudit.texture.options import DataSource, InputNorm, RecipeName, TrainMode
 
 app = typer.Typer(
     help="Texture robustness of 3D segmentation: train on filtered scans, evaluate under corruptions.",
@@ -67,27 +68,23 @@ def train_command(
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON TrainConfig; the flags below override it.")
     ] = None,
-    data: Annotated[str | None, typer.Option(help="mni-phantom | dhcp | folder | csv.")] = None,
+    data: Annotated[DataSource | None, typer.Option(help="Data source.")] = None,
     data_path: Annotated[str | None, typer.Option(help="Root folder or CSV for dhcp/folder/csv.")] = None,
     label_set: Annotated[
         str | None, typer.Option(help="tissue4 | drawem9 | drawem9-tissue | drawem87.")
     ] = None,
     spacing: Annotated[float | None, typer.Option(help="Resample to this spacing (mm) on load.")] = None,
-    mode: Annotated[str | None, typer.Option(help="clean | filtered | online.")] = None,
+    mode: Annotated[TrainMode | None, typer.Option(help="Legacy training mode (see --recipe).")] = None,
     filter_name: Annotated[
         str | None, typer.Option("--filter", help="Training filter (medaudit.texture.filters).")
     ] = None,
     severity: Annotated[str | None, typer.Option(help="Filter severity 1..5 or a range like 1-5.")] = None,
-    recipe: Annotated[
-        str | None, typer.Option(help="Training recipe: clean | filtered | mixed | bigaug | synthseg | gin.")
-    ] = None,
+    recipe: Annotated[RecipeName | None, typer.Option(help="Training recipe (docs/texture.md).")] = None,
     recipe_options: Annotated[
         str | None,
         typer.Option(help='Recipe options as JSON, e.g. \'{"p": 0.5, "exclude_families": ["noise"]}\'.'),
     ] = None,
-    input_norm: Annotated[
-        str | None, typer.Option(help="Model input normalisation: none | zscore | percentile.")
-    ] = None,
+    input_norm: Annotated[InputNorm | None, typer.Option(help="Model input normalisation.")] = None,
     severity_version: Annotated[
         int | None, typer.Option(help="Severity table of the levels (2 = physical; 1 = the old one).")
     ] = None,

@@ -56,6 +56,7 @@ from medaudit.rungrid import (
 )
 from medaudit.studies.texture_robustness.recipe_grid import parse_recipes, recipe_train_specs
 from medaudit.texture.filters.registry import CLEAN
+from medaudit.texture.options import DataSource
 
 __all__ = [
     "TEXTURE_CODE",
@@ -256,7 +257,7 @@ _DATA_FIELDS = (
     "split_seed",
     "small_policy",
 )
-_SOURCES = ("mni-phantom", "dhcp", "folder", "csv")
+_SOURCES = tuple(DataSource)
 
 
 def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
@@ -781,7 +782,9 @@ def _annotate(rows: Any, task: Task) -> Any:
 
 def study_command(
     config: Annotated[Path, typer.Argument(help="Study YAML (or a shipped name: study_small, study_full).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: study-<name>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: study-<name>).")
+    ] = None,
     ray_address: Annotated[
         str | None,
         typer.Option(
