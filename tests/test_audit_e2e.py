@@ -252,4 +252,9 @@ def test_old_flag_spellings_still_work_with_a_warning(caplog: pytest.LogCaptureF
     ]
     assert sum("deprecated" in r.message for r in caplog.records) == 3
     # other commands are left alone
-    assert rewrite_deprecated(["texture", "train", "--label", "x"]) == ["texture", "train", "--label", "x"]
+    assert rewrite_deprecated(["texture", "train", "--label-col", "x"]) == [
+        "texture",
+        "train",
+        "--label-col",
+        "x",
+    ]

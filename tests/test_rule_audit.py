@@ -97,8 +97,8 @@ def test_cli_bad_lexicon_exits_2(cases, tmp_path: Path, capsys: pytest.CaptureFi
     lex = tmp_path / "lex.yaml"
     lex.write_text("concepts:\n  - name: tube\n    synonyms: []\n")
     out = tmp_path / "audit"
-    args = ["audit", "--table", str(table), "--out", str(out), "--id", "case", "--label", "truth"]
-    args += ["--prob", "score", "--report", "text", "--meta", "view", "--slicer", "rules"]
+    args = ["audit", "--table", str(table), "--out", str(out), "--id-col", "case", "--label-col", "truth"]
+    args += ["--prob-col", "score", "--report-col", "text", "--meta", "view", "--slicer", "rules"]
     assert main([*args, "--concepts", str(lex)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lex.yaml" in err[0] and "synonyms" in err[0]

@@ -257,7 +257,8 @@ def test_eval_writes_then_replaces_its_own_output(cli, trained, tmp_path):
     args += ["--corruptions", "gaussian_noise", "--severities", "1", "--no-report"]
     assert cli(*args)[0] == 0
     assert cli(*args)[0] == 0
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [MARKER, "results.csv", "summary.csv"]
+    listing = sorted(p.name for p in (tmp_path / "e").iterdir())
+    assert listing == [MARKER, "results.csv", "summary.csv", "texture_bias.csv"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
 
 
