@@ -29,23 +29,31 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--recipe", default="clean", help="training recipe (medaudit.texture.recipes)")
+    ap.add_argument("--recipe-options", default="{}", help="recipe options as JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from monai.losses import DiceCELoss
 
     from medaudit.device import default_device
+    from medaudit.texture.severity import wm_label_of
     from medaudit.texture.train import (
         TrainConfig,
         _prepare_volumes,
-        _sample_batch,
         build_model,
         load_data,
         split_cases,
         train_step,
+        training_batch,
     )
 
-    cfg = TrainConfig(cache_dir=args.cache_dir, device=args.device)
+    cfg = TrainConfig(
+        cache_dir=args.cache_dir,
+        device=args.device,
+        recipe=args.recipe,
+        recipe_options=json.loads(args.recipe_options),
+    )
     if args.patch:
         cfg.patch_size = [args.patch] * 3
     if args.batch:
@@ -59,8 +67,10 @@ def main() -> None:
     use_amp = cfg.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
+    recipe = cfg.make_recipe(vols[0]["spacing"], wm_label_of("tissue4"))
+
     def step(i: int) -> None:
-        x, y = _sample_batch(cfg, vols, i)
+        x, y = training_batch(cfg, recipe, vols, i, dev)
         train_step(model, opt, scaler, loss_fn, x, y, dev, use_amp)
 
     for i in range(2):
@@ -76,6 +86,7 @@ def main() -> None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = {
         "device": str(dev),
+        "recipe": args.recipe,
         "threads": args.threads,
         "patch_size": cfg.patch_size,
         "batch_size": cfg.batch_size,
