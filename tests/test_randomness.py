@@ -79,3 +79,16 @@ def test_randomizable_contract():
     filt.randomize()
     assert filt.last_transform.get_params() == first  # same seed, same state: same draw
     assert isinstance(filt.R, np.random.RandomState)
+
+
+def test_monai_compose_reaches_the_filters_through_the_dictionary_adapter():
+    from monai.transforms import Compose
+
+    pipe = Compose([tf.FilterD(keys="image", transform=tf.RandomGaussianNoise(std=(0.5, 1.0)))])
+    x = {"image": torch.zeros(1, 4, 4, 4)}
+    pipe.set_random_state(seed=5)
+    a = pipe(x)["image"]
+    pipe.set_random_state(seed=5)
+    assert torch.equal(a, pipe(x)["image"])
+    pipe.set_random_state(seed=6)
+    assert not torch.equal(a, pipe(x)["image"])

@@ -59,6 +59,10 @@ def test_bias_field_peak_range_and_ghost_ratio():
     for level, rng in enumerate(sv.PHYSICAL["bias_field"].values, start=1):
         y = sv.get_corruption("bias_field", level, seed=level)(x)
         assert float(y.max() / y.min()) == pytest.approx(rng, rel=1e-4)
+    head, lab = _head()  # with a label map the range is measured inside the head (label > 0)
+    y = sv.get_corruption("bias_field", 5, seed=1)(head, label=lab)
+    ratio = (y / head)[lab > 0]
+    assert float(ratio.max() / ratio.min()) == pytest.approx(2.5, rel=1e-4)
     half = torch.zeros(1, 32, 8, 8)
     half[:, 4:12] = 1.0  # object in the first half along axis 0: the N/2 ghost lands in empty space
     for level, ratio in enumerate(sv.PHYSICAL["ghosting"].values, start=1):
@@ -94,3 +98,24 @@ def test_versions():
     rows = sv.describe(2)
     assert len(rows) == len(tf.FILTERS) and all(len(r["levels"]) == 5 for r in rows)
     assert math.isclose(sv.PHYSICAL["gaussian_noise"].values[-1], 4)
+
+
+def test_old_study_results_are_read_and_labelled_as_version_1(tmp_path):
+    from medaudit.texture.study_report import write_study_report
+
+    rows = []
+    for f, s in (("none", 0), ("gaussian_blur", 3)):
+        for corr, sev in (("none", 0), ("gaussian_noise", 1), ("gaussian_noise", 5)):
+            rows.append(
+                {"train_filter": f, "train_severity": s, "seed": 0, "corruption": corr, "severity": sev,
+                 "case": "c1", "class": "WM", "dice": 0.8 - 0.05 * sev - (0.02 if f == "none" else 0),
+                 "hd95": 1.0, "family": "clean" if corr == "none" else "noise",
+                 "train_families": "" if f == "none" else "blur"}
+            )  # fmt: skip
+    old = pd.DataFrame(rows)  # written before severity_version existed
+    html = write_study_report(old, None, tmp_path / "old.html", n_boot=20).read_text()
+    assert "severity table v1 (old" in html
+    new = old.assign(severity_version=2)
+    assert (
+        "v2 (physical levels)" in write_study_report(new, None, tmp_path / "new.html", n_boot=20).read_text()
+    )

@@ -179,6 +179,9 @@ def eval_command(
         str, typer.Option(help="Split of split.json to evaluate when --data is not given.")
     ] = "test",
     seed: Annotated[int, typer.Option(help="Corruption seed.")] = 0,
+    severity_version: Annotated[
+        int, typer.Option(help="Severity table: 2 = physical levels (docs/severities.md), 1 = the old one.")
+    ] = 2,
     clean: Annotated[bool, typer.Option(help="Also evaluate the clean scans (severity 0).")] = True,
     device: Annotated[str | None, typer.Option(help="cpu | cuda.")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
@@ -194,7 +197,13 @@ def eval_command(
     corrs = _names(corruptions)
     cases = _cases_for_eval(model, data, data_path, split)
     df = evaluate(
-        model, cases, (["none"] if clean else []) + corrs, _ints(severities, "severities"), seed, device
+        model,
+        cases,
+        (["none"] if clean else []) + corrs,
+        _ints(severities, "severities"),
+        seed,
+        device,
+        severity_version=severity_version,
     )
     summary = format_table(df)
     bias = _texture_bias(model, cases, seed, device) if texture_bias else None
@@ -204,7 +213,9 @@ def eval_command(
         if bias is not None:
             bias.to_csv(stage / "texture_bias.csv", index=False)
         if report:
-            ex = example_slices(model, cases[0], corrs, 3, seed, device=device)
+            ex = example_slices(
+                model, cases[0], corrs, 3, seed, device=device, severity_version=severity_version
+            )
             write_report(df, stage / "report.html", ex, texture_bias=bias)
     from medaudit.texture.metrics import mean_dice_table
 

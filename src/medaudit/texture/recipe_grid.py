@@ -64,7 +64,7 @@ def parse_recipes(raw: Any, source: str) -> tuple[RecipeEntry, ...]:
             raise InputError(f"{source}: key '{key}': {exc}") from None
         lofo = item.get("leave_one_family_out", False)
         if lofo is False or lofo is None:
-            out.append(RecipeEntry(_label(name, opts, None), name, opts))
+            out.append(RecipeEntry(_label(name, opts), name, opts))
             continue
         left = fams if lofo is True else lofo
         if not isinstance(left, list) or not left or any(f not in fams for f in left):
@@ -73,7 +73,7 @@ def parse_recipes(raw: Any, source: str) -> tuple[RecipeEntry, ...]:
             )
         for fam in left:
             o = {**opts, "exclude_families": sorted({*opts.get("exclude_families", []), fam})}
-            out.append(RecipeEntry(_label(name, o, fam), name, o, fam))
+            out.append(RecipeEntry(_label(name, o), name, o, fam))
     labels = [e.label for e in out]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -81,7 +81,8 @@ def parse_recipes(raw: Any, source: str) -> tuple[RecipeEntry, ...]:
     return tuple(out)
 
 
-def _label(name: str, options: Mapping[str, Any], left_out: str | None) -> str:
+def _label(name: str, options: Mapping[str, Any]) -> str:
+    """``bigaug[-noise](k=2)``: the recipe, its left-out families and its other options."""
     from medaudit.texture.recipes import make_recipe
 
     base = make_recipe(name, options).describe()

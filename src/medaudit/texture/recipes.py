@@ -17,7 +17,8 @@ study config) with options (``recipe_options``):
                mixed with the input at a random weight and rescaled to its mean / std
 =============  ==================================================================================
 
-Common options: ``p`` (probability that a sample is transformed; the rest of the batch stays clean),
+Common options: ``p`` (the fraction of each batch that is transformed, see :meth:`Recipe.chosen`;
+the rest of the batch stays clean),
 ``severity`` (``[lo, hi]`` levels drawn uniformly, of the severity table ``severity_version``),
 ``families`` / ``filters`` (the pool of corruptions, default every family but ``texture``) and
 ``exclude_families`` (leave-one-family-out: those families are never used, including inside
@@ -75,10 +76,12 @@ class Recipe:
         bad = sorted(set(opts) - allowed)
         if bad:
             raise InputError(f"recipe '{self.name}': unknown option(s) {bad}; allowed: {sorted(allowed)}")
-        self.p = float(opts.get("p", self.default_p))
-        if not 0.0 <= self.p <= 1.0:
-            raise InputError(f"recipe '{self.name}': p must be in [0, 1], got {self.p}")
-        self.exclude = tuple(str(f) for f in opts.get("exclude_families") or ())
+        p = opts.get("p", self.default_p)
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) <= 1.0:
+            raise InputError(f"recipe '{self.name}': p must be a number in [0, 1], got {p!r}")
+        self.p = float(p)
+        excl = opts.get("exclude_families") or ()
+        self.exclude = (excl,) if isinstance(excl, str) else tuple(str(f) for f in excl)
         _check_families(self.exclude, f"recipe '{self.name}': exclude_families")
         self.options = opts
         self.severity_version = check_version(severity_version)
@@ -90,9 +93,11 @@ class Recipe:
         return [f for f in self.own_families if f not in self.exclude]
 
     def chosen(self, batch: int, g: torch.Generator) -> list[int]:
-        """Indices of the samples to transform (each with probability ``p``)."""
-        u = torch.rand(batch, generator=g)
-        return [b for b in range(batch) if float(u[b]) < self.p]
+        """Indices of the samples to transform: ``floor(p * B + u)`` of them (``u ~ U(0, 1)``, so a
+        fraction ``p`` on average), picked at random. Every batch therefore mixes clean and
+        transformed samples as evenly as its size allows (with B = 2 and p = 0.5: one of each)."""
+        n = int(self.p * batch + float(torch.rand((), generator=g, dtype=torch.float64)))
+        return sorted(torch.randperm(batch, generator=g)[: min(n, batch)].tolist())
 
     def __call__(self, x: Tensor, y: Tensor, seed: int) -> Tensor:
         g = torch.Generator().manual_seed(int(seed))
@@ -105,6 +110,16 @@ class Recipe:
 
     def transform(self, x: Tensor, y: Tensor, g: torch.Generator) -> Tensor:
         return x
+
+    def range_option(self, key: str, default: Sequence[float]) -> tuple[float, float]:
+        """Option ``key`` as a ``(lo, hi)`` range (a number ``v`` means ``(v, v)``)."""
+        v = self.options.get(key, default)
+        v = [v, v] if isinstance(v, int | float) and not isinstance(v, bool) else v
+        if not isinstance(v, list | tuple) or len(v) != 2 or not all(isinstance(a, int | float) for a in v):
+            raise InputError(f"recipe '{self.name}': option '{key}' must be a number or [lo, hi], got {v!r}")
+        if float(v[0]) > float(v[1]):
+            raise InputError(f"recipe '{self.name}': option '{key}' has lo > hi: {v!r}")
+        return float(v[0]), float(v[1])
 
     def corrupt(self, name: str, level: int, x: Tensor, y: Tensor, seed: int) -> Tensor:
         fn = get_corruption(name, level, seed, self.severity_version, self.spacing, self.wm_label)
@@ -254,12 +269,18 @@ class SynthSeg(Recipe):
     own_families = ("texture", "blur", "bias", "noise")
     _OPTIONS = frozenset({"blur", "bias", "noise"})
 
+    def __init__(self, options: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(options, **kw)
+        for key in ("blur", "bias", "noise"):  # validate now, not at the first batch
+            self.range_option(key, [0.0, 0.0])
+
     def transform(self, x: Tensor, y: Tensor, g: torch.Generator) -> Tensor:
         from medaudit.texture.filters import GaussianNoise, LabelIntensityRemap
 
-        blur = self.options.get("blur", [0.0, 1.0]) if "blur" not in self.exclude else [0.0, 0.0]
-        bias = self.options.get("bias", [0.0, 0.3]) if "bias" not in self.exclude else [0.0, 0.0]
-        noise = self.options.get("noise", [0.0, 0.05]) if "noise" not in self.exclude else [0.0, 0.0]
+        off = (0.0, 0.0)
+        blur = self.range_option("blur", [0.0, 1.0]) if "blur" not in self.exclude else off
+        bias = self.range_option("bias", [0.0, 0.3]) if "bias" not in self.exclude else off
+        noise = self.range_option("noise", [0.0, 0.05]) if "noise" not in self.exclude else off
         outs = []
         for b in range(x.shape[0]):
             remap = LabelIntensityRemap(
@@ -282,6 +303,14 @@ class GIN(Recipe):
     own_families = ("texture",)
     _OPTIONS = frozenset({"layers", "hidden", "alpha"})
 
+    def __init__(self, options: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(options, **kw)
+        self.range_option("alpha", [0.0, 1.0])
+        for key in ("layers", "hidden"):
+            v = self.options.get(key, 4)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"recipe 'gin': option '{key}' must be an integer >= 1, got {v!r}")
+
     def transform(self, x: Tensor, y: Tensor, g: torch.Generator) -> Tensor:
         if "texture" in self.exclude:
             return x
@@ -301,7 +330,7 @@ class GIN(Recipe):
                 h = F.leaky_relu(h, 0.2)
             cin = cout
         gin = _match_moments(h.reshape(x.shape), x)
-        lo, hi = self.options.get("alpha", [0.0, 1.0])
+        lo, hi = self.range_option("alpha", [0.0, 1.0])
         alpha = torch.tensor([_u(g, lo, hi) for _ in range(n)], dtype=x.dtype, device=x.device)
         mixed = alpha.view(-1, 1, 1, 1, 1) * gin + (1 - alpha.view(-1, 1, 1, 1, 1)) * x
         return _match_moments(mixed, x)

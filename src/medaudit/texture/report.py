@@ -197,6 +197,9 @@ def write_report(
         n_cases=int(results["case"].nunique()),
         corruptions=sorted(c for c in results["corruption"].unique() if c != tm.CLEAN),
         severities=sorted(int(s) for s in results["severity"].unique() if s > 0),
+        severity_versions=sorted(
+            int(v) for v in results.get("severity_version", pd.Series([1])).fillna(1).unique()
+        ),
         models=_table(trained),
         summary=_table(summary),
         heatmap=figure_to_data_uri(heatmap_figure(heat)) if not heat.empty else None,

@@ -124,7 +124,7 @@ PHYSICAL: dict[str, PhysicalLevel] = {
         "rotation up to (and translation up to the same in mm)", "deg", (1, 2, 4, 6, 10), _motion
     ),
     "bias_field": PhysicalLevel(
-        "peak multiplicative range (max / min over the volume)",
+        "peak multiplicative range (max / min inside the head)",
         "",
         (1.2, 1.4, 1.7, 2.0, 2.5),
         lambda v, c: {},
@@ -172,8 +172,23 @@ def reference_intensity(image: Tensor, label: Tensor | None = None, wm_label: in
     return float(fg.median()) if fg.numel() else max(hi, 1e-6)
 
 
-def physical_params(name: str, level: int, ctx: ScanContext, seed: int | None = None) -> dict[str, Any]:
-    """Constructor kwargs of filter ``name`` at v2 ``level`` (1..5) for a scan described by ``ctx``."""
+def head_mask(image: Tensor, label: Tensor | None = None) -> Tensor:
+    """Boolean ``(D, H, W)`` head mask: ``label > 0``, else voxels above 10% of the 99th percentile."""
+    x = image.detach().float().reshape(-1, *image.shape[-3:])[0]
+    if label is not None and bool((label > 0).any()):
+        return label.reshape(-1, *label.shape[-3:])[0] > 0
+    step = max(1, x.numel() // 1_000_000)
+    return x > 0.1 * float(torch.quantile(x.flatten()[::step], 0.99))
+
+
+def physical_params(
+    name: str, level: int, ctx: ScanContext, seed: int | None = None, head: Tensor | None = None
+) -> dict[str, Any]:
+    """Constructor kwargs of filter ``name`` at v2 ``level`` (1..5) for a scan described by ``ctx``.
+
+    ``head`` (a boolean ``(D, H, W)`` mask, see :func:`head_mask`) is where the bias field's peak range
+    is measured; ``None`` measures it over the whole volume.
+    """
     from medaudit.texture import filters
 
     if name not in PHYSICAL:
@@ -185,17 +200,22 @@ def physical_params(name: str, level: int, ctx: ScanContext, seed: int | None = 
     if filters.FILTERS[name].stochastic:
         params["seed"] = seed
     if name == "bias_field":
-        params = _bias_params(spec.values[int(level) - 1], ctx.shape, seed)
+        params = _bias_params(spec.values[int(level) - 1], ctx.shape, seed, head)
     return params
 
 
-def _bias_params(peak_range: float, shape: Sequence[int], seed: int | None) -> dict[str, Any]:
-    """Cubic bias-field coefficients drawn from ``seed``, scaled so that max/min of the field = ``peak_range``."""
+def _bias_params(
+    peak_range: float, shape: Sequence[int], seed: int | None, head: Tensor | None = None
+) -> dict[str, Any]:
+    """Cubic bias-field coefficients drawn from ``seed``, scaled so that max/min of the field inside
+    ``head`` (the whole volume when ``None`` or empty) is ``peak_range``."""
     from medaudit.texture.filters import BiasField
 
     unit = BiasField(magnitude=1.0, order=3, seed=seed)
     coef = unit.resolved_coefficients()
     log_field = unit.field(shape, dtype=torch.float64).log()
+    if head is not None and bool(head.any()):
+        log_field = log_field[head.to("cpu").reshape(log_field.shape)]
     span = float(log_field.max() - log_field.min())
     scale = math.log(peak_range) / max(span, 1e-12)
     return {"magnitude": 1.0, "order": 3, "coefficients": [c * scale for c in coef], "normalize": True}
@@ -245,7 +265,8 @@ class PhysicalCorruption:
             lb = None if lab5 is None else lab5[b]
             seed = None if self.seed is None else int(self.seed) + b
             ctx = scan_context(x5[b], lb, self.spacing, self.wm_label)
-            params = physical_params(self.name, self.level, ctx, seed)
+            head = head_mask(x5[b], lb) if self.name == "bias_field" else None
+            params = physical_params(self.name, self.level, ctx, seed, head)
             f = filters.make_filter(self.name, **params)
             out = f(x5[b], label=lb) if filters.FILTERS[self.name].needs_label else f(x5[b])
             outs.append(out)

@@ -292,7 +292,9 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
     fields = _train_config_fields()
     for k in train:
         if k in _STUDY_OWNED_TRAIN_FIELDS:
-            raise _err(source, f"train.{k}", "set by the study for each task; use train_filters / seeds")
+            raise _err(
+                source, f"train.{k}", "set by the study for each task; use train_filters / recipes / seeds"
+            )
         if k in _DATA_FIELDS:
             raise _err(source, f"train.{k}", "a data setting; put it under 'data'")
         if fields is not None and k not in fields:

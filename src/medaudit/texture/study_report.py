@@ -102,7 +102,9 @@ def _clean_mask(ms: pd.DataFrame) -> pd.Series:
 
 
 def _model_label(f: str, s: int) -> str:
-    return BASELINE if f == BASELINE else f"{f}@{s}"
+    if f == BASELINE or int(s) == 0:  # the baseline, or a recipe model (no filter strength)
+        return f
+    return f"{f}@{s}"
 
 
 def heatmap_table(scores: pd.DataFrame, corruptions: Sequence[str] | None = None) -> pd.DataFrame:

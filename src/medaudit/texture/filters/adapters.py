@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
-from monai.transforms import MapTransform
+import numpy as np
+from monai.transforms import MapTransform, Randomizable
 from torch import Tensor
 
 from medaudit.texture.filters.base import Filter, RandomFilter
@@ -21,11 +22,31 @@ from medaudit.texture.filters.randomization import LabelIntensityRemap, RandomLa
 FilterLike = Filter | RandomFilter | Callable[[Tensor], Tensor]
 
 
-class FilterD(MapTransform):
+class _Reseedable(Randomizable):
+    """A MONAI ``Randomizable`` whose ``set_random_state`` reseeds the wrapped ``Random*`` filter, so
+    ``Compose.set_random_state`` and ``monai.data.DataLoader`` workers reach it."""
+
+    transform: Any
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> _Reseedable:
+        super().set_random_state(seed, state)
+        if hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        if hasattr(self.transform, "randomize"):
+            self.transform.randomize(data)
+
+
+class FilterD(MapTransform, _Reseedable):
     """MONAI dictionary transform applying ``transform`` to each of ``keys``.
 
     A ``Random*`` transform is sampled once per call, so all keys get the same parameters; the applied
-    record is stored under ``f"{key}_filter"`` when ``record=True``.
+    record is stored under ``f"{key}_filter"`` when ``record=True``.  It is a MONAI ``Randomizable``:
+    ``set_random_state`` reseeds the wrapped filter.
     """
 
     def __init__(
@@ -50,7 +71,7 @@ class FilterD(MapTransform):
         return d
 
 
-class LabelIntensityRemapD(MapTransform):
+class LabelIntensityRemapD(MapTransform, _Reseedable):
     """SynthSeg-style remap of ``image_key`` driven by the label map in ``label_key``."""
 
     def __init__(
