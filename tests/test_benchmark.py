@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from medaudit.errors import InputError
+from medaudit.peers import peers_dir
 from medaudit.stats import bootstrap_ci
 from medaudit.studies.cxr_slices import benchmark as bm
 
@@ -212,8 +213,8 @@ def test_embed_cohort_real_encoders_cached(tmp_path):
 
 
 @pytest.mark.skipif(
-    not os.path.isfile("/tmp/medaudit-peers/domino-venv/.ok"),
-    reason="Domino 0.1.5 peer environment not built",
+    not os.path.isfile("/tmp/medaudit-peers/domino-venv/.ok") or peers_dir() is None,
+    reason="Domino 0.1.5 peer environment not built, or no peers folder beside the repository",
 )
 def test_domino_peer_row(tmp_path):
     df, emb = synth_cohort(600, seed=3)
