@@ -214,3 +214,15 @@ def trained(tconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return run
+
+
+def refused(cli, args, roots, *names: str) -> str:
+    """Run a command that must be refused: exit 2, one line naming each of ``names``, nothing changed."""
+    before = snapshot(*roots)
+    rc, err = cli(*args)
+    line = one_line(err)
+    assert rc == 2, err
+    for n in names:
+        assert n in line, line
+    assert snapshot(*roots) == before, "something was written, moved or deleted"
+    return line

@@ -13,7 +13,8 @@ from PIL import Image
 
 from medaudit.outdir import MARKER, claim_output
 
-from .conftest import make_table, one_line, snapshot
+from .conftest import make_table
+from .conftest import refused as _refused
 
 
 @pytest.fixture
@@ -24,17 +25,6 @@ def work(tmp_path: Path) -> Path:
     (tmp_path / "data" / "notes").mkdir()
     (tmp_path / "data" / "notes" / "todo.md").write_text("- finish")
     return tmp_path
-
-
-def _refused(cli, args, roots, *names: str) -> str:
-    before = snapshot(*roots)
-    rc, err = cli(*args)
-    line = one_line(err)
-    assert rc == 2, err
-    for n in names:
-        assert n in line, line
-    assert snapshot(*roots) == before, "something was written, moved or deleted"
-    return line
 
 
 def test_out_dot_never_deletes_the_working_folder(cli, audit_args, work, monkeypatch):

@@ -16,20 +16,10 @@ import torch
 
 from medaudit.outdir import MARKER, claim_output
 
-from .conftest import AFF, one_line, snapshot, train_config, write_config
+from .conftest import AFF, train_config, write_config
+from .conftest import refused as _refused
 
 UNSAFE = "not a medaudit model, or unsafe to load"
-
-
-def _refused(cli, args, roots, *names: str) -> str:
-    before = snapshot(*roots)
-    rc, err = cli(*args)
-    line = one_line(err)
-    assert rc == 2, err
-    for n in names:
-        assert n in line, line
-    assert snapshot(*roots) == before, "something was written, moved or deleted"
-    return line
 
 
 def _copy_volumes(volumes: Path, dst: Path) -> Path:
