@@ -17,9 +17,9 @@ def test_enums_match_the_registries():
 
 def test_data_sources_are_the_readers(tmp_path):
     from medaudit.data import mri
-    from medaudit.studies.texture_robustness.study import _SOURCES
+    from medaudit.studies.texture_robustness.config import DataModel
 
-    assert list(_SOURCES) == [e.value for e in options.DataSource]
+    assert DataModel.model_fields["source"].annotation is options.DataSource
     assert all(
         hasattr(mri, f) for f in ("read_dhcp", "read_nifti_folder", "read_csv_pairs", "build_mni_phantom")
     )

@@ -38,7 +38,7 @@ class Config(BaseModel):
 def validation_error(exc: ValidationError, source: str) -> InputError:
     """One line naming ``source`` and the first failing key, e.g. ``a.yaml: key 'train.lr': ...``."""
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err.get("loc", ()))
+    key = _key(err.get("loc", ()))
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if err.get("type") == "extra_forbidden":
         msg = "unknown key"
@@ -47,6 +47,18 @@ def validation_error(exc: ValidationError, source: str) -> InputError:
     value = err.get("input")
     shown = "" if err.get("type") in ("extra_forbidden", "missing") else f" (got {value!r:.60})"
     return InputError(f"{source}: key '{key}': {msg}{shown}")
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    """A readable key path: ``train_filters[0].severities``; an index at the end (an element of a list
+    value, shown in the message) is dropped."""
+    parts = list(loc)
+    while parts and isinstance(parts[-1], int):
+        parts.pop()
+    key = ""
+    for p in parts:
+        key += f"[{p}]" if isinstance(p, int) else (f".{p}" if key else str(p))
+    return key
 
 
 def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -54,9 +54,9 @@ from medaudit.rungrid import (
     task_key,
     worker_threads,
 )
+from medaudit.studies.texture_robustness.config import DATA_FIELDS
 from medaudit.studies.texture_robustness.recipe_grid import parse_recipes, recipe_train_specs
 from medaudit.texture.filters.registry import CLEAN
-from medaudit.texture.options import DataSource
 
 __all__ = [
     "TEXTURE_CODE",
@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 BASELINE = CLEAN  # the clean baseline: one name, from the corruption registry
-SEVERITIES = (1, 2, 3, 4, 5)
 _CONFIG_DIR = Path(__file__).with_name("configs")
 
 # --------------------------------------------------------------------------------------------------
@@ -160,9 +159,6 @@ class StudyConfig:
         }
 
 
-_TOP_KEYS = {"name", "data", "train", "train_filters", "recipes", "seeds", "test", "report", "resources"}
-
-
 def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     """Read and validate a study YAML file.
 
@@ -187,30 +183,6 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
 
 def _err(source: str, key: str, msg: str) -> InputError:
     return InputError(f"{source}: key '{key}': {msg}")
-
-
-def _as_int_list(value: Any, source: str, key: str, lo: int, hi: int) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise _err(source, key, "expected a non-empty list of integers")
-    out: list[int] = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise _err(source, key, f"expected integers, got {v!r}")
-        if not lo <= v <= hi:
-            raise _err(source, key, f"{v} is outside {lo}..{hi}")
-        if v in out:
-            raise _err(source, key, f"{v} is listed twice")
-        out.append(v)
-    return tuple(out)
-
-
-def _known_corruptions() -> set[str]:
-    """Names in the corruption registry."""
-    from medaudit.texture import filters
-
-    return set(filters.list_corruptions())
 
 
 def _typed_train(train: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -246,81 +218,47 @@ _STUDY_OWNED_TRAIN_FIELDS = (
     "data_options",
 )
 # TrainConfig fields that describe the data: they go under 'data' (shared by every task).
-_DATA_FIELDS = (
-    "label_set",
-    "spacing",
-    "n_subjects",
-    "phantom_spacing",
-    "cache_dir",
-    "val_fraction",
-    "test_fraction",
-    "split_seed",
-    "small_policy",
-)
-_SOURCES = tuple(DataSource)
+_DATA_FIELDS = DATA_FIELDS  # one home: the config schema
 
 
 def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
-    """Validate a config mapping (the parsed YAML) and return a :class:`StudyConfig`."""
+    """Validate a config mapping (the parsed YAML) with :class:`.config.StudyFile`; a :class:`StudyConfig`."""
+    from pydantic import ValidationError
+
+    from medaudit.configfile import validation_error
+    from medaudit.studies.texture_robustness.config import StudyFile
+
     if not isinstance(raw, Mapping):
         raise InputError(f"{source}: a study config must be a mapping of keys (name, data, train, ...)")
-    unknown = sorted(set(raw) - _TOP_KEYS)
-    if unknown:
-        raise _err(source, unknown[0], f"unknown key; allowed: {', '.join(sorted(_TOP_KEYS))}")
-    for key in ("data", "train_filters", "test"):
-        if key not in raw:
-            raise _err(source, key, "required key is missing")
-    name = raw.get("name", Path(source).stem)
-    if not isinstance(name, str) or not name.strip():
-        raise _err(source, "name", "expected a non-empty string")
-    known = _known_corruptions()
-    test = _parse_test(raw["test"], source, known)
-    boot, cpus, gpus = _parse_resources(raw, source)
+    try:
+        f = StudyFile.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise validation_error(exc, source) from None
+    filters = [FilterSpec(m.name, tuple(m.severities)) for m in f.train_filters]
+    if not any(x.name == BASELINE for x in filters):
+        filters.insert(0, FilterSpec(BASELINE, (0,)))  # the clean baseline is always part of a study
+    data = DataSpec(
+        source=str(f.data.source), path=f.data.path, options=dict(f.data.options), settings=f.data.settings()
+    )
     cfg = StudyConfig(
-        name=name.strip(),
-        data=_parse_data(raw["data"], source),
-        train=_parse_train(raw.get("train") or {}, source),
-        train_filters=_parse_filters(raw["train_filters"], source, known),
-        seeds=_as_int_list(raw.get("seeds", [0]), source, "seeds", 0, 2**31 - 1),
-        test_corruptions=test["corruptions"],
-        test_severities=test["severities"],
-        eval_seed=test["seed"],
-        eval_group=test["group"],
-        recipes=parse_recipes(raw.get("recipes"), source),
-        severity_version=test["severity_version"],
-        bootstrap=boot,
-        cpus_per_task=cpus,
-        gpus_per_task=gpus,
+        name=(f.name or Path(source).stem).strip(),
+        data=data,
+        train=_parse_train(f.train, source),
+        train_filters=tuple(filters),
+        seeds=tuple(f.seeds),
+        test_corruptions=tuple(f.test.corruptions),
+        test_severities=tuple(f.test.severities),
+        eval_seed=f.test.seed,
+        eval_group=f.test.group,
+        recipes=parse_recipes(f.recipes, source),
+        severity_version=int(f.test.severity_version),
+        bootstrap=f.report.bootstrap,
+        cpus_per_task=f.resources.cpus_per_task,
+        gpus_per_task=f.resources.gpus_per_task,
         source=source,
     )
     _check_trainable(cfg, source)
     return cfg
-
-
-def _parse_data(d: Any, source: str) -> DataSpec:
-    """The data source: mni-phantom, or dhcp / folder / csv with a path that is not a placeholder."""
-    if not isinstance(d, Mapping):
-        raise _err(source, "data", "expected a mapping with 'source' (and 'path' / 'options')")
-    allowed = {"source", "path", "options", *_DATA_FIELDS}
-    bad = sorted(set(d) - allowed)
-    if bad:
-        raise _err(source, f"data.{bad[0]}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-    src = d.get("source")
-    if src not in _SOURCES:
-        raise _err(source, "data.source", f"expected one of {', '.join(_SOURCES)}, got {src!r}")
-    dpath = d.get("path")
-    if dpath is not None and not isinstance(dpath, str):
-        raise _err(source, "data.path", "expected a path string")
-    if src != "mni-phantom" and not dpath:
-        raise _err(source, "data.path", f"data source '{src}' needs a path (set it to your dataset root)")
-    if dpath and "CHANGE_ME" in dpath:
-        raise _err(source, "data.path", f"placeholder '{dpath}' not set; point it at your dataset root")
-    opts = d.get("options") or {}
-    if not isinstance(opts, Mapping):
-        raise _err(source, "data.options", "expected a mapping of reader options")
-    return DataSpec(
-        source=src, path=dpath, options=dict(opts), settings={k: d[k] for k in _DATA_FIELDS if k in d}
-    )
 
 
 def _parse_train(train: Any, source: str) -> dict[str, Any]:
@@ -342,107 +280,6 @@ def _parse_train(train: Any, source: str) -> dict[str, Any]:
         raise _err(source, "train.mode", "expected 'filtered' (the study's protocol) or 'online'")
 
     return _typed_train(train, source)
-
-
-def _parse_filters(tf: Any, source: str, known: set[str]) -> tuple[FilterSpec, ...]:
-    """Training filters with their strengths; the clean baseline is always added."""
-    if not isinstance(tf, list) or not tf:
-        raise _err(source, "train_filters", "expected a non-empty list of {name, severities}")
-    filters: list[FilterSpec] = []
-    for i, item in enumerate(tf):
-        key = f"train_filters[{i}]"
-        if isinstance(item, str):
-            item = {"name": item}
-        if not isinstance(item, Mapping) or "name" not in item:
-            raise _err(source, key, "expected a mapping with 'name' and 'severities'")
-        bad = sorted(set(item) - {"name", "severities"})
-        if bad:
-            raise _err(source, f"{key}.{bad[0]}", "unknown key; allowed: name, severities")
-        fname = item["name"]
-        if not isinstance(fname, str):
-            raise _err(source, f"{key}.name", "expected a string")
-        if fname == BASELINE:
-            if item.get("severities") not in (None, [0], 0):
-                raise _err(source, f"{key}.severities", "the 'none' baseline has no strength")
-            sev: tuple[int, ...] = (0,)
-        else:
-            if fname not in known:
-                raise _err(
-                    source, f"{key}.name", f"unknown filter '{fname}'; known: {', '.join(sorted(known))}"
-                )
-            if "severities" not in item:
-                raise _err(source, f"{key}.severities", "required key is missing (strengths 1..5)")
-            sev = _as_int_list(item["severities"], source, f"{key}.severities", 1, 5)
-        if any(f.name == fname for f in filters):
-            raise _err(source, f"{key}.name", f"filter '{fname}' is listed twice")
-        filters.append(FilterSpec(fname, sev))
-    if not any(f.name == BASELINE for f in filters):
-        filters.insert(0, FilterSpec(BASELINE, (0,)))  # the clean baseline is always part of a study
-
-    return tuple(filters)
-
-
-def _parse_test(t: Any, source: str, known: set[str]) -> dict[str, Any]:
-    """The test grid: corruptions x severities, the corruption seed, task grouping, severity table."""
-    if not isinstance(t, Mapping):
-        raise _err(source, "test", "expected a mapping with 'corruptions' and 'severities'")
-    bad = sorted(set(t) - {"corruptions", "severities", "seed", "group", "severity_version"})
-    if bad:
-        raise _err(
-            source,
-            f"test.{bad[0]}",
-            "unknown key; allowed: corruptions, severities, seed, group, severity_version",
-        )
-    sver = t.get("severity_version", 2)
-    if sver not in (1, 2):
-        raise _err(source, "test.severity_version", "expected 1 (the old table) or 2 (physical levels)")
-    corr = t.get("corruptions")
-    if not isinstance(corr, list) or not corr or not all(isinstance(c, str) for c in corr):
-        raise _err(source, "test.corruptions", "expected a non-empty list of corruption names")
-    if len(set(corr)) != len(corr):
-        raise _err(source, "test.corruptions", "a corruption is listed twice")
-    for c in corr:
-        if c == BASELINE:
-            raise _err(source, "test.corruptions", "'none' (clean) is always evaluated; do not list it")
-        if c not in known:
-            raise _err(
-                source, "test.corruptions", f"unknown corruption '{c}'; known: {', '.join(sorted(known))}"
-            )
-    tsev = _as_int_list(t.get("severities", list(SEVERITIES)), source, "test.severities", 1, 5)
-    eseed = t.get("seed", 0)
-    if isinstance(eseed, bool) or not isinstance(eseed, int) or eseed < 0:
-        raise _err(source, "test.seed", "expected a non-negative integer")
-    group = t.get("group", "model")
-    if group not in ("model", "corruption"):
-        raise _err(source, "test.group", "expected 'model' (one task per model) or 'corruption'")
-
-    return {
-        "corruptions": tuple(corr),
-        "severities": tsev,
-        "seed": int(eseed),
-        "group": group,
-        "severity_version": int(sver),
-    }
-
-
-def _parse_resources(raw: Mapping[str, Any], source: str) -> tuple[int, float, float]:
-    """``report.bootstrap`` and ``resources.cpus_per_task`` / ``gpus_per_task``."""
-    rep = raw.get("report") or {}
-    if not isinstance(rep, Mapping) or set(rep) - {"bootstrap"}:
-        raise _err(source, "report", "expected a mapping with 'bootstrap' only")
-    boot = rep.get("bootstrap", 2000)
-    if isinstance(boot, bool) or not isinstance(boot, int) or boot < 1:
-        raise _err(source, "report.bootstrap", "expected a positive integer")
-
-    res = raw.get("resources") or {}
-    if not isinstance(res, Mapping) or set(res) - {"cpus_per_task", "gpus_per_task"}:
-        raise _err(source, "resources", "expected a mapping with 'cpus_per_task' / 'gpus_per_task'")
-    cpus, gpus = res.get("cpus_per_task", 1.0), res.get("gpus_per_task", 0.0)
-    for k, v in (("cpus_per_task", cpus), ("gpus_per_task", gpus)):
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-            raise _err(source, f"resources.{k}", "expected a non-negative number")
-
-    return int(boot), float(cpus), float(gpus)
 
 
 def _check_trainable(cfg: StudyConfig, source: str) -> None:
