@@ -109,10 +109,7 @@ class AuditResult:
 def _make_slicer(config: AuditConfig, n_cases: int) -> Any:
     from medaudit.audit.slicers import get_slicer
 
-    try:
-        slicer = get_slicer(config.slicer)
-    except KeyError as exc:
-        raise InputError(f"unknown slicer '{config.slicer}' ({exc})") from exc
+    slicer = get_slicer(config.slicer)  # an unknown name is an InputError
     accepted = set(slicer.get_params(deep=False))
     params: dict[str, Any] = {}
     for attr, name in _SLICER_PARAMS.items():
@@ -161,24 +158,16 @@ def _encode(
         elif m in config.embeddings:
             out[m] = load_embeddings(config.embeddings[m], ids, ignore_ids=table.skipped_ids)
         else:
-            from medaudit.audit.encoders import encode_cached, get_encoder
+            from medaudit.audit.encoders import encode_cached, encoder_accepts, get_encoder
 
             name = config.encoders.get(m, DEFAULT_ENCODERS[m])
-            user_kw = dict(config.encoder_kwargs.get(m, {}))
-            attempts = [user_kw]
-            if config.device is not None and "device" not in user_kw:
-                # encoders without a torch model (tf-idf, tabular) take no device: retry without it
-                attempts.insert(0, {**user_kw, "device": config.device})
-            encoder = None
-            for i, kw in enumerate(attempts):
-                try:
-                    encoder = get_encoder(m, name, **kw)
-                    break
-                except KeyError as exc:
-                    raise InputError(f"unknown {m} encoder '{name}' ({exc})") from exc
-                except TypeError as exc:
-                    if i == len(attempts) - 1:
-                        raise InputError(f"{m} encoder '{name}': {exc}") from exc
+            kw = dict(config.encoder_kwargs.get(m, {}))
+            if config.device is not None and "device" not in kw and encoder_accepts(m, name, "device"):
+                kw["device"] = config.device  # encoders without a torch model (tf-idf, tabular) take none
+            try:
+                encoder = get_encoder(m, name, **kw)  # an unknown name is an InputError
+            except TypeError as exc:  # a keyword the encoder does not take (--encoder-opt)
+                raise InputError(f"{m} encoder '{name}': {exc}") from exc
             if m == "image":
                 inputs: Any = table.df["image"].tolist()
             elif m == "report":

@@ -71,6 +71,17 @@ def register_encoder(modality: str, name: str) -> Callable[[Callable[..., Encode
     return deco
 
 
+def encoder_accepts(modality: str, name: str, param: str) -> bool:
+    """Whether the encoder registered as ``(modality, name)`` takes the keyword ``param``."""
+    import inspect
+
+    factory = _REGISTRY.get(modality, {}).get(name)
+    if factory is None:
+        return False
+    params = inspect.signature(factory).parameters
+    return param in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def get_encoder(modality: str, name: str | None = None, **kw: Any) -> Encoder:
     """Build the encoder registered as ``(modality, name)`` (``name=None`` = the modality's default)."""
     if modality not in _REGISTRY:
