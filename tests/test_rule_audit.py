@@ -126,3 +126,20 @@ def test_merge_and_size_aware_ranking() -> None:
     dup[1252:1300] = True  # Jaccard 300/348 with `large`
     kept, linked = merge_ranked([large, small, dup], [ev_large["log10_p"], ev_small["log10_p"], -1.0])
     assert kept[0] == 1 and len(kept) == 2 and linked[kept[1]][0][0] in (0, 2)
+
+
+def test_slice_evidence_against_class_rates() -> None:
+    """With the labels, a slice of positives is judged against the positives' error rate: a slice
+    that only shares its class's high error rate has no excess; the overall-rate null would call it
+    strong."""
+    n = 2000
+    labels = np.zeros(n, dtype=int)
+    labels[:200] = 1
+    errors = np.zeros(n, dtype=bool)
+    errors[:100] = True  # positives: 50% errors
+    errors[200:300] = True  # negatives: 100 of 1800
+    pos = labels == 1
+    strat, plain = slice_evidence(pos, errors, labels), slice_evidence(pos, errors)
+    assert strat["excess_errors"] == pytest.approx(0.0) and strat["p_value"] > 0.4
+    assert plain["excess_errors"] > 70 and plain["p_value"] < 1e-20
+    assert strat["expected_errors"] == pytest.approx(100.0)

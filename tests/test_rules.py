@@ -96,3 +96,57 @@ def test_best_rule_describes_members() -> None:
     assert d is not None and sorted(d["rule"]) == ["f3", "f7", "label = 0"]
     assert d["coverage"] == 1.0 and d["precision"] == 1.0
     assert best_rule(df, np.zeros(len(df), dtype=bool)) is None
+
+
+def _class_level_failure(seed: int = 3) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """Positives are missed half the time everywhere (a class-level failure); among negatives, a
+    device attribute triples the error rate (the slice)."""
+    rng = np.random.default_rng(seed)
+    n = 4000
+    y = (rng.random(n) < 0.15).astype(int)
+    x = rng.random((n, 15)) < 0.2
+    err = np.where(y == 1, rng.random(n) < 0.5, rng.random(n) < 0.06)
+    planted = x[:, 2] & (y == 0)
+    err[planted] = rng.random(planted.sum()) < 0.2
+    df = pd.DataFrame(x, columns=[f"f{j}" for j in range(15)])
+    df["label = 0"], df["label = 1"] = y == 0, y == 1
+    return df, y, np.where(err, 1 - y, y), planted
+
+
+def test_class_level_failure_is_not_a_slice() -> None:
+    """'label = 1' alone (positives missed everywhere) is never a slice; ranked against its classes'
+    error rates, the negatives' device slice comes before restatements of the class-level failure
+    ('fj ∧ label = 1'), which the overall-rate ranking (stratify=False) puts first."""
+    df, y, pred, planted = _class_level_failure()
+    s = RuleSlicer(n_slices=3).fit(df, y, pred)
+    assert all(r != ["label = 1"] for r in s.rules_)
+    assert "f2" in s.rules_[0] and "label = 1" not in s.rules_[0]
+    assert s.class_error_rates_[1] > 0.4 > 0.1 > s.class_error_rates_[0]
+    m = s.predict_proba(df, y, pred)[:, 0].astype(bool)
+    assert (m & planted).sum() / m.sum() > 0.75
+    assert s.slice_class_pvalue_[0] < 1e-6
+    plain = RuleSlicer(n_slices=3, stratify=False).fit(df, y, pred)
+    assert "label = 1" in plain.rules_[0]  # a restatement of the class-level failure comes first
+
+
+def test_class_expected_errors_match_class_rates() -> None:
+    df, y, pred, _ = _class_level_failure(seed=4)
+    s = RuleSlicer(n_slices=2).fit(df, y, pred)
+    err = pred != y
+    rates = np.array([err[y == c].mean() for c in (0, 1)])
+    for k, rule in enumerate(s.rules_):
+        m = df[rule].to_numpy(bool).all(axis=1)
+        assert s.slice_class_expected_[k] == pytest.approx(rates[y[m]].sum())
+        assert s.slice_expected_[k] == pytest.approx(m.sum() * err.mean())
+
+
+def test_one_ngram_per_rule() -> None:
+    """Open-vocabulary n-grams join other predicates, never each other."""
+    df, y, pred, planted = _data(n=2000, p=12)
+    df = df.rename(columns={c: f'report says "{c}"' for c in df.columns if c.startswith("f")})
+    s = RuleSlicer(n_slices=5).fit(df, y, pred)
+    assert all(sum(t.startswith("report says") for t in r) <= 1 for r in s.rules_)
+    d = best_rule(df, planted, max_level=3)
+    assert d is not None and sum(t.startswith("report says") for t in d["rule"]) <= 1
+    unlimited = RuleSlicer(n_slices=5, group_limits={}).fit(df, y, pred)
+    assert sorted(unlimited.rules_[0]) == ["label = 0", 'report says "f3"', 'report says "f7"']

@@ -11,7 +11,8 @@ slices) and ``explanation.headline`` / ``explanation.rule`` / ``explanation.conc
       "created": "2026-11-28T14:00:00+00:00",
       "config": {...},                       # the AuditConfig, JSON-serialised
       "counts": {"cases": n, "skipped_rows": s, "skipped_reasons": {...}, "errors": e,
-                 "error_rate": e / n, "positives": p, "predicted_positives": q},
+                 "error_rate": e / n, "positives": p, "predicted_positives": q,
+                 "by_class": {"0": {"cases": ..., "errors": ..., "error_rate": ...}, "1": {...}}},
       "membership_rule": "...",
       "slices": [ {"rank": 1, "name": "slice_1", "size": ..., "soft_size": ..., "error_rate": ...,
                    "error_ci": [lo, hi], "soft_error_rate": ..., "slicer_error": ...,

@@ -292,10 +292,12 @@ _RANKING_NOTE = {
     "mixture": "the mixture slicer's rank_by rule",
     "kmeans": "the k-means slicer's order",
     "rules": "rule search order: each rule is the most significant on the cases not covered by "
-    "the rules above it (exact one-sided binomial test, Benjamini-Hochberg over every rule tried)",
+    "the rules above it (exact one-sided binomial test against the error rates of its members' "
+    "classes, Benjamini-Hochberg over every rule tried)",
     "both": "one list of mixture and rule slices ranked by the one-sided binomial p-value of their "
-    "members' errors against the overall error rate (evidence.p_value; size-aware: purity and size "
-    "both count); slices with member Jaccard >= merge_jaccard merged into the better one (linked)",
+    "members' errors against the errors their classes predict (evidence.p_value; size-aware: purity "
+    "and size both count; a class-level failure is shown as per-class error rates, not as a slice); "
+    "slices with member Jaccard >= merge_jaccard merged into the better one (linked)",
 }
 
 
@@ -376,7 +378,7 @@ def _rank_slices(
     errors = table.errors
     masks = [scores[:, j] > config.membership_threshold for j in range(scores.shape[1])]
     for sl, m in zip(slices, masks, strict=True):
-        sl["evidence"] = rule_audit.slice_evidence(m, errors)
+        sl["evidence"] = rule_audit.slice_evidence(m, errors, table.df["label"].to_numpy())
     order = list(range(len(slices)))
     linked: dict[int, list[tuple[int, float]]] = {i: [] for i in order}
     if family == "both":
@@ -537,7 +539,22 @@ def _counts(table: CaseTable) -> dict[str, Any]:
         "error_rate": float(errors.mean()) if n else None,
         "positives": int(table.df["label"].sum()),
         "predicted_positives": int(table.df["pred"].sum()),
+        "by_class": _class_errors(table.df["label"].to_numpy(), errors),
     }
+
+
+def _class_errors(labels: np.ndarray, errors: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per true class: cases, errors, error rate: the class-level failure that slices are judged
+    against (a classifier missing most positives is one finding, not a slice)."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in np.unique(labels):
+        m = labels == c
+        out[str(c)] = {
+            "cases": int(m.sum()),
+            "errors": int(errors[m].sum()),
+            "error_rate": float(errors[m].mean()),
+        }
+    return out
 
 
 def _write_outputs(

@@ -21,9 +21,21 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["build_predicates", "concept_predicates", "metadata_predicates"]
+__all__ = ["build_predicates", "concept_predicates", "metadata_predicates", "predicate_group"]
 
 _CONCEPT_STATES = ((1, "report mentions {}"), (-1, "report denies {}"), (2, "report is uncertain about {}"))
+
+
+def predicate_group(name: str) -> str:
+    """The family of a predicate, from its name: ``ngram`` (``report says "..."``), ``label``,
+    ``concept`` (``report mentions|denies|is uncertain about ...``) or ``metadata``."""
+    if name.startswith('report says "'):
+        return "ngram"
+    if name.startswith("label = "):
+        return "label"
+    if name.startswith(("report mentions ", "report denies ", "report is uncertain about ")):
+        return "concept"
+    return "metadata"
 
 
 def _fmt(x: float) -> str:

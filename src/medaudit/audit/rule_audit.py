@@ -10,8 +10,10 @@ the single ranked list of embedding (mixture) and rule slices.
 * :func:`merge_ranked`: one list ranked by the evidence of excess errors, overlapping slices merged.
 
 Ranking across families. Every slice, whatever found it, is scored on its members with the same
-exact one-sided binomial test of its error count against the overall error rate
-(:func:`medaudit.audit.slicers.rules.rule_log_pvalues`); the list is sorted by that p-value. The test
+exact one-sided binomial test of its error count against the errors its members' classes predict
+(the class-stratified null of the rule slicer, :func:`slice_evidence`); the list is sorted by that
+p-value. A class-level failure (most positives missed) is therefore not a slice; the audit reports it
+as per-class error rates. The test
 needs both purity and size: a 20-case slice with 15 errors at a 10% base rate (p ~ 1e-10) ranks above
 a 300-case slice at 16% (p ~ 1e-3), and a large slice with many excess errors still ranks first.
 
@@ -149,14 +151,32 @@ def describe_slice(
     return desc
 
 
-def slice_evidence(mask: np.ndarray, errors: np.ndarray) -> dict[str, float]:
-    """Members' errors against the overall rate: excess errors and the one-sided binomial p-value."""
+def slice_evidence(
+    mask: np.ndarray, errors: np.ndarray, classes: np.ndarray | None = None
+) -> dict[str, float]:
+    """Members' errors against what their classes predict (``classes``: the true labels; the
+    class-stratified null of :class:`~medaudit.audit.slicers.rules.RuleSlicer`), or against the
+    overall error rate without ``classes``: expected and excess errors and the one-sided binomial
+    p-value at the members' mean null rate."""
     m = np.asarray(mask, dtype=bool)
     e = np.asarray(errors, dtype=bool)
     size, k = int(m.sum()), int((e & m).sum())
-    logp = float(rule_log_pvalues(np.array([k]), np.array([size]), len(e), int(e.sum()))[0]) if size else 0.0
+    if classes is None:
+        expected = size * float(e.mean()) if len(e) else 0.0
+    else:
+        c = np.asarray(classes)
+        _, inv = np.unique(c, return_inverse=True)
+        rate = np.bincount(inv, weights=e.astype(float)) / np.bincount(inv)
+        expected = float(rate[inv[m]].sum())
+    rate_m = np.array([expected / size if size else 0.0])
+    logp = (
+        float(rule_log_pvalues(np.array([k]), np.array([size]), len(e), int(e.sum()), rate_m)[0])
+        if size
+        else 0.0
+    )
     return {
-        "excess_errors": k - size * float(e.mean()),
+        "expected_errors": expected,
+        "excess_errors": k - expected,
         "p_value": float(np.exp(logp)),
         "log10_p": logp / float(np.log(10.0)),
     }

@@ -1,7 +1,8 @@
 """The embedded *phantom cohort*: real Open-i reports, labels and metadata, one rendered radiograph each.
 
 Real: the 3,955 Indiana University (Open-i) radiology reports bundled with torchxrayvision (the 3,927 with FINDINGS or IMPRESSION text; FINDINGS,
-IMPRESSION, MeSH), the labels derived from them (:mod:`medaudit.data.cxr.openi`), and each study's DICOM
+IMPRESSION, MeSH), the labels read from them by the audit's concept extractor OR-ed with their MeSH
+headings (:mod:`medaudit.data.phantom_labels`), and each study's DICOM
 metadata (view position, age from birth and study dates, patient id) for one of its images chosen under
 the seed. Simulated: the pixels, rendered by :mod:`medaudit.data.phantom_render` from a real PA radiograph
 and real lung masks so that what the report says can be seen. See ``docs/phantom_cxr.md``.
@@ -23,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medaudit.audit.concepts import extract_concepts
 from medaudit.data.cxr.openi import OPENI_LABELS, load_openi_dicom_metadata, load_openi_reports
+from medaudit.data.phantom_labels import concept_device_kinds, concept_labels
 from medaudit.errors import InputError
 from medaudit.io import atomic_save
 from medaudit.progress import make_progress
 
-COHORT_VERSION = "v2"
+COHORT_VERSION = "v3"  # v3: labels and device kinds from the concept extractor (phantom_labels)
 #: Metadata columns of the cohort (what a metadata encoder may see).
 METADATA_COLUMNS: tuple[str, ...] = ("view_position", "frontal_lateral", "age", "sex")
 LABEL_COLUMNS: tuple[str, ...] = OPENI_LABELS
@@ -78,8 +81,10 @@ def cohort_table(cache_dir: str | Path, seed: int = 0, image_size: int = 128) ->
             flat.append("Frontal")
             pids.append("")
     df = pd.DataFrame({"id": "openi-" + rep["report_id"].astype(str)})
+    codes = extract_concepts(rep["report"].tolist())
+    labels = concept_labels(codes, rep["mesh_major"].tolist())
     for lab in LABEL_COLUMNS:
-        df[lab] = rep[lab].astype(int)
+        df[lab] = labels[lab].to_numpy()
     df["image"] = [str(root / "images" / f"{i}.png") for i in df["id"]]
     df["report"] = rep["report"]
     df["view_position"] = views
@@ -97,6 +102,7 @@ def cohort_table(cache_dir: str | Path, seed: int = 0, image_size: int = 128) ->
     ]
     for c in hint_cols:
         df[c] = rep[c]
+    df["device_kinds"] = concept_device_kinds(codes, rep["mesh_major"].tolist())
     df["render_seed"] = np.arange(len(df), dtype=np.int64)
     root.mkdir(parents=True, exist_ok=True)
     with atomic_save(table) as tmp:

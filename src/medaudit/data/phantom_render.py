@@ -10,7 +10,7 @@ scale, rotation, exposure (gamma, contrast), blur and noise, and the findings a 
 * ``opacity`` / ``atelectasis`` / ``edema`` / ``nodule`` / ``pneumothorax`` / ``emphysema``: blobs, plate-like
   bands, perihilar haze, a small dense nodule, an apical lucency without markings, darker lungs;
 * ``support_devices``: metal-bright hardware of the kinds the report names (pacemaker box and leads,
-  central lines / PICC, endotracheal and nasogastric tubes);
+  central lines / PICC, endotracheal and nasogastric tubes, sternotomy wires and clips, ports);
 * ``AP`` views: magnified heart, shallower inspiration, a bright "portable" side marker, noisier exposure;
 * ``LATERAL`` views: a distinct lateral geometry (spine posterior, sternum anterior, one overlapped lung
   field, heart anterior-inferior, posterior costophrenic sulcus).
@@ -321,7 +321,8 @@ def _lateral_view(c: _Canvas) -> np.ndarray:
 
 
 def _devices(c: _Canvas, img: np.ndarray, lateral: bool) -> np.ndarray:
-    """Support devices: metal-bright hardware (pacemaker and leads, central lines, tubes)."""
+    """Support devices: metal-bright hardware (pacemaker and leads, central lines, tubes, sternotomy
+    wires and clips, ports)."""
     n, s, yy, xx, rng, hints, mid = c.n, c.s, c.yy, c.xx, c.rng, c.case, c.mid
     kinds = [k for k in str(hints.get("device_kinds", "") or "").split("|") if k] or [
         str(rng.choice(["line", "pacemaker", "tube"]))
@@ -358,8 +359,41 @@ def _devices(c: _Canvas, img: np.ndarray, lateral: bool) -> np.ndarray:
             if rng.random() < 0.5:  # nasogastric tube down to the stomach
                 pts = np.array([[0.0, x0 + 3 * s], [0.5 * n, x0 + 4 * s], [0.85 * n, mid + 0.15 * n]])
                 _polyline(metal, pts, 0.75, 0.5 * s)
+        elif kind == "wires":
+            _sternal_wires(c, metal, lateral)
+        elif kind == "port":
+            _port(c, metal)
     img = np.maximum(img, metal * rng.uniform(0.85, 1.05) + img * (1 - metal) * 0.3)
     return img
+
+
+def _sternal_wires(c: _Canvas, metal: np.ndarray, lateral: bool) -> None:
+    """Median sternotomy wires (a column of small loops over the sternum) and a few surgical clips."""
+    n, s, yy, xx, rng, mid = c.n, c.s, c.yy, c.xx, c.rng, c.mid
+    x0 = 0.2 * n if lateral else mid + rng.uniform(-1.5, 1.5) * s
+    for k in range(int(rng.integers(4, 7))):
+        cy = (0.24 + 0.065 * k) * n + rng.normal(0, 0.5 * s)
+        ring = np.abs(np.hypot((yy - cy) / (1.8 * s), (xx - x0) / (3.0 * s)) - 1.0) < 0.45
+        metal[ring] = 1.0
+    # clips: bright dashes along the heart borders and the hila, where the lungs give them contrast
+    # (the wires themselves project over the spine and mediastinum and barely show on a frontal film)
+    for _ in range(int(rng.integers(5, 10))):
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        cy, cx = rng.uniform(0.25, 0.65) * n, x0 + side * rng.uniform(0.1, 0.22) * n
+        ang = rng.uniform(0, np.pi)
+        pts = np.array([[cy, cx], [cy + 4.0 * s * np.sin(ang), cx + 4.0 * s * np.cos(ang)]])
+        _polyline(metal, pts, 1.0, 0.8 * s)
+
+
+def _port(c: _Canvas, metal: np.ndarray) -> None:
+    """A chest port: a round reservoir below the clavicle with its catheter to the cava."""
+    n, s, yy, xx, rng, mid = c.n, c.s, c.yy, c.xx, c.rng, c.mid
+    right = rng.random() < 0.5
+    py, px = rng.uniform(0.2, 0.27) * n, (0.25 if right else 0.75) * n
+    disc = np.hypot(yy - py, xx - px) < 3.5 * s
+    metal[disc] = np.maximum(metal[disc], 0.9)
+    pts = np.array([[py, px], [0.2 * n, 0.5 * (px + mid)], [0.38 * n, mid - 0.03 * n]])
+    _polyline(metal, pts + rng.normal(0, 1.0 * s, pts.shape), 0.85, 0.5 * s)
 
 
 def _geometry(c: _Canvas, img: np.ndarray, ap: bool) -> np.ndarray:

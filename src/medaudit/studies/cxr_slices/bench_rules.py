@@ -106,10 +106,14 @@ def fit_rules(
 
 
 def merge_ranked(
-    blocks: Sequence[np.ndarray], rules: Sequence[Sequence[list[str]]], errors: np.ndarray
+    blocks: Sequence[np.ndarray],
+    rules: Sequence[Sequence[list[str]]],
+    errors: np.ndarray,
+    labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
     """The audit's one ranked list (``--slicer both``): every non-empty slice of every block ranked by
-    the binomial evidence of its members' errors, overlapping ones merged at the audit's Jaccard
+    the binomial evidence of its members' errors (against their classes' error rates when
+    ``labels`` are given), overlapping ones merged at the audit's Jaccard
     threshold (:func:`medaudit.audit.rule_audit.merge_ranked`)."""
     from medaudit.audit.pipeline import AuditConfig
     from medaudit.audit.rule_audit import merge_ranked as product_merge
@@ -124,7 +128,7 @@ def merge_ranked(
     if not cols:
         return np.zeros((len(errors), 1)), [[]]
     masks = [c > 0.5 for c in cols]
-    logp = [slice_evidence(m, errors)["log10_p"] for m in masks]
+    logp = [slice_evidence(m, errors, labels)["log10_p"] for m in masks]
     order, _ = product_merge(masks, logp, AuditConfig().merge_jaccard)
     return np.stack([cols[j] for j in order], axis=1), [names[j] for j in order]
 

@@ -582,7 +582,7 @@ def _rule_rows(
         if v == "rules+mixture":
             if mix_scores is None:
                 raise InputError(f"rules+mixture needs the variant {config.rules_mixture_variant}")
-            scores, rules = br.merge_ranked([r_scores, mix_scores], [r_rules, []], errors)
+            scores, rules = br.merge_ranked([r_scores, mix_scores], [r_rules, []], errors, y)
         row = {**base, **common, "variant": v, "n_modalities": 0, "method": "medaudit", "fit_s": fit_s}
         row.update(_score_rows(scores, scen, probs))
         row.update(_explanation_hit(pred_run, scores, rules[0], scen))
