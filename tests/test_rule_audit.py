@@ -143,3 +143,19 @@ def test_slice_evidence_against_class_rates() -> None:
     assert strat["excess_errors"] == pytest.approx(0.0) and strat["p_value"] > 0.4
     assert plain["excess_errors"] > 70 and plain["p_value"] < 1e-20
     assert strat["expected_errors"] == pytest.approx(100.0)
+
+
+def test_merged_finding_is_shown_as_its_rule() -> None:
+    """An embedding slice and a rule slice over the same cases are one finding, at the embedding
+    slice's (better) rank, represented by the readable rule."""
+    n = 400
+    emb = np.zeros(n, dtype=bool)
+    emb[:40] = True
+    rule = np.zeros(n, dtype=bool)
+    rule[5:45] = True  # Jaccard 35/45
+    other = np.zeros(n, dtype=bool)
+    other[200:230] = True
+    kept, linked = merge_ranked([emb, other, rule], [-9.0, -5.0, -7.0], readable=[False, False, True])
+    assert kept == [2, 1] and linked[2][0][0] == 0
+    kept, _ = merge_ranked([emb, other, rule], [-9.0, -5.0, -7.0])
+    assert kept == [0, 1]

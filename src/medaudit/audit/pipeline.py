@@ -297,7 +297,8 @@ _RANKING_NOTE = {
     "both": "one list of mixture and rule slices ranked by the one-sided binomial p-value of their "
     "members' errors against the errors their classes predict (evidence.p_value; size-aware: purity "
     "and size both count; a class-level failure is shown as per-class error rates, not as a slice); "
-    "slices with member Jaccard >= merge_jaccard merged into the better one (linked)",
+    "slices with member Jaccard >= merge_jaccard merged into one finding at the rank of the better one, "
+    "shown as the rule slice when one is among them (the others linked)",
 }
 
 
@@ -383,7 +384,8 @@ def _rank_slices(
     linked: dict[int, list[tuple[int, float]]] = {i: [] for i in order}
     if family == "both":
         logp = [sl["evidence"]["log10_p"] for sl in slices]
-        order, linked = rule_audit.merge_ranked(masks, logp, config.merge_jaccard)
+        readable = [sl.get("family") == "rules" for sl in slices]
+        order, linked = rule_audit.merge_ranked(masks, logp, config.merge_jaccard, readable)
         order = order[: config.n_slices]
     out = []
     for rank, j in enumerate(order, start=1):

@@ -183,28 +183,41 @@ def slice_evidence(
 
 
 def merge_ranked(
-    masks: list[np.ndarray], log10_p: Sequence[float], threshold: float = MERGE_JACCARD
+    masks: list[np.ndarray],
+    log10_p: Sequence[float],
+    threshold: float = MERGE_JACCARD,
+    readable: Sequence[bool] | None = None,
 ) -> tuple[list[int], dict[int, list[tuple[int, float]]]]:
     """Rank slices by ``log10_p`` (ascending) and merge those with member Jaccard >= ``threshold``.
+
+    A merged group keeps the rank of its best member. Its representative is that best member, unless
+    ``readable`` marks another member of the group (a rule slice) and not the best one: a finding that a
+    rule describes is shown as the rule, with the embedding slice listed under ``linked``.
 
     Returns the kept indices in rank order and, per kept index, the merged ``(index, jaccard)`` pairs.
     """
     order = sorted(range(len(masks)), key=lambda i: (log10_p[i], i))
+    readable = list(readable) if readable is not None else [False] * len(masks)
     kept: list[int] = []
     linked: dict[int, list[tuple[int, float]]] = {}
     for i in order:
         target = None
-        for k in kept:
+        for pos, k in enumerate(kept):
             union = int((masks[i] | masks[k]).sum())
             jac = int((masks[i] & masks[k]).sum()) / union if union else 0.0
             if jac >= threshold:
-                target = (k, jac)
+                target = (pos, k, jac)
                 break
         if target is None:
             kept.append(i)
             linked[i] = []
+            continue
+        pos, k, jac = target
+        if readable[i] and not readable[k]:  # the rule represents the finding at the same rank
+            kept[pos] = i
+            linked[i] = [(k, jac), *linked.pop(k)]
         else:
-            linked[target[0]].append((i, target[1]))
+            linked[k].append((i, jac))
     return kept, linked
 
 

@@ -119,17 +119,18 @@ def merge_ranked(
     from medaudit.audit.rule_audit import merge_ranked as product_merge
     from medaudit.audit.rule_audit import slice_evidence
 
-    cols, names = [], []
+    cols, names, readable = [], [], []
     for b, r in zip(blocks, rules, strict=True):
         for j in range(b.shape[1]):
             if (b[:, j] > 0.5).any():
                 cols.append(b[:, j])
                 names.append(list(r[j]) if j < len(r) else [])
+                readable.append(bool(names[-1]))
     if not cols:
         return np.zeros((len(errors), 1)), [[]]
     masks = [c > 0.5 for c in cols]
     logp = [slice_evidence(m, errors, labels)["log10_p"] for m in masks]
-    order, _ = product_merge(masks, logp, AuditConfig().merge_jaccard)
+    order, _ = product_merge(masks, logp, AuditConfig().merge_jaccard, readable)
     return np.stack([cols[j] for j in order], axis=1), [names[j] for j in order]
 
 
