@@ -3,8 +3,9 @@
 Re-creates every run of a ``bench-scenarios`` grid from its worker state (cohort, embeddings, concepts:
 ``OUT/cache/state``), trains the same classifier, and fits the rule slicer twice on the same predicates:
 ranked against the cohort's error rate (``stratify=False``) and against the members' classes
-(``stratify=True``, the default). Prints p@10 (dcbench) of the rule slices alone, of the audit's merged
-list with the mixture slices (``rules+mixture``), and the top slice's explanation hit, per scenario.
+(``stratify=True``, the default), and merges each with the mixture slices (``rules+mixture``) under
+both nulls for the merged ranking (``_mclass``: members' classes, the audit's default; ``_mcohort``: the
+overall error rate). Prints p@10 (dcbench) and the top slice's explanation hit, per scenario.
 
 Usage::
 
@@ -51,17 +52,21 @@ def one_run(st: dict, name: str, share: float, seed: int) -> dict | None:
     pred, codes = br.run_predicates(st["concepts"], df, scen.test_idx, y, cfg.metadata_columns)
     mix = _mixture(cfg, st["emb"], scen, y, probs, seed)
     row: dict = {"scenario": name, "share": share, "seed": seed}
+    attr = str(scen.metadata["attribute"])
     for label, kw in SETTINGS.items():
         rs = RuleSlicer(n_slices=5, **kw).fit(pred, y, probs)
         scores = np.zeros((len(y), 5))
         got = rs.predict_proba(pred, y, probs)
         scores[:, : got.shape[1]] = got
         rules = [list(r) for r in rs.rules_] + [[]] * (5 - len(rs.rules_))
-        merged, mrules = br.merge_ranked([scores, mix], [rules, []], err, y)
-        t = br.slice_terms(pred, codes, merged[:, 0] > 0.5, mrules[0] or None)
         row[f"rules_{label}"] = precision_at_k_dcbench(scores, scen.test_slice, k=10)
-        row[f"both_{label}"] = precision_at_k_dcbench(merged, scen.test_slice, k=10)
-        row[f"hit_{label}"] = float(br.names_attribute(t["terms"], scen.metadata["attribute"]))
+        t = br.slice_terms(pred, codes, scores[:, 0] > 0.5, rules[0] or None)
+        row[f"hit_rules_{label}"] = float(bool(rules[0]) and br.names_attribute(t["terms"], attr))
+        for merge, labels in (("class", y), ("cohort", None)):  # the merged list's ranking null
+            merged, mrules = br.merge_ranked([scores, mix], [rules, []], err, labels)
+            t = br.slice_terms(pred, codes, merged[:, 0] > 0.5, mrules[0] or None)
+            row[f"both_{label}_m{merge}"] = precision_at_k_dcbench(merged, scen.test_slice, k=10)
+            row[f"hit_{label}_m{merge}"] = float(br.names_attribute(t["terms"], attr))
     return row
 
 
