@@ -21,8 +21,10 @@ def test_names_and_values() -> None:
     assert p["view = AP"].sum() == 6 and p["view is missing"].sum() == 3
     assert p["label = 0"].sum() == 6
     age = [c for c in p.columns if c.startswith("age ")]
-    assert len(age) == 6 and "age >= 50" in age and "age < 50" in age, age
+    # quartiles and the 5/10/90/95th percentiles: 7 distinct cut points here, each as < and >=
+    assert len(age) == 14 and "age >= 50" in age and "age < 50" in age, age
     assert (p["age >= 50"] == (meta["age"] >= 50)).all()
+    assert p["age >= 75"].sum() == 1  # the top 5% is one predicate (quartiles alone stop at 65)
 
 
 def test_extra_columns_kept() -> None:

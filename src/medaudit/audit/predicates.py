@@ -7,8 +7,9 @@ predicate, named so that a conjunction reads as a sentence:
   ``report is uncertain about pneumonia`` (2);
 * categorical metadata (and numeric columns with few distinct values): ``view = AP``, one per value
   (the ``max_levels`` most frequent), plus ``sex is missing`` when values are missing;
-* numeric metadata: one-sided thresholds at the quantiles, ``age < 45`` and ``age >= 70``, so that a
-  conjunction of two expresses a range;
+* numeric metadata: one-sided thresholds at the quartiles and the 5th, 10th, 90th and 95th
+  percentiles (``age < 45``, ``age >= 70``), so that a conjunction of two expresses a range and a tail
+  (the oldest 5%) is one predicate;
 * labels: ``label = 0`` and ``label = 1``.
 
 Constant columns (all true or all false) are dropped; they cannot define a slice.
@@ -53,12 +54,20 @@ def concept_predicates(concepts: pd.DataFrame, states: Sequence[int] = (1, -1, 2
     return out
 
 
-def _numeric_predicates(name: str, v: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
+#: Tail quantiles added to the quantile grid of every numeric column: subgroup failures often sit in
+#: a tail (the oldest patients, the smallest children), which quartile cut points cannot isolate.
+TAIL_QUANTILES: tuple[float, ...] = (0.05, 0.10, 0.90, 0.95)
+
+
+def _numeric_predicates(
+    name: str, v: np.ndarray, n_bins: int, tails: Sequence[float] = TAIL_QUANTILES
+) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     finite = np.isfinite(v)
     if not finite.any():
         return out
-    qs = np.quantile(v[finite], np.linspace(0, 1, n_bins + 1)[1:-1], method="higher")
+    grid = np.union1d(np.linspace(0, 1, n_bins + 1)[1:-1], np.asarray(tails, dtype=float))
+    qs = np.quantile(v[finite], grid, method="higher")
     lo = np.nanmin(v[finite])
     for q in np.unique([float(_fmt(q)) for q in qs]):  # the name's rounded value is the threshold
         if q <= lo:
@@ -75,7 +84,8 @@ def metadata_predicates(
     metadata: pd.DataFrame, n_bins: int = 4, max_levels: int = 20, numeric_min_unique: int = 6
 ) -> dict[str, np.ndarray]:
     """Predicates from metadata: ``col = value`` for categorical columns, quantile thresholds for
-    numeric ones (``n_bins`` quantile bins give ``n_bins - 1`` cut points, each as ``<`` and ``>=``)."""
+    numeric ones (``n_bins`` quantile bins give ``n_bins - 1`` cut points, plus the
+    :data:`TAIL_QUANTILES`, each as ``<`` and ``>=``)."""
     out: dict[str, np.ndarray] = {}
     for col in metadata.columns:
         s = metadata[col]
