@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from medaudit.data.cxr.openi import FINDING_LABELS, MESH_RULES, OPENI_LABELS
+from medaudit.data.cxr.openi import FINDING_LABELS, MESH_DEVICE_KIND, MESH_RULES, OPENI_LABELS
 
 __all__ = ["CONCEPTS_OF_LABEL", "DEVICE_KIND_CONCEPTS", "concept_device_kinds", "concept_labels"]
 
@@ -43,15 +43,6 @@ DEVICE_KIND_CONCEPTS: dict[str, str] = {
     "tube": "tube",
     "wires": "sternotomy wires or clips",
     "port": "port",
-}
-_MESH_KIND = {
-    "Catheters, Indwelling": "line",
-    "Implanted Medical Device": "pacemaker",
-    "Pacemaker, Artificial": "pacemaker",
-    "Defibrillators, Implantable": "pacemaker",
-    "Tube, Inserted": "tube",
-    "Medical Device": "line",
-    "Stents": "line",
 }
 _POSITIVE = (1, 2)
 
@@ -79,6 +70,6 @@ def concept_device_kinds(codes: pd.DataFrame, mesh_major: Sequence[Sequence[str]
     out = []
     for i, mesh in enumerate(mesh_major):
         kinds = {k for k, c in DEVICE_KIND_CONCEPTS.items() if c in codes and codes[c].iat[i] == 1}
-        kinds |= {_MESH_KIND[h] for h in _heads(mesh) if h in _MESH_KIND}
+        kinds |= {MESH_DEVICE_KIND[h] for h in _heads(mesh) if h in MESH_DEVICE_KIND}
         out.append("|".join(sorted(kinds)))
     return out

@@ -108,7 +108,7 @@ DEVICE_KINDS: dict[str, str] = {
     "line": r"catheter|\bpicc\b|central (?:venous )?line|port-?a-?cath|\bport\b",
     "tube": r"endotracheal|\bet tube|\bng tube|nasogastric|enteric tube|feeding tube|chest tube|tracheostomy",
 }
-_MESH_DEVICE_KIND = {
+MESH_DEVICE_KIND = {
     "Catheters, Indwelling": "line",
     "Implanted Medical Device": "pacemaker",
     "Pacemaker, Artificial": "pacemaker",
@@ -150,7 +150,7 @@ def finding_details(findings: str, impression: str, mesh_major: list[str]) -> di
     det: dict[str, object] = {}
     kinds = [k for k, rx in DEVICE_KINDS.items() if affirmed_mentions(text, rx)]
     for m in mesh_major:
-        k = _MESH_DEVICE_KIND.get(m.split("/")[0].strip())
+        k = MESH_DEVICE_KIND.get(m.split("/")[0].strip())
         if k and k not in kinds:
             kinds.append(k)
     det["device_kinds"] = "|".join(sorted(kinds))
