@@ -149,6 +149,10 @@ def test_study_recipes_v2_trains_like_with_like():
     held_out = {family_of(c) for c in ("motion", "ghosting", "gibbs", "spike", "low_resolution")}
     for r in v2.recipes:
         assert not held_out & set(make_recipe(r.name, r.options).train_families()), r.label
+    lofo = st.load_config("study_lofo_v2")
+    assert lofo.train == v2.train and [r.left_out for r in lofo.recipes] == ["motion", "kspace", "resolution"]
+    for r in lofo.recipes:  # leaves out F and only F
+        assert held_out - {r.left_out} <= set(make_recipe(r.name, r.options).train_families()), r.label
 
 
 # --------------------------------------------------------------------------------------------------
