@@ -107,6 +107,8 @@ def lofo_table(c: pd.DataFrame) -> pd.DataFrame:
     for model in sorted(m for m in c["model"].unique() if m.startswith("bigaug[-")):
         seed = model.rsplit("seed=", 1)[1]
         fam = model.split("[-", 1)[1].split("]", 1)[0]
+        if "," in fam:  # several families left out together: not a leave-one-family-out model
+            continue
         sel = (c["family"] == fam) & c["severity"].isin(SEVERITIES)
         d, gain, ce, db = _figures(c, model, f"none seed={seed}", sel)
         r = {
@@ -129,17 +131,24 @@ def main() -> None:
     ap.add_argument("--study", type=Path, required=True)
     ap.add_argument("--lofo", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--bias", type=Path, action="append", help="texture_bias.csv file(s) (default: the study's own)"
+    )
     args = ap.parse_args()
     from hidden_artefacts import markdown
 
     c = condition_dice(load_parts(args.study))
     text = ["## Held-out families (motion, kspace, resolution), severities 3-5, paired by seed\n"]
     text.append(markdown(main_table(c)))
-    bias = args.study / "texture_bias.csv"
-    if bias.is_file():
+    biases = args.bias or [args.study / "texture_bias.csv"]
+    if all(b.is_file() for b in biases):
         from medaudit.texture.bias import bias_by_row
 
-        text += ["\n## Texture bias (mean over seeds)\n", markdown(bias_by_row(pd.read_csv(bias)))]
+        # several studies' tables (each run of a study writes its own models' rows): one row per model
+        tb = pd.concat([pd.read_csv(b) for b in biases], ignore_index=True).drop_duplicates(
+            "model", keep="last"
+        )
+        text += ["\n## Texture bias (mean over seeds)\n", markdown(bias_by_row(tb))]
     if args.lofo is not None:
         lc = condition_dice(load_parts(args.lofo))
         text += ["\n## Leave-one-family-out (BigAug without F, tested on F, severities 3-5)\n"]

@@ -132,6 +132,29 @@ def test_shipped_configs_validate():
     assert sum(t.kind == "train" for t in st.build_tasks(lofo)) == 4
 
 
+def test_study_recipes_v2_trains_like_with_like():
+    """The second evidence round: every row (baseline, filtered copies, recipes) shares one training
+    setup (1500 iterations, z-scored input), the test grid of study_recipes, and no recipe pool holds a
+    held-out test family."""
+    from medaudit.texture.filters import family_of
+    from medaudit.texture.recipes import make_recipe
+
+    v1, v2 = st.load_config("study_recipes"), st.load_config("study_recipes_v2")
+    assert v2.train["input_norm"] == "zscore" and v2.train["iterations"] == 1500
+    assert (v2.test_corruptions, v2.test_severities) == (v1.test_corruptions, v1.test_severities)
+    assert [f.name for f in v2.train_filters] == [f.name for f in v1.train_filters]
+    tasks = [t for t in st.build_tasks(v2) if t.kind == "train"]
+    assert len(tasks) == 3 * (4 + len(v2.recipes)) and len(v2.seeds) == 3
+    assert {t.spec["train"]["input_norm"] for t in tasks} == {"zscore"}
+    held_out = {family_of(c) for c in ("motion", "ghosting", "gibbs", "spike", "low_resolution")}
+    for r in v2.recipes:
+        assert not held_out & set(make_recipe(r.name, r.options).train_families()), r.label
+    lofo = st.load_config("study_lofo_v2")
+    assert lofo.train == v2.train and [r.left_out for r in lofo.recipes] == ["motion", "kspace", "resolution"]
+    for r in lofo.recipes:  # leaves out F and only F
+        assert held_out - {r.left_out} <= set(make_recipe(r.name, r.options).train_families()), r.label
+
+
 # --------------------------------------------------------------------------------------------------
 # task keys
 

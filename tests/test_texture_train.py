@@ -275,3 +275,18 @@ def test_demo_unseen_verdict_is_computed_from_unseen_conditions_only():
     assert "did NOT beat" in v and "higher on 0 of 2" in v
     v = unseen_verdict(_verdict_rows(0.61, 0.608))
     assert "did NOT beat" in v and "higher on 1 of 2" in v
+
+
+def test_demo_recipe_settings_are_valid():
+    """The demo's robust model: a known recipe whose default options validate, trained with the same
+    input normalisation as its baseline."""
+    from medaudit.studies.texture_robustness import demo
+    from medaudit.texture.preprocess import INPUT_NORMS
+    from medaudit.texture.recipes import make_recipe
+
+    opts = demo.DEMO_RECIPE_OPTIONS.get(demo.DEMO_RECIPE, {})
+    recipe = make_recipe(demo.DEMO_RECIPE, {**opts, "exclude_families": ["motion", "kspace", "resolution"]})
+    assert 0.0 < recipe.p < 1.0  # part of every batch stays clean
+    assert demo.DEMO_INPUT_NORM in INPUT_NORMS
+    cfg = TrainConfig(recipe=demo.DEMO_RECIPE, recipe_options=opts, input_norm=demo.DEMO_INPUT_NORM)
+    assert cfg.input_norm == demo.DEMO_INPUT_NORM
