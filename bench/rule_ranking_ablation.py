@@ -49,7 +49,7 @@ def one_run(st: dict, name: str, share: float, seed: int) -> dict | None:
     err = (probs >= 0.5).astype(int) != y
     if sc.in_slice_accuracy_gap(scen, (probs >= 0.5).astype(int)) < cfg.min_gap:
         return None
-    pred, codes = br.run_predicates(st["concepts"], df, scen.test_idx, y, cfg.metadata_columns)
+    pred, codes = br.run_predicates(st["concepts"], df, scen.test_idx, y, cfg.rule_metadata_columns)
     mix = _mixture(cfg, st["emb"], scen, y, probs, seed)
     row: dict = {"scenario": name, "share": share, "seed": seed}
     attr = str(scen.metadata["attribute"])

@@ -60,8 +60,8 @@ def test_both_gives_one_merged_list(cases, tmp_path: Path) -> None:
     data = json.loads((tmp_path / "out" / "slices.json").read_text())
     assert data["schema_version"] == "1.1" and len(data["slices"]) <= 3
     assert [s["rank"] for s in data["slices"]] == list(range(1, len(data["slices"]) + 1))
-    logp = [s["evidence"]["log10_p"] for s in data["slices"]]
-    assert logp == sorted(logp)
+    keys = [(s["size"] < 10, s["evidence"]["log10_p"]) for s in data["slices"]]  # small slices last
+    assert keys == sorted(keys)
     top = res.slices[0]
     assert set(top["member_ids"]) & set(df["case"][gt])
     assert top["linked"] and top["linked"][0]["jaccard"] >= 0.5  # the mixture found it too: merged
@@ -159,3 +159,38 @@ def test_merged_finding_is_shown_as_its_rule() -> None:
     assert kept == [2, 1] and linked[2][0][0] == 0
     kept, _ = merge_ranked([emb, other, rule], [-9.0, -5.0, -7.0])
     assert kept == [0, 1]
+
+
+def test_slice_evidence_compares_with_the_rest_of_the_class() -> None:
+    """A slice that is a large share of its class is compared with the class's *other* members:
+    21 positives all failing, where the other 34 positives fail 22 times, is Fisher's exact test
+    (the class's overall rate, 78%, would compare the slice largely with itself)."""
+    from scipy import stats
+
+    labels = np.r_[np.ones(55, dtype=int), np.zeros(365, dtype=int)]
+    errors = np.zeros(420, dtype=bool)
+    errors[:43] = True  # 21 slice members + 22 other positives fail
+    errors[55:84] = True  # 29 negatives fail
+    mask = np.zeros(420, dtype=bool)
+    mask[:21] = True
+    ev = slice_evidence(mask, errors, labels)
+    fisher = stats.fisher_exact([[21, 0], [22, 12]], alternative="greater").pvalue
+    assert ev["p_value"] == pytest.approx(fisher, rel=1e-6)
+    whole = slice_evidence(labels == 1, errors, labels)
+    assert whole["p_value"] == pytest.approx(1.0)
+
+
+def test_small_slices_rank_after_supported_ones() -> None:
+    """An embedding slice of 4 cases, all errors, has a smaller p-value than a 20-case slice with 8
+    errors, but below the minimum support it ranks after it."""
+    n = 1000
+    errors = np.zeros(n, dtype=bool)
+    errors[:100] = True
+    tiny = np.zeros(n, dtype=bool)
+    tiny[:4] = True
+    small = np.zeros(n, dtype=bool)
+    small[10:18] = small[500:512] = True
+    lp = [slice_evidence(m, errors)["log10_p"] for m in (tiny, small)]
+    assert lp[0] < lp[1]
+    assert merge_ranked([tiny, small], lp)[0] == [0, 1]
+    assert merge_ranked([tiny, small], lp, min_size=10)[0] == [1, 0]

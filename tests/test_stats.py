@@ -1,4 +1,5 @@
-"""The shared statistics (medaudit.stats): one Wilson interval, one bootstrap, one BH correction."""
+"""The shared statistics (medaudit.stats): one Wilson interval, one bootstrap, one BH correction, one
+stratified excess test."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from medaudit.stats import bh_qvalues, bootstrap_ci, wilson_ci
+from medaudit.stats import bh_qvalues, bootstrap_ci, stratified_excess_logp, wilson_ci
 
 
 def _wilson_formula(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -71,3 +72,33 @@ def test_public_api_resolves_every_name():
     for name in medaudit.__all__:
         assert getattr(medaudit, name) is not None, name
     assert medaudit.AuditConfig().rank_by == "excess_errors"
+
+
+def test_stratified_excess_is_fisher_in_one_stratum_and_exact_across_two() -> None:
+    """Inside one stratum: Fisher's exact one-sided test; a subset that is the whole stratum: p = 1;
+    across two strata: the exact convolution of the per-stratum hypergeometric laws; across three:
+    the Cochran-Mantel-Haenszel normal tail, close to the exact convolution for large counts."""
+    from scipy import stats
+
+    k_tot, n_tot = np.array([30, 40]), np.array([300, 60])
+    lp = stratified_excess_logp([[12, 0]], [[40, 0]], k_tot, n_tot)
+    fisher = stats.fisher_exact([[12, 28], [18, 242]], alternative="greater").pvalue
+    assert math.exp(lp[0]) == pytest.approx(fisher, rel=1e-6)
+    assert stratified_excess_logp([[30, 0]], [[300, 0]], k_tot, n_tot)[0] == 0.0
+    assert stratified_excess_logp([[0, 0]], [[0, 0]], k_tot, n_tot)[0] == 0.0
+
+    def exact(k, s, kt, nt):
+        pmf = [stats.hypergeom.pmf(np.arange(s[c] + 1), nt[c], kt[c], s[c]) for c in range(len(s))]
+        conv = pmf[0]
+        for p in pmf[1:]:
+            conv = np.convolve(conv, p)
+        return conv[sum(k) :].sum()
+
+    for k, s in (([3, 8], [7, 8]), ([10, 20], [40, 25]), ([0, 9], [5, 9])):
+        got = math.exp(stratified_excess_logp([k], [s], k_tot, n_tot)[0])
+        assert got == pytest.approx(exact(k, s, k_tot, n_tot), rel=1e-6)
+    kt3, nt3 = np.array([100, 200, 150]), np.array([1000, 800, 600])
+    k3, s3 = [25, 60, 50], [150, 180, 160]
+    cmh = math.exp(stratified_excess_logp([k3], [s3], kt3, nt3)[0])
+    assert abs(math.log10(cmh) - math.log10(exact(k3, s3, kt3, nt3))) < 0.3
+    assert stratified_excess_logp([[2, 10]], [[40, 20]], k_tot, n_tot)[0] > math.log(0.5)  # a deficit

@@ -385,7 +385,9 @@ def _rank_slices(
     if family == "both":
         logp = [sl["evidence"]["log10_p"] for sl in slices]
         readable = [sl.get("family") == "rules" for sl in slices]
-        order, linked = rule_audit.merge_ranked(masks, logp, config.merge_jaccard, readable)
+        order, linked = rule_audit.merge_ranked(
+            masks, logp, config.merge_jaccard, readable, min_size=config.rule_min_support
+        )
         order = order[: config.n_slices]
     out = []
     for rank, j in enumerate(order, start=1):

@@ -10,12 +10,14 @@ the single ranked list of embedding (mixture) and rule slices.
 * :func:`merge_ranked`: one list ranked by the evidence of excess errors, overlapping slices merged.
 
 Ranking across families. Every slice, whatever found it, is scored on its members with the same
-exact one-sided binomial test of its error count against the errors its members' classes predict
-(the class-stratified null of the rule slicer, :func:`slice_evidence`); the list is sorted by that
-p-value. A class-level failure (most positives missed) is therefore not a slice; the audit reports it
-as per-class error rates. The test
-needs both purity and size: a 20-case slice with 15 errors at a 10% base rate (p ~ 1e-10) ranks above
-a 300-case slice at 16% (p ~ 1e-3), and a large slice with many excess errors still ranks first.
+test: are its errors above what the *rest of its members' classes* predict (Fisher's exact one-sided
+test inside one class, its exact stratified extension across two, :func:`slice_evidence`, the
+ranking null of the rule slicer); the list is sorted by that p-value, with slices under the rule
+search's minimum support last (a tiny embedding slice was picked by the error-aware mixture *for*
+its errors, so its p-value overstates the evidence). A class-level failure (most positives missed)
+is therefore not a slice; the audit reports it as per-class error rates. The test needs both purity
+and size: a 20-case slice with 15 errors at a 10% base rate (p ~ 1e-10) ranks above a 300-case slice
+at 16% (p ~ 1e-3), and a large slice with many excess errors still ranks first.
 
 Merging. Two slices whose member Jaccard index is >= ``MERGE_JACCARD`` (0.5) are one finding: at
 0.5 the shared cases outnumber the cases only one of them holds (two 100-case slices share >= 67
@@ -36,6 +38,7 @@ from medaudit.audit import explain
 from medaudit.audit.concepts import Lexicon, default_lexicon, extract_concepts, ngram_features
 from medaudit.audit.predicates import build_predicates
 from medaudit.audit.slicers.rules import best_rule, rule_log_pvalues
+from medaudit.stats import stratified_excess_logp
 
 __all__ = [
     "MERGE_JACCARD",
@@ -154,26 +157,29 @@ def describe_slice(
 def slice_evidence(
     mask: np.ndarray, errors: np.ndarray, classes: np.ndarray | None = None
 ) -> dict[str, float]:
-    """Members' errors against what their classes predict (``classes``: the true labels; the
-    class-stratified null of :class:`~medaudit.audit.slicers.rules.RuleSlicer`), or against the
-    overall error rate without ``classes``: expected and excess errors and the one-sided binomial
-    p-value at the members' mean null rate."""
+    """Members' errors against the rest of their classes (``classes``: the true labels; the ranking
+    null of :class:`~medaudit.audit.slicers.rules.RuleSlicer`: Fisher's exact test inside one class,
+    Cochran-Mantel-Haenszel across classes, :func:`medaudit.stats.stratified_excess_logp`), or
+    against the overall error rate without ``classes`` (exact one-sided binomial): expected errors
+    (at the classes' or the overall rate), excess errors and the p-value."""
     m = np.asarray(mask, dtype=bool)
     e = np.asarray(errors, dtype=bool)
     size, k = int(m.sum()), int((e & m).sum())
     if classes is None:
         expected = size * float(e.mean()) if len(e) else 0.0
+        rate_m = np.array([expected / size if size else 0.0])
+        logp = (
+            float(rule_log_pvalues(np.array([k]), np.array([size]), len(e), int(e.sum()), rate_m)[0])
+            if size
+            else 0.0
+        )
     else:
-        c = np.asarray(classes)
-        _, inv = np.unique(c, return_inverse=True)
-        rate = np.bincount(inv, weights=e.astype(float)) / np.bincount(inv)
-        expected = float(rate[inv[m]].sum())
-    rate_m = np.array([expected / size if size else 0.0])
-    logp = (
-        float(rule_log_pvalues(np.array([k]), np.array([size]), len(e), int(e.sum()), rate_m)[0])
-        if size
-        else 0.0
-    )
+        _, inv = np.unique(np.asarray(classes), return_inverse=True)
+        n_c, k_c = np.bincount(inv), np.bincount(inv, weights=e.astype(float))
+        s_c = np.bincount(inv[m], minlength=len(n_c))
+        e_c = np.bincount(inv[m & e], minlength=len(n_c))
+        expected = float(s_c @ (k_c / n_c))
+        logp = float(stratified_excess_logp(e_c[None], s_c[None], k_c, n_c)[0])
     return {
         "expected_errors": expected,
         "excess_errors": k - expected,
@@ -187,8 +193,14 @@ def merge_ranked(
     log10_p: Sequence[float],
     threshold: float = MERGE_JACCARD,
     readable: Sequence[bool] | None = None,
+    min_size: int = 1,
 ) -> tuple[list[int], dict[int, list[tuple[int, float]]]]:
     """Rank slices by ``log10_p`` (ascending) and merge those with member Jaccard >= ``threshold``.
+
+    Slices with fewer than ``min_size`` members (the rule search's minimum support) rank after every
+    slice that has enough: an embedding slice of 4 cases, all errors, was picked *because* its members
+    fail (the mixture models the errors), so its p-value overstates the evidence, and the rule search
+    would not have been allowed to report it.
 
     A merged group keeps the rank of its best member. Its representative is that best member, unless
     ``readable`` marks another member of the group (a rule slice) and not the best one: a finding that a
@@ -196,7 +208,8 @@ def merge_ranked(
 
     Returns the kept indices in rank order and, per kept index, the merged ``(index, jaccard)`` pairs.
     """
-    order = sorted(range(len(masks)), key=lambda i: (log10_p[i], i))
+    small = [int(np.asarray(m).sum()) < min_size for m in masks]
+    order = sorted(range(len(masks)), key=lambda i: (small[i], log10_p[i], i))
     readable = list(readable) if readable is not None else [False] * len(masks)
     kept: list[int] = []
     linked: dict[int, list[tuple[int, float]]] = {}

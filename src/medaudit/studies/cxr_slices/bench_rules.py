@@ -112,9 +112,9 @@ def merge_ranked(
     labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
     """The audit's one ranked list (``--slicer both``): every non-empty slice of every block ranked by
-    the binomial evidence of its members' errors (against their classes' error rates when
-    ``labels`` are given), overlapping ones merged at the audit's Jaccard
-    threshold (:func:`medaudit.audit.rule_audit.merge_ranked`)."""
+    the evidence of its members' errors (against the rest of their classes when ``labels`` are
+    given), slices under the audit's minimum support last, overlapping ones merged at the audit's
+    Jaccard threshold (:func:`medaudit.audit.rule_audit.merge_ranked`)."""
     from medaudit.audit.pipeline import AuditConfig
     from medaudit.audit.rule_audit import merge_ranked as product_merge
     from medaudit.audit.rule_audit import slice_evidence
@@ -130,7 +130,8 @@ def merge_ranked(
         return np.zeros((len(errors), 1)), [[]]
     masks = [c > 0.5 for c in cols]
     logp = [slice_evidence(m, errors, labels)["log10_p"] for m in masks]
-    order, _ = product_merge(masks, logp, AuditConfig().merge_jaccard, readable)
+    cfg = AuditConfig()
+    order, _ = product_merge(masks, logp, cfg.merge_jaccard, readable, min_size=cfg.rule_min_support)
     return np.stack([cols[j] for j in order], axis=1), [names[j] for j in order]
 
 

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import typer
 
+from medaudit.audit.datasets import DEFAULT_META as DATASET_META
 from medaudit.errors import InputError
 from medaudit.io import atomic_save, atomic_write_json, atomic_write_text
 from medaudit.progress import make_progress
@@ -87,6 +88,7 @@ SLICER_CONFIGS: dict[str, dict[str, Any]] = {
     "restarts": {"n_init": 10},
 }
 DEFAULT_METADATA_COLUMNS: tuple[str, ...] = ("view_position", "age", "sex")
+DEFAULT_RULE_METADATA: tuple[str, ...] = DATASET_META
 #: The sliceline peer: the package's defaults except k (= slices), lattice level and alpha (0.95, as in the
 #: package's README; its default 0.6 penalises small slices so hard that it returns none here).
 SLICELINE_PARAMS: dict[str, Any] = {"alpha": 0.95, "max_l": 2, "min_sup": 10}
@@ -136,6 +138,9 @@ class BenchConfig:
     encoders: dict[str, str] = field(default_factory=dict)  #: modality -> encoder name (defaults otherwise)
     encoder_params: dict[str, dict[str, Any]] = field(default_factory=dict)  #: modality -> encoder kwargs
     metadata_columns: tuple[str, ...] = DEFAULT_METADATA_COLUMNS
+    #: metadata of the rule predicates: the audit's dataset defaults (``view_position`` and the
+    #: ``frontal_lateral`` grouping the dataset readers write, age, sex), as ``medaudit audit`` uses them
+    rule_metadata_columns: tuple[str, ...] = DEFAULT_RULE_METADATA
     peer_domino: bool = False
     peer_fusions: tuple[str, ...] = ("concat",)
     peer_variants: tuple[str, ...] = ("image", "image+report+metadata")  #: variants the Domino peer runs on
@@ -332,11 +337,13 @@ def _config_from_json(d: dict[str, Any]) -> BenchConfig:
         "fusions",
         "slicer_configs",
         "metadata_columns",
+        "rule_metadata_columns",
         "peer_fusions",
         "peer_variants",
         "rule_variants",
     ):
-        d[k] = tuple(d[k])
+        if k in d:
+            d[k] = tuple(d[k])
     d["variants"] = tuple(tuple(v) for v in d["variants"])
     return BenchConfig(**d)
 
@@ -493,7 +500,7 @@ def run_one(
     if concepts is not None:
         from medaudit.studies.cxr_slices.bench_rules import run_predicates
 
-        pred_run = run_predicates(concepts, df, scen.test_idx, y, config.metadata_columns)
+        pred_run = run_predicates(concepts, df, scen.test_idx, y, config.rule_metadata_columns)
     mix_scores: np.ndarray | None = None
     for variant in config.variants:
         missing = [m for m in variant if m not in test]
