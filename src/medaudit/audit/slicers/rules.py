@@ -385,8 +385,11 @@ class RuleSlicer(BaseSlicer):
             if not ok.any():
                 break
             if self.stratify:  # rank by how much worse than the rest of its classes a rule fails
-                r_exp = self._class_expected(free)
-                r_logp = self._class_logp(free)
+                cand = np.flatnonzero(ok)  # only the eligible candidates need the class test
+                k_c, s_c = self._class_counts(free[cand], r_size[cand], r_err[cand])
+                r_exp, r_logp = np.zeros(len(ok)), np.zeros(len(ok))
+                r_exp[cand] = s_c @ self.class_error_rates_
+                r_logp[cand] = stratified_excess_logp(k_c, s_c, self._class_k, self._class_n)
             score = r_logp if self.rank_by == "p_value" else -(r_err - r_exp)
             best = int(np.flatnonzero(ok)[np.argmin(score[ok])])
             picked.append(best)
@@ -424,7 +427,7 @@ class RuleSlicer(BaseSlicer):
         self.n_rules_tested_ = int(n_tested)
         self._store(picked, rules, size, errs, logp, q, names)
         self._store_class_evidence(picked, rules)
-        del self._fall, self._ferr, self._best_p_table, self._err_mask, self._cls_masks
+        del self._fall, self._ferr, self._best_p_table, self._err_mask, self._cls_masks, self._cls_err_masks
         return self
 
     def _init_strata(self, x: np.ndarray, cls: np.ndarray, errors: np.ndarray, n_classes: int) -> None:
@@ -433,12 +436,20 @@ class RuleSlicer(BaseSlicer):
         self._class_k = np.bincount(cls[errors], minlength=n_classes)
         self.class_error_rates_ = self._class_k / np.maximum(self._class_n, 1)
         self._cls_masks = [pack_mask(cls == c) for c in range(n_classes)]
+        self._cls_err_masks = [pack_mask((cls == c) & errors) for c in range(n_classes)]
 
-    def _class_counts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Errors and cases of packed member ``rows`` in each true class: two (m, C) arrays."""
-        s = np.stack([popcount_rows(rows & m) for m in self._cls_masks], axis=1)
-        k = np.stack([popcount_rows(rows & m & self._err_mask) for m in self._cls_masks], axis=1)
-        return k, s
+    def _class_counts(
+        self, rows: np.ndarray, size: np.ndarray | None = None, errs: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Errors and cases of packed member ``rows`` in each true class: two (m, C) arrays. Class 0
+        holds what classes 1..C-1 do not (``size`` and ``errs``, the rows' totals, when known)."""
+        size = popcount_rows(rows) if size is None else size
+        errs = popcount_rows(rows & self._err_mask) if errs is None else errs
+        s = [popcount_rows(rows & m) for m in self._cls_masks[1:]]
+        k = [popcount_rows(rows & m) for m in self._cls_err_masks[1:]]
+        s_all = np.stack([size - np.sum(s, axis=0), *s], axis=1)
+        k_all = np.stack([errs - np.sum(k, axis=0), *k], axis=1)
+        return k_all, s_all
 
     def _class_expected(self, rows: np.ndarray) -> np.ndarray:
         """Errors of packed member ``rows`` expected from their classes' error rates."""
