@@ -292,11 +292,13 @@ _RANKING_NOTE = {
     "mixture": "the mixture slicer's rank_by rule",
     "kmeans": "the k-means slicer's order",
     "rules": "rule search order: each rule is the most significant on the cases not covered by "
-    "the rules above it (exact one-sided binomial test against the error rates of its members' "
-    "classes, Benjamini-Hochberg over every rule tried)",
-    "both": "one list of mixture and rule slices ranked by the one-sided binomial p-value of their "
-    "members' errors against the errors their classes predict (evidence.p_value; size-aware: purity "
-    "and size both count; a class-level failure is shown as per-class error rates, not as a slice); "
+    "the rules above it (eligible: exact one-sided binomial test against the overall error rate, "
+    "Benjamini-Hochberg over every rule tried; ranked: Fisher's exact test of its members against "
+    "the rest of their classes)",
+    "both": "one list of mixture and rule slices ranked by the one-sided p-value of their members' "
+    "errors against the rest of their classes (Fisher's exact test, stratified by class; "
+    "evidence.p_value; size-aware: purity and size both count; a class-level failure is shown as "
+    "per-class error rates, not as a slice; slices under the rule search's minimum support last); "
     "slices with member Jaccard >= merge_jaccard merged into one finding at the rank of the better one, "
     "shown as the rule slice when one is among them (the others linked)",
 }
