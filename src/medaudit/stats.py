@@ -102,8 +102,9 @@ def stratified_excess_logp(
 
     The exact tails sum the probability mass functions (log-gamma, vectorised) over windows of
     ``_WINDOW`` values that hold all but < 1e-14 of the mass (8 standard deviations beyond the mean);
-    ``scipy.stats.hypergeom.sf`` gives the same values (tested) but is ~100x slower on the thousands of
-    candidates a rule search ranks in each round.
+    the tests check them against ``scipy.stats.fisher_exact`` and a direct convolution of
+    ``scipy.stats.hypergeom`` pmfs. Calling ``scipy.stats.hypergeom`` on the same windows took 27.8 s for
+    5,000 two-class candidates, this 0.20 s: a rule search ranks thousands in each round.
     """
     k = np.atleast_2d(np.asarray(k, dtype=np.float64))
     s = np.atleast_2d(np.asarray(s, dtype=np.float64))
