@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+from scipy.special import gammaln, logsumexp
 
 __all__ = ["bh_qvalues", "bootstrap_ci", "stratified_excess_logp", "wilson_ci"]
 
@@ -146,8 +147,6 @@ def _hg_moments(n: np.ndarray, kk: np.ndarray, s: np.ndarray) -> tuple[np.ndarra
 
 def _hg_logpmf(x: np.ndarray, n: np.ndarray, kk: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Hypergeometric log-pmf on a grid ``x`` (m, w); -inf outside the support. ``n, kk, s``: (m,)."""
-    from scipy.special import gammaln
-
     n, kk, s = n[:, None], kk[:, None], s[:, None]
     ok = (x >= np.maximum(0, s - (n - kk))) & (x <= np.minimum(s, kk))
     xs = np.where(ok, x, 0.0)
@@ -169,8 +168,6 @@ def _one_stratum_logsf(
     done = (k > mean) & (reach < _WINDOW)
     width = int(max(reach[done].max(initial=0), 0)) + 1
     grid = k[done, None] + np.arange(width)[None, :]
-    from scipy.special import logsumexp
-
     return done, logsumexp(_hg_logpmf(grid, nt[done], kt[done], s[done]), axis=1)
 
 
@@ -179,8 +176,6 @@ def _two_strata_logsf(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact upper tail of the sum of two independent hypergeometrics: ``sum_j P(A = j) P(B >= k - j)``,
     ``j`` over A's bulk (mean +- 8 sd), ``P(B >= x)`` by a reversed cumulative sum over B's window."""
-    from scipy.special import logsumexp
-
     total = k.sum(axis=1)
     ma, sda = _hg_moments(nt[:, 0], kt[:, 0], s[:, 0])
     mb, sdb = _hg_moments(nt[:, 1], kt[:, 1], s[:, 1])
