@@ -167,11 +167,8 @@ def slice_evidence(
     size, k = int(m.sum()), int((e & m).sum())
     if classes is None:
         expected = size * float(e.mean()) if len(e) else 0.0
-        rate_m = np.array([expected / size if size else 0.0])
         logp = (
-            float(rule_log_pvalues(np.array([k]), np.array([size]), len(e), int(e.sum()), rate_m)[0])
-            if size
-            else 0.0
+            float(rule_log_pvalues(np.array([k]), np.array([size]), len(e), int(e.sum()))[0]) if size else 0.0
         )
     else:
         _, inv = np.unique(np.asarray(classes), return_inverse=True)

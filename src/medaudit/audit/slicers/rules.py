@@ -386,10 +386,8 @@ class RuleSlicer(BaseSlicer):
                 break
             if self.stratify:  # rank by how much worse than the rest of its classes a rule fails
                 cand = np.flatnonzero(ok)  # only the eligible candidates need the class test
-                k_c, s_c = self._class_counts(free[cand], r_size[cand], r_err[cand])
                 r_exp, r_logp = np.zeros(len(ok)), np.zeros(len(ok))
-                r_exp[cand] = s_c @ self.class_error_rates_
-                r_logp[cand] = stratified_excess_logp(k_c, s_c, self._class_k, self._class_n)
+                r_exp[cand], r_logp[cand] = self._class_evidence(free[cand], r_size[cand], r_err[cand])
             score = r_logp if self.rank_by == "p_value" else -(r_err - r_exp)
             best = int(np.flatnonzero(ok)[np.argmin(score[ok])])
             picked.append(best)
@@ -451,22 +449,23 @@ class RuleSlicer(BaseSlicer):
         k_all = np.stack([errs - np.sum(k, axis=0), *k], axis=1)
         return k_all, s_all
 
-    def _class_expected(self, rows: np.ndarray) -> np.ndarray:
-        """Errors of packed member ``rows`` expected from their classes' error rates."""
-        _, s = self._class_counts(rows)
-        return np.asarray(s @ self.class_error_rates_, dtype=float)
-
-    def _class_logp(self, rows: np.ndarray) -> np.ndarray:
-        """Log p-values of packed member ``rows`` failing more often than the rest of their classes
+    def _class_evidence(
+        self, rows: np.ndarray, size: np.ndarray | None = None, errs: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Errors of packed member ``rows`` expected from their classes' error rates, and the log
+        p-values of their failing more often than the rest of their classes
         (:func:`medaudit.stats.stratified_excess_logp`)."""
-        k, s = self._class_counts(rows)
-        return stratified_excess_logp(k, s, self._class_k, self._class_n)
+        k, s = self._class_counts(rows, size, errs)
+        exp = np.asarray(s @ self.class_error_rates_, dtype=float)
+        return exp, stratified_excess_logp(k, s, self._class_k, self._class_n)
 
     def _store_class_evidence(self, picked: list[int], rules: np.ndarray) -> None:
         """Per slice, the errors its classes predict and the p-value against the rest of its classes."""
-        rows = self._rule_rows(rules[picked]) if picked else np.zeros((0, 1), dtype=np.uint64)
-        self.slice_class_expected_ = self._class_expected(rows) if picked else np.zeros(0)
-        self.slice_class_pvalue_ = np.exp(self._class_logp(rows)) if picked else np.zeros(0)
+        if not picked:
+            self.slice_class_expected_, self.slice_class_pvalue_ = np.zeros(0), np.zeros(0)
+            return
+        exp, logp = self._class_evidence(self._rule_rows(rules[picked]))
+        self.slice_class_expected_, self.slice_class_pvalue_ = exp, np.exp(logp)
 
     def _store(
         self,
