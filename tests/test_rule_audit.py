@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from medaudit.audit.pipeline import AuditConfig, run_audit
-from medaudit.audit.rule_audit import merge_ranked, slice_evidence
+from medaudit.audit.rule_audit import member_scores, merge_ranked, slice_evidence
 from medaudit.audit.table import ColumnMap
 from medaudit.cli import main
 from test_audit_e2e import make_cases
@@ -194,3 +194,49 @@ def test_small_slices_rank_after_supported_ones() -> None:
     assert lp[0] < lp[1]
     assert merge_ranked([tiny, small], lp)[0] == [0, 1]
     assert merge_ranked([tiny, small], lp, min_size=10)[0] == [1, 0]
+
+
+def test_member_scores_order_members_by_error_and_keep_the_rule() -> None:
+    matches = np.array([[1], [1], [1], [0], [0]])
+    labels = np.array([1, 1, 0, 1, 0])
+    probs = np.array([0.9, 0.1, 0.8, 0.0, 1.0])  # right, wrong, wrong, (outside the rule)
+    for t in (0.5, 0.8):
+        s = member_scores(matches, labels, probs, t)[:, 0]
+        assert ((s > t) == matches[:, 0].astype(bool)).all()  # membership is the rule's
+        assert s[3] == s[4] == 0.0
+        assert s[1] > s[2] > s[0] > t  # most wrong first (1 - p(true): 0.9, 0.8, 0.1)
+
+
+def test_rule_slice_members_list_errors_first(cases, tmp_path: Path) -> None:
+    df, _, folder = cases
+    res = run_audit(df, _cfg(folder, slicer="rules"), tmp_path / "out")
+    err = (df["score"].to_numpy() >= 0.5).astype(int) != df["truth"].to_numpy()
+    wrong = pd.Series(err, index=df["case"].astype(str))
+    sl = next(s for s in res.slices if s["family"] == "rules")
+    members = res.members(sl["name"])
+    flags = wrong.loc[members["id"].astype(str)].to_numpy()
+    assert len(members) == sl["size"] and flags.any() and not flags.all()
+    first_ok = int(np.argmin(flags))  # every error comes before the first correct member
+    assert flags[:first_ok].all() and not flags[first_ok:].any()
+
+
+def test_table_without_image_column_is_audited_without_images(cases, tmp_path: Path) -> None:
+    df, _, folder = cases
+    cfg = _cfg(folder, modalities=None, n_slices=2)
+    with pytest.warns(UserWarning, match="no 'image' column"):
+        res = run_audit(df.drop(columns=["image"], errors="ignore"), cfg, tmp_path / "out")
+    assert "image" not in res.payload["modalities"] and res.slices
+    with pytest.raises(Exception, match="image"):  # asked for explicitly: the column must exist
+        run_audit(
+            df.drop(columns=["image"], errors="ignore"),
+            _cfg(folder, modalities=("image", "report")),
+            tmp_path / "out2",
+        )
+
+
+def test_no_errors_warns(cases, tmp_path: Path) -> None:
+    df, _, folder = cases
+    perfect = df.assign(score=df["truth"].astype(float))
+    with pytest.warns(UserWarning, match="no error"):
+        res = run_audit(perfect, _cfg(folder, slicer="rules"), tmp_path / "out")
+    assert any("no error" in w for w in res.payload["warnings"])

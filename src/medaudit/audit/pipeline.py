@@ -12,7 +12,8 @@ Slice membership rule: a case is a *member* of a slice when its membership score
 greater than ``membership_threshold`` (0.5). A slice's ``size``, ``error_rate`` (with a Wilson 95%
 interval), composition, explanations and ``member_ids`` use its members; ``soft_size`` and
 ``soft_error_rate`` weight every case by its score instead. A slice with no member is explained from its
-``n_exemplars`` highest-scoring cases (``explanation.basis = "top_k"``).
+``n_exemplars`` highest-scoring cases (``explanation.basis = "top_k"``). A rule slice's members are the
+cases its rule matches, scored worst-first (:func:`medaudit.audit.rule_audit.member_scores`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from medaudit.audit.outputs import (
     write_slices_json,
 )
 from medaudit.audit.rule_audit import report_concepts
-from medaudit.audit.table import CaseTable, load_case_table, load_embeddings
+from medaudit.audit.table import CaseTable, ColumnMap, load_case_table, load_embeddings, table_columns
 from medaudit.errors import InputError
 from medaudit.faults import fault_point
 from medaudit.outdir import OutputClaim, claim_output
@@ -313,6 +314,33 @@ def _drop_reports(modalities: tuple[str, ...], audit_warnings: list[str]) -> tup
     return rest
 
 
+def _drop_absent_images(
+    source: pd.DataFrame | str | os.PathLike[str],
+    config: AuditConfig,
+    modalities: tuple[str, ...],
+    audit_warnings: list[str],
+) -> tuple[str, ...]:
+    """With the default modalities and the default image column, a table without that column (reports
+    and metadata only) is audited without images, with a warning; a column the user named, or an image
+    modality the user asked for, must exist (the table check names it)."""
+    default_col = ColumnMap().image
+    if config.modalities is not None or "image" not in modalities or "image" in config.embeddings:
+        return modalities
+    col = config.columns.image
+    if col not in (default_col, None):
+        return modalities
+    cols = table_columns(source) if col else []
+    if cols is None or (col and col in cols):
+        return modalities
+    rest = tuple(m for m in modalities if m != "image")
+    audit_warnings.append(
+        f"the table has no '{col or default_col}' column: auditing without images (modalities {', '.join(rest)}; "
+        "--image-col names another column, --modalities chooses explicitly)"
+    )
+    rule_audit.warn(audit_warnings[-1])
+    return rest
+
+
 def _fit_mixture(
     slicer: Any,
     embs: dict[str, np.ndarray],
@@ -482,6 +510,7 @@ def _load_table(
 ) -> tuple[CaseTable, tuple[str, ...]]:
     """Validate the table. Reports are checked strictly only when some are non-empty; when every
     report is empty the report modality is dropped with a warning (the audit goes on without it)."""
+    modalities = _drop_absent_images(source, config, modalities, audit_warnings)
     require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
     kw: dict[str, Any] = {"skip_bad": config.skip_bad, "threshold": config.threshold}
     # first pass without the report and size checks, so that row errors keep their usual order
@@ -610,6 +639,12 @@ def _run_audit(
         elif "metadata" in modalities and table.meta.shape[1] == 0:
             raise InputError("the metadata modality needs at least one metadata column (--meta)")
         claim.check_inputs([table.source, *table.df["image"].dropna().tolist()], "input file")
+        if not table.errors.any():
+            audit_warnings.append(
+                f"the classifier makes no error on the {len(table)} cases: no slice can hold a failure "
+                "(check the label and probability columns, and --threshold)"
+            )
+            rule_audit.warn(audit_warnings[-1])
         n = len(table)
         concepts, msg = report_concepts(table.df["report"].tolist(), lexicon)
         if msg:
@@ -633,7 +668,12 @@ def _run_audit(
         if family in ("rules", "both"):
             task = progress.add_task("rule search", total=1)
             rule_slicer = _fit_rules(predicates, config, targets, probs)
-            rule_scores = rule_slicer.predict_proba(predicates, targets, probs)
+            rule_scores = rule_audit.member_scores(
+                rule_slicer.predict_proba(predicates, targets, probs),
+                targets,
+                probs,
+                config.membership_threshold,
+            )
             scores = np.concatenate([scores, rule_scores], axis=1)
             families += ["rules"] * rule_scores.shape[1]
             progress.update(task, completed=1)

@@ -45,6 +45,7 @@ __all__ = [
     "audit_predicates",
     "concept_enrichment",
     "describe_slice",
+    "member_scores",
     "merge_ranked",
     "report_concepts",
 ]
@@ -152,6 +153,31 @@ def describe_slice(
         desc["concepts"] = concept_enrichment(concepts, m)
     desc["headline"] = _headline(desc["rule"], desc["concepts"], family)
     return desc
+
+
+def member_scores(
+    matches: np.ndarray, labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
+) -> np.ndarray:
+    """Membership scores of rule slices: 0 for a case outside the rule; for a case inside it, a score
+    in the top fifth of ``(threshold, 1]`` that grows with how far the classifier is from the truth
+    (``1 - p(true class)``): ``threshold + (1 - threshold) * (0.8 + 0.2 * (1 - p_true))``. Members
+    stay near 1 (the rule leaves no doubt that they are members, and score-weighted figures such as
+    ``soft_size`` stay within 10% of the rule's), while the order among them is the classifier's.
+
+    A rule decides *who* is in the slice; the score decides *in which order* its members are shown
+    (report, :meth:`~medaudit.audit.result.AuditResult.members`, top-k precision): the cases the
+    classifier gets most wrong first, as an error-aware mixture (Domino) orders its members. Size,
+    error rate and every count use membership (score > ``threshold``), so they are the rule's.
+
+    Args:
+        matches: (n, k) 0/1 rule matches (:meth:`RuleSlicer.predict_proba`).
+        labels: (n,) true binary labels; probs: (n,) predicted P(label = 1).
+    """
+    m = np.asarray(matches, dtype=bool)
+    p = np.asarray(probs, dtype=np.float64)
+    wrong = np.where(np.asarray(labels) == 1, 1.0 - p, p)[:, None]
+    graded = threshold + (1.0 - threshold) * (0.8 + 0.2 * np.clip(wrong, 0.0, 1.0))
+    return np.where(m, graded, 0.0)
 
 
 def slice_evidence(

@@ -32,7 +32,7 @@ from medaudit.audit.config import MODALITIES, ColumnMap
 from medaudit.data.images import check_pixel_limit
 from medaudit.errors import InputError
 
-__all__ = ["CaseTable", "ColumnMap", "load_case_table", "load_embeddings", "read_table"]
+__all__ = ["CaseTable", "ColumnMap", "load_case_table", "load_embeddings", "read_table", "table_columns"]
 
 
 @dataclass
@@ -99,6 +99,26 @@ def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p}: cannot read table ({msg})") from exc
     raise InputError(f"{p}: unknown table format '{p.suffix}' (use .csv, .tsv, .parquet or .jsonl)")
+
+
+def table_columns(path_or_df: str | os.PathLike[str] | pd.DataFrame) -> list[str] | None:
+    """The column names of a table, read from its header only (``None`` when the format has no cheap
+    header: JSON Lines; the full read then reports what is wrong)."""
+    if isinstance(path_or_df, pd.DataFrame):
+        return [str(c) for c in path_or_df.columns]
+    p = Path(path_or_df)
+    suffix = "".join(s.lower() for s in p.suffixes[-2:]) if p.suffix.lower() == ".gz" else p.suffix.lower()
+    try:
+        if suffix in (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".tab"):
+            sep = "," if suffix.startswith(".csv") else "\t"
+            return [str(c) for c in pd.read_csv(p, sep=sep, nrows=0).columns]
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return [str(c) for c in pq.read_schema(p).names]
+    except Exception:  # unreadable: the full read names the problem
+        return None
+    return None
 
 
 class _RowProblems:

@@ -91,15 +91,17 @@ def run_predicates(
 def fit_rules(
     pred: pd.DataFrame, y: np.ndarray, probs: np.ndarray, n_slices: int
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """The audit's rule slicer (its default search settings); (n, n_slices) 0/1 memberships (zero
-    columns when fewer slices pass the test) and each slice's rule (list of predicate names)."""
+    """The audit's rule slicer (its default search settings); (n, n_slices) membership scores as the
+    audit writes them (:func:`medaudit.audit.rule_audit.member_scores`; zero columns when fewer slices
+    pass the test) and each slice's rule (list of predicate names)."""
     from medaudit.audit.pipeline import AuditConfig
+    from medaudit.audit.rule_audit import member_scores
     from medaudit.audit.slicers.rules import RuleSlicer
 
     cfg = AuditConfig()
     rs = RuleSlicer(n_slices=n_slices, max_level=cfg.rule_max_level, min_support=cfg.rule_min_support)
     rs.fit(pred, y, probs)
-    got = rs.predict_proba(pred, y, probs)
+    got = member_scores(rs.predict_proba(pred, y, probs), y, probs, cfg.membership_threshold)
     out = np.zeros((len(pred), n_slices), dtype=np.float64)
     out[:, : got.shape[1]] = got
     return out, [list(r) for r in rs.rules_] + [[] for _ in range(n_slices - len(rs.rules_))]
