@@ -29,7 +29,7 @@ import pandas as pd
 
 from medaudit import __version__
 from medaudit.audit import explain, rule_audit
-from medaudit.audit.concepts import load_lexicon
+from medaudit.audit.concepts import Lexicon, load_lexicon
 from medaudit.audit.config import DEFAULT_ENCODERS, AuditConfig
 from medaudit.audit.outputs import (
     MEMBERSHIP_FILE,
@@ -615,6 +615,41 @@ def _write_outputs(
     return paths
 
 
+def _table_concepts(
+    table: CaseTable, lexicon: Lexicon | None, audit_warnings: list[str]
+) -> pd.DataFrame | None:
+    """The reports' concept codes (``None`` with a warning when no report text can be used); warns
+    too when the classifier makes no error at all."""
+    if not table.errors.any():
+        audit_warnings.append(
+            f"the classifier makes no error on the {len(table)} cases: no slice can hold a failure "
+            "(check the label and probability columns, and --threshold)"
+        )
+        rule_audit.warn(audit_warnings[-1])
+    concepts, msg = report_concepts(table.df["report"].tolist(), lexicon)
+    if msg:
+        audit_warnings.append(msg)
+        rule_audit.warn(msg)
+    return concepts
+
+
+def _rule_slices(
+    predicates: pd.DataFrame, config: AuditConfig, targets: np.ndarray, probs: np.ndarray, progress: Any
+) -> tuple[Any, np.ndarray]:
+    """The fitted rule slicer and its slices' membership scores (members graded worst-first)."""
+    task = progress.add_task("rule search", total=1)
+    rule_slicer = _fit_rules(predicates, config, targets, probs)
+    matches = rule_slicer.predict_proba(predicates, targets, probs)
+    scores = rule_audit.member_scores(matches, targets, probs, config.membership_threshold)
+    progress.update(task, completed=1)
+    return rule_slicer, scores
+
+
+def _membership_rule(config: AuditConfig) -> str:
+    rule = f"a case is a member of a slice when its membership score is > {config.membership_threshold}"
+    return rule + "; a rule slice's members are the cases its rule matches, scored worst-first"
+
+
 def _run_audit(
     table: CaseTable | pd.DataFrame | str | os.PathLike[str],
     config: AuditConfig,
@@ -639,17 +674,8 @@ def _run_audit(
         elif "metadata" in modalities and table.meta.shape[1] == 0:
             raise InputError("the metadata modality needs at least one metadata column (--meta)")
         claim.check_inputs([table.source, *table.df["image"].dropna().tolist()], "input file")
-        if not table.errors.any():
-            audit_warnings.append(
-                f"the classifier makes no error on the {len(table)} cases: no slice can hold a failure "
-                "(check the label and probability columns, and --threshold)"
-            )
-            rule_audit.warn(audit_warnings[-1])
+        concepts = _table_concepts(table, lexicon, audit_warnings)
         n = len(table)
-        concepts, msg = report_concepts(table.df["report"].tolist(), lexicon)
-        if msg:
-            audit_warnings.append(msg)
-            rule_audit.warn(msg)
         slicer = (
             _make_slicer(config.model_copy(update={"slicer": "mixture"}), n) if family == "both" else None
         )
@@ -666,17 +692,9 @@ def _run_audit(
                 concepts, table.meta, targets, table.df["report"].tolist(), max_ngrams=config.rule_ngrams
             )
         if family in ("rules", "both"):
-            task = progress.add_task("rule search", total=1)
-            rule_slicer = _fit_rules(predicates, config, targets, probs)
-            rule_scores = rule_audit.member_scores(
-                rule_slicer.predict_proba(predicates, targets, probs),
-                targets,
-                probs,
-                config.membership_threshold,
-            )
+            rule_slicer, rule_scores = _rule_slices(predicates, config, targets, probs, progress)
             scores = np.concatenate([scores, rule_scores], axis=1)
             families += ["rules"] * rule_scores.shape[1]
-            progress.update(task, completed=1)
 
         slices = _explain_slices(
             scores,
@@ -706,7 +724,7 @@ def _run_audit(
             "concepts": _concept_summary(concepts, lexicon),
             "rule_search": _rule_search_summary(rule_slicer, predicates),
             "ranking": _RANKING_NOTE[family if family in _RANKING_NOTE else "mixture"],
-            "membership_rule": f"a case is a member of a slice when its membership score is > {config.membership_threshold}",
+            "membership_rule": _membership_rule(config),
             "slices": slices,
         }
         membership = membership_frame(table.ids, scores)
