@@ -1075,115 +1075,113 @@ _HTML = """{% extends "base.html" %}
 """
 
 
+_EXTRA_TITLES = (
+    ("hit_rate", "Explanation hit rate (top slice's rule or top concept names the attribute)"),
+    ("stability", "Slicer instability (spread of p@10 across slicer seeds, mean over runs)"),
+    ("contributions", "Modality contribution: fused-variance share and eta² per fusion"),
+)
+_HTML_HEADER = ["scenario", "variant", "fusion", "slicer", "method", "runs", "p@10 study", "p@25 study",
+                "p@10 dcbench", "p@25 dcbench", "hit", "baseline"]  # fmt: skip
+
+
 def write_outputs(
     runs: pd.DataFrame, out: Path, config: BenchConfig, notes: Sequence[str] = (), n_boot: int = 1000
 ) -> dict[str, Any]:
     """Write results.csv/parquet, stability.csv, contributions.csv, plot and summaries (``runs.parquet`` is
     the run grid's result table, written by :class:`medaudit.rungrid.ResultStore`)."""
-    from medaudit import __version__
-    from medaudit.report.html import environment
-
     results = aggregate(runs, n_boot=n_boot)
-    by_share = aggregate(runs, n_boot=n_boot, by_share=True)
-    stab = stability(runs)
-    contrib = contributions(results)
-    hits = hit_rates(runs, n_boot=n_boot)
-    for name, frame in (
-        ("hit_rate", hits),
-        ("results", results),
-        ("results_by_share", by_share),
-        ("stability", stab),
-        ("contributions", contrib),
-    ):
+    frames = {
+        "hit_rate": hit_rates(runs, n_boot=n_boot),
+        "results": results,
+        "results_by_share": aggregate(runs, n_boot=n_boot, by_share=True),
+        "stability": stability(runs),
+        "contributions": contributions(results),
+    }
+    for name, frame in frames.items():
         with atomic_save(out / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
     with atomic_save(out / "results.parquet") as tmp:
         results.to_parquet(tmp, index=False)
     per_run = runs.drop_duplicates("key")
-    discards = (
-        per_run.groupby("scenario")
-        .agg(kept=("kept", "sum"), discarded=("kept", lambda s: int((~s).sum())), gap=("gap", "mean"))
-        .reset_index()
-        .to_dict("records")
-    )
-    plot_path = out / "precision.png"
-    plot_uri = ""
-    if not results.empty:
-        plot_results(results, plot_path)
-        import base64
+    summary = {
+        "runs_kept": int(per_run["kept"].sum()),
+        "runs_total": len(per_run),
+        "discarded": _discards(per_run),
+        "notes": list(notes),
+    }
+    extra = [(title, frames[name]) for name, title in _EXTRA_TITLES if not frames[name].empty]
+    atomic_write_text(out / "summary.md", _summary_markdown(results, extra, summary, config))
+    plot_uri = _plot_uri(results, out / "precision.png")
+    atomic_write_text(out / "summary.html", _summary_html(results, extra, summary, config, plot_uri))
+    return summary
 
-        plot_uri = "data:image/png;base64," + base64.b64encode(plot_path.read_bytes()).decode("ascii")
+
+def _discards(per_run: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per scenario: runs kept, runs discarded by the accuracy-gap rule, and the mean gap."""
+    agg = per_run.groupby("scenario").agg(
+        kept=("kept", "sum"), discarded=("kept", lambda s: int((~s).sum())), gap=("gap", "mean")
+    )
+    return agg.reset_index().to_dict("records")
+
+
+def _plot_uri(results: pd.DataFrame, path: Path) -> str:
+    """Write the precision plot and return it as a data URI (empty without results)."""
+    if results.empty:
+        return ""
+    import base64
+
+    plot_results(results, path)
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _summary_markdown(
+    results: pd.DataFrame, extra: list[tuple[str, pd.DataFrame]], summary: dict[str, Any], config: BenchConfig
+) -> str:
     md = [
         "# Failure-scenario benchmark\n",
-        f"{int(per_run['kept'].sum())} kept / {len(per_run)} runs (min accuracy gap {config.min_gap}).\n",
-        *[f"> {n}\n" for n in notes],
+        f"{summary['runs_kept']} kept / {summary['runs_total']} runs (min accuracy gap {config.min_gap}).\n",
+        *[f"> {n}\n" for n in summary["notes"]],
         markdown_table(results),
     ]
-    if not hits.empty:
-        md += ["\n## Explanation hit rate (top slice's rule or top concept names the attribute)\n",
-               frame_to_markdown(hits), "\n"]  # fmt: skip
-    if not stab.empty:
-        md += [
-            "\n## Slicer instability (spread of p@10 across slicer seeds, mean over runs)\n",
-            frame_to_markdown(stab),
-            "\n",
-        ]
-    if not contrib.empty:
-        md += [
-            "\n## Modality contribution to the clustering (eta² share)\n",
-            frame_to_markdown(contrib),
-            "\n",
-        ]
-    atomic_write_text(out / "summary.md", "\n".join(md))
-    header = [
-        "scenario",
-        "variant",
-        "fusion",
-        "slicer",
-        "method",
-        "runs",
-        "p@10 study",
-        "p@25 study",
-        "p@10 dcbench",
-        "p@25 dcbench",
-        "hit",
-        "baseline",
+    for title, frame in extra:
+        md += [f"\n## {title}\n", frame_to_markdown(frame), "\n"]
+    return "\n".join(md)
+
+
+def _summary_html(
+    results: pd.DataFrame,
+    extra: list[tuple[str, pd.DataFrame]],
+    summary: dict[str, Any],
+    config: BenchConfig,
+    plot_uri: str,
+) -> str:
+    from medaudit import __version__
+    from medaudit.report.html import environment
+
+    metrics = ("p10_study", "p25_study", "p10_dcbench", "p25_dcbench", "hit")
+    keys = ("scenario", "variant", "fusion", "slicer_config", "method")
+    rows = [
+        [*(r[k] for k in keys), int(r["n_runs"]), *(_fmt(r, m) for m in metrics), f"{r['baseline']:.2f}"]
+        for _, r in results.iterrows()
     ]
-    rows = []
-    for _, r in results.iterrows():
-        rows.append([r["scenario"], r["variant"], r["fusion"], r["slicer_config"], r["method"], int(r["n_runs"]),
-                     *[_fmt(r, m) for m in ("p10_study", "p25_study", "p10_dcbench", "p25_dcbench", "hit")], f"{r['baseline']:.2f}"])  # fmt: skip
-    html = (
+    return (
         environment()
         .from_string(_HTML)
         .render(
             version=__version__,
-            notes=list(notes),
+            notes=summary["notes"],
             plot=plot_uri,
-            header=header,
+            header=_HTML_HEADER,
             rows=rows,
-            discards=discards,
+            discards=summary["discarded"],
             min_gap=config.min_gap,
-            runs_kept=int(per_run["kept"].sum()),
-            runs_total=len(per_run),
+            runs_kept=summary["runs_kept"],
+            runs_total=summary["runs_total"],
             extra=[
-                {"title": title, "header": list(map(str, f.columns)), "rows": _html_rows(f)}
-                for title, f in (
-                    ("Explanation hit rate (top slice's rule or top concept names the attribute)", hits),
-                    ("Slicer instability (spread of p@10 across slicer seeds, mean over runs)", stab),
-                    ("Modality contribution: fused-variance share and eta² per fusion", contrib),
-                )
-                if not f.empty
+                {"title": t, "header": list(map(str, f.columns)), "rows": _html_rows(f)} for t, f in extra
             ],
         )
     )
-    atomic_write_text(out / "summary.html", html)
-    return {
-        "runs_kept": int(per_run["kept"].sum()),
-        "runs_total": len(per_run),
-        "discarded": discards,
-        "notes": list(notes),
-    }
 
 
 def _html_rows(frame: pd.DataFrame) -> list[list[str]]:
