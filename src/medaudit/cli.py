@@ -235,12 +235,22 @@ def _internal(exc: BaseException) -> int:
     return 1
 
 
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """Warnings on the command line: ``warning: message``, one line (no source path or code line)."""
+    return "warning: " + " ".join(str(message).split()) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit status (see the module docstring)."""
+    import warnings
+
     from medaudit.outdir import clear_interrupt_note
 
     clear_interrupt_note()
     setup_logging()
+    warnings.formatwarning = _one_line_warning
     args = rewrite_deprecated(list(sys.argv[1:] if argv is None else argv))
     old = signal.getsignal(signal.SIGTERM)
     with contextlib.suppress(ValueError):  # not in the main thread: keep the default

@@ -88,7 +88,8 @@ def make_table(folder: Path, n: int = 40, seed: int = 0, report_extra: str = "")
     rows = []
     for i in range(n):
         words = " ".join(rng.choice(WORDS, 4))
-        prob = float(np.clip(label[i] * 0.6 + rng.uniform(0, 0.4), 0.01, 0.99))
+        wrong = i % 6 == 0  # a sixth of the cases misclassified: an audit needs failures to find
+        prob = float(np.clip(abs(label[i] - wrong) * 0.6 + rng.uniform(0, 0.4), 0.01, 0.99))
         rows.append(
             {
                 "id": f"c{i:03d}",
