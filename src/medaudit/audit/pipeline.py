@@ -615,17 +615,19 @@ def _write_outputs(
     return paths
 
 
-def _table_concepts(
-    table: CaseTable, lexicon: Lexicon | None, audit_warnings: list[str]
-) -> pd.DataFrame | None:
-    """The reports' concept codes (``None`` with a warning when no report text can be used); warns
-    too when the classifier makes no error at all."""
+def _warn_if_no_errors(table: CaseTable, audit_warnings: list[str]) -> None:
     if not table.errors.any():
         audit_warnings.append(
             f"the classifier makes no error on the {len(table)} cases: no slice can hold a failure "
             "(check the label and probability columns, and --threshold)"
         )
         rule_audit.warn(audit_warnings[-1])
+
+
+def _table_concepts(
+    table: CaseTable, lexicon: Lexicon | None, audit_warnings: list[str]
+) -> pd.DataFrame | None:
+    """The reports' concept codes (``None`` with a warning when no report text can be used)."""
     concepts, msg = report_concepts(table.df["report"].tolist(), lexicon)
     if msg:
         audit_warnings.append(msg)
@@ -674,6 +676,7 @@ def _run_audit(
         elif "metadata" in modalities and table.meta.shape[1] == 0:
             raise InputError("the metadata modality needs at least one metadata column (--meta)")
         claim.check_inputs([table.source, *table.df["image"].dropna().tolist()], "input file")
+        _warn_if_no_errors(table, audit_warnings)
         concepts = _table_concepts(table, lexicon, audit_warnings)
         n = len(table)
         slicer = (
