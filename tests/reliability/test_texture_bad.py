@@ -273,6 +273,8 @@ def scans(volumes: Path, tmp_path: Path) -> Path:
     _save(d / "nanaffine.nii.gz", arr, nanaff)
     _save(d / "fourd.nii.gz", np.stack([arr] * 3, axis=-1))
     (d / "text.nii.gz").write_text("not a volume")
+    _save(d / "complex.nii.gz", arr.astype(np.complex64))
+    _save(d / "blank.nii.gz", np.zeros_like(arr))
     (d / "sub").mkdir()
     shutil.copy(d / "good.nii.gz", d / "sub" / "good.nii.gz")
     return d
@@ -286,6 +288,8 @@ def scans(volumes: Path, tmp_path: Path) -> Path:
         ("nanaffine.nii.gz", "affine"),
         ("fourd.nii.gz", "3D"),
         ("text.nii.gz", "NIfTI"),
+        ("complex.nii.gz", "real-valued"),
+        ("blank.nii.gz", "constant"),
         ("missing.nii.gz", "not found"),
         ("sub/good.nii.gz", "same file name"),
     ],

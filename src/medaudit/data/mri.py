@@ -372,6 +372,8 @@ def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise InputError(f"{path}: unreadable NIfTI data ({type(exc).__name__}: {exc})") from None
+    if data.dtype.kind not in "biuf":  # complex, RGB (structured) or other non-real voxels
+        raise InputError(f"{path}: voxel type {data.dtype} is not real-valued (give a magnitude image)")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

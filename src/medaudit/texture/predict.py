@@ -49,8 +49,9 @@ def segment_image(
 
 
 def validate_inputs(inputs: Sequence[str | Path]) -> list[str]:
-    """Check every input volume (readable NIfTI, 3D, finite, non-singular affine, unique output name)
-    before anything is written; return the output file names. Raises a one-line InputError."""
+    """Check every input volume (readable NIfTI, real-valued, 3D, finite, not constant, non-singular
+    affine, unique output name) before anything is written; return the output file names. Raises a
+    one-line InputError."""
     if not inputs:
         raise InputError("no input volumes given")
     names: dict[str, Path] = {}
@@ -62,6 +63,8 @@ def validate_inputs(inputs: Sequence[str | Path]) -> list[str]:
         data = tdata._read_data(tdata.load_nifti(p), p)
         if not np.all(np.isfinite(data)):
             raise InputError(f"{p}: image contains non-finite values (NaN or inf)")
+        if data.size and np.ptp(data) == 0:
+            raise InputError(f"{p}: image is constant (every voxel {data.flat[0]}); nothing to segment")
     return list(names)
 
 
