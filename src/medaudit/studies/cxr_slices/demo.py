@@ -127,12 +127,9 @@ def run_demo(
     prob, pred, acc, gap = _classify(train, test, scen, image_size, seed, quiet, clf_kw)
     timings["classifier_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    enc_kw: dict[str, dict[str, Any]] = {}
-    if image_encoder == "efficientnet-lite0":
-        enc_kw["image"] = {"size": 64 if quick else 224, "device": device}
-    cfg_kw = {"encoders": {"image": image_encoder, "report": report_encoder, "metadata": "tabular"}}
-    cfg_kw |= {"encoder_kwargs": enc_kw, "n_slices": n_slices, "rank_by": rank_by, "slicer": slicer}
-    cfg_kw |= {"cache_dir": cache / "embeddings", "seed": seed, "device": device}
+    encoders = {"image": image_encoder, "report": report_encoder, "metadata": "tabular"}
+    cfg_kw = _audit_settings(encoders, quick, device, cache, seed)
+    cfg_kw |= {"n_slices": n_slices, "rank_by": rank_by, "slicer": slicer}
     res, table = _audit(test, scen, prob, out_dir, force, cfg_kw)
     timings["audit_s"] = time.perf_counter() - t
     figures, best, top_slice = _measure(res, table, scen, pred, acc, gap, attribute)
@@ -159,6 +156,23 @@ def run_demo(
         for line in summary_lines(result, attribute):
             console.print(line, highlight=False)
     return result
+
+
+def _audit_settings(
+    encoders: dict[str, str], quick: bool, device: str | None, cache: Path, seed: int
+) -> dict[str, Any]:
+    """The demo audit's encoders (ImageNet EfficientNet-Lite0 at 224 px, 64 px when ``quick``), its
+    embedding cache under the cohort cache, seed and device."""
+    enc_kw: dict[str, dict[str, Any]] = {}
+    if encoders["image"] == "efficientnet-lite0":
+        enc_kw["image"] = {"size": 64 if quick else 224, "device": device}
+    return {
+        "encoders": encoders,
+        "encoder_kwargs": enc_kw,
+        "cache_dir": cache / "embeddings",
+        "seed": seed,
+        "device": device,
+    }
 
 
 def _cohort_and_scenario(
