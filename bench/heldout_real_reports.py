@@ -80,6 +80,20 @@ FAILURES: tuple[Failure, ...] = (
     Failure("degenerative spine", "heldout", mesh_full=("Spine/degenerative", "Thoracic Vertebrae/degenerative")),
     Failure("female age<40 & no finding", "heldout", age_max=40, sex="F", label=0),
     Failure("AP view", "heldout", view="AP"),
+    # fresh: defined on 2026-12-02, after the last product change of that day, and run once
+    Failure("scarring", "fresh", mesh=("Cicatrix",)),
+    Failure("atelectasis & age<60", "fresh", mesh=("Pulmonary Atelectasis",), age_max=60),
+    Failure("bone fracture", "fresh", mesh=("Fractures, Bone",)),
+    Failure("unsatisfactory image quality", "fresh", mesh=("Technical Quality of Image Unsatisfactory",)),
+    Failure("diaphragmatic eventration", "fresh", mesh=("Diaphragmatic Eventration",)),
+    Failure("male age>=70 & finding", "fresh", sex="M", age_min=70, label=1),
+    # fresh2: defined on 2026-12-02 before the n-gram vocabulary change that "fresh" prompted; run once
+    Failure("kyphosis", "fresh2", mesh=("Kyphosis",)),
+    Failure("foreign bodies", "fresh2", mesh=("Foreign Bodies",)),
+    Failure("pulmonary congestion", "fresh2", mesh=("Pulmonary Congestion",)),
+    Failure("costophrenic angle", "fresh2", mesh=("Costophrenic Angle",)),
+    Failure("lung markings", "fresh2", mesh=("Markings",)),
+    Failure("female age>=65 & no finding", "fresh2", sex="F", age_min=65, label=0),
 )  # fmt: skip
 
 
@@ -233,7 +247,7 @@ def summarise(res: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--split", choices=("tune", "heldout"), default="tune")
+    ap.add_argument("--split", choices=("tune", "heldout", "fresh", "fresh2"), default="tune")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--bg-error", type=float, default=0.10)
