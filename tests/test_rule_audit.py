@@ -240,3 +240,16 @@ def test_no_errors_warns(cases, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="no error"):
         res = run_audit(perfect, _cfg(folder, slicer="rules"), tmp_path / "out")
     assert any("no error" in w for w in res.payload["warnings"])
+
+
+def test_rare_words_that_can_make_a_slice_become_predicates() -> None:
+    from medaudit.audit.rule_audit import audit_predicates, ngram_min_reports
+
+    assert ngram_min_reports(1000, 10) == 10 and ngram_min_reports(100_000, 10) == 500
+    reports = [
+        "Diaphragmatic eventration noted." if i < 12 else f"Lungs are clear {i % 7}." for i in range(1000)
+    ]
+    pred = audit_predicates(None, None, np.zeros(1000, dtype=int), reports, min_support=10)
+    assert 'report says "eventration"' in pred.columns  # in 1.2% of the reports
+    pred = audit_predicates(None, None, np.zeros(1000, dtype=int), reports, min_support=20)
+    assert 'report says "eventration"' not in pred.columns  # too rare for a 20-case slice

@@ -692,7 +692,12 @@ def _run_audit(
         predicates, rule_slicer = None, None
         if family in ("rules", "both") or concepts is not None:
             predicates = rule_audit.audit_predicates(
-                concepts, table.meta, targets, table.df["report"].tolist(), max_ngrams=config.rule_ngrams
+                concepts,
+                table.meta,
+                targets,
+                table.df["report"].tolist(),
+                max_ngrams=config.rule_ngrams,
+                min_support=config.rule_min_support,
             )
         if family in ("rules", "both"):
             rule_slicer, rule_scores = _rule_slices(predicates, config, targets, probs, progress)

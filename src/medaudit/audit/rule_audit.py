@@ -47,6 +47,7 @@ __all__ = [
     "describe_slice",
     "member_scores",
     "merge_ranked",
+    "ngram_min_reports",
     "report_concepts",
 ]
 
@@ -82,16 +83,28 @@ def audit_predicates(
     metadata: pd.DataFrame | None,
     label: np.ndarray,
     reports: Sequence[Any] | None = None,
-    max_ngrams: int = 100,
+    max_ngrams: int = 300,
+    min_support: int = 10,
 ) -> pd.DataFrame:
     """Predicates for the rule slicer: concepts, metadata, label and the ``max_ngrams`` most frequent
-    open-vocabulary n-grams (1–2 words, in 2%–50% of the reports)."""
+    open-vocabulary n-grams (1–2 words) in at most half of the reports and in at least
+    :func:`ngram_min_reports` of them: as many as a rule slice needs (``min_support``), and 0.5% of
+    the reports on large tables. A word in 1% of the reports ("eventration") can name a failure
+    group of that size; a fixed 2% floor hid it."""
     extra = None
     if reports is not None and max_ngrams > 0 and any(isinstance(r, str) and r.strip() for r in reports):
-        extra = ngram_features(reports, ngram_range=(1, 2), min_df=0.02, max_df=0.5, max_features=max_ngrams)
+        low = ngram_min_reports(len(reports), min_support)
+        extra = ngram_features(reports, ngram_range=(1, 2), min_df=low, max_df=0.5, max_features=max_ngrams)
         extra = extra if extra.shape[1] else None
     meta = metadata if metadata is not None and metadata.shape[1] else None
     return build_predicates(concepts, meta, label, extra=extra)
+
+
+def ngram_min_reports(n_reports: int, min_support: int = 10) -> int:
+    """Fewest reports an open-vocabulary n-gram predicate must occur in: ``max(min_support, 0.5% of
+    the reports)`` (rarer n-grams cannot make a rule slice; on large tables the floor keeps the
+    vocabulary to words that can name a group worth a slice)."""
+    return max(int(min_support), 2, int(np.ceil(0.005 * n_reports)))
 
 
 def concept_enrichment(concepts: pd.DataFrame, mask: np.ndarray, top: int = 10) -> list[dict[str, Any]]:

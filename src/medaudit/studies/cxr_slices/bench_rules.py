@@ -84,7 +84,10 @@ def run_predicates(
     meta_cols = [c for c in metadata_columns if c in df.columns]
     meta = df.iloc[idx][meta_cols].reset_index(drop=True) if meta_cols else None
     reports = df.iloc[idx]["report"].tolist() if "report" in df else None
-    pred = audit_predicates(codes, meta, np.asarray(y), reports, max_ngrams=AuditConfig().rule_ngrams)
+    cfg = AuditConfig()
+    pred = audit_predicates(
+        codes, meta, np.asarray(y), reports, max_ngrams=cfg.rule_ngrams, min_support=cfg.rule_min_support
+    )
     return pred, codes
 
 
