@@ -93,6 +93,21 @@ MESH: dict[str, tuple[str, ...]] = {
         "Pacemaker, Artificial",
         "Defibrillators, Implantable",
     ),
+    # added 2026-12-02 with the lexicon's concepts for Open-i's frequent uncovered headings
+    "calcification": ("Calcinosis",),
+    "scarring": ("Cicatrix",),
+    "fibrosis": ("Pulmonary Fibrosis", "Lung Diseases, Interstitial"),
+    "prominent lung markings": ("Markings",),
+    "elevated hemidiaphragm": ("Diaphragm/right/elevated", "Diaphragm/left/elevated", "Diaphragm/elevated"),
+    "flattened diaphragm": ("Diaphragm/bilateral/flattened", "Diaphragm/flattened"),
+    "eventration": ("Diaphragmatic Eventration",),
+    "kyphosis": ("Kyphosis",),
+    "vertebral deformity": ("Deformity",),
+    "spinal fusion or hardware": ("Spinal Fusion",),
+    "foreign body": ("Foreign Bodies",),
+    "limited technique": ("Technical Quality of Image Unsatisfactory",),
+    "costophrenic blunting": ("Costophrenic Angle",),
+    "lucency": ("Lucency",),
 }
 
 

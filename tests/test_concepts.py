@@ -131,3 +131,27 @@ def test_redundant_ngrams_collapse() -> None:
     ng = report_ngrams(reports, in_slice, ~in_slice, top_k=10)["ngram"].tolist()
     tube_grams = [g for g in ng if "tube" in g.split()]
     assert len(tube_grams) == 1  # "tube", "chest tube", "right chest tube" ... are one feature
+
+
+@pytest.mark.parametrize(
+    ("text", "concept", "code"),
+    [
+        ("Metallic foreign body projects over the left upper quadrant.", "foreign body", 1),
+        ("Nipple piercings noted.", "foreign body", 1),
+        ("Exaggerated thoracic kyphosis.", "kyphosis", 1),
+        ("No kyphosis.", "kyphosis", -1),
+        ("Elevated right hemidiaphragm.", "elevated hemidiaphragm", 1),
+        ("The diaphragms are flattened.", "flattened diaphragm", 1),
+        ("Calcified granuloma in the right upper lobe.", "calcification", 0),
+        ("Aortic calcification.", "calcification", 1),
+        ("Study limited by patient motion.", "limited technique", 1),
+        ("Blunting of the left costophrenic angle.", "costophrenic blunting", 1),
+        ("Postsurgical changes of spinal fusion.", "spinal fusion or hardware", 1),
+        ("Increased interstitial markings.", "prominent lung markings", 1),
+        ("Anterior wedging of a midthoracic vertebral body.", "vertebral deformity", 1),
+        ("Scarring in the left lung base.", "scarring", 1),
+    ],
+)
+def test_frequent_openi_headings_have_concepts(text: str, concept: str, code: int) -> None:
+    """Open-i's frequent MeSH major headings that the first lexicon missed (docs/concepts.md)."""
+    assert _code(text, concept) == code

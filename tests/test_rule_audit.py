@@ -253,3 +253,46 @@ def test_rare_words_that_can_make_a_slice_become_predicates() -> None:
     assert 'report says "eventration"' in pred.columns  # in 1.2% of the reports
     pred = audit_predicates(None, None, np.zeros(1000, dtype=int), reports, min_support=20)
     assert 'report says "eventration"' not in pred.columns  # too rare for a 20-case slice
+
+
+def _weak_lead_table(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Reports from a pool of sentences; 20 mention kyphosis and 8 of those are errors (12% elsewhere):
+    p ~ 1e-3, not significant after correcting for the thousands of rules tried."""
+    rng = np.random.default_rng(seed)
+    pool = ["Heart size normal.", "Lungs are clear.", "No pleural effusion.", "Stable mediastinum.",
+            "Mild degenerative change.", "No pneumothorax.", "Calcified granuloma.", "Low lung volumes.",
+            "Prior study reviewed.", "Trachea midline.", "No focal consolidation.", "Bony structures intact."]  # fmt: skip
+    texts = [" ".join(rng.choice(pool, size=4, replace=False)) for _ in range(n)]
+    err = rng.random(n) < 0.12
+    for i in range(20):
+        texts[i] += " Thoracic kyphosis."
+    err[:20] = np.arange(20) < 8
+    y = rng.integers(0, 2, n)
+    pred = np.where(err, 1 - y, y)
+    return pd.DataFrame(
+        {
+            "case": [f"c{i}" for i in range(n)],
+            "truth": y,
+            "score": np.where(pred == 1, 0.8, 0.2),
+            "text": texts,
+            "view": rng.choice(["PA", "AP"], n),
+            "sex": rng.choice(["F", "M"], n),
+            "age": rng.integers(20, 90, n),
+        }
+    )
+
+
+def test_exploratory_rule_slices_are_flagged_in_json_and_report(cases, tmp_path: Path) -> None:
+    """When fewer rules than asked for survive the correction, the list is filled with rules that are
+    significant only before it; slices.json flags them and the report says so."""
+    _, _, folder = cases
+    df = _weak_lead_table()
+    res = run_audit(df, _cfg(folder, slicer="rules", write_report=True), tmp_path / "out")
+    flags = [s["rule_significant"] for s in res.slices]
+    assert flags and not all(flags) and flags == sorted(flags, reverse=True)
+    for s in res.slices:
+        assert (s["rule_qvalue"] <= 0.05) == s["rule_significant"]
+    assert any("kyphosis" in " ".join(s["explanation"]["rule"]["rule"]) for s in res.slices)
+    assert "Exploratory:" in (tmp_path / "out" / "report.html").read_text()
+    strict = run_audit(df, _cfg(folder, slicer="rules", rule_exploratory=False), tmp_path / "strict")
+    assert all(s["rule_significant"] for s in strict.slices) and len(strict.slices) < len(res.slices)

@@ -150,3 +150,39 @@ def test_one_ngram_per_rule() -> None:
     assert d is not None and sum(t.startswith("report says") for t in d["rule"]) <= 1
     unlimited = RuleSlicer(n_slices=5, group_limits={}).fit(df, y, pred)
     assert sorted(unlimited.rules_[0]) == ["label = 0", 'report says "f3"', 'report says "f7"']
+
+
+def test_exploratory_rules_fill_the_list_and_are_flagged() -> None:
+    """A lead (18 cases, 8 errors at a 15% base rate: p ~ 1e-3) among 1,500 noise predicates does not
+    survive Benjamini-Hochberg; ``exploratory`` reports it anyway, flagged as not significant."""
+    rng = np.random.default_rng(0)
+    n = 1000
+    err = rng.random(n) < 0.15
+    lead = np.zeros(n, dtype=bool)
+    lead[:18] = True
+    err[:18] = np.arange(18) < 8
+    cols = {f"noise {j}": rng.random(n) < 0.3 for j in range(1500)}
+    pred = pd.DataFrame({**cols, "lead": lead})
+    y, probs = np.zeros(n, dtype=int), np.where(err, 0.8, 0.2)
+    strict = RuleSlicer(n_slices=3, max_level=1).fit(pred, y, probs)
+    assert strict.rules_ == [] and len(strict.slice_significant_) == 0
+    loose = RuleSlicer(n_slices=3, max_level=1, exploratory=True).fit(pred, y, probs)
+    assert ["lead"] in loose.rules_
+    assert not loose.slice_significant_.any() and (loose.slice_qvalue_ > 0.05).all()
+    assert (loose.slice_pvalue_ <= 0.05).all()
+
+
+def test_exploratory_rules_come_after_significant_ones() -> None:
+    rng = np.random.default_rng(1)
+    n = 1000
+    err = rng.random(n) < 0.1
+    strong = np.zeros(n, dtype=bool)
+    strong[:40] = True
+    err[:40] = True
+    cols = {f"noise {j}": rng.random(n) < 0.3 for j in range(300)}
+    pred = pd.DataFrame({**cols, "strong": strong})
+    y, probs = np.zeros(n, dtype=int), np.where(err, 0.8, 0.2)
+    rs = RuleSlicer(n_slices=5, max_level=1, exploratory=True).fit(pred, y, probs)
+    assert rs.rules_[0] == ["strong"] and rs.slice_significant_[0]
+    flags = rs.slice_significant_.tolist()
+    assert flags == sorted(flags, reverse=True)  # significant first, then the exploratory ones

@@ -2,7 +2,7 @@
 
 ``slices.json`` (``schema_version`` "1.1"; 1.1 adds, and 1.0 readers can ignore: ``warnings``,
 ``concepts``, ``rule_search``, ``ranking``, and per slice ``family`` (mixture / rules), ``evidence``
-(excess errors, one-sided p against the rest of the members' classes), ``linked`` (merged overlapping slices), ``rule_qvalue`` (rule
+(excess errors, one-sided p against the rest of the members' classes), ``linked`` (merged overlapping slices), ``rule_qvalue`` and ``rule_significant`` (rule
 slices) and ``explanation.headline`` / ``explanation.rule`` / ``explanation.concepts``)::
 
     {

@@ -378,7 +378,7 @@ def _fit_rules(predicates: pd.DataFrame, config: AuditConfig, targets: np.ndarra
         n_slices=config.n_slices,
         max_level=config.rule_max_level,
         min_support=config.rule_min_support,
-        **params,
+        **{"exploratory": config.rule_exploratory, **params},
     )
     return rs.fit(predicates, targets, probs)
 
@@ -496,6 +496,7 @@ def _explain_slices(
         _add_rule_explanation(summary, scores[:, j], config, predicates, concepts, rule, families[j])
         if rule is not None:
             summary["rule_qvalue"] = float(rule_slicer.slice_qvalue_[j - n_mix])
+            summary["rule_significant"] = bool(rule_slicer.slice_significant_[j - n_mix])
         slices.append(summary)
         progress.update(task, advance=1)
     return slices
@@ -652,6 +653,20 @@ def _membership_rule(config: AuditConfig) -> str:
     return rule + "; a rule slice's members are the cases its rule matches, scored worst-first"
 
 
+@dataclass
+class _Found:
+    """What the slicers found: embeddings, fused space, slice scores and the rule search's state."""
+
+    embs: dict[str, np.ndarray]
+    fused: np.ndarray | None
+    scores: np.ndarray
+    families: list[str]
+    slicer_err: Any
+    slicer_score: Any
+    predicates: pd.DataFrame | None
+    rule_slicer: Any
+
+
 def _run_audit(
     table: CaseTable | pd.DataFrame | str | os.PathLike[str],
     config: AuditConfig,
@@ -660,85 +675,33 @@ def _run_audit(
 ) -> AuditResult:
     from medaudit.device import seed_everything
 
-    modalities = config.resolved_modalities()
     seed_everything(config.seed)
     family = str(config.slicer).lower()
-    if family == "rules":
-        modalities = ()
+    modalities = () if family == "rules" else config.resolved_modalities()
     lexicon = load_lexicon(config.concepts) if config.concepts else None  # fail fast on a bad file
-    min_cases = max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
     audit_warnings: list[str] = []
     with make_progress() as progress:
-        if not isinstance(table, CaseTable):
-            task = progress.add_task("read case table", total=1)
-            table, modalities = _load_table(table, config, modalities, min_cases, audit_warnings)
-            progress.update(task, completed=1)
-        elif "metadata" in modalities and table.meta.shape[1] == 0:
-            raise InputError("the metadata modality needs at least one metadata column (--meta)")
-        claim.check_inputs([table.source, *table.df["image"].dropna().tolist()], "input file")
-        _warn_if_no_errors(table, audit_warnings)
+        table, modalities = _prepare_table(table, config, modalities, family, claim, progress, audit_warnings)
         concepts = _table_concepts(table, lexicon, audit_warnings)
-        n = len(table)
-        slicer = (
-            _make_slicer(config.model_copy(update={"slicer": "mixture"}), n) if family == "both" else None
-        )
-        slicer = slicer or (_make_slicer(config, n) if family != "rules" else None)
-
-        embs = _encode(table, config, modalities, progress, precomputed) if slicer is not None else {}
-        targets = table.df["label"].to_numpy().astype(np.int64)
-        probs = table.df["prob"].to_numpy().astype(np.float64)
-        fused, scores, slicer_err, slicer_score = _fit_mixture(slicer, embs, config, targets, probs, progress)
-        families = ["mixture"] * scores.shape[1]
-        predicates, rule_slicer = None, None
-        if family in ("rules", "both") or concepts is not None:
-            predicates = rule_audit.audit_predicates(
-                concepts,
-                table.meta,
-                targets,
-                table.df["report"].tolist(),
-                max_ngrams=config.rule_ngrams,
-                min_support=config.rule_min_support,
-            )
-        if family in ("rules", "both"):
-            rule_slicer, rule_scores = _rule_slices(predicates, config, targets, probs, progress)
-            scores = np.concatenate([scores, rule_scores], axis=1)
-            families += ["rules"] * rule_scores.shape[1]
-
+        found = _discover(table, config, family, modalities, concepts, progress, precomputed)
         slices = _explain_slices(
-            scores,
-            families,
+            found.scores,
+            found.families,
             table,
             config,
-            (slicer_err, slicer_score),
-            rule_slicer,
-            predicates,
+            (found.slicer_err, found.slicer_score),
+            found.rule_slicer,
+            found.predicates,
             concepts,
             progress,
         )
-        slices, scores = _rank_slices(slices, scores, table, config, family)
-
+        slices, scores = _rank_slices(slices, found.scores, table, config, family)
         counts = _counts(table)
-        payload: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "medaudit_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "source": str(table.source) if table.source else None,
-            "config": config.to_dict(),
-            "modalities": list(modalities),
-            "embedding_dims": {m: int(e.shape[1]) for m, e in embs.items()},
-            "fused_dim": int(fused.shape[1]) if fused is not None else 0,
-            "counts": counts,
-            "warnings": audit_warnings,
-            "concepts": _concept_summary(concepts, lexicon),
-            "rule_search": _rule_search_summary(rule_slicer, predicates),
-            "ranking": _RANKING_NOTE[family if family in _RANKING_NOTE else "mixture"],
-            "membership_rule": _membership_rule(config),
-            "slices": slices,
-        }
+        payload = _payload(table, config, modalities, found, (concepts, lexicon), audit_warnings, slices)
+        payload["counts"] = counts
         membership = membership_frame(table.ids, scores)
-
         task = progress.add_task("write outputs", total=1)
-        paths = _write_outputs(claim, payload, membership, table, scores, fused, config.write_report)
+        paths = _write_outputs(claim, payload, membership, table, scores, found.fused, config.write_report)
         progress.update(task, completed=1)
     return AuditResult(
         slices=slices,
@@ -746,7 +709,96 @@ def _run_audit(
         out_dir=claim.path,
         paths=paths,
         counts=counts,
-        embedding=fused,
+        embedding=found.fused,
         table=table,
         payload=payload,
     )
+
+
+def _prepare_table(
+    table: CaseTable | pd.DataFrame | str | os.PathLike[str],
+    config: AuditConfig,
+    modalities: tuple[str, ...],
+    family: str,
+    claim: OutputClaim,
+    progress: Any,
+    audit_warnings: list[str],
+) -> tuple[CaseTable, tuple[str, ...]]:
+    """The validated case table (read when given as a path or frame) and the modalities it supports;
+    refuses inputs inside the output folder."""
+    min_cases = max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
+    if not isinstance(table, CaseTable):
+        task = progress.add_task("read case table", total=1)
+        table, modalities = _load_table(table, config, modalities, min_cases, audit_warnings)
+        progress.update(task, completed=1)
+    elif "metadata" in modalities and table.meta.shape[1] == 0:
+        raise InputError("the metadata modality needs at least one metadata column (--meta)")
+    claim.check_inputs([table.source, *table.df["image"].dropna().tolist()], "input file")
+    _warn_if_no_errors(table, audit_warnings)
+    return table, modalities
+
+
+def _discover(
+    table: CaseTable,
+    config: AuditConfig,
+    family: str,
+    modalities: tuple[str, ...],
+    concepts: pd.DataFrame | None,
+    progress: Any,
+    precomputed: dict[str, np.ndarray] | None,
+) -> _Found:
+    """Embed and fit the mixture slicer (``mixture``/``both``), build the predicates and search rule
+    slices (``rules``/``both``): every slice's scores, in one matrix, with its family."""
+    n = len(table)
+    slicer = _make_slicer(config.model_copy(update={"slicer": "mixture"}), n) if family == "both" else None
+    slicer = slicer or (_make_slicer(config, n) if family != "rules" else None)
+    embs = _encode(table, config, modalities, progress, precomputed) if slicer is not None else {}
+    targets = table.df["label"].to_numpy().astype(np.int64)
+    probs = table.df["prob"].to_numpy().astype(np.float64)
+    fused, scores, slicer_err, slicer_score = _fit_mixture(slicer, embs, config, targets, probs, progress)
+    families = ["mixture"] * scores.shape[1]
+    predicates, rule_slicer = None, None
+    if family in ("rules", "both") or concepts is not None:
+        predicates = rule_audit.audit_predicates(
+            concepts,
+            table.meta,
+            targets,
+            table.df["report"].tolist(),
+            max_ngrams=config.rule_ngrams,
+            min_support=config.rule_min_support,
+        )
+    if family in ("rules", "both"):
+        rule_slicer, rule_scores = _rule_slices(predicates, config, targets, probs, progress)
+        scores = np.concatenate([scores, rule_scores], axis=1)
+        families += ["rules"] * rule_scores.shape[1]
+    return _Found(embs, fused, scores, families, slicer_err, slicer_score, predicates, rule_slicer)
+
+
+def _payload(
+    table: CaseTable,
+    config: AuditConfig,
+    modalities: tuple[str, ...],
+    found: _Found,
+    concept_state: tuple[pd.DataFrame | None, Lexicon | None],
+    audit_warnings: list[str],
+    slices: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """slices.json's content (docs/audit.md), less ``counts``."""
+    family = str(config.slicer).lower()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "medaudit_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": str(table.source) if table.source else None,
+        "config": config.to_dict(),
+        "modalities": list(modalities),
+        "embedding_dims": {m: int(e.shape[1]) for m, e in found.embs.items()},
+        "fused_dim": int(found.fused.shape[1]) if found.fused is not None else 0,
+        "counts": None,
+        "warnings": audit_warnings,
+        "concepts": _concept_summary(*concept_state),
+        "rule_search": _rule_search_summary(found.rule_slicer, found.predicates),
+        "ranking": _RANKING_NOTE[family if family in _RANKING_NOTE else "mixture"],
+        "membership_rule": _membership_rule(config),
+        "slices": slices,
+    }

@@ -55,6 +55,7 @@ computed on the error cases only and sizes only for rules that pass the error bo
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 import numpy as np
@@ -103,6 +104,23 @@ def rule_pvalues(
     return np.exp(rule_log_pvalues(errors, size, n, n_errors, rate))
 
 
+@dataclass
+class _Picks:
+    """The greedy selection's state: picked rule indices, their packed member rows and sizes, and the
+    cases they cover."""
+
+    covered: np.ndarray
+    picked: list[int] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+    def add(self, index: int, row: np.ndarray, size: int) -> None:
+        self.picked.append(index)
+        self.rows.append(row)
+        self.sizes.append(size)
+        self.covered |= row
+
+
 class RuleSlicer(BaseSlicer):
     """Rule slices over a (n, p) boolean predicate matrix (see the module docstring).
 
@@ -128,6 +146,9 @@ class RuleSlicer(BaseSlicer):
         feature_groups: the family of each predicate, when the names do not tell it.
         stratify: rank the significant rules by their errors against the rest of their members'
             classes (see the module docstring); ``False`` ranks against the overall rate.
+        exploratory: when fewer than ``n_slices`` rules survive the Benjamini–Hochberg correction,
+            fill the rest with rules significant before it (``p <= alpha``), flagged
+            ``slice_significant_ = False`` (leads to check, not findings).
 
     Attributes (after fit):
         rules_: per slice, the list of predicate names; ``rule_text_``: joined with " ∧ ".
@@ -136,6 +157,8 @@ class RuleSlicer(BaseSlicer):
         slice_class_expected_, slice_class_pvalue_: errors its classes' rates predict, and the p-value
             against the rest of its classes.
         class_error_rates_: error rate per true class.
+        slice_significant_: per slice, whether it survived the correction (``q <= alpha``); the
+            significant ones come first.
         n_rules_tested_: rules counted in the Benjamini–Hochberg correction.
         search_stats_: candidates and survivors per level, truncation flags, timings.
     """
@@ -155,6 +178,7 @@ class RuleSlicer(BaseSlicer):
         group_limits: dict[str, int] | None = None,
         feature_groups: list[str] | None = None,
         stratify: bool = True,
+        exploratory: bool = False,
     ) -> None:
         self.n_slices = n_slices
         self.max_level = max_level
@@ -169,6 +193,7 @@ class RuleSlicer(BaseSlicer):
         self.group_limits = group_limits
         self.feature_groups = feature_groups
         self.stratify = stratify
+        self.exploratory = exploratory
 
     # -- helpers -------------------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -350,11 +375,35 @@ class RuleSlicer(BaseSlicer):
         logp: np.ndarray,
     ) -> list[int]:
         """Greedy pick: each round takes the best rule on the cases not yet covered by picked slices
-        (its *residual* errors must still be significant), skipping near-duplicates."""
+        (its *residual* errors must still be significant), skipping near-duplicates. With
+        ``exploratory``, rounds left over after the significant rules run out pick among the rules
+        that are significant before the correction (``p <= alpha``); ``slice_significant_`` tells
+        them apart."""
         excess = errs - size * self.base_rate_
-        ok = (size >= self.min_support_) & (errs >= self.min_errors) & (q <= self.alpha) & (excess > 0)
+        ok = (size >= self.min_support_) & (errs >= self.min_errors) & (excess > 0)
         ok &= ~self._class_only[rules].all(axis=1)  # 'label = 1' alone is a class-level finding
-        eligible = np.flatnonzero(ok)
+        sig = q <= self.alpha
+        log_cut = float(logp[sig].max()) if sig.any() else -np.inf
+        state = _Picks(np.zeros(self._fall.shape[1], dtype=np.uint64))
+        self._greedy(rules, size, excess, logp, np.flatnonzero(ok & sig), log_cut, state)
+        n_significant = len(state.picked)
+        if self.exploratory and n_significant < int(self.n_slices):
+            loose = ok & ~sig & (logp <= np.log(self.alpha))
+            self._greedy(rules, size, excess, logp, np.flatnonzero(loose), float(np.log(self.alpha)), state)
+        self._n_significant = n_significant
+        return state.picked
+
+    def _greedy(
+        self,
+        rules: np.ndarray,
+        size: np.ndarray,
+        excess: np.ndarray,
+        logp: np.ndarray,
+        eligible: np.ndarray,
+        log_cut: float,
+        state: _Picks,
+    ) -> None:
+        """Rounds of the greedy pick among ``eligible`` rules until ``n_slices`` are picked in all."""
         level = (rules[eligible] >= 0).sum(axis=1)
         keys = (level, -excess[eligible], logp[eligible])
         if self.rank_by == "excess_errors":
@@ -365,35 +414,29 @@ class RuleSlicer(BaseSlicer):
         single = (rules[order] >= 0).sum(axis=1) == 1
         order = np.concatenate([order[single], order[~single][:cap]])
         rows = self._rule_rows(rules[order])
-        err_bits = self._err_mask
-        log_cut = float(logp[q <= self.alpha].max()) if (q <= self.alpha).any() else -np.inf
-        covered = np.zeros(rows.shape[1], dtype=np.uint64)
         sizes = size[order]
-        picked: list[int] = []
         taken = np.zeros(len(order), dtype=bool)
-        for _ in range(int(self.n_slices)):
-            free = rows & ~covered
+        while len(state.picked) < int(self.n_slices) and len(order):
+            free = rows & ~state.covered
             r_size = popcount_rows(free)
-            r_err = popcount_rows(free & err_bits)
+            r_err = popcount_rows(free & self._err_mask)
             r_exp = r_size * self.base_rate_
             r_logp = rule_log_pvalues(r_err, r_size, self.n_, self.n_errors_)
             ok = ~taken & (r_size >= self.min_support_) & (r_err >= self.min_errors)
             ok &= r_logp <= log_cut
-            for i in picked:
-                shared = popcount_rows(rows & rows[i])
-                ok &= shared <= self.max_overlap * np.minimum(sizes, sizes[i])
+            for row, n_row in zip(state.rows, state.sizes, strict=True):
+                shared = popcount_rows(rows & row)
+                ok &= shared <= self.max_overlap * np.minimum(sizes, n_row)
             if not ok.any():
-                break
+                return
             if self.stratify:  # rank by how much worse than the rest of its classes a rule fails
                 cand = np.flatnonzero(ok)  # only the eligible candidates need the class test
                 r_exp, r_logp = np.zeros(len(ok)), np.zeros(len(ok))
                 r_exp[cand], r_logp[cand] = self._class_evidence(free[cand], r_size[cand], r_err[cand])
             score = r_logp if self.rank_by == "p_value" else -(r_err - r_exp)
             best = int(np.flatnonzero(ok)[np.argmin(score[ok])])
-            picked.append(best)
             taken[best] = True
-            covered |= rows[best]
-        return [int(order[i]) for i in picked]
+            state.add(int(order[best]), rows[best], int(sizes[best]))
 
     # -- estimator API -------------------------------------------------------------------------------
     def fit(self, embeddings: Any, targets: np.ndarray, pred_probs: np.ndarray) -> Self:
@@ -490,6 +533,7 @@ class RuleSlicer(BaseSlicer):
         self.slice_qvalue_ = np.array([q[i] for i in picked], dtype=float)
         self.slice_score_ = -lp / np.log(10.0)
         self.n_slices_ = len(picked)
+        self.slice_significant_ = np.arange(len(picked)) < getattr(self, "_n_significant", len(picked))
 
     def predict_proba(self, embeddings: Any, targets: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
         """(n, n_slices_) 0/1 membership: a case is in a slice when it satisfies the slice's rule."""

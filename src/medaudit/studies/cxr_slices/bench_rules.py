@@ -102,7 +102,12 @@ def fit_rules(
     from medaudit.audit.slicers.rules import RuleSlicer
 
     cfg = AuditConfig()
-    rs = RuleSlicer(n_slices=n_slices, max_level=cfg.rule_max_level, min_support=cfg.rule_min_support)
+    rs = RuleSlicer(
+        n_slices=n_slices,
+        max_level=cfg.rule_max_level,
+        min_support=cfg.rule_min_support,
+        exploratory=cfg.rule_exploratory,
+    )
     rs.fit(pred, y, probs)
     got = member_scores(rs.predict_proba(pred, y, probs), y, probs, cfg.membership_threshold)
     out = np.zeros((len(pred), n_slices), dtype=np.float64)
