@@ -266,7 +266,9 @@ def summarise(res: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--split", choices=("tune", "heldout", "fresh", "fresh2", "fresh3", "fresh4"), default="tune")
+    ap.add_argument(
+        "--split", choices=("tune", "heldout", "fresh", "fresh2", "fresh3", "fresh4"), default="tune"
+    )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--bg-error", type=float, default=0.10)

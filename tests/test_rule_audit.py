@@ -296,3 +296,15 @@ def test_exploratory_rule_slices_are_flagged_in_json_and_report(cases, tmp_path:
     assert "Exploratory:" in (tmp_path / "out" / "report.html").read_text()
     strict = run_audit(df, _cfg(folder, slicer="rules", rule_exploratory=False), tmp_path / "strict")
     assert all(s["rule_significant"] for s in strict.slices) and len(strict.slices) < len(res.slices)
+
+
+def test_both_reports_the_search_penalty_of_exploratory_rules(cases, tmp_path: Path) -> None:
+    """Exploratory rules are picked on p x the layered Bonferroni factor (reported), and the merged
+    list is ranked on the evidence alone."""
+    _, _, folder = cases
+    df = _weak_lead_table()
+    res = run_audit(df, _cfg(folder, slicer="both", n_slices=5), tmp_path / "out")
+    expl = [s for s in res.slices if s["family"] == "rules" and not s["rule_significant"]]
+    assert expl and all(s["search_penalty_log10"] > 2 for s in expl)  # > log10(#single predicates)
+    keys = [(s["size"] < 10, s["evidence"]["log10_p"]) for s in res.slices]
+    assert keys == sorted(keys)

@@ -170,6 +170,8 @@ def test_exploratory_rules_fill_the_list_and_are_flagged() -> None:
     assert ["lead"] in loose.rules_
     assert not loose.slice_significant_.any() and (loose.slice_qvalue_ > 0.05).all()
     assert (loose.slice_pvalue_ <= 0.05).all()
+    # ranked on p x the layered Bonferroni factor: max_level (1) x the 1,501 single predicates tried
+    assert np.allclose(loose.slice_search_penalty_, np.log10(1501))
 
 
 def test_exploratory_rules_come_after_significant_ones() -> None:
@@ -186,3 +188,4 @@ def test_exploratory_rules_come_after_significant_ones() -> None:
     assert rs.rules_[0] == ["strong"] and rs.slice_significant_[0]
     flags = rs.slice_significant_.tolist()
     assert flags == sorted(flags, reverse=True)  # significant first, then the exploratory ones
+    assert rs.slice_search_penalty_[0] == 0.0 and (rs.slice_search_penalty_[~rs.slice_significant_] > 0).all()

@@ -497,6 +497,7 @@ def _explain_slices(
         if rule is not None:
             summary["rule_qvalue"] = float(rule_slicer.slice_qvalue_[j - n_mix])
             summary["rule_significant"] = bool(rule_slicer.slice_significant_[j - n_mix])
+            summary["search_penalty_log10"] = float(rule_slicer.slice_search_penalty_[j - n_mix])
         slices.append(summary)
         progress.update(task, advance=1)
     return slices

@@ -159,6 +159,9 @@ class RuleSlicer(BaseSlicer):
         class_error_rates_: error rate per true class.
         slice_significant_: per slice, whether it survived the correction (``q <= alpha``); the
             significant ones come first.
+        slice_search_penalty_: per slice, log10 of the layered Bonferroni factor for exploratory
+            slices (:meth:`search_penalty`), 0 for significant ones; the audit's merged ranking adds it
+            to the slice's log10 p.
         n_rules_tested_: rules counted in the Benjamini–Hochberg correction.
         search_stats_: candidates and survivors per level, truncation flags, timings.
     """
@@ -388,10 +391,18 @@ class RuleSlicer(BaseSlicer):
         self._greedy(rules, size, excess, logp, np.flatnonzero(ok & sig), log_cut, state)
         n_significant = len(state.picked)
         if self.exploratory and n_significant < int(self.n_slices):
-            loose = ok & ~sig & (logp <= np.log(self.alpha))
-            self._greedy(rules, size, excess, logp, np.flatnonzero(loose), float(np.log(self.alpha)), state)
+            loose = np.flatnonzero(ok & ~sig & (logp <= np.log(self.alpha)))
+            self._greedy(rules, size, excess, logp, loose, float(np.log(self.alpha)), state, penalize=True)
         self._n_significant = n_significant
         return state.picked
+
+    def search_penalty(self, rules: np.ndarray) -> np.ndarray:
+        """log10 of the layered Bonferroni factor of padded ``rules`` (Webb 2007): ``max_level`` x the
+        rules tried at each rule's length. An exploratory rule's p-value, times this factor, is the
+        evidence that it is not the luckiest of the many rules of its length."""
+        level = (np.atleast_2d(rules) >= 0).sum(axis=1)
+        tried = self._level_tested[np.clip(level, 1, 3) - 1]
+        return np.log10(int(self.max_level) * np.maximum(tried, 1)).astype(float)
 
     def _greedy(
         self,
@@ -402,8 +413,10 @@ class RuleSlicer(BaseSlicer):
         eligible: np.ndarray,
         log_cut: float,
         state: _Picks,
+        penalize: bool = False,
     ) -> None:
-        """Rounds of the greedy pick among ``eligible`` rules until ``n_slices`` are picked in all."""
+        """Rounds of the greedy pick among ``eligible`` rules until ``n_slices`` are picked in all;
+        ``penalize`` (exploratory rules) ranks on p-values times :meth:`search_penalty`."""
         level = (rules[eligible] >= 0).sum(axis=1)
         keys = (level, -excess[eligible], logp[eligible])
         if self.rank_by == "excess_errors":
@@ -416,6 +429,7 @@ class RuleSlicer(BaseSlicer):
         rows = self._rule_rows(rules[order])
         sizes = size[order]
         taken = np.zeros(len(order), dtype=bool)
+        penalty = self.search_penalty(rules[order]) * np.log(10.0) if penalize else np.zeros(len(order))
         while len(state.picked) < int(self.n_slices) and len(order):
             free = rows & ~state.covered
             r_size = popcount_rows(free)
@@ -433,7 +447,7 @@ class RuleSlicer(BaseSlicer):
                 cand = np.flatnonzero(ok)  # only the eligible candidates need the class test
                 r_exp, r_logp = np.zeros(len(ok)), np.zeros(len(ok))
                 r_exp[cand], r_logp[cand] = self._class_evidence(free[cand], r_size[cand], r_err[cand])
-            score = r_logp if self.rank_by == "p_value" else -(r_err - r_exp)
+            score = r_logp + penalty if self.rank_by == "p_value" else -(r_err - r_exp)
             best = int(np.flatnonzero(ok)[np.argmin(score[ok])])
             taken[best] = True
             state.add(int(order[best]), rows[best], int(sizes[best]))
@@ -461,6 +475,8 @@ class RuleSlicer(BaseSlicer):
         self._init_strata(x, cls, errors, inp.targets.shape[1])
         self._init_groups(names)
         rules, size, errs, n_tested = self._search()
+        lv = self.search_stats_
+        self._level_tested = np.array([lv.get(f"level_{k}", {}).get("candidates", 1) for k in range(1, 4)])
         logp = rule_log_pvalues(errs, size, n, self.n_errors_)
         p_all = np.concatenate([np.exp(logp), np.ones(n_tested - len(rules))])
         q = np.asarray(stats.false_discovery_control(p_all, method="bh"), dtype=float)[: len(rules)]
@@ -534,6 +550,8 @@ class RuleSlicer(BaseSlicer):
         self.slice_score_ = -lp / np.log(10.0)
         self.n_slices_ = len(picked)
         self.slice_significant_ = np.arange(len(picked)) < getattr(self, "_n_significant", len(picked))
+        pen = self.search_penalty(rules[picked]) if picked else np.zeros(0)
+        self.slice_search_penalty_ = np.where(self.slice_significant_, 0.0, pen)
 
     def predict_proba(self, embeddings: Any, targets: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
         """(n, n_slices_) 0/1 membership: a case is in a slice when it satisfies the slice's rule."""
