@@ -698,8 +698,9 @@ def _run_audit(
         )
         slices, scores = _rank_slices(slices, found.scores, table, config, family)
         counts = _counts(table)
-        payload = _payload(table, config, modalities, found, (concepts, lexicon), audit_warnings, slices)
-        payload["counts"] = counts
+        payload = _payload(
+            table, config, modalities, found, (concepts, lexicon), audit_warnings, slices, counts
+        )
         membership = membership_frame(table.ids, scores)
         task = progress.add_task("write outputs", total=1)
         paths = _write_outputs(claim, payload, membership, table, scores, found.fused, config.write_report)
@@ -783,8 +784,9 @@ def _payload(
     concept_state: tuple[pd.DataFrame | None, Lexicon | None],
     audit_warnings: list[str],
     slices: list[dict[str, Any]],
+    counts: dict[str, Any],
 ) -> dict[str, Any]:
-    """slices.json's content (docs/audit.md), less ``counts``."""
+    """slices.json's content (docs/audit.md)."""
     family = str(config.slicer).lower()
     return {
         "schema_version": SCHEMA_VERSION,
@@ -795,7 +797,7 @@ def _payload(
         "modalities": list(modalities),
         "embedding_dims": {m: int(e.shape[1]) for m, e in found.embs.items()},
         "fused_dim": int(found.fused.shape[1]) if found.fused is not None else 0,
-        "counts": None,
+        "counts": counts,
         "warnings": audit_warnings,
         "concepts": _concept_summary(*concept_state),
         "rule_search": _rule_search_summary(found.rule_slicer, found.predicates),

@@ -160,8 +160,7 @@ class RuleSlicer(BaseSlicer):
         slice_significant_: per slice, whether it survived the correction (``q <= alpha``); the
             significant ones come first.
         slice_search_penalty_: per slice, log10 of the layered Bonferroni factor for exploratory
-            slices (:meth:`search_penalty`), 0 for significant ones; the audit's merged ranking adds it
-            to the slice's log10 p.
+            slices (:meth:`search_penalty`, the factor they were picked on), 0 for significant ones.
         n_rules_tested_: rules counted in the Benjamini–Hochberg correction.
         search_stats_: candidates and survivors per level, truncation flags, timings.
     """
@@ -376,12 +375,12 @@ class RuleSlicer(BaseSlicer):
         errs: np.ndarray,
         q: np.ndarray,
         logp: np.ndarray,
-    ) -> list[int]:
+    ) -> tuple[list[int], int]:
         """Greedy pick: each round takes the best rule on the cases not yet covered by picked slices
         (its *residual* errors must still be significant), skipping near-duplicates. With
         ``exploratory``, rounds left over after the significant rules run out pick among the rules
-        that are significant before the correction (``p <= alpha``); ``slice_significant_`` tells
-        them apart."""
+        that are significant before the correction (``p <= alpha``). Returns the picked rule indices
+        and how many of them (the first ones) are significant."""
         excess = errs - size * self.base_rate_
         ok = (size >= self.min_support_) & (errs >= self.min_errors) & (excess > 0)
         ok &= ~self._class_only[rules].all(axis=1)  # 'label = 1' alone is a class-level finding
@@ -393,8 +392,7 @@ class RuleSlicer(BaseSlicer):
         if self.exploratory and n_significant < int(self.n_slices):
             loose = np.flatnonzero(ok & ~sig & (logp <= np.log(self.alpha)))
             self._greedy(rules, size, excess, logp, loose, float(np.log(self.alpha)), state, penalize=True)
-        self._n_significant = n_significant
-        return state.picked
+        return state.picked, n_significant
 
     def search_penalty(self, rules: np.ndarray) -> np.ndarray:
         """log10 of the layered Bonferroni factor of padded ``rules`` (Webb 2007): ``max_level`` x the
@@ -480,9 +478,12 @@ class RuleSlicer(BaseSlicer):
         logp = rule_log_pvalues(errs, size, n, self.n_errors_)
         p_all = np.concatenate([np.exp(logp), np.ones(n_tested - len(rules))])
         q = np.asarray(stats.false_discovery_control(p_all, method="bh"), dtype=float)[: len(rules)]
-        picked = self._select(rules, size, errs, q, logp) if self.n_errors_ else []
+        picked, n_sig = self._select(rules, size, errs, q, logp) if self.n_errors_ else ([], 0)
         self.n_rules_tested_ = int(n_tested)
         self._store(picked, rules, size, errs, logp, q, names)
+        self.slice_significant_ = np.arange(len(picked)) < n_sig
+        pen = self.search_penalty(rules[picked]) if picked else np.zeros(0)
+        self.slice_search_penalty_ = np.where(self.slice_significant_, 0.0, pen)
         self._store_class_evidence(picked, rules)
         del self._fall, self._ferr, self._best_p_table, self._err_mask, self._cls_masks, self._cls_err_masks
         return self
@@ -549,9 +550,6 @@ class RuleSlicer(BaseSlicer):
         self.slice_qvalue_ = np.array([q[i] for i in picked], dtype=float)
         self.slice_score_ = -lp / np.log(10.0)
         self.n_slices_ = len(picked)
-        self.slice_significant_ = np.arange(len(picked)) < getattr(self, "_n_significant", len(picked))
-        pen = self.search_penalty(rules[picked]) if picked else np.zeros(0)
-        self.slice_search_penalty_ = np.where(self.slice_significant_, 0.0, pen)
 
     def predict_proba(self, embeddings: Any, targets: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
         """(n, n_slices_) 0/1 membership: a case is in a slice when it satisfies the slice's rule."""
