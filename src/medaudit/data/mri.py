@@ -171,6 +171,27 @@ def read_dhcp(
             f"{pipe}: no sub-* folders (expected derivatives/dhcp_anat_pipeline/sub-*/ses-*/anat)"
         )
     seg = "drawem87" if label_set.startswith("drawem87") else "drawem9"
+    participants = _dhcp_participants(pipe, root)
+    sessions = _dhcp_sessions(pipe, root)
+    cases: list[VolumeCase] = []
+    for sub in subjects:
+        for ses in sorted(p for p in sub.glob("ses-*") if p.is_dir()):
+            files = _dhcp_session_files(ses / "anat", modality, seg, prefer_restore, require_label)
+            if files is None:
+                continue
+            meta: dict[str, Any] = {"subject": sub.name, "session": ses.name, "modality": modality}
+            for k, v in participants.get(sub.name, {}).items():
+                meta.setdefault(k, v)
+            for k, v in sessions.get((sub.name, ses.name), {}).items():
+                meta.setdefault(k, v)
+            cases.append(VolumeCase(f"{sub.name}_{ses.name}", *files, meta))
+    if not cases:
+        raise InputError(f"{pipe}: no session has a *_{modality}.nii.gz image")
+    return cases
+
+
+def _dhcp_participants(pipe: Path, root: Path) -> dict[str, dict[str, str]]:
+    """``participants.tsv`` rows by ``sub-`` id, from the pipeline folder or else the release root."""
     participants: dict[str, dict[str, str]] = {}
     for tsv in (pipe / "participants.tsv", root / "participants.tsv"):
         if tsv.is_file():
@@ -178,6 +199,11 @@ def read_dhcp(
                 pid = row.get("participant_id", "")
                 participants[pid if pid.startswith("sub-") else f"sub-{pid}"] = row
             break
+    return participants
+
+
+def _dhcp_sessions(pipe: Path, root: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """Session rows by ``(sub-, ses-)`` from the root and per-subject ``*_sessions.tsv`` files."""
     sessions: dict[tuple[str, str], dict[str, str]] = {}
     for tsv in [pipe / "sessions.tsv", root / "sessions.tsv", *pipe.glob("sub-*/*_sessions.tsv")]:
         if not tsv.is_file():
@@ -189,32 +215,25 @@ def read_dhcp(
             ses = row.get("session_id", "")
             ses = ses if ses.startswith("ses-") else f"ses-{ses}"
             sessions[(sub, ses)] = row
-    cases: list[VolumeCase] = []
-    for sub in subjects:
-        for ses in sorted(p for p in sub.glob("ses-*") if p.is_dir()):
-            anat = ses / "anat"
-            if not anat.is_dir():
-                continue
-            image = _first(anat, [f"*_desc-restore_{modality}.nii*"] if prefer_restore else [])
-            if image is None:
-                image = next(
-                    (p for p in sorted(anat.glob(f"*_{modality}.nii*")) if "_desc-" not in p.name), None
-                )
-            if image is None:
-                continue
-            label = _first(anat, [f"*_desc-{seg}_dseg.nii*"])
-            if label is None and require_label:
-                raise InputError(f"{anat}: no *_desc-{seg}_dseg.nii.gz label file for {image.name}")
-            mask = _first(anat, ["*_desc-brain_mask.nii*"])
-            meta: dict[str, Any] = {"subject": sub.name, "session": ses.name, "modality": modality}
-            for k, v in participants.get(sub.name, {}).items():
-                meta.setdefault(k, v)
-            for k, v in sessions.get((sub.name, ses.name), {}).items():
-                meta.setdefault(k, v)
-            cases.append(VolumeCase(f"{sub.name}_{ses.name}", image, label, mask, meta))
-    if not cases:
-        raise InputError(f"{pipe}: no session has a *_{modality}.nii.gz image")
-    return cases
+    return sessions
+
+
+def _dhcp_session_files(
+    anat: Path, modality: str, seg: str, prefer_restore: bool, require_label: bool
+) -> tuple[Path, Path | None, Path | None] | None:
+    """(image, label, brain mask) of one session's ``anat`` folder; ``None`` without the image."""
+    if not anat.is_dir():
+        return None
+    image = _first(anat, [f"*_desc-restore_{modality}.nii*"] if prefer_restore else [])
+    if image is None:
+        image = next((p for p in sorted(anat.glob(f"*_{modality}.nii*")) if "_desc-" not in p.name), None)
+    if image is None:
+        return None
+    label = _first(anat, [f"*_desc-{seg}_dseg.nii*"])
+    if label is None and require_label:
+        raise InputError(f"{anat}: no *_desc-{seg}_dseg.nii.gz label file for {image.name}")
+    mask = _first(anat, ["*_desc-brain_mask.nii*"])
+    return image, label, mask
 
 
 def _first(folder: Path, patterns: Sequence[str]) -> Path | None:
@@ -568,63 +587,18 @@ def build_mni_phantom(
     ``cache_dir/mni-phantom-n{n}-sp{spacing}-s{seed}/`` with a ``manifest.json`` written last.
     """
     del label_set  # always tissue4; accepted so configs can pass it through
-    import torchio as tio
-
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = f"mni-phantom-n{n_subjects}-sp{spacing:g}-s{seed}-d{max_displacement:g}"
     folder = cache_dir / key
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        try:
-            data = json.loads(manifest.read_text())
-            cases = [VolumeCase.from_dict(d) for d in data["cases"]]
-            for c in cases:
-                c.image, c.label = folder / c.image.name, folder / c.label.name  # type: ignore[union-attr]
-            if all(c.image.is_file() and c.label is not None and c.label.is_file() for c in cases):
-                return cases
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    cached = _cached_phantom(folder)
+    if cached is not None:
+        return cached
     t1, labels, aff = _mni_tissue_labels()
     with atomic_output_dir(folder, kind="mni-phantom", flag="cohort cache folder") as stage:
-        entries = []
-        for i in range(n_subjects):
-            cid = f"phantom-{i:03d}"
-            sseed = int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:4], "little")
-            rng = np.random.default_rng(sseed)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sseed)
-                subj = tio.Subject(
-                    image=tio.ScalarImage(tensor=torch.from_numpy(t1)[None], affine=aff),
-                    label=tio.LabelMap(tensor=torch.from_numpy(labels)[None], affine=aff),
-                )
-                tf = tio.Compose(
-                    [
-                        tio.Resample(float(spacing)),
-                        tio.RandomAffine(scales=0.1, degrees=8, translation=4, image_interpolation="linear"),
-                        tio.RandomElasticDeformation(num_control_points=7, max_displacement=max_displacement),
-                    ]
-                )
-                out = tf(subj)
-            img = out["image"].data[0].numpy().astype(np.float32)
-            lab = out["label"].data[0].numpy().astype(np.int64)
-            img = normalise_intensity(img)
-            gamma = float(np.exp(rng.uniform(-0.15, 0.15)))
-            img = np.power(img, gamma)
-            for k in (1, 2, 3):
-                img = img + (lab == k) * np.float32(rng.uniform(-0.04, 0.04))
-            img = np.clip(img, 0.0, None).astype(np.float32)
-            a = np.asarray(out["image"].affine, dtype=np.float64)
-            save_nifti(img, a, stage / f"{cid}_image.nii.gz")
-            save_nifti(lab.astype(np.uint8), a, stage / f"{cid}_label.nii.gz")
-            entries.append(
-                VolumeCase(
-                    cid,
-                    Path(f"{cid}_image.nii.gz"),
-                    Path(f"{cid}_label.nii.gz"),
-                    None,
-                    {"simulated": True, "source": "MNI152 2009a (nilearn)", "gamma": round(gamma, 4)},
-                ).to_dict()
-            )
+        entries = [
+            _write_phantom_subject(stage, i, t1, labels, aff, spacing, seed, max_displacement)
+            for i in range(n_subjects)
+        ]
         atomic_write_json(
             stage / "manifest.json",
             {
@@ -642,3 +616,89 @@ def build_mni_phantom(
         )
         for e in entries
     ]
+
+
+def _cached_phantom(folder: Path) -> list[VolumeCase] | None:
+    """The cohort cached in ``folder`` when its manifest reads and every file exists; else ``None``."""
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text())
+            cases = [VolumeCase.from_dict(d) for d in data["cases"]]
+            for c in cases:
+                c.image, c.label = folder / c.image.name, folder / c.label.name  # type: ignore[union-attr]
+            if all(c.image.is_file() and c.label is not None and c.label.is_file() for c in cases):
+                return cases
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return None
+
+
+def _write_phantom_subject(
+    stage: Path,
+    i: int,
+    t1: np.ndarray,
+    labels: np.ndarray,
+    aff: np.ndarray,
+    spacing: float,
+    seed: int,
+    max_displacement: float,
+) -> dict[str, Any]:
+    """Simulate subject ``i``, write its image and label under ``stage``; returns its manifest entry."""
+    cid = f"phantom-{i:03d}"
+    sseed = int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:4], "little")
+    rng = np.random.default_rng(sseed)
+    img, lab, a = _deform_template(t1, labels, aff, spacing, max_displacement, sseed)
+    img, gamma = _vary_intensity(img, lab, rng)
+    save_nifti(img, a, stage / f"{cid}_image.nii.gz")
+    save_nifti(lab.astype(np.uint8), a, stage / f"{cid}_label.nii.gz")
+    return VolumeCase(
+        cid,
+        Path(f"{cid}_image.nii.gz"),
+        Path(f"{cid}_label.nii.gz"),
+        None,
+        {"simulated": True, "source": "MNI152 2009a (nilearn)", "gamma": round(gamma, 4)},
+    ).to_dict()
+
+
+def _deform_template(
+    t1: np.ndarray,
+    labels: np.ndarray,
+    aff: np.ndarray,
+    spacing: float,
+    max_displacement: float,
+    sseed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resample to ``spacing`` and apply a torch-seeded random affine + elastic deformation.
+
+    Returns (image float32, label int64, affine); the global torch RNG state is left untouched.
+    """
+    import torchio as tio
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sseed)
+        subj = tio.Subject(
+            image=tio.ScalarImage(tensor=torch.from_numpy(t1)[None], affine=aff),
+            label=tio.LabelMap(tensor=torch.from_numpy(labels)[None], affine=aff),
+        )
+        tf = tio.Compose(
+            [
+                tio.Resample(float(spacing)),
+                tio.RandomAffine(scales=0.1, degrees=8, translation=4, image_interpolation="linear"),
+                tio.RandomElasticDeformation(num_control_points=7, max_displacement=max_displacement),
+            ]
+        )
+        out = tf(subj)
+    img = out["image"].data[0].numpy().astype(np.float32)
+    lab = out["label"].data[0].numpy().astype(np.int64)
+    return img, lab, np.asarray(out["image"].affine, dtype=np.float64)
+
+
+def _vary_intensity(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Normalise, then a seeded gamma and per-tissue contrast offsets; returns (image, gamma)."""
+    img = normalise_intensity(img)
+    gamma = float(np.exp(rng.uniform(-0.15, 0.15)))
+    img = np.power(img, gamma)
+    for k in (1, 2, 3):
+        img = img + (lab == k) * np.float32(rng.uniform(-0.04, 0.04))
+    return np.clip(img, 0.0, None).astype(np.float32), gamma
