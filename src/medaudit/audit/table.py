@@ -539,46 +539,62 @@ def load_embeddings(
         raise InputError(f"{p}: embeddings file not found")
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        try:
-            mat = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InputError(f"{p}: cannot read embeddings ({exc})") from exc
-        ip = Path(ids_path) if ids_path else _ids_file_for(p)
-        if ip is None or not ip.is_file():
-            raise InputError(
-                f"{p}: ids file not found (expected {p.with_suffix('.ids.txt')}, one id per line)"
-            )
-        emb_ids = [line.strip() for line in ip.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if emb_ids and ip.suffix == ".csv" and emb_ids[0].lower() == "id":
-            emb_ids = emb_ids[1:]
-        if mat.ndim != 2:
-            raise InputError(f"{p}: embeddings must be a 2-D array, got shape {mat.shape}")
-        if len(emb_ids) != mat.shape[0]:
-            raise InputError(f"{p}: {mat.shape[0]} rows but {len(emb_ids)} ids in {ip}")
+        mat, emb_ids = _read_npy_embeddings(p, ids_path)
     elif suffix in (".parquet", ".pq"):
-        try:
-            edf = pd.read_parquet(p)
-        except Exception as exc:
-            raise InputError(f"{p}: cannot read embeddings ({str(exc).splitlines()[0]})") from exc
-        if "id" not in edf.columns:
-            raise InputError(f"{p}: no 'id' column; available columns: {', '.join(map(str, edf.columns))}")
-        emb_ids = [str(v) for v in edf["id"].tolist()]
-        rest = edf.drop(columns=["id"])
-        if rest.shape[1] == 1 and rest.iloc[:, 0].dtype == object:
-            try:
-                mat = np.stack([np.asarray(v, dtype=np.float32) for v in rest.iloc[:, 0]])
-            except (ValueError, TypeError) as exc:
-                raise InputError(f"{p}: column '{rest.columns[0]}' is not a vector column") from exc
-        else:
-            bad = [c for c in rest.columns if not pd.api.types.is_numeric_dtype(rest[c])]
-            if bad:
-                raise InputError(f"{p}: column '{bad[0]}' is not numeric")
-            mat = rest.to_numpy(dtype=np.float32)
-        if mat.ndim != 2 or mat.shape[1] == 0:
-            raise InputError(f"{p}: no vector columns besides 'id'")
+        mat, emb_ids = _read_parquet_embeddings(p)
     else:
         raise InputError(f"{p}: unknown embeddings format '{p.suffix}' (use .npy + ids file, or .parquet)")
-    mat = np.asarray(mat, dtype=np.float32)
+    return _align_embeddings(p, np.asarray(mat, dtype=np.float32), emb_ids, ids, ignore_ids)
+
+
+def _read_npy_embeddings(p: Path, ids_path: str | os.PathLike[str] | None) -> tuple[np.ndarray, list[str]]:
+    """The ``.npy`` matrix and the ids of its rows (``ids_path`` or the ``X.ids.txt`` next to it)."""
+    try:
+        mat = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{p}: cannot read embeddings ({exc})") from exc
+    ip = Path(ids_path) if ids_path else _ids_file_for(p)
+    if ip is None or not ip.is_file():
+        raise InputError(f"{p}: ids file not found (expected {p.with_suffix('.ids.txt')}, one id per line)")
+    emb_ids = [line.strip() for line in ip.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if emb_ids and ip.suffix == ".csv" and emb_ids[0].lower() == "id":
+        emb_ids = emb_ids[1:]
+    if mat.ndim != 2:
+        raise InputError(f"{p}: embeddings must be a 2-D array, got shape {mat.shape}")
+    if len(emb_ids) != mat.shape[0]:
+        raise InputError(f"{p}: {mat.shape[0]} rows but {len(emb_ids)} ids in {ip}")
+    return mat, emb_ids
+
+
+def _read_parquet_embeddings(p: Path) -> tuple[np.ndarray, list[str]]:
+    """The matrix (numeric columns, or one list-valued column) and ``id`` column of a parquet file."""
+    try:
+        edf = pd.read_parquet(p)
+    except Exception as exc:
+        raise InputError(f"{p}: cannot read embeddings ({str(exc).splitlines()[0]})") from exc
+    if "id" not in edf.columns:
+        raise InputError(f"{p}: no 'id' column; available columns: {', '.join(map(str, edf.columns))}")
+    emb_ids = [str(v) for v in edf["id"].tolist()]
+    rest = edf.drop(columns=["id"])
+    if rest.shape[1] == 1 and rest.iloc[:, 0].dtype == object:
+        try:
+            mat = np.stack([np.asarray(v, dtype=np.float32) for v in rest.iloc[:, 0]])
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{p}: column '{rest.columns[0]}' is not a vector column") from exc
+    else:
+        bad = [c for c in rest.columns if not pd.api.types.is_numeric_dtype(rest[c])]
+        if bad:
+            raise InputError(f"{p}: column '{bad[0]}' is not numeric")
+        mat = rest.to_numpy(dtype=np.float32)
+    if mat.ndim != 2 or mat.shape[1] == 0:
+        raise InputError(f"{p}: no vector columns besides 'id'")
+    return mat, emb_ids
+
+
+def _align_embeddings(
+    p: Path, mat: np.ndarray, emb_ids: list[str], ids: Sequence[str], ignore_ids: Iterable[str]
+) -> np.ndarray:
+    """Rows of ``mat`` in the order of ``ids``; duplicate, unmatched, missing or non-finite rows raise."""
     index: dict[str, int] = {}
     for j, e in enumerate(emb_ids):
         if e in index:
