@@ -82,6 +82,20 @@ def read_mimic_cxr(
     root = require_dir(root, "MIMIC-CXR-JPG")
     if not (root / "files").is_dir():
         raise InputError(f"{root}: missing files/ folder (expected files/pXX/pXXXXXXXX/sXXXXXXXX/*.jpg)")
+    df = _images_with_labels(root, labeler)
+    if split is not None:
+        df = _keep_split(df, root, split)
+    rr = Path(reports_root) if reports_root is not None else root
+    if reports_root is not None:
+        require_dir(rr, "MIMIC-CXR reports")
+    reports = _read_reports(df, rr, require_reports)
+    out = _case_table(df, root, reports)
+    out = check_images(out, verify=verify_images, skip_bad=skip_bad)
+    return finalize(out, [snake(x) for x in CHEXPERT_LABELS], target, uncertain, f"MIMIC-CXR-JPG {root}")
+
+
+def _images_with_labels(root: Path, labeler: str) -> pd.DataFrame:
+    """The image metadata table, ids as int64, left-joined with its study's ``labeler`` labels."""
     meta_p = _csv(root, "metadata", "image metadata table")
     lab_p = _csv(root, labeler, f"{labeler} label table")
     meta = read_csv(meta_p, dtype={"dicom_id": str})
@@ -96,21 +110,26 @@ def read_mimic_cxr(
                 raise InputError(f"{name}: column '{c}' row {i}: not an integer id")
             frame[c] = v.astype(np.int64)
     labels = labels.drop_duplicates("study_id").set_index("study_id")
-    df = meta.merge(labels[list(CHEXPERT_LABELS)], left_on="study_id", right_index=True, how="left")
-    if split is not None:
-        try:
-            split_p = _csv(root, "split", "split table")
-        except InputError as exc:
-            raise InputError(f"{root}: split '{split}' requested but the split table is missing") from exc
-        sp = read_csv(split_p, dtype={"dicom_id": str})
-        require_columns(sp, ["dicom_id", "split"], split_p)
-        df = df.merge(sp[["dicom_id", "split"]], on="dicom_id", how="left")
-        df = df[df["split"] == split]
-        if df.empty:
-            raise InputError(f"{split_p}: no image in split '{split}'")
-    rr = Path(reports_root) if reports_root is not None else root
-    if reports_root is not None:
-        require_dir(rr, "MIMIC-CXR reports")
+    return meta.merge(labels[list(CHEXPERT_LABELS)], left_on="study_id", right_index=True, how="left")
+
+
+def _keep_split(df: pd.DataFrame, root: Path, split: str) -> pd.DataFrame:
+    """Rows of ``df`` in ``split`` per the split table (joined as a ``split`` column)."""
+    try:
+        split_p = _csv(root, "split", "split table")
+    except InputError as exc:
+        raise InputError(f"{root}: split '{split}' requested but the split table is missing") from exc
+    sp = read_csv(split_p, dtype={"dicom_id": str})
+    require_columns(sp, ["dicom_id", "split"], split_p)
+    df = df.merge(sp[["dicom_id", "split"]], on="dicom_id", how="left")
+    df = df[df["split"] == split]
+    if df.empty:
+        raise InputError(f"{split_p}: no image in split '{split}'")
+    return df
+
+
+def _read_reports(df: pd.DataFrame, rr: Path, require_reports: bool) -> dict[int, str]:
+    """Whitespace-normalised report text by study id ("" for a missing one unless ``require_reports``)."""
     reports: dict[int, str] = {}
     for subj, study in df[["subject_id", "study_id"]].drop_duplicates().itertuples(index=False):
         p = _report_path(rr, int(subj), int(study))
@@ -125,6 +144,11 @@ def read_mimic_cxr(
             reports[int(study)] = " ".join(p.read_text(encoding="utf-8", errors="replace").split())
         except OSError as exc:
             raise InputError(f"{p}: cannot read report ({exc})") from exc
+    return reports
+
+
+def _case_table(df: pd.DataFrame, root: Path, reports: dict[int, str]) -> pd.DataFrame:
+    """One row per image: id, snake-case labels, image path, report, view and optional metadata."""
     out = pd.DataFrame({"id": df["dicom_id"].astype(str).to_numpy()})
     for lab in CHEXPERT_LABELS:
         out[snake(lab)] = pd.to_numeric(df[lab], errors="coerce").to_numpy()
@@ -144,5 +168,4 @@ def read_mimic_cxr(
     out["study_id"] = df["study_id"].astype(str).to_numpy()
     if "split" in df.columns:
         out["split"] = df["split"].to_numpy()
-    out = check_images(out, verify=verify_images, skip_bad=skip_bad)
-    return finalize(out, [snake(x) for x in CHEXPERT_LABELS], target, uncertain, f"MIMIC-CXR-JPG {root}")
+    return out
