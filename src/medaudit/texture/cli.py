@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from medaudit.errors import InputError
 from medaudit.texture.options import DataSource, InputNorm, RecipeName, TrainMode
+
+if TYPE_CHECKING:
+    from medaudit.texture.train import TrainConfig
 
 app = typer.Typer(
     help="Texture robustness of 3D segmentation: train on filtered scans, evaluate under corruptions.",
@@ -18,6 +21,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+#: ``--force`` of the commands that claim an output folder (train, eval)
+_Force = Annotated[
+    bool,
+    typer.Option("--force", help="Use an --out folder medaudit did not write (never one holding an input)."),
+]
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -99,18 +108,10 @@ def train_command(
     resume: Annotated[
         bool, typer.Option(help="Continue from an existing checkpoint of the same config.")
     ] = True,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", help="Use an --out folder medaudit did not write (never one holding an input)."
-        ),
-    ] = False,
+    force: _Force = False,
 ) -> None:
     """Train a 3D U-Net (clean, on a filtered copy of the training scans, or with on-the-fly filtering)."""
-    from medaudit.texture.train import TrainConfig, load_config, train
-
-    base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
-    over: dict[str, Any] = {
+    over: dict[str, Any] = {  # the flags given override the config
         "data_source": data,
         "data_path": data_path,
         "label_set": label_set,
@@ -118,7 +119,7 @@ def train_command(
         "mode": mode,
         "filter_name": filter_name,
         "recipe": recipe,
-        "recipe_options": _json_mapping(recipe_options, "recipe-options"),
+        "recipe_options": recipe_options,  # JSON text, parsed after the config is read
         "input_norm": input_norm,
         "severity_version": severity_version,
         "iterations": iterations,
@@ -128,6 +129,26 @@ def train_command(
         "device": device,
         "cache_dir": cache_dir,
     }
+    cfg = _train_config(config, over, severity, patch_size, channels)
+    _run_train(cfg, out, config, resume, force)
+
+
+def _train_config(
+    config: Path | None,
+    over: dict[str, Any],
+    severity: str | None,
+    patch_size: int | None,
+    channels: str | None,
+) -> TrainConfig:
+    """The TrainConfig of ``config`` (or the defaults) with the flags given (not ``None``) applied.
+
+    ``over`` maps config keys to flag values; its ``recipe_options`` is the JSON text of the flag.
+    ``--filter`` without ``--mode`` turns a clean, recipe-less config into ``mode="filtered"``.
+    """
+    from medaudit.texture.train import TrainConfig, load_config
+
+    base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
+    over = {**over, "recipe_options": _json_mapping(over["recipe_options"], "recipe-options")}
     if severity is not None:
         sv = _ints(severity, "severity")
         over["filter_severity"] = sv[0] if len(sv) == 1 else [min(sv), max(sv)]
@@ -136,9 +157,20 @@ def train_command(
     if channels is not None:
         over["channels"] = _ints(channels, "channels")
     base.update({k: v for k, v in over.items() if v is not None})
-    if filter_name and mode is None and base["mode"] == "clean" and base.get("recipe") is None:
+    if (
+        over["filter_name"]
+        and over["mode"] is None
+        and base["mode"] == "clean"
+        and base.get("recipe") is None
+    ):
         base["mode"] = "filtered"
-    cfg = TrainConfig.from_dict(base)
+    return TrainConfig.from_dict(base)
+
+
+def _run_train(cfg: TrainConfig, out: Path, config: Path | None, resume: bool, force: bool) -> None:
+    """Train ``cfg`` into the claimed ``out`` folder and print the model path and the time taken."""
+    from medaudit.texture.train import train
+
     t0 = time.perf_counter()
     from medaudit.outdir import claim_output
 
@@ -207,12 +239,7 @@ def eval_command(
     clean: Annotated[bool, typer.Option(help="Also evaluate the clean scans (severity 0).")] = True,
     device: Annotated[str | None, typer.Option(help="cpu | cuda.")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", help="Use an --out folder medaudit did not write (never one holding an input)."
-        ),
-    ] = False,
+    force: _Force = False,
     texture_bias: Annotated[
         bool, typer.Option(help="Also measure the texture-bias score (medaudit.texture.bias).")
     ] = True,
@@ -243,30 +270,35 @@ def eval_command(
                 model, cases[0], corrs, 3, seed, device=device, severity_version=severity_version
             )
             write_report(df, stage / "report.html", ex, texture_bias=bias)
+    _print_eval_summary(df, summary, bias)
+    typer.echo(f"results: {out / 'results.csv'}")
+
+
+#: summary columns printed by ``texture eval``, in this order, when present
+_SUMMARY_COLUMNS = (
+    "model",
+    "clean_dice",
+    "corrupted_dice",
+    "mCE",
+    "mRCE",
+    "dice_overall",
+    "dice_degradation",
+    "dice_seen",
+    "dice_unseen",
+)
+
+
+def _print_eval_summary(df: Any, summary: Any, bias: Any) -> None:
+    """Print the robustness summary, the mean Dice per corruption and (when measured) the texture bias."""
     from medaudit.texture.metrics import mean_dice_table
 
-    keep = [
-        c
-        for c in (
-            "model",
-            "clean_dice",
-            "corrupted_dice",
-            "mCE",
-            "mRCE",
-            "dice_overall",
-            "dice_degradation",
-            "dice_seen",
-            "dice_unseen",
-        )
-        if c in summary.columns
-    ]
+    keep = [c for c in _SUMMARY_COLUMNS if c in summary.columns]
     _print_table(summary[keep], "robustness summary (mean Dice over foreground classes and cases)")
     sev = sorted(int(v) for v in df.loc[df["severity"] > 0, "severity"].unique()) if "severity" in df else []
     levels = ",".join(map(str, sev)) if sev else "none"
     _print_table(mean_dice_table(df).reset_index(), f"mean Dice per test corruption (severities {levels})")
     if bias is not None:
         _print_table(bias, "texture bias (0 = shape only, 1 = texture only; medaudit.texture.bias)")
-    typer.echo(f"results: {out / 'results.csv'}")
 
 
 def _texture_bias(models: list[Path], cases: list[Any], seed: int, device: str | None) -> Any:
