@@ -99,22 +99,14 @@ def evaluate(
             raise InputError(f"severity {s} outside 1..5")
     models = _load_models(checkpoints, device)
     meta0 = models[0][2]
-    cfg0 = meta0["config"]
     version, wm = check_version(severity_version), wm_label_of(meta0["label_set"])
     families = {c: family_of(c) for c in corruptions}
-    conditions = [
-        (c, 0) if _is_clean(c) else (c, int(s))
-        for c in corruptions
-        for s in ([0] if _is_clean(c) else severities)
-    ]
+    conditions = _conditions(corruptions, severities)
     rows: list[dict[str, Any]] = []
     with make_progress(disable=None if progress is None else not progress) as prog:
         task = prog.add_task("evaluate", total=len(cases) * len(conditions) * len(models))
         for case in cases:
-            vol = tdata.load_case(case, label_set=meta0["label_set"], spacing=cfg0.spacing)
-            if vol["label"] is None:
-                raise InputError(f"{case.image}: evaluation needs a label map")
-            label = vol["label"][0]
+            vol = _load_labelled_case(case, meta0)
             for corr, sev in conditions:
                 img = apply_corruption(
                     corr,
@@ -126,36 +118,74 @@ def evaluate(
                     vol["spacing"],
                     wm,
                 )
+                fam = "clean" if _is_clean(corr) else families[corr]
                 for name, model, meta in models:
-                    cfg = meta["config"]
-                    pred = sliding_window_predict(
-                        model, img, cfg.roi, meta["device"], cfg.sw_batch_size, cfg.amp
-                    )
-                    dice, hd = segmentation_scores(pred, label, int(meta["n_classes"]), vol["spacing"])
-                    fams = list(meta.get("train_families", []))
-                    fam = "clean" if _is_clean(corr) else families[corr]
-                    for k in range(1, int(meta["n_classes"])):
-                        rows.append(
-                            {
-                                "model": name,
-                                "train_filter": str(meta.get("filter_name", meta["train_filter"])),
-                                "train_mode": str(meta.get("train_mode", cfg.mode)),
-                                "train_severity": int(meta.get("train_severity", 0)),
-                                "train_families": ",".join(fams),
-                                "corruption": "none" if _is_clean(corr) else corr,
-                                "family": fam,
-                                "seen": bool(fam in fams),
-                                "severity": int(sev),
-                                "severity_version": version,
-                                "case": case.case_id,
-                                "class": str(meta["class_names"][k]),
-                                "class_index": k,
-                                "dice": float(dice[k - 1]),
-                                "hd95": float(hd[k - 1]),
-                            }
-                        )
+                    dice, hd = _predict_and_score(model, meta, img, vol)
+                    rows.extend(_result_rows(name, meta, case.case_id, corr, fam, sev, version, dice, hd))
                     prog.advance(task)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _conditions(corruptions: Sequence[str], severities: Sequence[int]) -> list[tuple[str, int]]:
+    """(corruption, severity) pairs: clean names once at severity 0, the others at every severity."""
+    return [
+        (c, 0) if _is_clean(c) else (c, int(s))
+        for c in corruptions
+        for s in ([0] if _is_clean(c) else severities)
+    ]
+
+
+def _load_labelled_case(case: tdata.VolumeCase, meta0: dict[str, Any]) -> dict[str, Any]:
+    """``case`` loaded with the first model's label set and working spacing; it must have a label map."""
+    vol = tdata.load_case(case, label_set=meta0["label_set"], spacing=meta0["config"].spacing)
+    if vol["label"] is None:
+        raise InputError(f"{case.image}: evaluation needs a label map")
+    return vol
+
+
+def _predict_and_score(
+    model: torch.nn.Module, meta: dict[str, Any], img: torch.Tensor, vol: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-foreground-class (Dice, HD95) of ``model``'s sliding-window prediction on ``img``."""
+    cfg = meta["config"]
+    pred = sliding_window_predict(model, img, cfg.roi, meta["device"], cfg.sw_batch_size, cfg.amp)
+    return segmentation_scores(pred, vol["label"][0], int(meta["n_classes"]), vol["spacing"])
+
+
+def _result_rows(
+    name: str,
+    meta: dict[str, Any],
+    case_id: str,
+    corr: str,
+    fam: str,
+    sev: int,
+    version: int,
+    dice: np.ndarray,
+    hd: np.ndarray,
+) -> list[dict[str, Any]]:
+    """One :data:`COLUMNS` row per foreground class of one model x condition x case."""
+    cfg = meta["config"]
+    fams = list(meta.get("train_families", []))
+    return [
+        {
+            "model": name,
+            "train_filter": str(meta.get("filter_name", meta["train_filter"])),
+            "train_mode": str(meta.get("train_mode", cfg.mode)),
+            "train_severity": int(meta.get("train_severity", 0)),
+            "train_families": ",".join(fams),
+            "corruption": "none" if _is_clean(corr) else corr,
+            "family": fam,
+            "seen": bool(fam in fams),
+            "severity": int(sev),
+            "severity_version": version,
+            "case": case_id,
+            "class": str(meta["class_names"][k]),
+            "class_index": k,
+            "dice": float(dice[k - 1]),
+            "hd95": float(hd[k - 1]),
+        }
+        for k in range(1, int(meta["n_classes"]))
+    ]
 
 
 def example_slices(
