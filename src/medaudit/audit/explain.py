@@ -314,57 +314,77 @@ def report_ngrams(
         ``negated`` (any token negated), ``diff``, ``direction`` (``over`` / ``under``-represented in
         the slice), ``slice_mean``, ``reference_mean``, ``slice_doc_frac``, ``reference_doc_frac``.
     """
-    cols = [
-        "ngram",
-        "negated",
-        "diff",
-        "direction",
-        "slice_mean",
-        "reference_mean",
-        "slice_doc_frac",
-        "reference_doc_frac",
-    ]
     in_slice = np.asarray(in_slice_mask, dtype=bool)
     ref = np.asarray(reference_mask, dtype=bool) & ~in_slice
     if len(in_slice) != len(ref) or (reports is not None and len(reports) != len(in_slice)):
         raise ValueError("reports and masks must have the same length")
     if not in_slice.any() or not ref.any():
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=list(_NGRAM_COLUMNS))
     if tfidf is None:
         tfidf = ngram_tfidf(reports, ngram_range=ngram_range, min_df=min_df)
     x, vocab = tfidf
     if x.shape[0] != len(in_slice):
         raise ValueError("the TF-IDF matrix and the masks must have the same number of rows")
     if x.shape[1] == 0:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=list(_NGRAM_COLUMNS))
     xs, xr = x[in_slice], x[ref]
-    mean_s = np.asarray(xs.mean(axis=0)).ravel()
-    mean_r = np.asarray(xr.mean(axis=0)).ravel()
-    frac_s = np.asarray((xs > 0).mean(axis=0)).ravel()
-    frac_r = np.asarray((xr > 0).mean(axis=0)).ravel()
-    diff = mean_s - mean_r
-    # stable ranking: |diff| descending, ties by n-gram text
+    stats = {
+        "slice_mean": _column_means(xs),
+        "reference_mean": _column_means(xr),
+        "slice_doc_frac": _column_means(xs > 0),
+        "reference_doc_frac": _column_means(xr > 0),
+    }
+    diff = stats["slice_mean"] - stats["reference_mean"]
+    order = _top_candidates(diff, vocab, top_k)
+    order = _collapse_redundant([o for o in order if diff[o] != 0.0], vocab, xs, diff)[:top_k]
+    return _ngram_frame(order, vocab, diff, stats)
+
+
+#: columns of :func:`report_ngrams`
+_NGRAM_COLUMNS = (
+    "ngram",
+    "negated",
+    "diff",
+    "direction",
+    "slice_mean",
+    "reference_mean",
+    "slice_doc_frac",
+    "reference_doc_frac",
+)
+
+
+def _column_means(m: Any) -> np.ndarray:
+    """Column means of a (sparse or dense) matrix as a flat array."""
+    return np.asarray(m.mean(axis=0)).ravel()
+
+
+def _top_candidates(diff: np.ndarray, vocab: np.ndarray, top_k: int) -> np.ndarray:
+    """Indices of the ``4 * top_k`` largest ``|diff|`` (every tie at the cut kept), ranked stably:
+    ``|diff|`` descending, ties by n-gram text. Over-fetched so that redundant n-grams can be collapsed.
+    """
     a = np.abs(diff)
-    pool = 4 * top_k  # over-fetch, then collapse redundant n-grams
+    pool = 4 * top_k
     if len(a) > pool > 0:
         kth = np.partition(a, len(a) - pool)[len(a) - pool]
         cand = np.flatnonzero(a >= kth)  # keeps every tie at the cut
     else:
         cand = np.arange(len(a))
-    order = cand[np.lexsort((vocab[cand], -a[cand]))]
-    order = _collapse_redundant([o for o in order if diff[o] != 0.0], vocab, xs, diff)[:top_k]
+    return cand[np.lexsort((vocab[cand], -a[cand]))]
+
+
+def _ngram_frame(
+    order: Sequence[int], vocab: np.ndarray, diff: np.ndarray, stats: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """The :func:`report_ngrams` table of the n-grams ``order`` (``stats``: the four per-n-gram columns)."""
     return pd.DataFrame(
         {
             "ngram": [str(vocab[o]) for o in order],
             "negated": [any(t.startswith(NEGATION_PREFIX) for t in vocab[o].split()) for o in order],
             "diff": [float(diff[o]) for o in order],
             "direction": ["over" if diff[o] > 0 else "under" for o in order],
-            "slice_mean": [float(mean_s[o]) for o in order],
-            "reference_mean": [float(mean_r[o]) for o in order],
-            "slice_doc_frac": [float(frac_s[o]) for o in order],
-            "reference_doc_frac": [float(frac_r[o]) for o in order],
+            **{col: [float(v[o]) for o in order] for col, v in stats.items()},
         },
-        columns=cols,
+        columns=list(_NGRAM_COLUMNS),
     )
 
 
