@@ -73,6 +73,16 @@ def check_slicer_inputs(
         InputError: on wrong shapes, mismatched row counts, NaN/inf values, negative or fractional
             labels, or probabilities outside [0, 1]. The message names the argument and the row.
     """
+    emb, t, p = _validated_arrays(embeddings, targets, pred_probs)
+    c = _class_count(t, p, n_classes)
+    return SlicerInputs(emb, _targets_matrix(t, c), _probs_matrix(p, c))
+
+
+def _validated_arrays(
+    embeddings: np.ndarray, targets: np.ndarray, pred_probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embeddings as a floating array, targets and pred_probs as float64) after the shape, row-count,
+    finiteness and probability-range checks."""
     emb = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings)
     if emb.ndim != 2:
         raise InputError(f"embeddings: expected a 2-D array (n, d), got shape {emb.shape}")
@@ -94,18 +104,27 @@ def check_slicer_inputs(
     _check_finite("targets", t)
     _check_finite("pred_probs", p)
     _check_unit_interval("pred_probs", p)
+    return emb, t, p
 
-    n_pred = 2 if p.ndim == 1 else p.shape[1]
+
+def _target_classes(t: np.ndarray) -> int:
+    """Classes the targets imply: max label + 1 for (n,) integer labels, the columns of (n, C) ones."""
     if t.ndim == 1:
         bad = (t < 0) | (t != np.round(t))
         if bad.any():
             raise InputError(
                 f"targets: labels must be non-negative integers; row {_first_bad_row(bad)} is {t[bad][0]}"
             )
-        n_target = int(t.max()) + 1
-    else:
-        _check_unit_interval("targets", t)
-        n_target = t.shape[1]
+        return int(t.max()) + 1
+    _check_unit_interval("targets", t)
+    return t.shape[1]
+
+
+def _class_count(t: np.ndarray, p: np.ndarray, n_classes: int | None) -> int:
+    """The number of classes C of the inputs (at least 2; ``n_classes`` when given), after checking that
+    targets and pred_probs agree on it."""
+    n_pred = 2 if p.ndim == 1 else p.shape[1]
+    n_target = _target_classes(t)
     c = max(n_target, n_pred, 2)
     if p.ndim == 1 and n_target > 2:
         raise InputError(
@@ -119,21 +138,29 @@ def check_slicer_inputs(
         if c > n_classes:
             raise InputError(f"inputs have {c} classes but the slicer was fitted on {n_classes}")
         c = n_classes
+    return c
 
+
+def _targets_matrix(t: np.ndarray, c: int) -> np.ndarray:
+    """(n, c) float32 targets: one-hot for (n,) labels, zero-padded columns for (n, C) ones."""
+    n = t.shape[0]
+    y = np.zeros((n, c), dtype=np.float32)
     if t.ndim == 1:
-        y = np.zeros((n, c), dtype=np.float32)
         y[np.arange(n), t.astype(np.int64)] = 1.0
     else:
-        y = np.zeros((n, c), dtype=np.float32)
         y[:, : t.shape[1]] = t
+    return y
+
+
+def _probs_matrix(p: np.ndarray, c: int) -> np.ndarray:
+    """(n, c) float32 probabilities: (1 - p, p) for (n,) binary ones, zero-padded columns for (n, C)."""
+    yh = np.zeros((p.shape[0], c), dtype=np.float32)
     if p.ndim == 1:
-        yh = np.zeros((n, c), dtype=np.float32)
         yh[:, 0] = 1.0 - p
         yh[:, 1] = p
     else:
-        yh = np.zeros((n, c), dtype=np.float32)
         yh[:, : p.shape[1]] = p
-    return SlicerInputs(emb, y, yh)
+    return yh
 
 
 class BaseSlicer(BaseEstimator, ABC):
