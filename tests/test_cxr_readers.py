@@ -398,3 +398,22 @@ def test_corrupt_image_reported(tmp_path):
         "00000001_000",
         "00000002_000",
     ]
+
+
+def test_mimic_bad_id_names_its_one_based_row(tmp_path):
+    root, reports = _mimic(tmp_path, gz=False)
+    meta_p = root / "mimic-cxr-2.0.0-metadata.csv"
+    meta = pd.read_csv(meta_p)
+    meta["subject_id"] = meta["subject_id"].astype(object)
+    meta.loc[1, "subject_id"] = "abc"  # the second data row
+    meta.to_csv(meta_p, index=False)
+    with pytest.raises(InputError, match=r"metadata\.csv.*subject_id.*row 2: not an integer id"):
+        read_mimic_cxr(root, reports_root=reports)
+
+
+def test_missing_image_names_its_one_based_row(tmp_path):
+    root = _chexpert(tmp_path)
+    victim = sorted(root.rglob("*.jpg"))[0]
+    victim.unlink()
+    with pytest.raises(InputError, match=r"file not found, row [1-9]"):
+        read_chexpert(root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import nibabel as nib
 import numpy as np
@@ -116,7 +117,7 @@ def test_csv_reader(tmp_path):
     assert cases[0].case_id == "case1" and cases[0].meta == {"site": "A"}
     assert cases[0].image == tmp_path / "v" / "x.nii.gz"
     (tmp_path / "bad.csv").write_text("id,image,label\ncase1,v/x.nii.gz,v/missing.nii.gz\n")
-    with pytest.raises(InputError, match=r"bad\.csv: row 2: file not found"):
+    with pytest.raises(InputError, match=r"bad\.csv: line 2: file not found"):
         td.read_csv_pairs(tmp_path / "bad.csv")
     (tmp_path / "nocol.csv").write_text("id,img\n1,v/x.nii.gz\n")
     with pytest.raises(InputError, match="missing column 'image'"):
@@ -192,3 +193,10 @@ def test_mni_phantom_cohort_cached(tmp_path):
     mtime = cases[0].image.stat().st_mtime_ns
     again = td.build_mni_phantom(tmp_path, n_subjects=2, spacing=6.0, seed=3)
     assert again[0].image == cases[0].image and again[0].image.stat().st_mtime_ns == mtime
+    manifest = cases[0].image.parent / "manifest.json"
+    data = json.loads(manifest.read_text())
+    assert data["max_displacement"] == 6.0
+    data["cases"][1]["label"] = None  # a damaged cache is rebuilt, not a crash
+    manifest.write_text(json.dumps(data))
+    rebuilt = td.build_mni_phantom(tmp_path, n_subjects=2, spacing=6.0, seed=3)
+    assert all(c.label is not None and c.label.is_file() for c in rebuilt)

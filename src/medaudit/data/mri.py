@@ -314,19 +314,19 @@ def read_csv_pairs(
     for i, row in enumerate(rows, start=2):
         img = (row.get(image_col) or "").strip()
         if not img:
-            raise InputError(f"{path}: row {i}: empty '{image_col}'")
+            raise InputError(f"{path}: line {i}: empty '{image_col}'")
         img_p = Path(img) if Path(img).is_absolute() else path.parent / img
         lab = (row.get(label_col) or "").strip()
         if require_label and not lab:
-            raise InputError(f"{path}: row {i}: empty '{label_col}'")
+            raise InputError(f"{path}: line {i}: empty '{label_col}'")
         lab_p = None if not lab else (Path(lab) if Path(lab).is_absolute() else path.parent / lab)
         for p in (img_p, lab_p):
             if p is not None and not p.is_file():
-                raise InputError(f"{path}: row {i}: file not found: {p}")
+                raise InputError(f"{path}: line {i}: file not found: {p}")
         cid = (row.get(id_col) or "").strip() if id_col and id_col in cols else ""
         cid = cid or _stem(img_p)
         if cid in seen:
-            raise InputError(f"{path}: row {i}: duplicate case id '{cid}'")
+            raise InputError(f"{path}: line {i}: duplicate case id '{cid}'")
         seen.add(cid)
         meta = {k: v for k, v in row.items() if k not in {image_col, label_col, id_col}}
         cases.append(VolumeCase(cid, img_p, lab_p, None, meta))
@@ -584,7 +584,7 @@ def build_mni_phantom(
     Each subject is the MNI152 2009a template, resampled to ``spacing`` mm, under a seeded random affine (±10% scale, ±8° rotation,
     ±4 mm shift) and elastic deformation (7 control points, ``max_displacement`` mm), with a seeded gamma (log-gamma ±0.15) and per-tissue contrast offsets (±4%).
     Labels use the ``tissue4`` set. Files are cached as NIfTI under
-    ``cache_dir/mni-phantom-n{n}-sp{spacing}-s{seed}/`` with a ``manifest.json`` written last.
+    ``cache_dir/mni-phantom-n{n}-sp{spacing}-s{seed}-d{max_displacement}/`` with a ``manifest.json`` written last.
     """
     del label_set  # always tissue4; accepted so configs can pass it through
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -607,6 +607,7 @@ def build_mni_phantom(
                 "label_set": "tissue4",
                 "spacing": spacing,
                 "seed": seed,
+                "max_displacement": max_displacement,
                 "cases": entries,
             },
         )
@@ -625,11 +626,13 @@ def _cached_phantom(folder: Path) -> list[VolumeCase] | None:
         try:
             data = json.loads(manifest.read_text())
             cases = [VolumeCase.from_dict(d) for d in data["cases"]]
+            if any(c.label is None for c in cases):  # a phantom case always has its label map
+                return None
             for c in cases:
                 c.image, c.label = folder / c.image.name, folder / c.label.name  # type: ignore[union-attr]
-            if all(c.image.is_file() and c.label is not None and c.label.is_file() for c in cases):
+            if all(c.image.is_file() and c.label.is_file() for c in cases):  # type: ignore[union-attr]
                 return cases
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
     return None
 

@@ -149,7 +149,7 @@ def check_images(
     if bad and not skip_bad:
         i, p, why = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise InputError(f"{p}: {why}, row {i}{more}")
+        raise InputError(f"{p}: {why}, row {i + 1}{more}")
     if bad:
         drop = {i for i, _, _ in bad}
         out = df.loc[[i not in drop for i in range(len(df))]].reset_index(drop=True)

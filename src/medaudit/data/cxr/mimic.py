@@ -107,7 +107,7 @@ def _images_with_labels(root: Path, labeler: str) -> pd.DataFrame:
             v = pd.to_numeric(frame[c], errors="coerce")
             if v.isna().any():
                 i = int(np.flatnonzero(v.isna().to_numpy())[0])
-                raise InputError(f"{name}: column '{c}' row {i}: not an integer id")
+                raise InputError(f"{name}: column '{c}' row {i + 1}: not an integer id")
             frame[c] = v.astype(np.int64)
     labels = labels.drop_duplicates("study_id").set_index("study_id")
     return meta.merge(labels[list(CHEXPERT_LABELS)], left_on="study_id", right_index=True, how="left")
