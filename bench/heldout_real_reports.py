@@ -42,6 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -197,8 +198,11 @@ def make_case(
     return t, gt
 
 
-def run_medaudit(t: pd.DataFrame, seed: int, work: Path, slicer: str | None = None) -> np.ndarray:
-    """The audit with its defaults on report + metadata (``slicer``: override the default slicer)."""
+def run_medaudit(
+    t: pd.DataFrame, seed: int, work: Path, slicer: str | None = None, overrides: dict[str, Any] | None = None
+) -> np.ndarray:
+    """The audit with its defaults on report + metadata (``slicer``: override the default slicer;
+    ``overrides``: other AuditConfig fields, for ablations)."""
     from medaudit.audit.pipeline import AuditConfig, run_audit
 
     cfg = AuditConfig(
@@ -210,6 +214,8 @@ def run_medaudit(t: pd.DataFrame, seed: int, work: Path, slicer: str | None = No
     )
     if slicer:
         cfg.slicer = slicer
+    if overrides:
+        cfg = cfg.model_copy(update=overrides)
     res = run_audit(t.drop(columns=["image"], errors="ignore"), cfg, work / "audit")
     mem = res.membership.set_index("id").loc[t["id"].astype(str)]
     return mem[[c for c in mem.columns if c.startswith("slice_")]].to_numpy(dtype=np.float64)
@@ -246,7 +252,7 @@ def evaluate(args: argparse.Namespace) -> pd.DataFrame:
                 with tempfile.TemporaryDirectory(prefix="medaudit-heldout-") as td:
                     t0 = time.perf_counter()
                     if method.startswith("medaudit"):
-                        s = run_medaudit(t, seed, Path(td), method.partition(":")[2] or None)
+                        s = run_medaudit(t, seed, Path(td), method.partition(":")[2] or None, args.audit_set)
                     else:
                         s = run_domino(t, seed, Path(td), args.domino_python, args.domino_script)
                     dt = time.perf_counter() - t0
@@ -277,7 +283,9 @@ def summarise(res: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "--split", choices=("tune", "heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5"), default="tune"
+        "--split",
+        choices=("tune", "heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5"),
+        default="tune",
     )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n", type=int, default=1000)
@@ -290,7 +298,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--domino-script", type=Path, default=peers / "run_domino.py")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--audit-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="AuditConfig override for an ablation (JSON value), e.g. rule_ngrams=1000",
+    )
     args = ap.parse_args(argv)
+    args.audit_set = {k: json.loads(v) for k, _, v in (a.partition("=") for a in args.audit_set)}
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if "domino-0.1.5" in args.methods and not args.domino_python:
