@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from medaudit.errors import InputError
 from medaudit.io import atomic_output_dir, atomic_save, atomic_write_json, atomic_write_text
@@ -93,3 +94,13 @@ def test_outputs_get_normal_permissions(tmp_path):
     assert stat.S_IMODE(f.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "m.pt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+
+
+def test_check_device_names_the_flag():
+    from medaudit.device import check_device
+
+    assert check_device(None) is None and check_device("auto") is None
+    assert check_device("CPU") == "cpu"
+    for bad in ("tpu:7", "bogus", "cuda:99" if torch.cuda.is_available() else "cuda"):
+        with pytest.raises(InputError, match=r"^--device '"):
+            check_device(bad)
