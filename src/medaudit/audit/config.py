@@ -102,7 +102,8 @@ class AuditConfig(_Model):
         concepts: a YAML concept lexicon (default: the built-in one, docs/concepts.md).
         rule_max_level / rule_min_support: rule length (1-3) and smallest rule slice.
         rule_ngrams: open-vocabulary n-gram predicates offered to the rule search, at most (0: none;
-            each in at least ``max(rule_min_support, 0.5%)`` of the reports).
+            each in at least ``max(rule_min_support, 0.5%)`` of the reports; the most frequent
+            are kept when more qualify).
         rule_exploratory: when fewer than ``n_slices`` rules survive the Benjamini–Hochberg
             correction across every rule tried, fill the list with rules significant before it
             (``p <= 0.05``), flagged ``rule_significant: false`` (leads, not findings; docs/audit.md).
@@ -140,7 +141,7 @@ class AuditConfig(_Model):
     concepts: Path | None = None
     rule_max_level: int = Field(3, ge=1, le=3)
     rule_min_support: int = Field(10, ge=1)
-    rule_ngrams: int = Field(300, ge=0)
+    rule_ngrams: int = Field(1000, ge=0)
     rule_exploratory: bool = True
     merge_jaccard: float = Field(0.5, gt=0.0, le=1.0)
     n_slices: int = Field(5, ge=1)
