@@ -3,11 +3,14 @@
 Every command that writes an output folder claims it with :func:`claim_output` before doing any work:
 
 - **Ours or empty.** An existing folder is replaced (or, in place, written into) only when it is empty
-  or holds the marker file :data:`MARKER` that an earlier medaudit run of the *same kind* wrote.
-  A regular file, a folder with other files, or a medaudit output of another kind is refused with one
-  line (``InputError``) unless ``force``; ``force`` never applies to a regular file, to a folder that
-  contains one of the run's inputs, or to the filesystem root, the home folder, the current folder or
-  one of their parents.
+  or holds the marker file :data:`MARKER` that an earlier medaudit run of the *same kind* wrote, and
+  nothing else than the entries that marker lists as medaudit's. A regular file, a folder with other
+  files, or a medaudit output of another kind is refused with one line (``InputError``) unless
+  ``force``; ``force`` never applies to a regular file, to a folder that contains one of the run's
+  inputs, or to the filesystem root, the home folder, the current folder or one of their parents.
+- **Never a file medaudit did not write.** Even with ``force``, entries medaudit did not write stay
+  as they are: the new output is published *beside* them (only medaudit's own earlier entries are
+  replaced), and a run whose output would replace one of them fails, naming it.
 - **Inputs are never inside.** Inputs are compared after resolving symlinks and ``..``.
 - **Staging beside the output.** The result is written to a hidden staging folder created next to the
   output at the start (so an unwritable place fails at once) and renamed onto it at the end.
@@ -44,6 +47,7 @@ __all__ = [
     "check_output",
     "claim_output",
     "clear_interrupt_note",
+    "foreign_entries",
     "interrupt_note",
     "read_marker",
 ]
@@ -75,22 +79,47 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("kind"), str) else None
 
 
-def _marker(kind: str, state: str) -> dict[str, Any]:
+def _marker(kind: str, state: str, files: list[str] | None = None) -> dict[str, Any]:
     from medaudit import __version__
 
-    return {
+    mark: dict[str, Any] = {
         "kind": kind,
         "medaudit_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "pid": os.getpid(),
         "state": state,
     }
+    if files is not None:
+        mark["files"] = files
+    return mark
 
 
-def _write_marker(folder: Path, kind: str, state: str) -> None:
+def _write_marker(folder: Path, kind: str, state: str, files: list[str] | None = None) -> None:
     from medaudit.io import atomic_write_json
 
-    atomic_write_json(folder / MARKER, _marker(kind, state))
+    atomic_write_json(folder / MARKER, _marker(kind, state, files))
+
+
+def _entries(folder: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(folder))
+    except OSError:
+        return []
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Top-level entries of ``folder`` that medaudit did not write: every entry when it has no
+    marker; with one, those its ``files`` list does not name (a marker from before the list existed
+    names all of them)."""
+    names = _entries(folder)
+    mark = read_marker(folder)
+    if mark is None:
+        return names
+    files = mark.get("files")
+    if not isinstance(files, list):
+        return []
+    ours = {str(f) for f in files} | {MARKER}
+    return [n for n in names if n not in ours]
 
 
 def _resolve(p: str | os.PathLike[str]) -> Path:
@@ -162,13 +191,17 @@ def _refusal(path: Path, kind: str, force: bool, in_place: bool) -> str | None:
     if not entries:
         return None
     mark = read_marker(path)
-    if mark is not None and mark["kind"] == kind:
+    foreign = [] if in_place or mark is None else foreign_entries(path)
+    if mark is not None and mark["kind"] == kind and not foreign:
         return None
     if force:
         return None
-    verb = "write into it anyway" if in_place else "replace it"
-    if mark is not None:
+    verb = "write into it anyway" if in_place else "write beside them; they are kept"
+    if mark is not None and mark["kind"] != kind:
+        verb = "write into it anyway" if in_place else "replace it; files medaudit did not write are kept"
         return f"is a medaudit '{mark['kind']}' output, not a '{kind}' one (pass --force to {verb})"
+    if foreign:
+        return f"holds '{foreign[0]}', which medaudit did not write (pass --force to {verb}, or move it)"
     return f"holds files medaudit did not write (pass --force to {verb}, or choose an empty folder)"
 
 
@@ -262,16 +295,44 @@ def _clean_stale(path: Path, started: float) -> None:
 def _publish(claim: OutputClaim) -> None:
     path, stage = claim.path, claim.stage
     _check(path, claim.kind, claim.inputs, claim.force, claim.flag)  # it may have changed meanwhile
-    _write_marker(stage, claim.kind, "complete")
+    names = [n for n in _entries(stage) if n != MARKER]
+    _write_marker(stage, claim.kind, "complete", names)
     from medaudit.io import _publish_mode
 
     _publish_mode(stage, directory=True)
     if not os.path.lexists(path):
         os.replace(stage, path)
         return
+    foreign = foreign_entries(path)
+    if foreign:
+        _publish_beside(claim, names, foreign)
+        return
     old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_OLD}"))
     os.replace(path, old / "x")
     os.replace(stage, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_beside(claim: OutputClaim, names: list[str], foreign: list[str]) -> None:
+    """Publish into a folder that holds entries medaudit did not write (``--force``): they stay as
+    they are; medaudit's own earlier entries are moved out, the new ones moved in, the marker last."""
+    path, stage = claim.path, claim.stage
+    clash = sorted(set(names) & set(foreign))
+    if clash:
+        raise InputError(
+            f"{claim.flag} {path}: holds '{clash[0]}', which medaudit did not write and this run would "
+            "replace; move it or choose another output folder"
+        )
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_OLD}"))
+    _write_marker(old, claim.kind, "old")  # a killed run's leftovers are recognised as ours
+    keep = set(foreign)
+    for name in _entries(path):
+        if name not in keep and name != MARKER:
+            os.replace(path / name, old / name)
+    for name in names:
+        os.replace(stage / name, path / name)
+    os.replace(stage / MARKER, path / MARKER)
+    shutil.rmtree(stage, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -104,3 +104,53 @@ def test_marker_must_be_ours(tmp_path):
         check_output(out, "k")
     (out / MARKER).write_text(json.dumps({"kind": "k"}))
     assert check_output(out, "k") == out.resolve()
+
+
+def _publish(out: Path, kind: str = "k", files: dict[str, str] | None = None, force: bool = False) -> None:
+    with claim_output(out, kind, force=force) as c:
+        for name, text in (files or {"a.txt": "new"}).items():
+            (c.stage / name).write_text(text)
+
+
+def test_force_writes_beside_user_files_and_never_over_them(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="--force"):
+        _publish(out)
+    _publish(out, force=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "a.txt").read_text() == "new"
+    assert read_marker(out)["files"] == ["a.txt"]
+    # a rerun replaces medaudit's own entries (a.txt goes, b.txt comes) and keeps the user's
+    _publish(out, files={"b.txt": "2"}, force=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "b.txt", "notes.txt"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no staging or old folder left
+
+
+def test_same_kind_output_with_a_user_file_is_not_replaced_without_force(tmp_path):
+    out = tmp_path / "o"
+    _publish(out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"holds 'notes\.txt', which medaudit did not write"):
+        _publish(out)
+    _publish(out, files={"a.txt": "again"}, force=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "a.txt").read_text() == "again"
+
+
+def test_output_that_would_replace_a_user_file_fails_and_keeps_it(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "a.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"holds 'a\.txt', which medaudit did not write and this run"):
+        _publish(out, force=True)
+    assert (out / "a.txt").read_text() == "mine" and read_marker(out) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_marker_without_a_file_list_is_replaced_as_before(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"kind": "k", "state": "complete"}))
+    (out / "old.txt").write_text("from an older medaudit")
+    _publish(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "a.txt"])

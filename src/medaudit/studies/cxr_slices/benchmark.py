@@ -1298,7 +1298,7 @@ def bench_scenarios_command(
     force: bool = typer.Option(
         False,
         "--force",
-        help="Write into an --out folder medaudit did not write (never one holding an input).",
+        help="Use an --out folder holding files medaudit did not write; they are kept.",
     ),
 ) -> None:
     """Benchmark multimodal slice discovery on the study's failure scenarios (resumable, parallel)."""

@@ -415,7 +415,7 @@ def demo_command(
     views: str = typer.Option("frontal", "--views", help="Radiographs used: frontal (PA/AP) | all."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: CUDA when present)."),
     force: bool = typer.Option(
-        False, "--force", help="Replace an --out folder medaudit did not write (never one holding an input)."
+        False, "--force", help="Use an --out folder holding files medaudit did not write; they are kept."
     ),
     slicer: str = typer.Option("both", "--slicer", help="Audit slicer: both | mixture | rules."),
 ) -> None:
