@@ -242,6 +242,34 @@ def test_eval_bad_flags(cli, trained, tmp_path, flags, name):
     _refused(cli, args, [tmp_path, trained], name)
 
 
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        ("5-1", "range must go up (e.g. 1-5)"),
+        ("", "empty"),
+        ("3-", "'3-' is not an integer"),
+        ("a", "'a' is not an integer"),
+        ("0", "0 is outside 1..5"),
+        ("-1", "'-1' is not an integer"),
+        ("1,,2", "an empty item"),
+        ("1,1", "1 is listed twice"),
+        ("1-3,2", "2 is listed twice"),
+        ("2-6", "6 is outside 1..5"),
+    ],
+)
+def test_eval_malformed_severities_refused_at_parse_time(cli, bad_models, tmp_path, value, what):
+    # the model is not even read: the flag is checked first
+    args = ["texture", "eval", "-m", bad_models["nope.pt"], "--out", tmp_path / "e", "--severities", value]
+    _refused(cli, args, [tmp_path], f"--severities '{value}'", what)
+
+
+def test_train_malformed_severity_and_channels(cli, tconfig, tmp_path):
+    base = ["texture", "train", "-o", tmp_path / "r", "--config", tconfig]
+    _refused(cli, [*base, "--severity", "4-2"], [tmp_path], "--severity '4-2'", "range must go up")
+    _refused(cli, [*base, "--channels", "4,,8"], [tmp_path], "--channels '4,,8'", "empty item")
+    _refused(cli, [*base, "--channels", "0,8"], [tmp_path], "--channels '0,8'", "0 is below 1")
+
+
 def test_eval_writes_then_replaces_its_own_output(cli, trained, tmp_path):
     args = ["texture", "eval", "-m", trained / "model.pt", "--out", tmp_path / "e"]
     args += ["--corruptions", "gaussian_noise", "--severities", "1", "--no-report"]
@@ -331,7 +359,8 @@ def test_predict_foreign_folder_refused_then_forced(cli, trained, scans, tmp_pat
     _refused(cli, args, [tmp_path], "--force")
     rc, err = cli(*args, "--force")
     assert rc == 0, err
-    assert sorted(p.name for p in seg.iterdir()) == [MARKER, "good_seg.nii.gz"]
+    assert sorted(p.name for p in seg.iterdir()) == [MARKER, "good_seg.nii.gz", "mine.nii.gz"]
+    assert (seg / "mine.nii.gz").read_text() == "x"  # --force writes beside a user's file, never over it
 
 
 def test_predict_batch_and_deprecated_alias(cli, trained, scans, tmp_path):

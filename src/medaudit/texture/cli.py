@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -29,18 +30,44 @@ _Force = Annotated[
 ]
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        out: list[int] = []
-        for part in text.replace(" ", "").split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-        return out
-    except ValueError:
-        raise InputError(f"--{what}: expected integers like '1,2,3' or '1-5', got '{text}'") from None
+def _ints(
+    text: str,
+    what: str,
+    lo: int | None = None,
+    hi: int | None = None,
+    unique: bool = False,
+    ranges: bool = True,
+) -> list[int]:
+    """The integers of a flag value like ``1,2,3``, ``1-5`` or ``1-3,5`` (in the order given).
+
+    Each item is a non-negative integer or (with ``ranges``) an increasing range ``a-b``; values must
+    lie in ``lo..hi`` when given and (with ``unique``) appear once. Anything else (an empty value or
+    item, a reversed range, a sign, a word) is one :class:`InputError` line naming ``--what``.
+    """
+    flag = f"--{what}"
+    example = "'1,2,3' or '1-5'" if ranges else "'8,16,32'"
+    compact = text.replace(" ", "")
+    if not compact:
+        raise InputError(f"{flag} {text!r}: empty; expected integers like {example}")
+    out: list[int] = []
+    for part in compact.split(","):
+        m = re.fullmatch(r"(\d+)-(\d+)" if ranges and "-" in part else r"(\d+)", part)
+        if m is None:
+            kind = "an integer or a range" if ranges else "an integer"
+            what_is = "an empty item" if not part else f"'{part}' is not {kind}"
+            raise InputError(f"{flag} {text!r}: {what_is}; expected integers like {example}")
+        a, b = int(m.group(1)), int(m.group(m.lastindex or 1))
+        if b < a:
+            raise InputError(f"{flag} {text!r}: range must go up (e.g. {b}-{a})")
+        for v in (a, b):
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                bounds = f"outside {lo}..{hi}" if lo is not None and hi is not None else f"below {lo}"
+                raise InputError(f"{flag} {text!r}: {v} is {bounds}")
+        for v in range(a, b + 1):
+            if unique and v in out:
+                raise InputError(f"{flag} {text!r}: {v} is listed twice")
+            out.append(v)
+    return out
 
 
 def _json_mapping(text: str | None, what: str) -> dict[str, Any] | None:
@@ -150,12 +177,12 @@ def _train_config(
     base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
     over = {**over, "recipe_options": _json_mapping(over["recipe_options"], "recipe-options")}
     if severity is not None:
-        sv = _ints(severity, "severity")
+        sv = _ints(severity, "severity", lo=0, hi=5, unique=True)
         over["filter_severity"] = sv[0] if len(sv) == 1 else [min(sv), max(sv)]
     if patch_size is not None:
         over["patch_size"] = [patch_size] * 3
     if channels is not None:
-        over["channels"] = _ints(channels, "channels")
+        over["channels"] = _ints(channels, "channels", lo=1, ranges=False)
     base.update({k: v for k, v in over.items() if v is not None})
     if (
         over["filter_name"]
@@ -250,7 +277,7 @@ def eval_command(
     from medaudit.texture.report import format_table, write_report
 
     corrs = _names(corruptions)
-    levels_in = _ints(severities, "severities")
+    levels_in = _ints(severities, "severities", lo=1, hi=5, unique=True)
     cases = _cases_for_eval(model, data, data_path, split)
     inputs = [*model, data_path, *(c.image for c in cases), *(c.label for c in cases)]
     with claim_output(out, "texture-eval", inputs=inputs, force=force) as claim:
