@@ -130,6 +130,48 @@ def test_train_bad_flags(cli, tconfig, tmp_path, flags, name):
     _refused(cli, ["texture", "train", "-o", tmp_path / "r", "--config", tconfig, *flags], [tmp_path], name)
 
 
+@pytest.mark.parametrize(
+    ("flags", "what"),
+    [
+        (["--lr", "nan"], "--lr: Input should be a finite number"),
+        (["--lr", "inf"], "--lr: Input should be a finite number"),
+        (["--lr", "-1"], "--lr: Input should be greater than 0"),
+        (["--lr", "0"], "--lr: Input should be greater than 0"),
+        (["--spacing", "nan"], "--spacing: Input should be a finite number"),
+        (["--iterations", "0"], "--iterations"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--recipe", "mixed", "--recipe-options", '{"p": NaN}'], "--recipe-options: NaN"),
+        (["--recipe", "synthseg", "--recipe-options", '{"noise": [0, 1e999]}'], "option 'noise'"),
+    ],
+    ids=["lr-nan", "lr-inf", "lr-negative", "lr-zero", "spacing-nan", "iterations-0", "batch-0",
+         "recipe-nan", "recipe-inf"],
+)  # fmt: skip
+def test_train_non_finite_or_out_of_range_numbers(cli, tconfig, tmp_path, flags, what):
+    _refused(cli, ["texture", "train", "-o", tmp_path / "r", "--config", tconfig, *flags], [tmp_path], what)
+
+
+@pytest.mark.parametrize(("key", "value"), [("lr", "NaN"), ("weight_decay", "Infinity"), ("dropout", "1.5")])
+def test_train_config_file_numbers_checked(cli, volumes, tmp_path, key, value):
+    text = json.dumps(train_config(volumes)).replace('"seed": 3', f'"seed": 3, "{key}": {value}')
+    cfg = tmp_path / "c.json"
+    cfg.write_text(text)
+    _refused(
+        cli, ["texture", "train", "-o", tmp_path / "r", "--config", cfg], [tmp_path], "c.json", f"'{key}'"
+    )
+
+
+def test_study_config_non_finite_train_value(cli, tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        "data: {source: mni-phantom, n_subjects: 4}\ntrain: {lr: .nan, iterations: 2}\n"
+        "train_filters: [none]\ntest: {corruptions: [gaussian_noise], severities: [1]}\n"
+    )
+    args = ["texture", "study", cfg, "--out", tmp_path / "st"]
+    _refused(cli, args, [tmp_path], "s.yaml", "train.lr", "finite")
+    cfg.write_text(cfg.read_text().replace("lr: .nan", "lr: 0.01").replace("n_subjects: 4", "spacing: .inf"))
+    _refused(cli, args, [tmp_path], "s.yaml", "data.spacing", "finite")
+
+
 def test_train_bad_config_files(cli, tmp_path):
     _refused(
         cli,

@@ -73,8 +73,14 @@ def _ints(
 def _json_mapping(text: str | None, what: str) -> dict[str, Any] | None:
     if text is None:
         return None
+
+    def no_constant(name: str) -> Any:
+        raise InputError(f"--{what}: {name} is not a number medaudit accepts (give a finite value)")
+
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=no_constant)
+    except InputError:
+        raise
     except ValueError as exc:
         raise InputError(f"--{what}: not valid JSON ({exc})") from None
     if not isinstance(value, dict):
@@ -160,6 +166,16 @@ def train_command(
     _run_train(cfg, out, config, resume, force)
 
 
+#: numeric flags of ``texture train`` by TrainConfig key, checked (finite, in range) before the config
+_NUMERIC_FLAGS = {
+    "spacing": "--spacing",
+    "severity_version": "--severity-version",
+    "iterations": "--iterations",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+}
+
+
 def _train_config(
     config: Path | None,
     over: dict[str, Any],
@@ -172,7 +188,7 @@ def _train_config(
     ``over`` maps config keys to flag values; its ``recipe_options`` is the JSON text of the flag.
     ``--filter`` without ``--mode`` turns a clean, recipe-less config into ``mode="filtered"``.
     """
-    from medaudit.texture.train import TrainConfig, load_config
+    from medaudit.texture.train import TrainConfig, check_field, load_config
 
     base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
     over = {**over, "recipe_options": _json_mapping(over["recipe_options"], "recipe-options")}
@@ -183,6 +199,9 @@ def _train_config(
         over["patch_size"] = [patch_size] * 3
     if channels is not None:
         over["channels"] = _ints(channels, "channels", lo=1, ranges=False)
+    for key, flag in _NUMERIC_FLAGS.items():  # a bad number names its flag, not the merged config
+        if over.get(key) is not None:
+            over[key] = check_field(key, over[key], flag)
     base.update({k: v for k, v in over.items() if v is not None})
     if (
         over["filter_name"]

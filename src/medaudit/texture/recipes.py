@@ -30,6 +30,7 @@ All randomness of iteration ``i`` comes from the seed the training loop passes (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -117,6 +118,8 @@ class Recipe:
         v = [v, v] if isinstance(v, int | float) and not isinstance(v, bool) else v
         if not isinstance(v, list | tuple) or len(v) != 2 or not all(isinstance(a, int | float) for a in v):
             raise InputError(f"recipe '{self.name}': option '{key}' must be a number or [lo, hi], got {v!r}")
+        if not all(math.isfinite(float(a)) and float(a) >= 0 for a in v):
+            raise InputError(f"recipe '{self.name}': option '{key}' must be finite and >= 0, got {v!r}")
         if float(v[0]) > float(v[1]):
             raise InputError(f"recipe '{self.name}': option '{key}' has lo > hi: {v!r}")
         return float(v[0]), float(v[1])

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PositiveInt, ValidationError, model_validator
 
 from medaudit.configfile import Config
 from medaudit.data import mri as tdata
@@ -53,7 +53,8 @@ class TrainConfig(Config):
     """Everything that defines a training run (JSON/YAML-serialisable; validated by pydantic).
 
     Values are coerced where unambiguous (``iterations: "500"`` is 500, ``lr: 3e-3`` is 0.003) and
-    refused otherwise, with one line naming the key.
+    refused otherwise, with one line naming the key; numbers must be finite (no NaN or inf) and in range
+    (``lr > 0``, fractions in ``[0, 1)``, counts ``>= 1``).
     """
 
     # data
@@ -61,40 +62,40 @@ class TrainConfig(Config):
     data_path: str | None = None
     data_options: dict[str, Any] = Field(default_factory=dict)  # passed to the reader
     label_set: str = "tissue4"
-    spacing: float | None = None  # resample on load (mm); None keeps the native grid
-    n_subjects: int = 8  # mni-phantom only
-    phantom_spacing: float = 2.5  # mni-phantom only
+    spacing: float | None = Field(None, gt=0, allow_inf_nan=False)  # resample on load (mm); None: native
+    n_subjects: int = Field(8, ge=1)  # mni-phantom only
+    phantom_spacing: float = Field(2.5, gt=0, allow_inf_nan=False)  # mni-phantom only
     cache_dir: str | None = None
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
+    val_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
+    test_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
     split_seed: int = 0
     small_policy: str = "pad"  # pad | error
     # training filter
     mode: str = "clean"
     filter_name: str | None = None
     filter_severity: int | list[int] = 3  # a level 1..5, or [lo, hi] sampled uniformly (inclusive)
-    filter_prob: float = 0.5  # online mode only
+    filter_prob: float = Field(0.5, ge=0, le=1, allow_inf_nan=False)  # online mode only
     recipe: str | None = None  # clean | filtered | mixed | bigaug | synthseg | gin (None: from ``mode``)
     recipe_options: dict[str, Any] = Field(default_factory=dict)
     severity_version: int = 2  # severity table of filter_severity / recipe levels (1 = the old table)
     input_norm: str = "none"  # none | zscore | percentile: per-patch / per-window input normalisation
     # model
-    channels: list[int] = Field(default_factory=lambda: [8, 16, 32, 64])
-    num_res_units: int = 1
-    dropout: float = 0.0
+    channels: list[PositiveInt] = Field(default_factory=lambda: [8, 16, 32, 64], min_length=2)
+    num_res_units: int = Field(1, ge=0)
+    dropout: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
     # optimisation
     patch_size: list[int] = Field(default_factory=lambda: [48, 48, 48])
-    batch_size: int = 2
-    pos_neg_ratio: float = 2.0  # RandCropByPosNegLabeld pos:neg
-    iterations: int = 300
-    lr: float = 2e-3
-    weight_decay: float = 1e-5
+    batch_size: int = Field(2, ge=1)
+    pos_neg_ratio: float = Field(2.0, ge=0, allow_inf_nan=False)  # RandCropByPosNegLabeld pos:neg
+    iterations: int = Field(300, ge=1)
+    lr: float = Field(2e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(1e-5, ge=0, allow_inf_nan=False)
     seed: int = 0
     amp: bool = True  # used on CUDA only
-    val_every: int = 100
-    checkpoint_every: int = 50
-    sw_batch_size: int = 2
-    inference_roi: list[int] | None = None  # sliding-window size at inference (default: patch_size)
+    val_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    sw_batch_size: int = Field(2, ge=1)
+    inference_roi: list[PositiveInt] | None = Field(None, min_length=3, max_length=3)  # default: patch_size
     device: str | None = None
 
     @model_validator(mode="after")
@@ -176,6 +177,22 @@ class TrainConfig(Config):
         d = self.to_dict()
         d.pop("device", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_field(key: str, value: Any, source: str) -> Any:
+    """``value`` validated (and coerced) as the :class:`TrainConfig` field ``key``, with the field's
+    constraints (finite, in range); otherwise one :class:`InputError` line naming ``source`` (a flag
+    such as ``--lr``, or a config key)."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter
+
+    f = TrainConfig.model_fields[key]
+    kind = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation  # type: ignore[valid-type]
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError as exc:
+        raise InputError(f"{source}: {exc.errors()[0]['msg']} (got {value!r:.60})") from None
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -68,12 +68,12 @@ class DataModel(Config):
     path: str | None = Field(None, validate_default=True)
     options: dict[str, Any] = Field(default_factory=dict)
     label_set: str | None = None
-    spacing: float | None = None
+    spacing: float | None = Field(None, gt=0, allow_inf_nan=False)
     n_subjects: int | None = Field(None, ge=1)
-    phantom_spacing: float | None = Field(None, gt=0)
+    phantom_spacing: float | None = Field(None, gt=0, allow_inf_nan=False)
     cache_dir: str | None = None
-    val_fraction: float | None = Field(None, ge=0, lt=1)
-    test_fraction: float | None = Field(None, ge=0, lt=1)
+    val_fraction: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False)
+    test_fraction: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False)
     split_seed: int | None = None
     small_policy: Literal["pad", "error"] | None = None
 
@@ -149,8 +149,8 @@ class ReportModel(Config):
 
 
 class ResourcesModel(Config):
-    cpus_per_task: float = Field(1.0, ge=0)
-    gpus_per_task: float = Field(0.0, ge=0)
+    cpus_per_task: float = Field(1.0, ge=0, allow_inf_nan=False)
+    gpus_per_task: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
 class StudyFile(Config):

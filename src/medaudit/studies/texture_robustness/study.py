@@ -186,18 +186,11 @@ def _err(source: str, key: str, msg: str) -> InputError:
 
 
 def _typed_train(train: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """The study's ``train`` block with every value validated (and coerced) by its TrainConfig field type."""
-    from pydantic import TypeAdapter, ValidationError
+    """The study's ``train`` block with every value validated (and coerced) by its TrainConfig field,
+    constraints included (a NaN or negative ``lr`` is refused here, naming ``train.lr``)."""
+    from medaudit.texture.train import check_field
 
-    from medaudit.texture.train import TrainConfig
-
-    out: dict[str, Any] = {}
-    for k, v in train.items():
-        try:
-            out[k] = TypeAdapter(TrainConfig.model_fields[k].annotation).validate_python(v)
-        except ValidationError as exc:
-            raise _err(source, f"train.{k}", f"{exc.errors()[0]['msg']} (got {v!r:.40})") from None
-    return out
+    return {k: check_field(k, v, f"{source}: key 'train.{k}'") for k, v in train.items()}
 
 
 def _train_config_fields() -> set[str]:
