@@ -91,8 +91,8 @@ def audit_predicates(
     :func:`ngram_min_reports` of them: as many as a rule slice needs (``min_support``), and 0.5% of
     the reports on large tables. A word in 1% of the reports ("eventration") can name a failure
     group of that size; a fixed 2% floor hid it. The cap (1000) binds only on large tables: a
-    1,000-report Open-i sample has about 570 n-grams in 10 or more reports, and the words that name
-    a small group ("stent", "epicardial fat", "shoulder") rank 360–550 by frequency, so the earlier
+    1,000-report Open-i sample has 545–570 n-grams in 10 or more reports, and the words that name
+    a small group ("stent", "epicardial fat", "shoulder") rank 350–550 by frequency, so the earlier
     cap of 300 cut them (docs/heldout_real_reports.md)."""
     extra = None
     if reports is not None and max_ngrams > 0 and any(isinstance(r, str) and r.strip() for r in reports):
