@@ -401,7 +401,8 @@ def test_predict_foreign_folder_refused_then_forced(cli, trained, scans, tmp_pat
     _refused(cli, args, [tmp_path], "--force")
     rc, err = cli(*args, "--force")
     assert rc == 0, err
-    assert sorted(p.name for p in seg.iterdir()) == [MARKER, "good_seg.nii.gz"]
+    assert sorted(p.name for p in seg.iterdir()) == [MARKER, "good_seg.nii.gz", "mine.nii.gz"]
+    assert (seg / "mine.nii.gz").read_text() == "x"  # --force writes beside a user's file, never over it
 
 
 def test_predict_batch_and_deprecated_alias(cli, trained, scans, tmp_path):

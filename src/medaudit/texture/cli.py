@@ -26,7 +26,7 @@ app = typer.Typer(
 #: ``--force`` of the commands that claim an output folder (train, eval)
 _Force = Annotated[
     bool,
-    typer.Option("--force", help="Use an --out folder medaudit did not write (never one holding an input)."),
+    typer.Option("--force", help="Use an --out folder holding files medaudit did not write; they are kept."),
 ]
 
 
@@ -368,7 +368,7 @@ def predict_command(
     force: Annotated[
         bool,
         typer.Option(
-            "--force", help="Replace an --out folder medaudit did not write (never one holding an input)."
+            "--force", help="Use an --out folder holding files medaudit did not write; they are kept."
         ),
     ] = False,
 ) -> None:

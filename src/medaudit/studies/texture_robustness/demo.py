@@ -50,7 +50,7 @@ def demo_command(
     force: Annotated[
         bool,
         typer.Option(
-            "--force", help="Use an --out folder medaudit did not write (never one holding an input)."
+            "--force", help="Use an --out folder holding files medaudit did not write; they are kept."
         ),
     ] = False,
 ) -> None:

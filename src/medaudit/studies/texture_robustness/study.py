@@ -628,7 +628,10 @@ def study_command(
         bool, typer.Option("--dry-run", help="List the tasks, their keys and status; run nothing.")
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Write into an --out folder medaudit did not write.")
+        bool,
+        typer.Option(
+            "--force", help="Use an --out folder holding files medaudit did not write; they are kept."
+        ),
     ] = False,
 ) -> None:
     """Run a texture-robustness study (training filters x seeds, tested on unseen corruptions); resumable."""
