@@ -251,3 +251,98 @@ def test_undecodable_image_fails_with_path(tmp_path: Path, good: pd.DataFrame, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "c2.png" in err[0], err
     assert not out.exists()
+
+
+# -- malformed files: one line naming the file and the line / column at fault ------------------------
+
+
+def test_csv_line_with_extra_fields_is_named(tmp_path: Path, good: pd.DataFrame) -> None:
+    p = tmp_path / "cases.csv"
+    good.to_csv(p, index=False)
+    lines = p.read_text().splitlines()
+    lines[4] += ",extra,more"  # line 5 of the file: data row 4
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"cases\.csv: line 5 has 9 fields, the header has 7$"):
+        load_case_table(p, meta=["sex", "age"])
+
+
+def test_csv_short_line_and_trailing_comma_are_named(tmp_path: Path, good: pd.DataFrame) -> None:
+    p = tmp_path / "cases.tsv"
+    good.to_csv(p, index=False, sep="\t")
+    lines = p.read_text().splitlines()
+    lines[3] = "\t".join(lines[3].split("\t")[:3])
+    p.write_text("\n".join(lines) + "\n\n")  # a trailing blank line is fine
+    with pytest.raises(InputError, match=r"cases\.tsv: line 4 has 3 fields, the header has 7"):
+        load_case_table(p)
+    q = tmp_path / "trail.csv"
+    q.write_text("id,label,prob,report\nc0,0,0.2,a,\nc1,1,0.8,b\n")
+    with pytest.raises(InputError, match=r"trail\.csv: line 2 has 5 fields, the header has 4"):
+        load_case_table(q, require=("report",))
+
+
+def test_quoted_fields_with_commas_and_newlines_are_not_ragged(tmp_path: Path, good: pd.DataFrame) -> None:
+    p = tmp_path / "cases.csv"
+    good.assign(report=[f'line one, "quoted"\nline two {i}' for i in range(6)]).to_csv(p, index=False)
+    assert len(load_case_table(p)) == 6
+
+
+def test_duplicate_header_column_is_refused(tmp_path: Path, good: pd.DataFrame) -> None:
+    p = tmp_path / "cases.csv"
+    good.assign(label2=good["label"]).to_csv(p, index=False)
+    p.write_text(p.read_text().replace("label2", "label", 1))
+    with pytest.raises(InputError, match=r"cases\.csv: column 'label' appears 2 times in the header"):
+        load_case_table(p)
+    frame = good.copy()
+    frame.columns = ["id", "label", "label", "image", "report", "sex", "age"]
+    with pytest.raises(InputError, match=r"column 'label' appears more than once"):
+        load_case_table(frame)
+
+
+def test_malformed_jsonl_names_its_line(tmp_path: Path, good: pd.DataFrame) -> None:
+    p = tmp_path / "cases.jsonl"
+    good.to_json(p, orient="records", lines=True)
+    lines = p.read_text().splitlines()
+    lines[2] = lines[2][:40]  # cut short
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"cases\.jsonl: line 3 is not valid JSON") as exc:
+        load_case_table(p)
+    assert "position" not in str(exc.value)
+    lines[2] = "[1, 2]"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"cases\.jsonl: line 3 is not a JSON object"):
+        load_case_table(p)
+
+
+def test_table_that_is_a_folder_or_not_utf8(tmp_path: Path, good: pd.DataFrame) -> None:
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(InputError, match=r"d\.csv: is a folder, not a table file"):
+        load_case_table(tmp_path / "d.csv")
+    p = tmp_path / "latin.csv"
+    good.to_csv(p, index=False)
+    p.write_bytes(p.read_bytes().replace(b"report number 3", b"r\xe9port number 3"))
+    with pytest.raises(InputError, match=r"latin\.csv: line 5 is not UTF-8"):
+        load_case_table(p)
+
+
+def test_embeddings_ids_file_not_utf8(tmp_path: Path) -> None:
+    np.save(tmp_path / "e.npy", np.zeros((2, 3), np.float32))
+    (tmp_path / "e.ids.txt").write_bytes(b"a\n\xe9\xe9\n")
+    with pytest.raises(InputError, match=r"e\.ids\.txt: line 2 is not UTF-8"):
+        load_embeddings(tmp_path / "e.npy", ["a", "b"])
+
+
+def test_embeddings_file_that_is_not_a_numeric_npy(tmp_path: Path) -> None:
+    (tmp_path / "t.npy").write_text("0.1 0.2\n0.3 0.4\n")
+    (tmp_path / "t.ids.txt").write_text("a\nb\n")
+    with pytest.raises(InputError, match=r"t\.npy: not a \.npy array file") as exc:
+        load_embeddings(tmp_path / "t.npy", ["a", "b"])
+    assert "pickle" not in str(exc.value)
+    np.save(tmp_path / "o.npy", np.array([{"x": 1}, {"x": 2}], dtype=object), allow_pickle=True)
+    (tmp_path / "o.ids.txt").write_text("a\nb\n")
+    with pytest.raises(InputError, match=r"o\.npy: holds Python objects") as exc:
+        load_embeddings(tmp_path / "o.npy", ["a", "b"])
+    assert "allow_pickle" not in str(exc.value)
+    np.save(tmp_path / "s.npy", np.array([["x", "y"], ["z", "w"]]))
+    (tmp_path / "s.ids.txt").write_text("a\nb\n")
+    with pytest.raises(InputError, match=r"s\.npy: embeddings must be numbers"):
+        load_embeddings(tmp_path / "s.npy", ["a", "b"])

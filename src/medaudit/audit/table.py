@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -71,34 +72,134 @@ class CaseTable:
         return (self.df["pred"].to_numpy() != self.df["label"].to_numpy()).astype(bool)
 
 
+def _suffix(p: Path) -> str:
+    """The table format's suffix, ``.csv.gz`` style for gzipped files."""
+    return "".join(s.lower() for s in p.suffixes[-2:]) if p.suffix.lower() == ".gz" else p.suffix.lower()
+
+
 def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Read a CSV / TSV, Parquet or JSON Lines file into a DataFrame (no validation beyond parsing).
 
     ``text_columns`` (e.g. the id column) are read from CSV / TSV as text, so ``007`` stays ``007``.
+    A CSV / TSV header must name each column once and every data line must have as many fields as the
+    header (pandas would otherwise rename a repeated column, or shift a longer line into a phantom row);
+    a bad JSON Lines file is named with its first bad line.
     """
     text_dtype = {c: str for c in text_columns}
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not a table file")
     if not p.exists():
         raise InputError(f"{p}: table file not found")
     if not p.is_file():
-        raise InputError(f"{p}: not a file")
-    suffix = "".join(s.lower() for s in p.suffixes[-2:]) if p.suffix.lower() == ".gz" else p.suffix.lower()
+        raise InputError(f"{p}: not a regular file")
+    suffix = _suffix(p)
     try:
         if suffix in (".csv", ".csv.gz"):
+            _check_delimited(p, ",")
             return pd.read_csv(p, dtype=text_dtype)
         if suffix in (".tsv", ".tsv.gz", ".tab"):
+            _check_delimited(p, "\t")
             return pd.read_csv(p, sep="\t", dtype=text_dtype)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(p)
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz", ".json"):
-            return pd.read_json(p, lines=suffix != ".json")
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{p}: cannot read table ({msg})") from exc
-    except Exception as exc:  # pyarrow errors etc.
+            try:
+                return pd.read_json(p, lines=suffix != ".json")
+            except Exception:
+                if suffix != ".json":
+                    _check_json_lines(p)  # names the first bad line
+                raise
+    except InputError:
+        raise
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(f"{p}: the table file is empty (no header line)") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not UTF-8 text (byte {exc.start + 1} cannot be decoded)") from exc
+    except Exception as exc:  # pandas / pyarrow parse errors, OSError ...
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p}: cannot read table ({msg})") from exc
     raise InputError(f"{p}: unknown table format '{p.suffix}' (use .csv, .tsv, .parquet or .jsonl)")
+
+
+def _open_text(p: Path) -> IO[str]:
+    if p.suffix.lower() == ".gz":
+        import gzip
+
+        return gzip.open(p, "rt", encoding="utf-8-sig", newline="")
+    return open(p, encoding="utf-8-sig", newline="")
+
+
+def _check_delimited(p: Path, sep: str) -> None:
+    """The header names each column once; every non-blank data line has as many fields as the header."""
+    import csv
+
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # long report texts
+    line = 1
+    try:
+        with _open_text(p) as fh:
+            reader = csv.reader(fh, delimiter=sep)
+            header = next(reader, None)
+            if header is None:
+                return  # an empty file: pandas names it
+            counts = Counter(header)
+            dup = next((c for c in header if counts[c] > 1), None)
+            if dup is not None:
+                raise InputError(f"{p}: column '{dup}' appears {counts[dup]} times in the header")
+            n = len(header)
+            for row in reader:
+                line = reader.line_num
+                if len(row) == n or not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank lines are skipped, as pandas does
+                raise InputError(f"{p}: line {line} has {len(row)} fields, the header has {n}")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: line {_bad_utf8_line(p)} is not UTF-8 text ({exc.reason})") from exc
+    except csv.Error as exc:
+        raise InputError(f"{p}: line {line + 1}: {exc}") from exc
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{p}: cannot read table ({exc})") from exc
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _check_json_lines(p: Path) -> None:
+    """Raise an InputError naming the first line of ``p`` that is not a JSON object (no-op if none is)."""
+    import json
+
+    try:
+        with _open_text(p) as fh:
+            for n, text in enumerate(fh, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise InputError(
+                        f"{p}: line {n} is not valid JSON ({exc.msg}, character {exc.pos + 1})"
+                    ) from None
+                if not isinstance(obj, dict):
+                    raise InputError(f"{p}: line {n} is not a JSON object ({{...}}), one case per line")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: line {_bad_utf8_line(p)} is not UTF-8 text ({exc.reason})") from exc
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{p}: cannot read table ({exc})") from exc
+
+
+def _bad_utf8_line(p: Path) -> int | str:
+    """The number of the first line of ``p`` that is not UTF-8 (``'?'`` when it cannot be told)."""
+    import gzip
+
+    try:
+        with gzip.open(p, "rb") if p.suffix.lower() == ".gz" else open(p, "rb") as fh:
+            for n, raw in enumerate(fh, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return n
+    except (OSError, EOFError):
+        pass
+    return "?"
 
 
 def table_columns(path_or_df: str | os.PathLike[str] | pd.DataFrame) -> list[str] | None:
@@ -107,7 +208,7 @@ def table_columns(path_or_df: str | os.PathLike[str] | pd.DataFrame) -> list[str
     if isinstance(path_or_df, pd.DataFrame):
         return [str(c) for c in path_or_df.columns]
     p = Path(path_or_df)
-    suffix = "".join(s.lower() for s in p.suffixes[-2:]) if p.suffix.lower() == ".gz" else p.suffix.lower()
+    suffix = _suffix(p)
     try:
         if suffix in (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".tab"):
             sep = "," if suffix.startswith(".csv") else "\t"
@@ -270,6 +371,9 @@ def _read_raw(
         raw = read_table(source, text_columns=[columns.id]).reset_index(drop=True)
         where, base = str(source), source.absolute().parent
     raw.columns = [str(c) for c in raw.columns]
+    dup = raw.columns[raw.columns.duplicated()]
+    if len(dup):
+        raise InputError(f"{where}: column '{dup[0]}' appears more than once")
     return raw, source, where, base
 
 
@@ -550,13 +654,32 @@ def load_embeddings(
 def _read_npy_embeddings(p: Path, ids_path: str | os.PathLike[str] | None) -> tuple[np.ndarray, list[str]]:
     """The ``.npy`` matrix and the ids of its rows (``ids_path`` or the ``X.ids.txt`` next to it)."""
     try:
+        with open(p, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read embeddings ({exc.strerror or type(exc).__name__})") from exc
+    if magic != b"\x93NUMPY":
+        raise InputError(f"{p}: not a .npy array file (no NumPy header); save it with numpy.save")
+    try:
         mat = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{p}: cannot read embeddings ({exc})") from exc
+    except ValueError as exc:
+        if "pickle" in str(exc):  # an object array: never unpickled
+            raise InputError(f"{p}: holds Python objects, not a numeric array; save a float array") from exc
+        raise InputError(f"{p}: not a readable .npy array ({str(exc).splitlines()[0]})") from exc
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{p}: not a readable .npy array ({exc})") from exc
+    if mat.dtype.kind not in "biuf":
+        raise InputError(f"{p}: embeddings must be numbers, got an array of dtype {mat.dtype}")
     ip = Path(ids_path) if ids_path else _ids_file_for(p)
     if ip is None or not ip.is_file():
         raise InputError(f"{p}: ids file not found (expected {p.with_suffix('.ids.txt')}, one id per line)")
-    emb_ids = [line.strip() for line in ip.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = ip.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{ip}: line {_bad_utf8_line(ip)} is not UTF-8 text ({exc.reason})") from exc
+    except OSError as exc:
+        raise InputError(f"{ip}: cannot read ids file ({exc.strerror or type(exc).__name__})") from exc
+    emb_ids = [line.strip() for line in text.splitlines() if line.strip()]
     if emb_ids and ip.suffix == ".csv" and emb_ids[0].lower() == "id":
         emb_ids = emb_ids[1:]
     if mat.ndim != 2:
