@@ -238,3 +238,161 @@ def test_every_rendered_value_is_neutralised():
     t = environment().from_string("<p title='{{ a }}'>{{ b }}</p>")
     out = t.render(a="x\u2066y", b="<i>\u202edcba\x00\x1b[31m")
     assert out == "<p title='x[U+2066]y'>&lt;i&gt;[U+202E]dcba[U+0000][U+001B][31m</p>"
+
+
+# -- every option, file and row is checked before the work, whatever the slicer -----------------------
+
+
+@pytest.mark.parametrize("slicer", ["rules", "both", "mixture"])
+def test_empty_report_is_refused_whatever_the_slicer(cli, audit_args, work, slicer):
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t)
+    df.loc[6, "report"] = ""
+    df.to_csv(t, index=False)
+    args = audit_args(t, work / "out", "--slicer", slicer)
+    _refused(cli, args, [work], "cases.csv", "column 'report'", "row 7", "empty report")
+
+
+def test_unreadable_report_file_is_refused_by_the_rule_slicer(cli, audit_args, work):
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t)
+    (work / "data" / "reports").mkdir()
+    for i, text in zip(df["id"], df["report"], strict=True):
+        (work / "data" / "reports" / f"{i}.txt").write_text(text)
+    (work / "data" / "reports" / "c002.txt").unlink()
+    (work / "data" / "reports" / "c002.txt").mkdir()  # a folder where a report file should be
+    df["rpath"] = [f"reports/{i}.txt" for i in df["id"]]
+    df.drop(columns=["report"]).to_csv(t, index=False)
+    args = audit_args(t, work / "out", "--slicer", "rules", "--report-path-col", "rpath")
+    _refused(cli, args, [work], "cases.csv", "column 'rpath'", "row 3", "c002.txt", "unreadable")
+
+
+def test_rules_without_a_report_column_still_run(cli, audit_args, work):
+    t = work / "data" / "cases.csv"
+    pd.read_csv(t).drop(columns=["report"]).to_csv(t, index=False)
+    rc, err = cli(*audit_args(t, work / "out", "--slicer", "rules", "--modalities", "metadata"))
+    assert rc == 0, err
+
+
+def test_every_report_empty_with_report_only_names_table_and_column(cli, audit_args, work):
+    t = work / "data" / "cases.csv"
+    pd.read_csv(t).assign(report="").to_csv(t, index=False)
+    args = audit_args(t, work / "out", "--modalities", "report", "--slicer", "mixture")
+    _refused(cli, args, [work], "cases.csv", "column 'report'", "every report is empty")
+
+
+@pytest.mark.parametrize("device", ["tpu:7", "cuda:99", "gpu"])
+@pytest.mark.parametrize("slicer", ["rules", "mixture"])
+def test_bad_device_is_refused_before_any_work(cli, audit_args, work, device, slicer, monkeypatch):
+    import medaudit.audit.pipeline as pipeline
+
+    def never(*a, **k):
+        raise AssertionError("the audit started")
+
+    monkeypatch.setattr(pipeline, "run_audit", never)
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--slicer", slicer, "--device", device)
+    _refused(cli, args, [work], "--device", device)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--y-weight", "nan"),
+        ("--y-hat-weight", "inf"),
+        ("--y-weight", "-1"),
+        ("--min-slice-size", "nan"),
+        ("--min-slice-size", "inf"),
+    ],
+)
+def test_non_finite_or_negative_numbers_name_their_flag(cli, audit_args, work, flag, value):
+    line = _refused(cli, audit_args(work / "data" / "cases.csv", work / "out", flag, value), [work], flag)
+    assert "AuditConfig" not in line and "command line" not in line
+
+
+@pytest.mark.parametrize(
+    ("yaml", "key"),
+    [
+        ("merge_jaccard: .nan", "merge_jaccard"),
+        ("membership_threshold: .inf", "membership_threshold"),
+        ("threshold: .nan", "threshold"),
+        ("y_hat_weight: -.inf", "y_hat_weight"),
+        ("fusion_weights: {report: .nan}", "fusion_weights"),
+        ("fusion_weights: {report: -1}", "fusion_weights"),
+        ("slicer_kwargs: {alpha: .nan}", "alpha"),
+        ("slicer_kwargs: {alpha: 1.5}", "alpha"),
+        ("encoder_kwargs: {report: {dim: 0}}", "report.dim"),
+    ],
+)
+def test_bad_numbers_in_a_config_file_name_file_and_key(cli, audit_args, work, yaml, key):
+    cfg = work / "data" / "audit.yaml"
+    cfg.write_text(yaml + "\n")
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--config", cfg)
+    _refused(cli, args, [work], "audit.yaml", key)
+
+
+@pytest.mark.parametrize(
+    ("opt", "names"),
+    [
+        ("report.dim=-5", ["--encoder-opt report.dim", "positive integer"]),
+        ("image.size=-5", ["--encoder-opt image.size", "positive integer"]),
+        ("image.size=NaN", ["--encoder-opt image.size"]),
+        ("image.resize_mode=zoom", ["--encoder-opt image.resize_mode", "crop"]),
+        ("report.no_such=1", ["--encoder-opt report.no_such", "tfidf-svd"]),
+    ],
+)
+def test_encoder_options_are_checked_before_any_work(cli, audit_args, work, opt, names, monkeypatch):
+    import medaudit.audit.pipeline as pipeline
+
+    def never(*a, **k):
+        raise AssertionError("the table was read")
+
+    monkeypatch.setattr(pipeline, "load_case_table", never)
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--encoder-opt", opt, "--slicer", "mixture")
+    _refused(cli, args, [work], *names)
+
+
+def test_csv_line_with_extra_fields(cli, audit_args, work):
+    t = work / "data" / "cases.csv"
+    lines = t.read_text().splitlines()
+    lines[4] += ",extra,more"
+    t.write_text("\n".join(lines) + "\n")
+    _refused(cli, audit_args(t, work / "out"), [work], "cases.csv", "line 5 has 8 fields, the header has 6")
+
+
+def test_duplicate_header_column(cli, audit_args, work):
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t)
+    df.insert(2, "label_again", df["label"])
+    df.to_csv(t, index=False)
+    t.write_text(t.read_text().replace("label_again", "label", 1))
+    _refused(cli, audit_args(t, work / "out"), [work], "cases.csv", "column 'label'", "2 times")
+
+
+def test_malformed_jsonl_table(cli, audit_args, work):
+    t = work / "data" / "cases.jsonl"
+    pd.read_csv(work / "data" / "cases.csv").to_json(t, orient="records", lines=True)
+    lines = t.read_text().splitlines()
+    lines[5] = lines[5][:30]
+    t.write_text("\n".join(lines) + "\n")
+    _refused(cli, audit_args(t, work / "out"), [work], "cases.jsonl", "line 6", "not valid JSON")
+
+
+def test_table_that_is_a_folder(cli, audit_args, work):
+    _refused(cli, audit_args(work / "data" / "notes", work / "out"), [work], "notes", "is a folder")
+
+
+def test_embeddings_ids_file_not_utf8(cli, audit_args, work):
+    e = work / "emb.npy"
+    np.save(e, np.zeros((40, 4), np.float32))
+    (work / "emb.ids.txt").write_bytes("".join(f"c{i:03d}\n" for i in range(39)).encode() + b"\xe9t\xe9\n")
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}")
+    _refused(cli, args, [work], "emb.ids.txt", "line 40", "UTF-8")
+
+
+def test_text_file_given_as_npy_embeddings(cli, audit_args, work):
+    e = work / "emb.npy"
+    e.write_text("0.1 0.2 0.3\n")
+    (work / "emb.ids.txt").write_text("c000\n")
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}")
+    line = _refused(cli, args, [work], "emb.npy", "not a .npy array file")
+    assert "pickle" not in line

@@ -108,6 +108,62 @@ def _config_fields(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: AuditConfig fields whose flag is not ``--`` + the field name with dashes
+_FLAGS = {
+    "encoders.image": "--image-encoder",
+    "encoders.report": "--report-encoder",
+    "encoders.metadata": "--meta-encoder",
+    "encoder_kwargs": "--encoder-opt",
+    "write_report": "--no-report",
+    "columns.report_path": "--report-path-col",
+}
+
+
+def _flag(loc: tuple[Any, ...]) -> str:
+    """The command-line flag of a config field (``('y_weight',)`` -> ``--y-weight``)."""
+    top = str(loc[0]) if loc else ""
+    two = ".".join(map(str, loc[:2]))
+    if two in _FLAGS:
+        return _FLAGS[two]
+    if top == "columns" and len(loc) > 1:
+        return f"--{loc[1]}-col"
+    return _FLAGS.get(top, "--" + top.replace("_", "-"))
+
+
+def _option_error(exc: Any) -> InputError:
+    """One line naming the flag whose value the config refused, e.g. ``--y-weight nan: must be a
+    finite number``."""
+    err = exc.errors()[0]
+    loc = tuple(err.get("loc", ()))
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    msg = msg.replace("Input should be", "must be")
+    if loc and loc[0] == "encoder_kwargs":  # the message names MODALITY.KEY
+        return InputError(f"--encoder-opt {msg}")
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list, tuple)) or value is None else f" {value}"
+    return InputError(f"{_flag(loc)}{shown}: {msg}")
+
+
+def _check_fields(given: dict[str, Any], base: dict[str, Any], config_file: Path | None) -> None:
+    """Validate each key on its own, so that a bad value is named by its flag (given on the command
+    line) or by its key in the config file."""
+    from pydantic import ValidationError
+
+    from medaudit.configfile import validation_error
+
+    probe = AuditConfig()
+    for source, values in ((config_file, base), (None, given)):
+        for key, value in values.items():
+            if key not in AuditConfig.model_fields:
+                continue  # an unknown key: the whole-model check names it
+            try:
+                setattr(probe, key, value)
+            except ValidationError as exc:
+                if source is None:
+                    raise _option_error(exc) from None
+                raise validation_error(exc, str(source)) from None
+
+
 def _build_config(ctx: typer.Context, config_file: Path | None, values: dict[str, Any]) -> AuditConfig:
     from pydantic import ValidationError
 
@@ -119,6 +175,7 @@ def _build_config(ctx: typer.Context, config_file: Path | None, values: dict[str
         given = _config_fields(values)
     else:
         base = read_mapping(config_file)
+    _check_fields(given, base, config_file)
     merged = {**base, **given}
     if "columns" in base and "columns" in given:
         merged["columns"] = {**base["columns"], **given["columns"]}
@@ -257,9 +314,12 @@ def audit_command(
         raise InputError("give either --table or --dataset, not both")
     if dataset is None and table is None:
         raise InputError("give --table CASES.csv, or --dataset KIND:ROOT with --predictions")
+    if table is not None and table.is_dir():
+        raise InputError(f"--table {table}: is a folder, not a table file")
     if table is not None and not table.is_file():
         raise InputError(f"{table}: table file not found")
     cfg = _build_config(ctx, config, values)
+    _check_device(cfg, ctx, config)
     if workers:
         cfg.encoder_kwargs.setdefault("image", {}).setdefault("num_workers", workers)
     if dataset is not None:
@@ -280,6 +340,17 @@ def audit_command(
     from medaudit.audit.pipeline import run_audit
 
     _print_result(run_audit(table, cfg, out, force=force))
+
+
+def _check_device(cfg: AuditConfig, ctx: typer.Context, config_file: Path | None) -> None:
+    """Refuse a device this machine lacks (``tpu:7``, ``cuda`` without a GPU) before any work; ``auto``
+    becomes ``None`` (CUDA when present)."""
+    if cfg.device is None:
+        return
+    from medaudit.device import check_device
+
+    given = getattr(ctx.get_parameter_source("device"), "name", "") != "DEFAULT" or config_file is None
+    cfg.device = check_device(cfg.device, flag="--device" if given else f"{config_file}: key 'device'")
 
 
 def _print_result(result: Any) -> None:

@@ -7,12 +7,13 @@ build its flags (and report a bad flag) without loading torch or scikit-learn. `
 
 from __future__ import annotations
 
+import math
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from medaudit.configfile import Config
 from medaudit.errors import InputError
@@ -63,7 +64,55 @@ class RankRule(StrEnum):
 
 
 class _Model(Config):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+    # allow_inf_nan=False: a NaN or infinite number (``--y-weight nan``) is refused, not propagated
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_enum_values=True, allow_inf_nan=False
+    )
+
+
+#: encoder options (``--encoder-opt MODALITY.KEY=VALUE``) whose values are checked before any work:
+#: key -> (smallest value, whether None is allowed)
+_ENCODER_INT_OPTS: dict[str, tuple[int, bool]] = {
+    "size": (1, True),
+    "batch_size": (1, False),
+    "dim": (1, False),
+    "max_length": (1, False),
+    "max_features": (1, True),
+    "max_categories": (1, True),
+    "num_workers": (0, False),
+}
+_RESIZE_MODES = ("crop", "pad", "stretch")
+#: slicer_kwargs with a range: key -> (low, high, low inclusive)
+_SLICER_RANGES: dict[str, tuple[float, float, bool]] = {
+    "alpha": (0.0, 1.0, False),
+    "max_overlap": (0.0, 1.0, True),
+}
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN / infinite number in a (nested) option value, else ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        return next((q for k, v in value.items() if (q := _non_finite(v, f"{path}.{k}"))), None)
+    if isinstance(value, (list, tuple)):
+        return next((q for i, v in enumerate(value) if (q := _non_finite(v, f"{path}[{i}]"))), None)
+    return None
+
+
+def _check_encoder_opt(mod: str, key: str, value: Any) -> None:
+    where = f"{mod}.{key}"
+    if (bad := _non_finite(value, where)) is not None:
+        raise ValueError(f"{bad}: must be a finite number, got {value!r}")
+    if key in _ENCODER_INT_OPTS:
+        low, none_ok = _ENCODER_INT_OPTS[key]
+        if value is None and none_ok:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            what = "a positive integer" if low == 1 else "an integer >= 0"
+            raise ValueError(f"{where}: must be {what}, got {value!r}")
+    elif key == "resize_mode" and value not in _RESIZE_MODES:
+        raise ValueError(f"{where}: choose one of {', '.join(_RESIZE_MODES)}, got {value!r}")
 
 
 class ColumnMap(_Model):
@@ -135,7 +184,7 @@ class AuditConfig(_Model):
     encoders: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENCODERS))
     encoder_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     fusion: Fusion = Fusion.concat
-    fusion_weights: dict[str, float] | None = None
+    fusion_weights: dict[str, Annotated[float, Field(ge=0.0)]] | None = None
     fusion_dim: int = Field(64, ge=1)
     slicer: SlicerName = SlicerName.both
     concepts: Path | None = None
@@ -146,8 +195,8 @@ class AuditConfig(_Model):
     merge_jaccard: float = Field(0.5, gt=0.0, le=1.0)
     n_slices: int = Field(5, ge=1)
     n_components: int = Field(20, ge=1)
-    y_weight: float = 10.0
-    y_hat_weight: float = 10.0
+    y_weight: float = Field(10.0, ge=0.0)
+    y_hat_weight: float = Field(10.0, ge=0.0)
     pca: int | None = Field(128, ge=1)
     rank_by: RankRule = RankRule.excess_errors
     min_slice_size: float = Field(0.0, ge=0.0)
@@ -164,6 +213,39 @@ class AuditConfig(_Model):
     n_exemplars: int = Field(8, ge=1)
     membership_threshold: float = Field(0.5, ge=0.0, le=1.0)
     write_report: bool = True
+
+    @field_validator("fusion_weights")
+    @classmethod
+    def _fusion_weight_keys(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for k in v or {}:
+            if k not in MODALITIES:
+                raise ValueError(f"weight for '{k}', which is not a modality ({', '.join(MODALITIES)})")
+        return v
+
+    @field_validator("encoder_kwargs")
+    @classmethod
+    def _encoder_opts(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for mod, opts in v.items():
+            if mod not in MODALITIES:
+                raise ValueError(f"unknown modality '{mod}' (choose from {', '.join(MODALITIES)})")
+            for key, value in opts.items():
+                _check_encoder_opt(mod, key, value)
+        return v
+
+    @field_validator("slicer_kwargs")
+    @classmethod
+    def _slicer_opts(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if (bad := _non_finite(value, key)) is not None:
+                raise ValueError(f"{bad}: must be a finite number, got {value!r}")
+            if key in _SLICER_RANGES:
+                lo, hi, lo_incl = _SLICER_RANGES[key]
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                ok = ok and (lo <= value if lo_incl else lo < value) and value <= hi
+                if not ok:
+                    span = f"{'[' if lo_incl else '('}{lo:g}, {hi:g}]"
+                    raise ValueError(f"{key}: must lie in {span}, got {value!r}")
+        return v
 
     def resolved_modalities(self) -> tuple[str, ...]:
         """The modalities used, validated."""

@@ -36,6 +36,10 @@ def run_dataset_audit(
         raise InputError("--dataset needs --target FINDING or --target all")
     if uncertain not in UNCERTAIN_POLICIES:
         raise InputError(f"--uncertain '{uncertain}': choose one of {', '.join(UNCERTAIN_POLICIES)}")
+    if cfg.device is not None:  # a device this machine lacks fails now, not after the embedding
+        from medaudit.device import check_device
+
+        cfg.device = check_device(cfg.device, flag="--device")
     spec = parse_dataset(dataset)
     from medaudit.outdir import check_output
 

@@ -210,6 +210,26 @@ def _encode(
     return out
 
 
+def _check_encoders(
+    config: AuditConfig, modalities: tuple[str, ...], precomputed: dict[str, np.ndarray] | None = None
+) -> None:
+    """Every encoder the run will build exists and takes the options given (``--encoder-opt``), checked
+    before any table is read or anything is embedded (option values are checked by :class:`AuditConfig`)."""
+    todo = [m for m in modalities if m not in config.embeddings and m not in (precomputed or {})]
+    if not todo:
+        return
+    from medaudit.audit.encoders import encoder_accepts, list_encoders
+
+    for m in todo:
+        name = config.encoders.get(m, DEFAULT_ENCODERS[m])
+        known = list_encoders(m)[m]
+        if name not in known:
+            raise InputError(f"unknown {m} encoder '{name}' (registered: {', '.join(known)})")
+        for key in config.encoder_kwargs.get(m, {}):
+            if not encoder_accepts(m, name, key):
+                raise InputError(f"--encoder-opt {m}.{key}: the {m} encoder '{name}' has no option '{key}'")
+
+
 def _wilson(k: int, n: int) -> tuple[float | None, float | None]:
     if n <= 0:
         return None, None
@@ -305,11 +325,15 @@ _RANKING_NOTE = {
 }
 
 
-def _drop_reports(modalities: tuple[str, ...], audit_warnings: list[str]) -> tuple[str, ...]:
-    """Every report is empty: warn and go on with the other modalities."""
+def _drop_reports(
+    modalities: tuple[str, ...], audit_warnings: list[str], where: str = "reports"
+) -> tuple[str, ...]:
+    """Every report is empty: warn and go on with the other modalities (``where``: the table and column)."""
     rest = tuple(m for m in modalities if m != "report")
     if not rest:
-        raise InputError("every report is empty and no other modality is selected (see --modalities)")
+        raise InputError(
+            f"{where}: every report is empty and no other modality is selected (see --modalities)"
+        )
     audit_warnings.append(f"every report is empty: the report modality is dropped; using {', '.join(rest)}")
     return rest
 
@@ -509,22 +533,28 @@ def _load_table(
     modalities: tuple[str, ...],
     min_cases: int,
     audit_warnings: list[str],
+    family: str = "mixture",
 ) -> tuple[CaseTable, tuple[str, ...]]:
-    """Validate the table. Reports are checked strictly only when some are non-empty; when every
-    report is empty the report modality is dropped with a warning (the audit goes on without it)."""
+    """Validate the table. Reports are checked strictly (an empty report or an unreadable report file
+    names its row) when they are used, by the report modality or by the rule search (``rules``/``both``),
+    and some are non-empty; when every report is empty the report modality is dropped with a warning
+    (the audit goes on without it; the rule search then uses the other predicates)."""
     modalities = _drop_absent_images(source, config, modalities, audit_warnings)
     require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
     kw: dict[str, Any] = {"skip_bad": config.skip_bad, "threshold": config.threshold}
     # first pass without the report and size checks, so that row errors keep their usual order
     table = load_case_table(source, config.columns, config.meta, require=require, min_cases=0, **kw)
-    if "report" in modalities and "report" not in config.embeddings and not table.has_report:
+    embed_text = "report" in modalities and "report" not in config.embeddings
+    if (embed_text or family in ("rules", "both")) and not table.has_report:
         has_text = any(isinstance(r, str) and r.strip() for r in table.df["report"])
         if has_text or config.columns.report_path is not None:
             # some reports empty, or report files unreadable: the strict check names the rows (or
             # skips them with --skip-bad)
             require = (*require, "report")
-        else:
-            modalities = _drop_reports(modalities, audit_warnings)
+        elif embed_text:
+            where = "table" if isinstance(source, pd.DataFrame) else str(source)
+            column = config.columns.report_path or config.columns.report
+            modalities = _drop_reports(modalities, audit_warnings, f"{where}: column '{column}'")
             rule_audit.warn(audit_warnings[-1])
     if "report" in require or len(table) < min_cases:
         table = load_case_table(
@@ -680,6 +710,7 @@ def _run_audit(
     family = str(config.slicer).lower()
     modalities = () if family == "rules" else config.resolved_modalities()
     lexicon = load_lexicon(config.concepts) if config.concepts else None  # fail fast on a bad file
+    _check_encoders(config, modalities, precomputed)  # before reading the table
     audit_warnings: list[str] = []
     with make_progress() as progress:
         table, modalities = _prepare_table(table, config, modalities, family, claim, progress, audit_warnings)
@@ -731,7 +762,7 @@ def _prepare_table(
     min_cases = max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
     if not isinstance(table, CaseTable):
         task = progress.add_task("read case table", total=1)
-        table, modalities = _load_table(table, config, modalities, min_cases, audit_warnings)
+        table, modalities = _load_table(table, config, modalities, min_cases, audit_warnings, family)
         progress.update(task, completed=1)
     elif "metadata" in modalities and table.meta.shape[1] == 0:
         raise InputError("the metadata modality needs at least one metadata column (--meta)")
