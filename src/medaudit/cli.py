@@ -144,6 +144,8 @@ def _root(
     """medaudit command line."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     setup_logging(level)
+    if quiet:
+        os.environ["MEDAUDIT_QUIET"] = "1"  # no progress bars (medaudit.progress), here and in workers
     if verbose:
         os.environ.setdefault("MEDAUDIT_TRACEBACK", "1")
 
@@ -253,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     args = rewrite_deprecated(list(sys.argv[1:] if argv is None else argv))
     old = signal.getsignal(signal.SIGTERM)
+    quiet_before = os.environ.get("MEDAUDIT_QUIET")
     with contextlib.suppress(ValueError):  # not in the main thread: keep the default
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -284,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, old)
+        if quiet_before is None:  # -q sets it for this run only
+            os.environ.pop("MEDAUDIT_QUIET", None)
+        else:
+            os.environ["MEDAUDIT_QUIET"] = quiet_before
     if rc == 130:  # typer may turn Ctrl-C into Exit(130) itself
         return _interrupted()
     return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0

@@ -98,3 +98,48 @@ def test_failed_study_tasks_exit_1(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(study, "run_study", lambda *a, **k: run)
     rc, _ = cli("texture", "study", "study_small", "--out", tmp_path / "s")
     assert rc == 1
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_error_is_the_only_stderr_line_without_a_terminal(tmp_path, quiet):
+    """No progress line before the error: stderr is a pipe here, and ``-q`` silences progress anyway."""
+    from .conftest import run_sub
+
+    (tmp_path / "cases.csv").write_text("")
+    args = ["-q"] if quiet else []
+    args += ["audit", "--modalities", "report", "--slicer", "rules", "--device", "cpu"]
+    res = run_sub([*args, "--table", "cases.csv", "--out", "out"], env={"MEDAUDIT_QUIET": ""}, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: cases.csv"), repr(res.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
+
+
+def test_progress_is_drawn_only_on_a_terminal_and_erased_on_error(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import medaudit.progress as progress
+
+    monkeypatch.delenv("MEDAUDIT_QUIET", raising=False)
+    monkeypatch.setattr(progress, "console", Console(file=io.StringIO(), force_terminal=False))
+    assert progress.make_progress().disable  # a pipe or a log file: no bars
+    tty = Console(file=io.StringIO(), force_terminal=True, width=80)
+    monkeypatch.setattr(progress, "console", tty)
+    assert not progress.make_progress().disable
+    monkeypatch.setenv("MEDAUDIT_QUIET", "1")  # medaudit -q
+    assert progress.make_progress().disable
+    monkeypatch.delenv("MEDAUDIT_QUIET")
+    bar = progress.make_progress()
+    with pytest.raises(ValueError), bar:
+        bar.add_task("read case table", total=1)
+        raise ValueError("bad input")
+    assert bar.live.transient  # the display was erased, so the error line stands alone
+
+
+def test_quiet_flag_is_scoped_to_its_run(cli, monkeypatch):
+    import os
+
+    monkeypatch.delenv("MEDAUDIT_QUIET", raising=False)
+    assert cli("-q", "list", "slicers")[0] == 0
+    assert "MEDAUDIT_QUIET" not in os.environ
