@@ -417,3 +417,66 @@ def test_missing_image_names_its_one_based_row(tmp_path):
     victim.unlink()
     with pytest.raises(InputError, match=r"file not found, row [1-9]"):
         read_chexpert(root)
+
+
+def _set_label(csv: Path, row: int, column: str, value: object) -> None:
+    raw = pd.read_csv(csv)
+    raw[column] = raw[column].astype(object)
+    raw.loc[row, column] = value
+    raw.to_csv(csv, index=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(7.0, "label 7 "), (0.5, "label 0.5 "), ("yes", "label 'yes' ")]
+)
+def test_chexpert_bad_label_names_csv_column_and_one_based_row(tmp_path, value, shown):
+    root = _chexpert(tmp_path)
+    _set_label(root / "train.csv", 2, "Edema", value)  # the third data row
+    with pytest.raises(InputError) as exc:
+        read_chexpert(root)
+    msg = str(exc.value)
+    assert msg.startswith(f"{root / 'train.csv'}: column 'Edema' row 3: ") and shown in msg, msg
+    assert "np." not in msg and "float64" not in msg
+
+
+def test_chexpert_bad_label_in_valid_csv_counts_its_own_rows(tmp_path):
+    root = _chexpert(tmp_path)
+    raw = pd.read_csv(root / "train.csv")
+    raw.iloc[:2].to_csv(root / "valid.csv", index=False)
+    _set_label(root / "valid.csv", 1, "Cardiomegaly", 2)
+    with pytest.raises(InputError, match=r"valid\.csv: column 'Cardiomegaly' row 2: label 2 not in"):
+        read_chexpert(root)
+
+
+def test_nih_unknown_finding_names_its_file_row(tmp_path):
+    root = _nih(tmp_path)
+    next(root.rglob("00000001_000.png")).unlink()  # row 1 has no image: row numbers still count it
+    table = root / "Data_Entry_2017_v2020.csv"
+    raw = pd.read_csv(table)
+    raw.loc[2, "Finding Labels"] = "No Finding|Tumour"
+    raw.to_csv(table, index=False)
+    with pytest.raises(
+        InputError, match=r"Data_Entry_2017_v2020\.csv: column 'Finding Labels' row 3: .*'Tumour'"
+    ):
+        read_nih(root)
+    root2 = _nih(tmp_path / "b")
+    next(root2.rglob("00000001_001.png")).unlink()
+    with pytest.raises(InputError, match=r"Data_Entry_2017_v2020\.csv: row 2: image '00000001_001\.png'"):
+        read_nih(root2, require_all_images=True)
+
+
+def test_mimic_bad_label_names_label_table_and_row(tmp_path):
+    root, reports = _mimic(tmp_path, gz=False)
+    _set_label(root / "mimic-cxr-2.0.0-chexpert.csv", 0, "Edema", 3.0)
+    with pytest.raises(InputError, match=r"chexpert\.csv: column 'Edema' row 1: label 3 not in"):
+        read_mimic_cxr(root, reports_root=reports)
+
+
+def test_csv_parse_error_names_the_line(tmp_path):
+    root = _nih(tmp_path)
+    table = root / "Data_Entry_2017_v2020.csv"
+    lines = table.read_text().splitlines()
+    lines[2] += ",x,y,z"
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"Data_Entry_2017_v2020\.csv: cannot read as CSV \(.*line 3"):
+        read_nih(root)

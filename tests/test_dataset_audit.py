@@ -127,8 +127,8 @@ def test_target_all_skips_a_finding_without_labels(tmp_path):
         ({"image_name": ["d0000"], "edema": [0.2]}, r"pred\.csv: no id column"),
         ({"dicom_id": ["d0000"], "tumour": [0.2]}, r"pred\.csv: column 'tumour' is not a finding"),
         (
-            {"dicom_id": ["d0000", "d0001"], "edema": [0.2, 1.5]},
-            r"pred\.csv: column 'edema' row 2: probability",
+            {"dicom_id": ["d0000", "d0001"], "edema": [0.2, 1.7]},
+            r"pred\.csv: column 'edema' row 2: probability 1\.7 is not in \[0, 1\]$",
         ),
         ({"dicom_id": ["d0000", "d0001"], "edema": [0.2, "high"]}, r"column 'edema' row 2"),
         ({"dicom_id": ["d0000", "d0001", "d0000"], "edema": [0.2, 0.3, 0.4]}, r"row 3: duplicate id 'd0000'"),
@@ -245,3 +245,20 @@ def test_openi_with_images_and_reports(tmp_path):
     frame, _ = target_frame(j, "cardiomegaly", "zeros")
     assert frame["label"].tolist() == [1, 0, 0] and frame["report"].str.startswith("FINDINGS").all()
     assert set(j.meta) == {"sex", "age", "view_position", "frontal_lateral"}
+
+
+def test_dataset_audit_refuses_a_bad_device_before_reading(tmp_path, capsys, monkeypatch):
+    import medaudit.audit.datasets as datasets
+
+    def never(*a, **k):
+        raise AssertionError("the dataset was read")
+
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    root = tmp_path / "mimic"
+    root.mkdir()
+    out = tmp_path / "out"
+    rc = _run(["--dataset", f"mimic-cxr:{root}", "--predictions", str(tmp_path / "p.csv"), "--target", "all",
+               "--device", "tpu:7", "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--device 'tpu:7'" in err, err
+    assert not out.exists()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medaudit.data.cxr.common import UncertainPolicy, snake
+from medaudit.data.cxr.common import UncertainPolicy, plain, snake
 from medaudit.errors import InputError
 
 __all__ = [
@@ -245,7 +245,7 @@ def _map_findings(pred: pd.DataFrame, id_col: str, labels: list[str], src: Path)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise InputError(
-                f"{src}: column '{col}' {_row(i)}: probability {pred[col].iloc[i]!r} is not in [0, 1]"
+                f"{src}: column '{col}' {_row(i)}: probability {plain(pred[col].iloc[i])} is not in [0, 1]"
             )
         out[str(col)] = lab
     if not out:

@@ -25,6 +25,7 @@ from medaudit.data.cxr.common import (
     CHEXPERT_LABELS,
     UncertainPolicy,
     check_images,
+    check_label_values,
     finalize,
     read_csv,
     require_columns,
@@ -71,6 +72,7 @@ def read_chexpert(
             raise InputError(f"{root}: missing {name} (not a CheXpert folder?)")
         raw = read_csv(p)
         require_columns(raw, ["Path", *CHEXPERT_META, *CHEXPERT_LABELS], p)
+        check_label_values(raw, CHEXPERT_LABELS, p)
         raw["split"] = name.removesuffix(".csv")
         frames.append(raw)
     raw = pd.concat(frames, ignore_index=True)
@@ -81,14 +83,7 @@ def read_chexpert(
     lateral = raw["Frontal/Lateral"].astype(str).str.lower() == "lateral"
     df = pd.DataFrame({"id": paths.map(lambda s: re.sub(r"^.*?(patient\d+)", r"\1", s).removesuffix(".jpg"))})
     for lab in CHEXPERT_LABELS:
-        vals = pd.to_numeric(raw[lab], errors="coerce")
-        bad = vals.notna() & ~vals.isin([-1.0, 0.0, 1.0])
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(
-                f"{root}: column '{lab}' row {i}: label {raw[lab].iloc[i]!r} not in {{1, 0, -1, blank}}"
-            )
-        df[snake(lab)] = vals
+        df[snake(lab)] = pd.to_numeric(raw[lab], errors="coerce")
     df["image"] = [str(_resolve(root, r)) for r in paths]
     df["report"] = ""
     df["sex"] = raw["Sex"]

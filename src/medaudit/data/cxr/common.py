@@ -93,6 +93,31 @@ def select_target(
     return res
 
 
+def plain(value: object) -> str:
+    """A cell value as a user wrote it, for messages: ``7``, ``1.7``, ``'yes'`` (never ``np.float64(7.0)``)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return repr(str(value))
+
+
+def check_label_values(raw: pd.DataFrame, columns: Iterable[str], path: str | Path) -> None:
+    """Every cell of the label ``columns`` is 1, 0, -1 or blank; else an InputError naming the file,
+    the column and the 1-based data row (text such as ``yes`` is refused too, not read as blank)."""
+    for lab in columns:
+        vals = pd.to_numeric(raw[lab], errors="coerce")
+        text = raw[lab].notna() & (raw[lab].astype(str).str.strip() != "")
+        bad = (vals.notna() & ~vals.isin([-1.0, 0.0, 1.0])) | (vals.isna() & text)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(
+                f"{path}: column '{lab}' row {i + 1}: label {plain(raw[lab].iloc[i])} not in {{1, 0, -1, blank}}"
+            )
+
+
 def require_dir(path: str | Path, what: str) -> Path:
     p = Path(path)
     if not p.is_dir():
@@ -119,7 +144,8 @@ def read_csv(path: Path, **kw: object) -> pd.DataFrame:
     try:
         return pd.read_csv(path, **kw)  # type: ignore[arg-type]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{path}: cannot read as CSV ({type(exc).__name__})") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{path}: cannot read as CSV ({first})") from exc
 
 
 def check_images(

@@ -27,6 +27,7 @@ from medaudit.data.cxr.common import (
     CHEXPERT_LABELS,
     UncertainPolicy,
     check_images,
+    check_label_values,
     finalize,
     find_one,
     read_csv,
@@ -102,6 +103,7 @@ def _images_with_labels(root: Path, labeler: str) -> pd.DataFrame:
     require_columns(meta, META_COLUMNS, meta_p)
     labels = read_csv(lab_p)
     require_columns(labels, ["subject_id", "study_id", *CHEXPERT_LABELS], lab_p)
+    check_label_values(labels, CHEXPERT_LABELS, lab_p)
     for c in ("subject_id", "study_id"):
         for name, frame in ((meta_p, meta), (lab_p, labels)):
             v = pd.to_numeric(frame[c], errors="coerce")

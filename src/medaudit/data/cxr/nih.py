@@ -94,19 +94,24 @@ def read_nih(
     require_columns(raw, NIH_COLUMNS, table)
     index = _image_index(root)
     names = raw["Image Index"].astype(str).str.strip()
+    findings = raw["Finding Labels"].fillna("").astype(str).str.split("|")
+    known = {f.lower() for f in NIH_FINDINGS} | {"no finding"}
     present = names.map(lambda s: s in index).to_numpy()
+    for i, fs in enumerate(findings):  # rows whose image is present; 1-based data rows of the file
+        if not present[i]:
+            continue
+        unknown = [f for f in fs if f.strip().lower() not in known]
+        if unknown:
+            raise InputError(
+                f"{table}: column 'Finding Labels' row {i + 1}: unknown finding label {unknown[0]!r}"
+            )
     if require_all_images and not present.all():
         i = int(np.flatnonzero(~present)[0])
-        raise InputError(f"{table}: row {i}: image '{names.iloc[i]}' not found under {root}")
+        raise InputError(f"{table}: row {i + 1}: image '{names.iloc[i]}' not found under {root}")
     if not present.any():
         raise InputError(f"{root}: none of the {len(raw)} images listed in {table.name} was found")
     raw, names = raw.loc[present].reset_index(drop=True), names[present].reset_index(drop=True)
-    findings = raw["Finding Labels"].fillna("").astype(str).str.split("|")
-    known = {f.lower() for f in NIH_FINDINGS} | {"no finding"}
-    for i, fs in enumerate(findings):
-        unknown = [f for f in fs if f.strip().lower() not in known]
-        if unknown:
-            raise InputError(f"{table}: row {i}: unknown finding label {unknown[0]!r}")
+    findings = findings[present].reset_index(drop=True)
     df = pd.DataFrame({"id": names.str.removesuffix(".png")})
     sets = [{f.strip().lower() for f in fs} for fs in findings]
     for f in NIH_FINDINGS:
