@@ -61,7 +61,7 @@ def test_out_foreign_folder_refused_then_forced(cli, audit_args, work):
     _refused(cli, audit_args(work / "data" / "cases.csv", foreign), [work], "--out", "--force")
     rc, err = cli(*audit_args(work / "data" / "cases.csv", foreign, "--force"))
     assert rc == 0, err
-    assert (foreign / "slices.json").is_file() and not (foreign / "mine.txt").exists()
+    assert (foreign / "slices.json").is_file() and (foreign / "mine.txt").read_text() == "x"  # kept
     assert json.loads((foreign / MARKER).read_text())["kind"] == "audit"
 
 

@@ -273,7 +273,7 @@ def audit_command(
     ),
     no_report: bool = typer.Option(False, "--no-report", help="Skip report.html."),
     force: bool = typer.Option(
-        False, "--force", help="Replace an --out folder medaudit did not write (never one holding an input)."
+        False, "--force", help="Use an --out folder holding files medaudit did not write; they are kept."
     ),
     dataset: str | None = typer.Option(
         None,
