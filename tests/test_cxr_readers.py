@@ -480,3 +480,14 @@ def test_csv_parse_error_names_the_line(tmp_path):
     table.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=r"Data_Entry_2017_v2020\.csv: cannot read as CSV \(.*line 3"):
         read_nih(root)
+
+
+def test_repeated_header_column_is_refused(tmp_path):
+    from medaudit.data.cxr.common import read_csv
+
+    p = tmp_path / "t.csv"
+    p.write_text("Path,Edema,Edema\na.jpg,1,0\n")
+    with pytest.raises(InputError, match=r"t\.csv: column 'Edema' appears 2 times in the header"):
+        read_csv(p)
+    p.write_text("Path,Edema\na.jpg,1\n")
+    assert read_csv(p).columns.tolist() == ["Path", "Edema"]

@@ -140,8 +140,16 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str | Path
 
 
 def read_csv(path: Path, **kw: object) -> pd.DataFrame:
-    """``pd.read_csv`` with an InputError naming the file on a parse failure."""
+    """``pd.read_csv`` with an InputError naming the file on a parse failure or a repeated header
+    column (pandas would rename the second ``label`` to ``label.1`` and carry on)."""
     try:
+        if "header" not in kw:
+            sep = kw.get("sep", ",")
+            head = pd.read_csv(path, header=None, nrows=1, dtype=str, sep=sep).iloc[0].tolist()  # type: ignore[call-overload]
+            names = [str(h) for h in head]
+            dup = next((h for h in names if names.count(h) > 1), None)
+            if dup is not None:
+                raise InputError(f"{path}: column '{dup}' appears {names.count(dup)} times in the header")
         return pd.read_csv(path, **kw)  # type: ignore[arg-type]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
