@@ -172,6 +172,39 @@ def test_study_config_non_finite_train_value(cli, tmp_path):
     _refused(cli, args, [tmp_path], "s.yaml", "data.spacing", "finite")
 
 
+def _csv_data(volumes: Path, dst: Path) -> tuple[Path, str]:
+    """A copy of ``volumes`` with a ``pairs.csv`` of relative paths, and the case id of the test split."""
+    from medaudit.data.mri import read_csv_pairs
+    from medaudit.texture.train import TrainConfig, split_cases
+
+    data = _copy_volumes(volumes, dst)
+    rows = ["id,image,label"] + [
+        f"{p.name[:-7]},images/{p.name},labels/{p.name}" for p in sorted(data.glob("images/*"))
+    ]
+    (data / "pairs.csv").write_text("\n".join(rows) + "\n")
+    cfg = TrainConfig.from_dict(train_config(data))
+    split = split_cases(
+        read_csv_pairs(data / "pairs.csv"), cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+    )
+    assert len(split["test"]) == 1
+    return data, split["test"][0].case_id
+
+
+@pytest.mark.parametrize("fault", ["label-shape", "image-nan"])
+def test_train_bad_case_of_the_test_split_leaves_nothing(cli, volumes, tmp_path, fault):
+    data, test_id = _csv_data(volumes, tmp_path / "data")
+    kind = "labels" if fault == "label-shape" else "images"
+    arr = np.asarray(nib.load(str(data / kind / f"{test_id}.nii.gz")).dataobj).astype(np.float32)
+    if fault == "label-shape":
+        arr = arr[:-2]
+    else:
+        arr[2, 2, 2] = np.nan
+    _save(data / kind / f"{test_id}.nii.gz", arr)
+    cfg = write_config(tmp_path / "c.json", train_config(data / "pairs.csv", data_source="csv"))
+    args = ["texture", "train", "-o", tmp_path / "r", "--config", cfg]
+    _refused(cli, args, [tmp_path], f"{kind}/{test_id}.nii.gz", "shape" if fault == "label-shape" else "NaN")
+
+
 def test_train_bad_config_files(cli, tmp_path):
     _refused(
         cli,
@@ -310,6 +343,52 @@ def test_train_malformed_severity_and_channels(cli, tconfig, tmp_path):
     _refused(cli, [*base, "--severity", "4-2"], [tmp_path], "--severity '4-2'", "range must go up")
     _refused(cli, [*base, "--channels", "4,,8"], [tmp_path], "--channels '4,,8'", "empty item")
     _refused(cli, [*base, "--channels", "0,8"], [tmp_path], "--channels '0,8'", "0 is below 1")
+
+
+def test_train_relative_csv_then_eval_from_another_folder(cli, volumes, tmp_path, monkeypatch):
+    data, _ = _csv_data(volumes, tmp_path / "data")
+    monkeypatch.chdir(data)
+    args = ["--data", "csv", "--data-path", "pairs.csv", "--iterations", "1", "--patch-size", "16"]
+    rc, err = cli("texture", "train", "-o", tmp_path / "r", *args, "--channels", "4,8", "--device", "cpu")
+    assert rc == 0, err
+    split = json.loads((tmp_path / "r" / "split.json").read_text())
+    paths = [c[k] for cases in split.values() for c in cases for k in ("image", "label")]
+    assert paths and all(Path(p).is_absolute() and Path(p).is_file() for p in paths)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rc, err = cli(
+        "texture", "eval", "-m", tmp_path / "r" / "model.pt", "-o", "e", "--corruptions", "gaussian_noise",
+        "--severities", "1", "--no-report", "--no-texture-bias",
+    )  # fmt: skip
+    assert rc == 0, err
+
+
+def _old_run(trained: Path, run: Path, prefix: str) -> Path:
+    """A copy of ``trained`` whose split.json holds relative paths ``prefix/images/...`` (as written by
+    runs from before split.json held absolute paths)."""
+    run.mkdir()
+    shutil.copy(trained / "model.pt", run / "model.pt")
+    split = json.loads((trained / "split.json").read_text())
+    for cases in split.values():
+        for c in cases:
+            for k in ("image", "label"):
+                c[k] = f"{prefix}/{Path(c[k]).parent.name}/{Path(c[k]).name}"
+    (run / "split.json").write_text(json.dumps(split))
+    return run
+
+
+def test_eval_old_relative_split_paths(cli, trained, volumes, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing = _old_run(trained, tmp_path / "old", "gone")  # relative to a folder that is not here
+    args = ["--corruptions", "gaussian_noise", "--severities", "1", "--no-report", "--no-texture-bias"]
+    line = _refused(
+        cli, ["texture", "eval", "-m", missing / "model.pt", "-o", "e", *args], [tmp_path], "split.json"
+    )
+    assert "file not found" in line and "gone/images/" in line
+    run = _old_run(trained, tmp_path / "old2", "data")  # found against the run folder
+    shutil.copytree(volumes, run / "data")
+    rc, err = cli("texture", "eval", "-m", run / "model.pt", "-o", "e", *args)
+    assert rc == 0, err
 
 
 def test_eval_writes_then_replaces_its_own_output(cli, trained, tmp_path):

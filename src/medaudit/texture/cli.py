@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -255,10 +256,28 @@ def _cases_for_eval(models: list[Path], data: str | None, data_path: str | None,
     sp = models[0].parent / "split.json"
     if not sp.is_file():
         raise InputError(f"{sp}: no split.json next to the model; pass --data/--data-path")
-    cases = [tdata.VolumeCase.from_dict(d) for d in json.loads(sp.read_text()).get(split, [])]
+    cases = [_split_case(sp, d) for d in json.loads(sp.read_text()).get(split, [])]
     if not cases:
         raise InputError(f"{sp}: the '{split}' split is empty")
     return cases
+
+
+def _split_case(split_json: Path, d: dict[str, Any]) -> Any:
+    """A case of ``split.json`` whose files exist. Runs written before split.json held absolute paths
+    hold paths relative to the folder train ran in: such a path is used as is when it exists from here,
+    else against the run folder when the file is there; a file found nowhere is one line naming it."""
+    from medaudit.data import mri as tdata
+
+    case = tdata.VolumeCase.from_dict(d)
+    found: dict[str, Path | None] = {}
+    for key in ("image", "label", "mask"):
+        p: Path | None = getattr(case, key)
+        if p is not None and not p.is_absolute() and not p.exists():
+            p = split_json.parent / p if (split_json.parent / p).is_file() else p
+        if p is not None and not p.is_file():
+            raise InputError(f"{split_json}: case '{case.case_id}': {key} file not found: {p}")
+        found[key] = p
+    return replace(case, **found)
 
 
 @app.command("eval")

@@ -445,6 +445,26 @@ def _prepare_volumes(
     return vols
 
 
+def check_test_cases(config: TrainConfig, cases: Sequence[tdata.VolumeCase]) -> None:
+    """Read and validate the test cases (readable 3D NIfTI, finite image, a label map of the same grid
+    with values in the label set) one at a time, keeping nothing: ``texture eval`` scores them later,
+    so a bad one fails now, with one line naming its file, and not after the run is written."""
+    for c in cases:
+        vol = tdata.load_case(c, label_set=config.label_set, normalise=False)
+        if vol["label"] is None:
+            raise InputError(f"{c.image}: test cases need a label map (texture eval scores them)")
+
+
+def absolute_case(case: tdata.VolumeCase) -> tdata.VolumeCase:
+    """``case`` with absolute (resolved) paths, as ``split.json`` stores them: readable from any folder."""
+    from dataclasses import replace
+
+    def absolute(p: Path | None) -> Path | None:
+        return None if p is None else Path(p).resolve()
+
+    return replace(case, image=absolute(case.image), label=absolute(case.label), mask=absolute(case.mask))
+
+
 def _sev_range(config: TrainConfig) -> tuple[int, int]:
     s = config.filter_severity
     if isinstance(s, int):
@@ -628,8 +648,11 @@ def _setup_run(config: TrainConfig, out_dir: Path) -> _Run:
     split = split_cases(cases, config.val_fraction, config.test_fraction, config.split_seed)
     train_vols = _prepare_volumes(config, split["train"], training=True)
     val_vols = _prepare_volumes(config, split["val"], training=False)
+    check_test_cases(config, split["test"])  # every case of every split, before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the data are known to be good
-    atomic_write_json(out_dir / "split.json", {k: [c.to_dict() for c in v] for k, v in split.items()})
+    atomic_write_json(
+        out_dir / "split.json", {k: [absolute_case(c).to_dict() for c in v] for k, v in split.items()}
+    )
     atomic_write_json(out_dir / "config.json", config.to_dict())
     recipe = config.make_recipe(train_vols[0]["spacing"], wm_label_of(ls))
     torch.manual_seed(config.seed)
