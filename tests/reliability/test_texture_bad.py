@@ -503,3 +503,55 @@ def test_predict_batch_and_deprecated_alias(cli, trained, scans, tmp_path):
     rc, err = cli("texture", "predict", "-m", trained / "model.pt", scans / "good2.nii.gz", "-o", seg)
     assert rc == 0, err
     assert sorted(p.name for p in seg.iterdir()) == [MARKER, "good2_seg.nii.gz"]  # replaced as a batch
+
+
+# -- --device ---------------------------------------------------------------------------------------
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+def _device_args(command: str, tmp_path: Path) -> list[object]:
+    """``command`` with inputs that do not exist: a --device error must come before any is read."""
+    nope = tmp_path / "nope.pt"
+    return {
+        "train": ["train", "-o", tmp_path / "r", "--data", "folder", "--data-path", tmp_path / "nodata"],
+        "eval": ["eval", "-m", nope, "-o", tmp_path / "e"],
+        "predict": ["predict", "-m", nope, "-o", tmp_path / "seg", tmp_path / "none.nii.gz"],
+        "demo": ["demo", "-o", tmp_path / "d", "--cache-dir", tmp_path / "cache"],
+    }[command]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo"])
+@pytest.mark.parametrize(
+    ("device", "what"),
+    [
+        ("bogus", "not a device"),
+        ("cuda", "no CUDA GPU"),
+        ("cuda:7", "no CUDA GPU"),
+    ],
+)
+def test_bad_device_refused_before_anything_is_read(cli, tmp_path, command, device, what):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = ["texture", *_device_args(command, tmp_path), "--device", device]
+    line = _refused(cli, args, [tmp_path], f"--device '{device}'", what)
+    assert "nope.pt" not in line and "nodata" not in line
+
+
+@NO_GPU
+def test_train_config_device_checked(cli, volumes, tmp_path):
+    cfg = write_config(tmp_path / "c.json", train_config(volumes, device="cuda"))
+    args = ["texture", "train", "-o", tmp_path / "r", "--config", cfg]
+    _refused(cli, args, [tmp_path], "c.json", "'device'", "no CUDA GPU")
+
+
+@NO_GPU
+def test_model_trained_on_cuda_predicts_on_cpu(cli, trained, scans, tmp_path):
+    st = torch.load(trained / "model.pt", weights_only=True)
+    st["config"] = json.dumps({**json.loads(st["config"]), "device": "cuda"})
+    (tmp_path / "gpu").mkdir()
+    torch.save(st, tmp_path / "gpu" / "model.pt")
+    rc, err = cli(
+        "texture", "predict", "-m", tmp_path / "gpu" / "model.pt", scans / "good.nii.gz", "-o", tmp_path / "s"
+    )
+    assert rc == 0, err

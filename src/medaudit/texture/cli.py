@@ -145,6 +145,9 @@ def train_command(
     force: _Force = False,
 ) -> None:
     """Train a 3D U-Net (clean, on a filtered copy of the training scans, or with on-the-fly filtering)."""
+    from medaudit.device import check_device
+
+    checked_device = check_device(device, flag="--device")  # first: before the config, data or model
     over: dict[str, Any] = {  # the flags given override the config
         "data_source": data,
         "data_path": data_path,
@@ -160,10 +163,13 @@ def train_command(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
-        "device": device,
         "cache_dir": cache_dir,
     }
     cfg = _train_config(config, over, severity, patch_size, channels)
+    if device is not None:  # the flag wins over the config's device ('auto' included)
+        cfg.device = checked_device
+    elif cfg.device is not None:
+        cfg.device = check_device(cfg.device, flag=f"{config}: key 'device'")
     _run_train(cfg, out, config, resume, force)
 
 
@@ -310,6 +316,9 @@ def eval_command(
     ] = True,
 ) -> None:
     """Evaluate models on clean and corrupted test scans; write results, summary and an HTML report."""
+    from medaudit.device import check_device
+
+    device = check_device(device, flag="--device")  # first: before any model or data is read
     from medaudit.outdir import claim_output
     from medaudit.texture.evaluate import evaluate, example_slices
     from medaudit.texture.report import format_table, write_report
@@ -396,8 +405,10 @@ def predict_command(
     Every input is validated before anything is written; the label maps are then written as one batch
     (an output folder replaced atomically), so a bad input leaves no output at all.
     """
+    from medaudit.device import check_device
     from medaudit.texture.predict import predict_files
 
+    device = check_device(device, flag="--device")  # first: before the model or any input is read
     if out is not None and out_dir is not None and out != out_dir:
         raise InputError(f"--out {out} and --out-dir {out_dir}: give only --out")
     target = out if out is not None else out_dir

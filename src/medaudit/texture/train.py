@@ -738,6 +738,17 @@ def _save_final(run: _Run, config: TrainConfig, key: str, model_path: Path) -> N
     save_checkpoint(model_path, final)
 
 
+def _usable_device(spec: str | None) -> str | None:
+    """The device a model was trained on when this machine has it, else ``None`` (pick one): a model
+    trained with ``device: cuda`` stays usable on a CPU-only machine."""
+    from medaudit.device import check_device
+
+    try:
+        return check_device(spec)
+    except InputError:
+        return None
+
+
 def load_model(
     path: str | Path, device: str | torch.device | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -757,7 +768,7 @@ def load_model(
         model.load_state_dict(st["state_dict"])
     except Exception:  # a dict that looks like ours but is not: wrong keys, shapes or config
         raise InputError(f"not a medaudit model, or unsafe to load: {path} (inconsistent contents)") from None
-    dev = default_device(str(device) if device is not None else config.device)
+    dev = default_device(str(device) if device is not None else _usable_device(config.device))
     model.to(dev).eval()
     meta = {k: v for k, v in st.items() if k != "state_dict"}
     meta["config"] = config

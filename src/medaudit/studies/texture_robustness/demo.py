@@ -55,7 +55,10 @@ def demo_command(
     ] = False,
 ) -> None:
     """Small end-to-end run on the simulated mni-phantom cohort: clean baseline vs a training recipe."""
+    from medaudit.device import check_device
     from medaudit.texture.train import TrainConfig, family_of
+
+    device = check_device(device, flag="--device")  # first: before the cohort is built or loaded
 
     t0 = time.perf_counter()
     common = {
