@@ -341,6 +341,7 @@ def test_eval_malformed_severities_refused_at_parse_time(cli, bad_models, tmp_pa
 def test_train_malformed_severity_and_channels(cli, tconfig, tmp_path):
     base = ["texture", "train", "-o", tmp_path / "r", "--config", tconfig]
     _refused(cli, [*base, "--severity", "4-2"], [tmp_path], "--severity '4-2'", "range must go up")
+    _refused(cli, [*base, "--severity", "1,3"], [tmp_path], "--severity '1,3'", "not a list")
     _refused(cli, [*base, "--channels", "4,,8"], [tmp_path], "--channels '4,,8'", "empty item")
     _refused(cli, [*base, "--channels", "0,8"], [tmp_path], "--channels '0,8'", "0 is below 1")
 

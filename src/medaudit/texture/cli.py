@@ -200,6 +200,8 @@ def _train_config(
     base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
     over = {**over, "recipe_options": _json_mapping(over["recipe_options"], "recipe-options")}
     if severity is not None:
+        if "," in severity:  # training draws a severity from one range; a list would read as one
+            raise InputError(f"--severity {severity!r}: give one level (3) or one range (1-3), not a list")
         sv = _ints(severity, "severity", lo=0, hi=5, unique=True)
         over["filter_severity"] = sv[0] if len(sv) == 1 else [min(sv), max(sv)]
     if patch_size is not None:
