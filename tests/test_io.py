@@ -104,3 +104,14 @@ def test_check_device_names_the_flag():
     for bad in ("tpu:7", "bogus", "cuda:99" if torch.cuda.is_available() else "cuda"):
         with pytest.raises(InputError, match=r"^--device '"):
             check_device(bad)
+
+
+def test_config_file_error_names_the_file_once(tmp_path):
+    from medaudit.configfile import read_config
+    from medaudit.texture.train import TrainConfig
+
+    p = tmp_path / "c.json"
+    p.write_text('{"lr": -1}')
+    with pytest.raises(InputError) as e:
+        read_config(p, TrainConfig)
+    assert str(e.value) == f"{p}: key 'lr': Input should be greater than 0 (got -1)"

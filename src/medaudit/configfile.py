@@ -32,12 +32,17 @@ class Config(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise validation_error(exc, type(self).__name__) from None
+            err = validation_error(exc, type(self).__name__)
+            err.validation = exc  # type: ignore[attr-defined]  # for a caller naming another source
+            raise err from None
 
 
 def validation_error(exc: ValidationError, source: str) -> InputError:
     """One line naming ``source`` and the first failing key, e.g. ``a.yaml: key 'train.lr': ...``."""
     err = exc.errors()[0]
+    inner = getattr((err.get("ctx") or {}).get("error"), "validation", None)
+    if isinstance(inner, ValidationError):  # model_validate ran Config.__init__, which named the class
+        return validation_error(inner, source)
     key = _key(err.get("loc", ()))
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if err.get("type") == "extra_forbidden":
