@@ -7,7 +7,8 @@ Every command that writes an output folder claims it with :func:`claim_output` b
   nothing else than the entries that marker lists as medaudit's. A regular file, a folder with other
   files, or a medaudit output of another kind is refused with one line (``InputError``) unless
   ``force``; ``force`` never applies to a regular file, to a folder that contains one of the run's
-  inputs, or to the filesystem root, the home folder, the current folder or one of their parents.
+  inputs, or to the filesystem root, the home folder, the current folder or one of their parents,
+  nor to a resumable run folder (written in place) that holds files medaudit did not write.
 - **Never a file medaudit did not write.** Even with ``force``, entries medaudit did not write stay
   as they are: the new output is published *beside* them (only medaudit's own earlier entries are
   replaced), and a run whose output would replace one of them fails, naming it.
@@ -194,6 +195,11 @@ def _refusal(path: Path, kind: str, force: bool, in_place: bool) -> str | None:
     foreign = [] if in_place or mark is None else foreign_entries(path)
     if mark is not None and mark["kind"] == kind and not foreign:
         return None
+    if in_place and mark is None:  # written in place: a user's model.pt or config.json would be lost
+        return (
+            "holds files medaudit did not write, and a run folder is written in place (--force does not "
+            "apply); choose a new or empty folder"
+        )
     if force:
         return None
     verb = "write into it anyway" if in_place else "write beside them; they are kept"

@@ -154,3 +154,19 @@ def test_marker_without_a_file_list_is_replaced_as_before(tmp_path):
     (out / "old.txt").write_text("from an older medaudit")
     _publish(out)
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "a.txt"])
+
+
+def test_in_place_run_folder_with_user_files_is_refused_even_with_force(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.pt").write_text("mine")
+    with (
+        pytest.raises(InputError, match="--force does not apply"),
+        claim_output(out, "k", force=True, in_place=True),
+    ):
+        pass
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
+    with claim_output(tmp_path / "other", "k2", in_place=True) as c:  # another kind's run folder: --force
+        (c.stage / "a").write_text("1")
+    with claim_output(tmp_path / "other", "k", force=True, in_place=True):
+        pass

@@ -72,6 +72,11 @@ def test_train_out_foreign_folder(cli, tconfig, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "thesis.tex").write_text("x")
     _refused(cli, ["texture", "train", "-o", tmp_path / "r", "--config", tconfig], [tmp_path], "--force")
+    (tmp_path / "r" / "model.pt").write_text("mine")  # a run folder is written in place: even --force
+    args = ["texture", "train", "-o", tmp_path / "r", "--config", tconfig, "--force"]
+    _refused(cli, args, [tmp_path], "--force does not apply")
+    assert (tmp_path / "r" / "model.pt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["model.pt", "thesis.tex"]
 
 
 def test_train_out_is_the_data_folder_even_with_force(cli, volumes, tmp_path):
