@@ -69,6 +69,7 @@ def test_dataset_all_targets_end_to_end(tmp_path, capsys):
     assert (
         "3 prediction rows matched no image" in captured.out and "2 images have no prediction" in captured.out
     )
+    assert "pred.csv: 3 prediction rows matched no image of the dataset and are not audited" in captured.err
     summary = json.loads((out / "dataset.json").read_text())
     assert summary["join"]["unjoined_predictions"] == 3 and summary["join"]["images_without_prediction"] == 2
     assert set(summary["findings"]) == {"edema", "cardiomegaly"}

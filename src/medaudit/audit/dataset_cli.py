@@ -48,6 +48,14 @@ def run_dataset_audit(
     df = load_dataset(spec, reports=reports, skip_bad=cfg.skip_bad)
     joined = join_predictions(df, predictions, id_col=pred_id, meta=meta or None)
     typer.echo(joined.report.summary())
+    if joined.report.unjoined_predictions:  # counted and reported, on stderr too (also with -q)
+        ex = joined.report.unjoined_examples
+        typer.secho(
+            f"warning: {predictions}: {joined.report.unjoined_predictions} prediction rows matched no image "
+            f"of the dataset and are not audited" + (f" (e.g. '{ex[0]}')" if ex else ""),
+            err=True,
+            fg="yellow",
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = audit_dataset(
