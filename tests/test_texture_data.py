@@ -200,3 +200,12 @@ def test_mni_phantom_cohort_cached(tmp_path):
     manifest.write_text(json.dumps(data))
     rebuilt = td.build_mni_phantom(tmp_path, n_subjects=2, spacing=6.0, seed=3)
     assert all(c.label is not None and c.label.is_file() for c in rebuilt)
+
+
+def test_empty_volume_and_folder_named(tmp_path):
+    p = tmp_path / "z.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 0, 16), np.float32), AFF), str(p))
+    with pytest.raises(InputError, match=r"z\.nii\.gz: empty volume, shape \(16, 0, 16\)"):
+        td._read_data(td.load_nifti(p), p)
+    with pytest.raises(InputError, match="a folder, not a NIfTI file"):
+        td.load_nifti(tmp_path)

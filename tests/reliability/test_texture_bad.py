@@ -312,7 +312,7 @@ def test_eval_out_foreign_folder(cli, trained, tmp_path):
     [
         (["--corruptions", "no_such_corruption"], "no_such_corruption"),
         (["--severities", "a-b"], "--severities"),
-        (["--split", "nosplit"], "nosplit"),
+        (["--split", "nosplit"], "split.json has the splits"),
         (["--data", "folder", "--data-path", "/nonexistent/medaudit"], "/nonexistent/medaudit"),
     ],
     ids=["unknown-corruption", "bad-severities", "empty-split", "missing-data"],

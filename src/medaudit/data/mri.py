@@ -364,7 +364,7 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     """Load a NIfTI image (header only until data is read); InputError naming the file if unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: file not found")
+        raise InputError(f"{path}: {'a folder, not a NIfTI file' if path.is_dir() else 'file not found'}")
     try:
         img = nib.load(str(path))
         _ = img.shape  # header access
@@ -387,6 +387,8 @@ def _check_affine(affine: np.ndarray, path: Path) -> None:
 
 
 def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    if 0 in tuple(img.shape):
+        raise InputError(f"{path}: empty volume, shape {tuple(img.shape)}")
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:

@@ -264,7 +264,10 @@ def _cases_for_eval(models: list[Path], data: str | None, data_path: str | None,
     sp = models[0].parent / "split.json"
     if not sp.is_file():
         raise InputError(f"{sp}: no split.json next to the model; pass --data/--data-path")
-    cases = [_split_case(sp, d) for d in json.loads(sp.read_text()).get(split, [])]
+    splits = json.loads(sp.read_text())
+    if split not in splits:
+        raise InputError(f"--split {split!r}: {sp} has the splits {', '.join(map(repr, splits))}")
+    cases = [_split_case(sp, d) for d in splits[split]]
     if not cases:
         raise InputError(f"{sp}: the '{split}' split is empty")
     return cases
