@@ -16,6 +16,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MEDAUDIT_CACHE", Path.home() / ".cache" / "medaudit"))
 
 
+def check_unique_header(path: str | os.PathLike[str], names: Iterable[object]) -> None:
+    """Refuse a table header that names a column twice (pandas would rename the second ``label`` to
+    ``label.1`` and carry on): one :class:`~medaudit.errors.InputError` line naming file and column."""
+    from collections import Counter
+
+    from medaudit.errors import InputError
+
+    header = [str(n) for n in names]
+    counts = Counter(header)
+    dup = next((c for c in header if counts[c] > 1), None)
+    if dup is not None:
+        raise InputError(f"{path}: column '{dup}' appears {counts[dup]} times in the header")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -32,6 +32,7 @@ import pandas as pd
 from medaudit.audit.config import MODALITIES, ColumnMap
 from medaudit.data.images import check_pixel_limit
 from medaudit.errors import InputError
+from medaudit.io import check_unique_header
 
 __all__ = ["CaseTable", "ColumnMap", "load_case_table", "load_embeddings", "read_table", "table_columns"]
 
@@ -143,10 +144,7 @@ def _check_delimited(p: Path, sep: str) -> None:
             header = next(reader, None)
             if header is None:
                 return  # an empty file: pandas names it
-            counts = Counter(header)
-            dup = next((c for c in header if counts[c] > 1), None)
-            if dup is not None:
-                raise InputError(f"{p}: column '{dup}' appears {counts[dup]} times in the header")
+            check_unique_header(p, header)
             n = len(header)
             for row in reader:
                 line = reader.line_num

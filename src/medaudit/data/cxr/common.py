@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medaudit.errors import InputError
+from medaudit.io import check_unique_header
 
 UncertainPolicy = Literal["zeros", "ones", "ignore"]
 UNCERTAIN_POLICIES: tuple[str, ...] = ("zeros", "ones", "ignore")
@@ -146,10 +147,7 @@ def read_csv(path: Path, **kw: object) -> pd.DataFrame:
         if "header" not in kw:
             sep = kw.get("sep", ",")
             head = pd.read_csv(path, header=None, nrows=1, dtype=str, sep=sep).iloc[0].tolist()  # type: ignore[call-overload]
-            names = [str(h) for h in head]
-            dup = next((h for h in names if names.count(h) > 1), None)
-            if dup is not None:
-                raise InputError(f"{path}: column '{dup}' appears {names.count(dup)} times in the header")
+            check_unique_header(path, head)
         return pd.read_csv(path, **kw)  # type: ignore[arg-type]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
