@@ -115,3 +115,16 @@ def test_config_file_error_names_the_file_once(tmp_path):
     with pytest.raises(InputError) as e:
         read_config(p, TrainConfig)
     assert str(e.value) == f"{p}: key 'lr': Input should be greater than 0 (got -1)"
+
+
+def test_every_config_refuses_non_finite_numbers():
+    from medaudit.configfile import Config
+    from medaudit.studies.texture_robustness.config import ResourcesModel
+
+    class C(Config):
+        x: float = 1.0
+
+    with pytest.raises(InputError, match=r"C: key 'x': Input should be a finite number"):
+        C(x=float("nan"))
+    with pytest.raises(ValueError, match="finite number"):
+        ResourcesModel(cpus_per_task=float("inf"))

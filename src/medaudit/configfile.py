@@ -22,11 +22,12 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Config(BaseModel):
-    """Base of medaudit's configs: unknown keys refused, assignments validated, and a bad value given
+    """Base of medaudit's configs: unknown keys and non-finite numbers refused, assignments validated, and a bad value given
     to the constructor raised as one :class:`InputError` line naming the key (an ``InputError`` is a
     ``ValueError``, like pydantic's own error)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # a NaN or infinite number (``--lr nan``, ``y_weight: .inf``) is refused, not propagated
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -64,10 +64,9 @@ class RankRule(StrEnum):
 
 
 class _Model(Config):
-    # allow_inf_nan=False: a NaN or infinite number (``--y-weight nan``) is refused, not propagated
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, use_enum_values=True, allow_inf_nan=False
-    )
+    )  # ConfigDict does not merge with the base's, so its settings are repeated here
 
 
 #: encoder options (``--encoder-opt MODALITY.KEY=VALUE``) whose values are checked before any work:

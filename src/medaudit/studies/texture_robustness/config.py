@@ -32,9 +32,10 @@ BASELINE = "none"
 
 
 class Config(BaseModel):
-    """Strict schema node: unknown keys are errors (``parse_config`` turns errors into one line)."""
+    """Strict schema node: unknown keys and NaN / infinite numbers are errors (``parse_config`` turns
+    errors into one line)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _known() -> set[str]:
