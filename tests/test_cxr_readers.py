@@ -491,3 +491,35 @@ def test_repeated_header_column_is_refused(tmp_path):
         read_csv(p)
     p.write_text("Path,Edema\na.jpg,1\n")
     assert read_csv(p).columns.tolist() == ["Path", "Edema"]
+
+
+def test_missing_image_names_the_row_of_its_own_table_not_of_the_combined_one(tmp_path):
+    """train.csv and valid.csv are read into one case table: an image missing in valid.csv's first
+    data row is 'row 1 of valid.csv', not row 4 (its place after train.csv's three rows)."""
+    root = _chexpert(tmp_path)
+    raw = pd.read_csv(root / "train.csv")
+    valid = raw.iloc[[0]].copy()
+    valid["Path"] = "CheXpert-v1.0-small/valid/patient00099/study1/view1_frontal.jpg"  # never written
+    valid.to_csv(root / "valid.csv", index=False)
+    with pytest.raises(InputError) as err:
+        read_chexpert(root)
+    msg = str(err.value)
+    assert "view1_frontal.jpg: file not found, row 1 of " in msg and msg.endswith("valid.csv"), msg
+
+
+def test_unreadable_image_names_its_row_in_the_nih_table(tmp_path):
+    """An entry whose image is absent is left out of the case table; a corrupt image after it is
+    still named by its own data row of Data_Entry_2017*.csv (row 3), not by its case-table row (2)."""
+    root = _nih(tmp_path)
+    next(root.rglob("00000001_000.png")).unlink()  # row 1: no image (a partial download)
+    next(root.rglob("00000002_000.png")).write_bytes(b"not a png at all")  # row 3: corrupt
+    with pytest.raises(InputError, match=r"00000002_000\.png: unreadable image .*, row 3 of .*Data_Entry"):
+        read_nih(root, verify_images=True)
+
+
+def test_missing_image_names_its_row_in_the_mimic_metadata_table(tmp_path):
+    """With a split kept, the case table holds only the test image; its row is the metadata's (3)."""
+    root, reports = _mimic(tmp_path, gz=False)
+    next(root.rglob("d3.jpg")).unlink()
+    with pytest.raises(InputError, match=r"d3\.jpg: file not found, row 3 of .*metadata\.csv$"):
+        read_mimic_cxr(root, reports_root=reports, split="test")

@@ -30,6 +30,32 @@ def check_unique_header(path: str | os.PathLike[str], names: Iterable[object]) -
         raise InputError(f"{path}: column '{dup}' appears {counts[dup]} times in the header")
 
 
+def missing_reason(path: str | os.PathLike[str], what: str = "file") -> str:
+    """Why ``path`` cannot be opened, for a one-line message: ``'<what> not found'`` unless the path
+    exists in some form: a symlink loop, a broken symbolic link, or a folder that may not be searched
+    (``os.stat`` tells them apart; ``Path.is_file`` says ``False`` for all of them)."""
+    import errno
+
+    p = os.fspath(path)
+    try:
+        os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{what} is a symlink loop (the link leads back to itself; unreadable)"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"{what} is unreadable (permission denied)"
+        if exc.errno == errno.ENOENT and os.path.islink(p):
+            try:
+                target = os.readlink(p)
+            except OSError:
+                target = "?"
+            return f"{what} is a broken symbolic link (its target {target} does not exist)"
+        if exc.errno == errno.ENAMETOOLONG:
+            return f"{what} name is too long"
+        return f"{what} not found"
+    return f"{what} not found"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

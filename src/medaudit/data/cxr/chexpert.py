@@ -31,6 +31,7 @@ from medaudit.data.cxr.common import (
     require_columns,
     require_dir,
     snake,
+    table_rows,
 )
 from medaudit.errors import InputError
 
@@ -64,6 +65,7 @@ def read_chexpert(
     if names is None:
         raise InputError(f"split '{split}': choose train, valid or both")
     frames = []
+    origins: list[str] = []  # per case: its data row in train.csv / valid.csv, for messages
     for name in names:
         p = root / name
         if not p.is_file():
@@ -74,6 +76,7 @@ def read_chexpert(
         require_columns(raw, ["Path", *CHEXPERT_META, *CHEXPERT_LABELS], p)
         check_label_values(raw, CHEXPERT_LABELS, p)
         raw["split"] = name.removesuffix(".csv")
+        origins += table_rows(p, range(len(raw)))
         frames.append(raw)
     raw = pd.concat(frames, ignore_index=True)
     paths = raw["Path"].astype(str)
@@ -93,5 +96,5 @@ def read_chexpert(
     df["patient_id"] = pid
     df["study_id"] = pid + "/" + study
     df["split"] = raw["split"]
-    df = check_images(df, verify=verify_images, skip_bad=skip_bad)
+    df = check_images(df, verify=verify_images, skip_bad=skip_bad, origins=origins)
     return finalize(df, [snake(x) for x in CHEXPERT_LABELS], target, uncertain, f"CheXpert {root}")

@@ -155,13 +155,23 @@ def read_csv(path: Path, **kw: object) -> pd.DataFrame:
 
 
 def check_images(
-    df: pd.DataFrame, column: str = "image", verify: bool = False, skip_bad: bool = False
+    df: pd.DataFrame,
+    column: str = "image",
+    verify: bool = False,
+    skip_bad: bool = False,
+    origins: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Check that every image path exists (and, with ``verify``, decodes).
 
-    A missing or unreadable image raises InputError naming its path and row, unless ``skip_bad`` is set,
-    in which case those rows are dropped and their paths listed in ``df.attrs['skipped']``.
+    A missing or unreadable image raises InputError naming its path and where the user listed it,
+    unless ``skip_bad`` is set, in which case those rows are dropped and their paths listed in
+    ``df.attrs['skipped']``. ``origins`` gives, per row of ``df``, that place in the user's files
+    (``"row 3 of /data/valid.csv"``: the 1-based data row of the table that lists the image): ``df``
+    is often combined from several tables or filtered, so its own row index would mislead. Without
+    ``origins`` the row of ``df`` itself is named.
     """
+    if origins is not None and len(origins) != len(df):
+        raise ValueError(f"check_images: {len(origins)} origins for {len(df)} rows")
     bad: list[tuple[int, str, str]] = []
     paths = df[column].astype(str).tolist()
     reader = None
@@ -171,7 +181,9 @@ def check_images(
         reader = read_grayscale
     for i, p in enumerate(paths):
         if not Path(p).is_file():
-            bad.append((i, p, "file not found"))
+            from medaudit.io import missing_reason
+
+            bad.append((i, p, missing_reason(p, "file")))
             continue
         if reader is not None:
             try:
@@ -181,7 +193,8 @@ def check_images(
     if bad and not skip_bad:
         i, p, why = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise InputError(f"{p}: {why}, row {i + 1}{more}")
+        where = origins[i] if origins is not None else f"row {i + 1}"
+        raise InputError(f"{p}: {why}, {where}{more}")
     if bad:
         drop = {i for i, _, _ in bad}
         out = df.loc[[i not in drop for i in range(len(df))]].reset_index(drop=True)
@@ -189,6 +202,11 @@ def check_images(
         out.attrs["skipped"] = [p for _, p, _ in bad]
         return out
     return df
+
+
+def table_rows(path: str | Path, rows: Iterable[int]) -> list[str]:
+    """``origins`` for :func:`check_images`: ``"row N of PATH"`` for 0-based data-row indices ``rows``."""
+    return [f"row {int(i) + 1} of {path}" for i in rows]
 
 
 def finalize(

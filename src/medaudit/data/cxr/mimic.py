@@ -34,10 +34,12 @@ from medaudit.data.cxr.common import (
     require_columns,
     require_dir,
     snake,
+    table_rows,
 )
 from medaudit.errors import InputError
 
 PREFIX = "mimic-cxr-2.0.0"
+_META_ROW = "__metadata_row"  # 0-based data row of an image in the metadata table
 META_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
 OPTIONAL_META = {
     "PatientOrientationCodeSequence_CodeMeaning": "patient_orientation",
@@ -91,7 +93,9 @@ def read_mimic_cxr(
         require_dir(rr, "MIMIC-CXR reports")
     reports = _read_reports(df, rr, require_reports)
     out = _case_table(df, root, reports)
-    out = check_images(out, verify=verify_images, skip_bad=skip_bad)
+    meta_p = _csv(root, "metadata", "image metadata table")  # images are listed there, one per row
+    origins = table_rows(meta_p, df[_META_ROW].to_numpy())
+    out = check_images(out, verify=verify_images, skip_bad=skip_bad, origins=origins)
     return finalize(out, [snake(x) for x in CHEXPERT_LABELS], target, uncertain, f"MIMIC-CXR-JPG {root}")
 
 
@@ -101,6 +105,7 @@ def _images_with_labels(root: Path, labeler: str) -> pd.DataFrame:
     lab_p = _csv(root, labeler, f"{labeler} label table")
     meta = read_csv(meta_p, dtype={"dicom_id": str})
     require_columns(meta, META_COLUMNS, meta_p)
+    meta[_META_ROW] = np.arange(len(meta))  # survives the joins: the image's data row, for messages
     labels = read_csv(lab_p)
     require_columns(labels, ["subject_id", "study_id", *CHEXPERT_LABELS], lab_p)
     check_label_values(labels, CHEXPERT_LABELS, lab_p)

@@ -23,6 +23,7 @@ from medaudit.data.cxr.common import (
     read_csv,
     require_columns,
     require_dir,
+    table_rows,
 )
 from medaudit.errors import InputError
 
@@ -110,6 +111,7 @@ def read_nih(
         raise InputError(f"{table}: row {i + 1}: image '{names.iloc[i]}' not found under {root}")
     if not present.any():
         raise InputError(f"{root}: none of the {len(raw)} images listed in {table.name} was found")
+    origins = table_rows(table, np.flatnonzero(present))  # data rows of the table, for messages
     raw, names = raw.loc[present].reset_index(drop=True), names[present].reset_index(drop=True)
     findings = findings[present].reset_index(drop=True)
     df = pd.DataFrame({"id": names.str.removesuffix(".png")})
@@ -131,7 +133,7 @@ def read_nih(
             ids = set((root / name).read_text().split())
             split[names.isin(ids).to_numpy()] = lab
     df["split"] = split
-    df = check_images(df, verify=verify_images, skip_bad=skip_bad)
+    df = check_images(df, verify=verify_images, skip_bad=skip_bad, origins=origins)
     out = finalize(df, list(NIH_LABELS), target, uncertain, f"ChestX-ray14 {root}")
     out.attrs["n_missing_images"] = int((~present).sum())
     return out

@@ -375,5 +375,6 @@ def read_openi(
     if not rows:
         raise InputError(f"{images_dir}: none of the images matches an image id listed in the reports")
     df = pd.DataFrame(rows)
-    df = check_images(df, verify=verify_images, skip_bad=skip_bad)
+    origins = [f"image of report {r}" for r in df["report_id"]]  # found under images_dir, listed by a report
+    df = check_images(df, verify=verify_images, skip_bad=skip_bad, origins=origins)
     return finalize(df, list(OPENI_LABELS), target, uncertain, f"Open-i {images_dir}")
