@@ -478,7 +478,9 @@ def test_csv_parse_error_names_the_line(tmp_path):
     lines = table.read_text().splitlines()
     lines[2] += ",x,y,z"
     table.write_text("\n".join(lines) + "\n")
-    with pytest.raises(InputError, match=r"Data_Entry_2017_v2020\.csv: cannot read as CSV \(.*line 3"):
+    with pytest.raises(
+        InputError, match=r"Data_Entry_2017_v2020\.csv: line 3 has 14 fields, the header has 11"
+    ):
         read_nih(root)
 
 
@@ -523,3 +525,39 @@ def test_missing_image_names_its_row_in_the_mimic_metadata_table(tmp_path):
     next(root.rglob("d3.jpg")).unlink()
     with pytest.raises(InputError, match=r"d3\.jpg: file not found, row 3 of .*metadata\.csv$"):
         read_mimic_cxr(root, reports_root=reports, split="test")
+
+
+def _add_trailing_commas(csv: Path, header: bool) -> None:
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join(s + "," if (i > 0 or header) else s for i, s in enumerate(lines)) + "\n")
+
+
+def test_trailing_comma_on_every_line_is_read_as_without_it(tmp_path):
+    """A trailing comma on every line, header included (NIH's own Data_Entry_2017.csv has one), is an
+    empty last column: the case table is exactly the one read without the commas."""
+    want = read_nih(_nih(tmp_path / "plain"))
+    root = _nih(tmp_path / "commas")
+    _add_trailing_commas(root / "Data_Entry_2017_v2020.csv", header=True)
+    got = read_nih(root)
+    assert list(got.columns) == list(want.columns)
+    pd.testing.assert_frame_equal(got.drop(columns="image"), want.drop(columns="image"))
+    want_c = read_chexpert(_chexpert(tmp_path / "c1"))
+    root_c = _chexpert(tmp_path / "c2")
+    _add_trailing_commas(root_c / "train.csv", header=True)
+    got_c = read_chexpert(root_c)
+    pd.testing.assert_frame_equal(got_c.drop(columns="image"), want_c.drop(columns="image"))
+
+
+def test_trailing_comma_on_data_lines_only_is_refused_naming_the_line(tmp_path):
+    """Data lines one field longer than the header: pandas would make the first field the index and
+    shift every value one column to the left (ids read as labels); refused, naming file and line."""
+    root = _nih(tmp_path)
+    _add_trailing_commas(root / "Data_Entry_2017_v2020.csv", header=False)
+    with pytest.raises(
+        InputError, match=r"Data_Entry_2017_v2020\.csv: line 2 has 12 fields, the header has 11"
+    ):
+        read_nih(root)
+    root_c = _chexpert(tmp_path / "c")
+    _add_trailing_commas(root_c / "train.csv", header=False)
+    with pytest.raises(InputError, match=r"train\.csv: line 2 has \d+ fields, the header has \d+"):
+        read_chexpert(root_c)

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from medaudit.errors import InputError
-from medaudit.io import check_unique_header
 
 UncertainPolicy = Literal["zeros", "ones", "ignore"]
 UNCERTAIN_POLICIES: tuple[str, ...] = ("zeros", "ones", "ignore")
@@ -141,17 +140,29 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str | Path
 
 
 def read_csv(path: Path, **kw: object) -> pd.DataFrame:
-    """``pd.read_csv`` with an InputError naming the file on a parse failure or a repeated header
-    column (pandas would rename the second ``label`` to ``label.1`` and carry on)."""
+    """``pd.read_csv`` with an InputError naming the file on a parse failure, a repeated header column
+    (pandas would rename the second ``label`` to ``label.1`` and carry on) or a data line with more or
+    fewer fields than the header, naming that line (pandas would silently shift a line with a trailing
+    comma under a header without one, making its first field the index and every value land one column
+    to the left).
+
+    A trailing comma on *every* line, header included (the NIH ``Data_Entry_2017.csv`` has one), is an
+    empty last column: it is read and dropped, so the table is the one without the commas.
+    """
+    from medaudit.audit.table import _check_delimited  # the audit table reader's line check
+
+    sep = str(kw.get("sep", ","))
     try:
         if "header" not in kw:
-            sep = kw.get("sep", ",")
-            head = pd.read_csv(path, header=None, nrows=1, dtype=str, sep=sep).iloc[0].tolist()  # type: ignore[call-overload]
-            check_unique_header(path, head)
-        return pd.read_csv(path, **kw)  # type: ignore[arg-type]
+            _check_delimited(path, sep)
+        df = pd.read_csv(path, **kw)  # type: ignore[arg-type]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{path}: cannot read as CSV ({first})") from exc
+    if "header" not in kw:
+        while len(df.columns) and str(df.columns[-1]).startswith("Unnamed: ") and df.iloc[:, -1].isna().all():
+            df = df.iloc[:, :-1]  # the empty column of a trailing comma (blank header, blank values)
+    return df
 
 
 def check_images(
