@@ -396,3 +396,36 @@ def test_text_file_given_as_npy_embeddings(cli, audit_args, work):
     args = audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}")
     line = _refused(cli, args, [work], "emb.npy", "not a .npy array file")
     assert "pickle" not in line
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet-lite0", "xrv-densenet121"])
+def test_null_image_size_in_a_config_names_file_and_key(cli, audit_args, work, encoder):
+    """These encoders resize every image to a fixed square: ``size: null`` is refused before any work
+    (it used to pass the config check and fail while embedding)."""
+    cfg = work / "data" / "audit.yaml"
+    cfg.write_text(f"encoders: {{image: {encoder}}}\nencoder_kwargs: {{image: {{size: null}}}}\n")
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--config", cfg)
+    line = _refused(cli, args, [work], "audit.yaml", "encoder_kwargs.image.size", encoder)
+    assert "open-clip" in line  # the encoder that does take null is named
+
+
+def test_null_image_size_on_the_command_line_names_the_flag(cli, audit_args, work):
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--encoder-opt", "image.size=null")
+    _refused(cli, args, [work], "--encoder-opt image.size=null", "efficientnet-lite0")
+
+
+def test_null_image_size_is_kept_for_open_clip(cli, audit_args, work):
+    """open-clip takes ``size: null`` (the model's own input size): the config is accepted."""
+    cfg = work / "data" / "audit.yaml"
+    cfg.write_text("encoders: {image: open-clip}\nencoder_kwargs: {image: {size: null}}\n")
+    rc, err = cli(*audit_args(work / "data" / "cases.csv", work / "out", "--config", cfg))
+    assert rc == 0, err
+    assert (work / "out" / "slices.json").is_file()
+
+
+def test_image_encoder_without_a_size_is_refused_in_python():
+    from medaudit.audit.encoders import EfficientNetLite0Encoder
+    from medaudit.errors import InputError
+
+    with pytest.raises(InputError, match="efficientnet-lite0: size must be a positive integer"):
+        EfficientNetLite0Encoder(weights=None, size=None)  # type: ignore[arg-type]

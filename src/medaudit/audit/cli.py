@@ -15,6 +15,7 @@ import typer
 
 from medaudit.audit.config import DEFAULT_ENCODERS, MODALITIES, AuditConfig, Fusion, RankRule, SlicerName
 from medaudit.errors import InputError
+from medaudit.io import missing_reason
 
 __all__ = ["audit_command", "parse_embeddings", "parse_encoder_opts", "split_list"]
 
@@ -90,7 +91,7 @@ def _config_fields(p: dict[str, Any]) -> dict[str, Any]:
         if k in cols:
             out.setdefault("columns", {})[cols[k]] = v
         elif k in enc:
-            out.setdefault("encoders", dict(DEFAULT_ENCODERS))[enc[k]] = v
+            out.setdefault("encoders", {})[enc[k]] = v  # merged over the config's and the defaults
         elif k == "meta":
             out["meta"] = split_list(v)
         elif k == "modalities":
@@ -179,6 +180,9 @@ def _build_config(ctx: typer.Context, config_file: Path | None, values: dict[str
     merged = {**base, **given}
     if "columns" in base and "columns" in given:
         merged["columns"] = {**base["columns"], **given["columns"]}
+    if "encoders" in given:  # --report-encoder keeps the config's image encoder (it reset it to the default)
+        from_file = base.get("encoders") if isinstance(base.get("encoders"), dict) else {}
+        merged["encoders"] = {**DEFAULT_ENCODERS, **from_file, **given["encoders"]}
     try:
         return AuditConfig.model_validate(merged)
     except ValidationError as exc:
@@ -317,9 +321,10 @@ def audit_command(
     if table is not None and table.is_dir():
         raise InputError(f"--table {table}: is a folder, not a table file")
     if table is not None and not table.is_file():
-        raise InputError(f"{table}: table file not found")
+        raise InputError(f"{table}: {missing_reason(table, 'table file')}")
     cfg = _build_config(ctx, config, values)
     _check_device(cfg, ctx, config)
+    _check_null_encoder_opts(cfg, values.get("encoder_opt"), config)
     if workers:
         cfg.encoder_kwargs.setdefault("image", {}).setdefault("num_workers", workers)
     if dataset is not None:
@@ -351,6 +356,32 @@ def _check_device(cfg: AuditConfig, ctx: typer.Context, config_file: Path | None
 
     given = getattr(ctx.get_parameter_source("device"), "name", "") != "DEFAULT" or config_file is None
     cfg.device = check_device(cfg.device, flag="--device" if given else f"{config_file}: key 'device'")
+
+
+def _check_null_encoder_opts(cfg: AuditConfig, flag_opts: list[str] | None, config_file: Path | None) -> None:
+    """An encoder option set to null (``image.size: null``) is refused, naming the flag or the config
+    file and key, unless that encoder takes ``None`` there (open-clip's ``size``: the model's own input
+    size). The image encoders that resize to a fixed square (efficientnet-lite0, xrv-densenet121,
+    torch-module) need a number; they used to fail only while embedding."""
+    nulls = [(m, k) for m, opts in cfg.encoder_kwargs.items() for k, v in opts.items() if v is None]
+    if not nulls:
+        return
+    from medaudit.audit.encoders import list_encoders
+    from medaudit.audit.encoders.base import encoder_takes_none
+
+    from_flags = parse_encoder_opts(flag_opts)
+    for m, key in nulls:
+        name = cfg.encoders.get(m, DEFAULT_ENCODERS[m])
+        if encoder_takes_none(m, name, key):
+            continue
+        ok = [n for n in list_encoders(m)[m] if encoder_takes_none(m, n, key)]
+        hint = f"; null is only for {', '.join(ok)}" if ok else ""
+        where = (
+            f"--encoder-opt {m}.{key}=null"
+            if key in from_flags.get(m, {}) or config_file is None
+            else f"{config_file}: key 'encoder_kwargs.{m}.{key}'"
+        )
+        raise InputError(f"{where}: the {m} encoder '{name}' needs a value, not null{hint}")
 
 
 def _print_result(result: Any) -> None:

@@ -82,6 +82,22 @@ def encoder_accepts(modality: str, name: str, param: str) -> bool:
     return param in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def encoder_takes_none(modality: str, name: str, param: str) -> bool:
+    """Whether the keyword ``param`` of the encoder ``(modality, name)`` may be ``None`` (its
+    annotation allows ``None``, or its default is ``None``); ``True`` when it cannot be told (no
+    annotation, a ``**kwargs`` catch-all or an unknown encoder: the encoder then decides)."""
+    import inspect
+
+    factory = _REGISTRY.get(modality, {}).get(name)
+    if factory is None:
+        return True
+    par = inspect.signature(factory).parameters.get(param)
+    if par is None or par.default is None or par.annotation is inspect.Parameter.empty:
+        return True
+    ann = par.annotation if isinstance(par.annotation, str) else repr(par.annotation)
+    return "None" in ann or "Optional" in ann or "Any" in ann
+
+
 def get_encoder(modality: str, name: str | None = None, **kw: Any) -> Encoder:
     """Build the encoder registered as ``(modality, name)`` (``name=None`` = the modality's default)."""
     if modality not in _REGISTRY:

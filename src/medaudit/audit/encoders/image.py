@@ -66,7 +66,9 @@ class TorchImageEncoder:
         device: str | None = None,
         resize_mode: ResizeMode = "crop",
     ) -> None:
-        self.size = size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:  # size x size input
+            raise InputError(f"{self.name}: size must be a positive integer (the input size), got {size!r}")
+        self.size = int(size)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
