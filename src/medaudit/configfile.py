@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medaudit.errors import InputError
+from medaudit.io import missing_reason
 
 __all__ = ["Config", "read_config", "read_mapping", "validation_error"]
 
@@ -73,7 +74,7 @@ def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: config file not found")
+        raise InputError(f"{p}: {missing_reason(p, 'config file')}")
     try:
         text = p.read_text(encoding="utf-8")
         raw = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)

@@ -123,8 +123,15 @@ def foreign_entries(folder: Path) -> list[str]:
     return [n for n in names if n not in ours]
 
 
-def _resolve(p: str | os.PathLike[str]) -> Path:
-    return Path(os.path.expanduser(os.fspath(p))).resolve()
+def _resolve(p: str | os.PathLike[str], what: str = "path") -> Path:
+    """``p`` made absolute with its links followed; a symlink loop is one line naming it (``resolve``
+    raises RuntimeError, or OSError on newer Pythons)."""
+    try:
+        return Path(os.path.expanduser(os.fspath(p))).resolve()
+    except (RuntimeError, OSError):
+        from medaudit.io import missing_reason
+
+        raise InputError(f"{p}: {missing_reason(p, what)}") from None
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -167,7 +174,7 @@ class OutputClaim:
         for raw in paths:
             if raw is None:
                 continue
-            p = _resolve(raw)
+            p = _resolve(raw, what)
             if _inside(p, self.path) or (self.stage != self.path and _inside(p, self.stage)):
                 raise InputError(
                     f"{self.flag} {self.path}: contains the {what} {p}; medaudit never writes over its "
@@ -397,7 +404,7 @@ def claim_output(
     run before the block starts; errors are one-line :class:`InputError` naming ``flag`` and the path.
     """
     started = time.time()
-    out = _resolve(path)
+    out = _resolve(path, f"{flag} folder")
     claim = OutputClaim(out, kind, out, flag, force, in_place)
     claim.check_inputs(inputs)
     _check(out, kind, claim.inputs, force, flag, in_place)
@@ -437,7 +444,7 @@ def check_output(
 
     For commands that do long work before they claim their output, so that a bad ``--out`` fails at once.
     """
-    out = _resolve(path)
+    out = _resolve(path, f"{flag} folder")
     claim = OutputClaim(out, kind, out, flag, force, in_place)
     claim.check_inputs(inputs)
     _check(out, kind, claim.inputs, force, flag, in_place)

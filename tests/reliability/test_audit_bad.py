@@ -429,3 +429,24 @@ def test_image_encoder_without_a_size_is_refused_in_python():
 
     with pytest.raises(InputError, match="efficientnet-lite0: size must be a positive integer"):
         EfficientNetLite0Encoder(weights=None, size=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("flag", ["--table", "--config"])
+def test_symlink_loop_as_an_input_is_named_as_such(cli, audit_args, work, flag):
+    """A link that leads back to itself is not 'not found' (the user sees the file there): the line
+    says it is a symlink loop, naming the path."""
+    loop = work / "data" / "loop.csv"
+    loop.symlink_to(loop.name)
+    if flag == "--table":
+        args = audit_args(loop, work / "out")
+    else:
+        args = audit_args(work / "data" / "cases.csv", work / "out", "--config", loop)
+    line = _refused(cli, args, [work], str(loop), "symlink loop")
+    assert "not found" not in line
+
+
+def test_broken_symlink_as_the_table_is_named_as_such(cli, audit_args, work):
+    link = work / "data" / "link.csv"
+    link.symlink_to(work / "data" / "moved-away.csv")
+    line = _refused(cli, audit_args(link, work / "out"), [work], str(link), "broken symbolic link")
+    assert "moved-away.csv" in line

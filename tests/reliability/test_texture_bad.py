@@ -561,3 +561,23 @@ def test_model_trained_on_cuda_predicts_on_cpu(cli, trained, scans, tmp_path):
         "texture", "predict", "-m", tmp_path / "gpu" / "model.pt", scans / "good.nii.gz", "-o", tmp_path / "s"
     )
     assert rc == 0, err
+
+
+def test_symlink_loops_as_inputs_are_named_as_such(cli, tmp_path):
+    """A model, a data folder, a pairs CSV or a config that is a symlink loop: one line saying so."""
+    loops = {}
+    for name in ("model.pt", "data", "pairs.csv", "train.json"):
+        loops[name] = tmp_path / name
+        loops[name].symlink_to(name)
+    out = tmp_path / "o"
+    for args, path in [
+        (["texture", "eval", "-m", loops["model.pt"], "--out", out], loops["model.pt"]),
+        (["texture", "train", "--out", out, "--data", "folder", "--data-path", loops["data"]], loops["data"]),
+        (
+            ["texture", "train", "--out", out, "--data", "csv", "--data-path", loops["pairs.csv"]],
+            loops["pairs.csv"],
+        ),
+        (["texture", "train", "--out", out, "--config", loops["train.json"]], loops["train.json"]),
+    ]:
+        line = _refused(cli, args, [tmp_path], str(path), "symlink loop")
+        assert "not found" not in line

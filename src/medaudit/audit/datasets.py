@@ -32,6 +32,7 @@ import pandas as pd
 
 from medaudit.data.cxr.common import UncertainPolicy, plain, snake
 from medaudit.errors import InputError
+from medaudit.io import missing_reason
 
 __all__ = [
     "DATASET_KINDS",
@@ -121,7 +122,7 @@ def load_dataset(
     rep = Path(reports) if reports is not None else None
     root = spec.root
     if root is not None and not root.is_dir():
-        raise InputError(f"{root}: {spec.kind} dataset folder not found")
+        raise InputError(f"{root}: {missing_reason(root, f'{spec.kind} dataset folder')}")
     if spec.kind == "mimic-cxr":
         df = cxr.read_mimic_cxr(root, reports_root=rep, skip_bad=skip_bad)  # type: ignore[arg-type]
     elif spec.kind == "chexpert":

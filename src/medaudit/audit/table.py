@@ -32,7 +32,7 @@ import pandas as pd
 from medaudit.audit.config import MODALITIES, ColumnMap
 from medaudit.data.images import check_pixel_limit
 from medaudit.errors import InputError
-from medaudit.io import check_unique_header
+from medaudit.io import check_unique_header, missing_reason
 
 __all__ = ["CaseTable", "ColumnMap", "load_case_table", "load_embeddings", "read_table", "table_columns"]
 
@@ -91,7 +91,7 @@ def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -
     if p.is_dir():
         raise InputError(f"{p}: is a folder, not a table file")
     if not p.exists():
-        raise InputError(f"{p}: table file not found")
+        raise InputError(f"{p}: {missing_reason(p, 'table file')}")
     if not p.is_file():
         raise InputError(f"{p}: not a regular file")
     suffix = _suffix(p)
@@ -638,7 +638,7 @@ def load_embeddings(
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: embeddings file not found")
+        raise InputError(f"{p}: {missing_reason(p, 'embeddings file')}")
     suffix = p.suffix.lower()
     if suffix == ".npy":
         mat, emb_ids = _read_npy_embeddings(p, ids_path)

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from medaudit.errors import InputError
+from medaudit.io import missing_reason
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 ResizeMode = Literal["crop", "pad", "stretch"]
@@ -103,7 +104,7 @@ def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: image file not found")
+        raise InputError(f"{p}: {missing_reason(p, 'image file')}")
     try:
         check_pixel_limit(p)
         img = _read_dicom(p) if is_dicom(p) else _read_pillow(p)

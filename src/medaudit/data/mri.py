@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from medaudit.errors import InputError
-from medaudit.io import atomic_output_dir, atomic_write_bytes, atomic_write_json, default_cache_dir
+from medaudit.io import (
+    atomic_output_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    default_cache_dir,
+    missing_reason,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Label sets
@@ -161,7 +167,7 @@ def read_dhcp(
     """
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"{root}: dHCP root folder not found")
+        raise InputError(f"{root}: {missing_reason(root, 'dHCP root folder')}")
     pipe = root / "derivatives" / "dhcp_anat_pipeline"
     if not pipe.is_dir():
         pipe = root
@@ -264,7 +270,7 @@ def read_nifti_folder(
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: NIfTI folder not found")
+        raise InputError(f"{folder}: {missing_reason(folder, 'NIfTI folder')}")
     rx = _pattern_regex(image_pattern)
     _pattern_regex(label_pattern)
     glob = image_pattern.replace("{id}", "*")
@@ -297,7 +303,7 @@ def read_csv_pairs(
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: CSV file not found")
+        raise InputError(f"{path}: {missing_reason(path, 'CSV file')}")
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -322,7 +328,7 @@ def read_csv_pairs(
         lab_p = None if not lab else (Path(lab) if Path(lab).is_absolute() else path.parent / lab)
         for p in (img_p, lab_p):
             if p is not None and not p.is_file():
-                raise InputError(f"{path}: line {i}: file not found: {p}")
+                raise InputError(f"{path}: line {i}: {missing_reason(p, 'file')}: {p}")
         cid = (row.get(id_col) or "").strip() if id_col and id_col in cols else ""
         cid = cid or _stem(img_p)
         if cid in seen:
@@ -364,7 +370,9 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     """Load a NIfTI image (header only until data is read); InputError naming the file if unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: {'a folder, not a NIfTI file' if path.is_dir() else 'file not found'}")
+        raise InputError(
+            f"{path}: {'a folder, not a NIfTI file' if path.is_dir() else missing_reason(path, 'file')}"
+        )
     try:
         img = nib.load(str(path))
         _ = img.shape  # header access

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from medaudit.errors import InputError
+from medaudit.io import missing_reason
 from medaudit.texture.options import DataSource, InputNorm, RecipeName, TrainMode
 
 if TYPE_CHECKING:
@@ -286,7 +287,7 @@ def _split_case(split_json: Path, d: dict[str, Any]) -> Any:
         if p is not None and not p.is_absolute() and not p.exists():
             p = split_json.parent / p if (split_json.parent / p).is_file() else p
         if p is not None and not p.is_file():
-            raise InputError(f"{split_json}: case '{case.case_id}': {key} file not found: {p}")
+            raise InputError(f"{split_json}: case '{case.case_id}': {missing_reason(p, f'{key} file')}: {p}")
         found[key] = p
     return replace(case, **found)
 

@@ -40,7 +40,7 @@ from medaudit.data import mri as tdata
 from medaudit.device import default_device, seed_everything
 from medaudit.errors import InputError
 from medaudit.faults import fault_point
-from medaudit.io import atomic_save, atomic_write_json
+from medaudit.io import atomic_save, atomic_write_json, missing_reason
 from medaudit.progress import make_progress
 from medaudit.texture.filters.registry import is_clean
 from medaudit.texture.preprocess import INPUT_NORMS, normalise_input
@@ -391,7 +391,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     p = Path(path)
     if not p.exists():
-        raise InputError(f"{p}: model file not found")
+        raise InputError(f"{p}: {missing_reason(p, 'model file')}")
     if not p.is_file():
         raise InputError(f"{p}: is not a file (expected a model.pt written by medaudit texture train)")
     try:

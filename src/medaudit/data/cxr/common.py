@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medaudit.errors import InputError
+from medaudit.io import missing_reason
 
 UncertainPolicy = Literal["zeros", "ones", "ignore"]
 UNCERTAIN_POLICIES: tuple[str, ...] = ("zeros", "ones", "ignore")
@@ -121,7 +122,7 @@ def check_label_values(raw: pd.DataFrame, columns: Iterable[str], path: str | Pa
 def require_dir(path: str | Path, what: str) -> Path:
     p = Path(path)
     if not p.is_dir():
-        raise InputError(f"{p}: {what} folder not found")
+        raise InputError(f"{p}: {missing_reason(p, f'{what} folder')}")
     return p
 
 
@@ -192,8 +193,6 @@ def check_images(
         reader = read_grayscale
     for i, p in enumerate(paths):
         if not Path(p).is_file():
-            from medaudit.io import missing_reason
-
             bad.append((i, p, missing_reason(p, "file")))
             continue
         if reader is not None:

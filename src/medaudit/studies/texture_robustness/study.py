@@ -44,7 +44,7 @@ import typer
 
 from medaudit import __version__
 from medaudit.errors import InputError
-from medaudit.io import atomic_write_json
+from medaudit.io import atomic_write_json, missing_reason
 from medaudit.rungrid import (
     ResultStore,
     Task,
@@ -171,7 +171,7 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     if not p.exists() and not p.suffix and (_CONFIG_DIR / f"{p.name}.yaml").exists():
         p = _CONFIG_DIR / f"{p.name}.yaml"
     if not p.exists():
-        raise InputError(f"{p}: study config not found")
+        raise InputError(f"{p}: {missing_reason(p, 'study config')}")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
