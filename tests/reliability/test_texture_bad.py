@@ -581,3 +581,43 @@ def test_symlink_loops_as_inputs_are_named_as_such(cli, tmp_path):
     ]:
         line = _refused(cli, args, [tmp_path], str(path), "symlink loop")
         assert "not found" not in line
+
+
+@pytest.mark.parametrize(
+    ("bad", "what"),
+    [
+        ("shape", "does not match image shape"),
+        ("values", "outside the declared set"),
+        ("nan", "NaN or infinite"),
+        ("corrupt", "unreadable NIfTI"),
+        ("no_label", "no label matching"),
+    ],
+)
+def test_eval_bad_third_case_fails_before_any_case_is_evaluated(
+    cli, trained, volumes, tmp_path, monkeypatch, bad, what
+):
+    """``texture eval --data folder --data-path DIR``: a bad third case is found before the first is
+    scored (it used to fail only after evaluating the first two), and nothing is written."""
+    import medaudit.texture.evaluate as ev
+
+    data = _copy_volumes(volumes, tmp_path / "data")
+    img, lab = data / "images" / "s2.nii.gz", data / "labels" / "s2.nii.gz"
+    if bad == "shape":
+        _save(lab, np.zeros((20, 18, 15), np.uint8))
+    elif bad == "values":
+        _save(lab, np.full((20, 18, 16), 9, np.uint8))
+    elif bad == "nan":
+        _save(img, np.full((20, 18, 16), np.nan, np.float32))
+    elif bad == "corrupt":
+        img.write_bytes(img.read_bytes()[:100])
+    else:
+        lab.unlink()
+
+    def never(*a, **k):
+        raise AssertionError("a case was evaluated")
+
+    monkeypatch.setattr(ev, "_predict_and_score", never)
+    args = ["texture", "eval", "-m", trained / "model.pt", "--data", "folder", "--data-path", data]
+    args += ["--corruptions", "gaussian_noise", "--severities", "1", "--out", tmp_path / "e"]
+    _refused(cli, args, [tmp_path], "s2.nii.gz", what)
+    assert not (tmp_path / "e").exists()

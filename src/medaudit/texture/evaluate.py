@@ -100,6 +100,7 @@ def evaluate(
     models = _load_models(checkpoints, device)
     meta0 = models[0][2]
     version, wm = check_version(severity_version), wm_label_of(meta0["label_set"])
+    check_cases(cases, meta0["label_set"])  # every case, before the first is evaluated
     families = {c: family_of(c) for c in corruptions}
     conditions = _conditions(corruptions, severities)
     rows: list[dict[str, Any]] = []
@@ -133,6 +134,16 @@ def _conditions(corruptions: Sequence[str], severities: Sequence[int]) -> list[t
         for c in corruptions
         for s in ([0] if _is_clean(c) else severities)
     ]
+
+
+def check_cases(cases: Sequence[tdata.VolumeCase], label_set: str) -> None:
+    """Read and validate every case as evaluation will (a readable 3D NIfTI image with finite values,
+    a label map on the same grid with values in ``label_set``), one at a time and keeping nothing, so a
+    bad third case fails at once with one line naming its file, not after the first two were scored."""
+    for case in cases:
+        vol = tdata.load_case(case, label_set=label_set, normalise=False)
+        if vol["label"] is None:
+            raise InputError(f"{case.image}: evaluation needs a label map")
 
 
 def _load_labelled_case(case: tdata.VolumeCase, meta0: dict[str, Any]) -> dict[str, Any]:
