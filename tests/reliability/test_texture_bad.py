@@ -621,3 +621,40 @@ def test_eval_bad_third_case_fails_before_any_case_is_evaluated(
     args += ["--corruptions", "gaussian_noise", "--severities", "1", "--out", tmp_path / "e"]
     _refused(cli, args, [tmp_path], "s2.nii.gz", what)
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(("device", "what"), [("tpu", "not a device"), ("mps", "MPS is not available")])
+def test_study_train_device_checked_before_any_training(cli, tmp_path, monkeypatch, device, what):
+    """The study's ``train.device`` is checked like ``texture train --device``: one line naming the
+    study file and the key, exit 2, before any task runs (it used to fail inside every training task)."""
+    import medaudit.texture.train as tr
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+
+    def never(*a, **k):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(tr, "train", never)
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        f"data: {{source: mni-phantom, n_subjects: 4}}\ntrain: {{device: {device}, iterations: 2}}\n"
+        "train_filters: [none]\ntest: {corruptions: [gaussian_noise], severities: [1]}\n"
+    )
+    args = ["texture", "study", cfg, "--out", tmp_path / "st"]
+    _refused(cli, args, [tmp_path], "s.yaml", "train.device", what)
+    if not torch.cuda.is_available():
+        cfg.write_text(cfg.read_text().replace(f"device: {device}", "device: cuda:3"))
+        _refused(cli, args, [tmp_path], "s.yaml", "train.device", "no CUDA GPU")
+
+
+def test_study_train_device_auto_and_cpu_are_accepted(tmp_path):
+    from medaudit.studies.texture_robustness.study import parse_config
+
+    base = {
+        "data": {"source": "mni-phantom", "n_subjects": 4},
+        "train_filters": ["none"],
+        "test": {"corruptions": ["gaussian_noise"], "severities": [1]},
+    }
+    assert parse_config({**base, "train": {"device": "CPU"}}, "s.yaml").train["device"] == "cpu"
+    assert "device" not in parse_config({**base, "train": {"device": "auto"}}, "s.yaml").train

@@ -271,8 +271,16 @@ def _parse_train(train: Any, source: str) -> dict[str, Any]:
             raise _err(source, f"train.{k}", f"not a TrainConfig field; allowed: {', '.join(allowed_t)}")
     if train.get("mode", "filtered") not in ("filtered", "online"):
         raise _err(source, "train.mode", "expected 'filtered' (the study's protocol) or 'online'")
+    typed = _typed_train(train, source)
+    if typed.get("device") is not None:  # a device this machine lacks fails now, not in every task
+        from medaudit.device import check_device
 
-    return _typed_train(train, source)
+        device = check_device(typed["device"], flag=f"{source}: key 'train.device'")
+        if device is None:  # auto: each task picks CUDA when present
+            del typed["device"]
+        else:
+            typed["device"] = device
+    return typed
 
 
 def _check_trainable(cfg: StudyConfig, source: str) -> None:
