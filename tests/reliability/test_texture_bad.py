@@ -658,3 +658,49 @@ def test_study_train_device_auto_and_cpu_are_accepted(tmp_path):
     }
     assert parse_config({**base, "train": {"device": "CPU"}}, "s.yaml").train["device"] == "cpu"
     assert "device" not in parse_config({**base, "train": {"device": "auto"}}, "s.yaml").train
+
+
+def test_train_config_json_stores_the_absolute_data_path(cli, volumes, tmp_path, monkeypatch):
+    """``--data-path data`` (relative) is stored resolved in config.json and model.pt, so a copy of the
+    run's config.json given back to ``texture train`` from another folder finds the data (and the
+    finished model is reused as is, not trained again)."""
+    _copy_volumes(volumes, tmp_path / "work" / "data")
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["--data", "folder", "--data-path", "data", "--iterations", "1", "--patch-size", "16"]
+    rc, err = cli("texture", "train", "-o", tmp_path / "r", *args, "--channels", "4,8", "--device", "cpu")
+    assert rc == 0, err
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())["data_path"]
+    assert stored == str((tmp_path / "work" / "data").resolve())
+    model = torch.load(tmp_path / "r" / "model.pt", weights_only=True)
+    assert json.loads(model["config"])["data_path"] == stored
+    mtime = (tmp_path / "r" / "model.pt").stat().st_mtime_ns
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(tmp_path / "r" / "config.json", tmp_path / "elsewhere" / "again.json")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rc, err = cli("texture", "train", "-o", tmp_path / "r", "--config", "again.json")
+    assert rc == 0, err
+    assert (tmp_path / "r" / "model.pt").stat().st_mtime_ns == mtime
+
+
+def test_train_run_with_an_old_relative_data_path_is_reused(cli, volumes, tmp_path, monkeypatch):
+    """A run folder written when config.json stored the relative data_path (and the key was computed
+    from it): the same command from the same folder reuses its model instead of training again (a
+    guard for the change above: the key of an absolute data_path differs)."""
+    from medaudit.texture.train import TrainConfig
+
+    _copy_volumes(volumes, tmp_path / "work" / "data")
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["--data", "folder", "--data-path", "data", "--iterations", "1", "--patch-size", "16"]
+    args += ["--channels", "4,8", "--device", "cpu"]
+    rc, err = cli("texture", "train", "-o", tmp_path / "r", *args)
+    assert rc == 0, err
+    run = tmp_path / "r"
+    old = {**json.loads((run / "config.json").read_text()), "data_path": "data"}  # as old runs wrote it
+    (run / "config.json").write_text(json.dumps(old))
+    st = torch.load(run / "model.pt", weights_only=True)
+    st["config_key"] = TrainConfig.from_dict(old).key()
+    torch.save(st, run / "model.pt")
+    mtime = (run / "model.pt").stat().st_mtime_ns
+    rc, err = cli("texture", "train", "-o", run, *args)
+    assert rc == 0, err
+    assert (run / "model.pt").stat().st_mtime_ns == mtime, "the finished run was trained again"

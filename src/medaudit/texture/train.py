@@ -465,6 +465,45 @@ def absolute_case(case: tdata.VolumeCase) -> tdata.VolumeCase:
     return replace(case, image=absolute(case.image), label=absolute(case.label), mask=absolute(case.mask))
 
 
+def absolute_data_path(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``data_path`` absolute and resolved (as ``config.json`` and ``model.pt`` store it),
+    so that a later ``eval`` or a resume from another working folder finds the data. A relative path is
+    read against the current folder, as the readers always did; a path that cannot be resolved (a
+    symlink loop) is left for the reader to name."""
+    if config.data_path is None or not str(config.data_path).strip():
+        return config
+    try:
+        absolute = str(Path(config.data_path).resolve())
+    except (OSError, RuntimeError):
+        return config
+    if absolute == config.data_path:
+        return config
+    return TrainConfig.from_dict({**config.to_dict(), "data_path": absolute})
+
+
+def _relative_path_key(config: TrainConfig, out_dir: Path) -> list[str]:
+    """The content key of a run folder written before ``config.json`` held an absolute ``data_path``,
+    when that run is ``config`` (its relative path, read against the current folder, names the same
+    data: the only base such a run allows, as it recorded no working folder); else nothing. Lets such
+    a run resume (or its finished model be reused) instead of training again."""
+    p = out_dir / "config.json"
+    try:
+        old = json.loads(p.read_text()) if p.is_file() else None
+    except (OSError, ValueError):
+        return []
+    rel = old.get("data_path") if isinstance(old, dict) else None
+    if not isinstance(rel, str) or not rel.strip() or Path(rel).is_absolute():
+        return []
+    try:
+        if str(Path(rel).resolve()) != config.data_path:
+            return []
+        if TrainConfig.from_dict({**old, "data_path": config.data_path}).key() != config.key():
+            return []
+        return [TrainConfig.from_dict(old).key()]
+    except (OSError, RuntimeError, InputError):
+        return []
+
+
 def _sev_range(config: TrainConfig) -> tuple[int, int]:
     s = config.filter_severity
     if isinstance(s, int):
@@ -581,14 +620,16 @@ def train(
     """
     out_dir = Path(out_dir)
     model_path, ckpt_path = out_dir / "model.pt", out_dir / "checkpoint.pt"
+    config = absolute_data_path(config)  # config.json and model.pt name the data from any folder
     key = config.key()
+    keys = {key, *_relative_path_key(config, out_dir)}  # a run written with a relative data_path
     if resume and model_path.is_file():
         meta = load_checkpoint(model_path)
-        if meta.get("config_key") == key:
+        if meta.get("config_key") in keys:
             return model_path
     run = _setup_run(config, out_dir)
     if resume and ckpt_path.is_file():
-        _resume(run, ckpt_path, key)
+        _resume(run, ckpt_path, keys)
     end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
     t0 = time.perf_counter()
     with make_progress(disable=None if progress is None else not progress) as prog:
@@ -677,10 +718,10 @@ def _setup_run(config: TrainConfig, out_dir: Path) -> _Run:
     )
 
 
-def _resume(run: _Run, ckpt_path: Path, key: str) -> None:
+def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> None:
     """Continue from a checkpoint of the same config (weights, optimiser, scaler, RNG states, history)."""
     st = load_checkpoint(ckpt_path)
-    if st.get("config_key") != key:
+    if st.get("config_key") not in keys:
         return
     run.model.load_state_dict(st["model"])
     run.opt.load_state_dict(st["optimizer"])
