@@ -450,3 +450,23 @@ def test_broken_symlink_as_the_table_is_named_as_such(cli, audit_args, work):
     link.symlink_to(work / "data" / "moved-away.csv")
     line = _refused(cli, audit_args(link, work / "out"), [work], str(link), "broken symbolic link")
     assert "moved-away.csv" in line
+
+
+def test_text_in_the_probability_column_is_named_as_not_a_number(cli, audit_args, work):
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t)
+    df["prob"] = df["prob"].astype(object)
+    df.loc[3, "prob"] = "high"
+    df.to_csv(t, index=False)
+    _refused(
+        cli, audit_args(t, work / "out"), [work], "cases.csv", "column 'prob' row 4", "'high' is not a number"
+    )
+
+
+def test_metadata_column_empty_in_every_row_names_table_and_column(cli, audit_args, work):
+    """It used to fail inside the metadata encoder, naming neither the table nor the flag."""
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t)
+    df["view"] = np.nan
+    df.to_csv(t, index=False)
+    _refused(cli, audit_args(t, work / "out"), [work], "cases.csv", "column 'view'", "every row", "--meta")

@@ -270,6 +270,13 @@ def _as_binary(value: object) -> int | None:
     return None
 
 
+def _as_float(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
 def _as_prob(value: object) -> float | None:
     try:
         f = float(value)  # type: ignore[arg-type]
@@ -348,6 +355,13 @@ def load_case_table(
     )
     meta_df = raw[meta].copy() if meta else pd.DataFrame(index=raw.index)
     table = _keep_good(df, meta_df, probs, ids, where, min_cases, source)
+    if "metadata" in require:  # the metadata encoder cannot scale a column that has no value at all
+        empty = next((m for m in meta if len(table.meta) and table.meta[m].isna().all()), None)
+        if empty is not None:
+            kept = " of the rows kept" if table.n_skipped else ""
+            raise InputError(
+                f"{where}: column '{empty}' (metadata) is empty in every row{kept}; drop it from --meta"
+            )
     table.has_image = bool(has_image_col and len(table.df) and table.df["image"].notna().all())
     table.has_report = bool(
         has_report_col
@@ -467,6 +481,8 @@ def _parse_predictions(
             f = _as_prob(v)
             if f is None:
                 what = "is missing (NaN)" if _missing(v) else "is not in [0, 1]"
+                if not _missing(v) and _as_float(v) is None:
+                    what = "is not a number"
                 probs.add(
                     i,
                     "bad probability",
