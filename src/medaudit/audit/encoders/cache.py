@@ -9,7 +9,10 @@ Layout of ``cache_dir/<encoder-name>-<key16>/`` (``key16`` = first 16 hex digits
     index.parquet                consolidated (item, shard, row) table, rewritten at the end of a run
 
 Every file is written atomically (``medaudit.io``), and a shard counts only once its keys file exists, so a
-run killed at any point resumes with exactly the batches it had finished. Items are keyed by content
+run killed at any point resumes with exactly the batches it had finished. A damaged cache (a truncated or garbled
+shard, an index or keys file that cannot be read, a shard with non-finite values or too few rows) is
+never used: the index is rebuilt from the shards' keys files, the damaged shard's items are recomputed
+into a new shard (one warning line names the file), and the rewritten index no longer refers to it. Items are keyed by content
 (text; metadata row values; image files by resolved path + size + modification time in nanoseconds,
 ``content="stat"``, the default, or by a SHA-256 of the file's bytes with ``content="bytes"``), so
 duplicates are computed once and a changed file is recomputed.
@@ -28,6 +31,7 @@ are read-only releases, so this does not happen in practice. Use ``content="byte
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import uuid
@@ -44,6 +48,11 @@ from medaudit.io import atomic_save, atomic_write_json
 from medaudit.progress import make_progress
 
 ContentMode = Literal["bytes", "stat"]
+
+log = logging.getLogger("medaudit")
+
+# what a damaged cache file raises when read (pyarrow's errors are ValueError / OSError subclasses)
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError)
 
 
 def _sha(data: bytes) -> str:
@@ -134,24 +143,79 @@ def cache_folder(encoder: Encoder, cache_dir: str | os.PathLike[str]) -> Path:
     return Path(cache_dir) / f"{safe}-{encoder.cache_key()[:16]}"
 
 
-def _load_index(folder: Path) -> pd.DataFrame:
+def _load_index(folder: Path, damaged: list[str] | None = None) -> pd.DataFrame:
+    """The cache's (item, shard, row) table: ``index.parquet`` plus the keys files of shards it does not
+    cover. An unreadable index or keys file is skipped (its shards' items are then recomputed) and
+    named in ``damaged``."""
     parts = []
     covered: set[str] = set()
     idx_path = folder / "index.parquet"
     if idx_path.is_file():
-        idx = pd.read_parquet(idx_path)
-        parts.append(idx[["item", "shard", "row"]])
-        covered = set(idx["shard"].unique())
+        try:
+            idx = pd.read_parquet(idx_path, columns=["item", "shard", "row"])
+            idx = idx.astype({"item": str, "shard": str, "row": np.int64})
+        except _READ_ERRORS:
+            _damaged(idx_path, "cannot be read; rebuilt from the shards' keys files", damaged)
+        else:
+            parts.append(idx)
+            covered = set(idx["shard"].unique())
     for kf in sorted(folder.glob("shard-*.keys.parquet")):
         shard = kf.name[: -len(".keys.parquet")]
         if shard in covered or not (folder / f"{shard}.npy").is_file():
             continue
-        keys = pd.read_parquet(kf)
-        parts.append(pd.DataFrame({"item": keys["item"], "shard": shard, "row": np.arange(len(keys))}))
+        try:
+            keys = pd.read_parquet(kf, columns=["item"])["item"].astype(str)
+        except _READ_ERRORS:
+            _damaged(kf, "cannot be read; its items are recomputed", damaged)
+            continue
+        parts.append(pd.DataFrame({"item": keys, "shard": shard, "row": np.arange(len(keys))}))
     if not parts:
         return pd.DataFrame({"item": pd.Series(dtype=str), "shard": pd.Series(dtype=str), "row": []})
     df = pd.concat(parts, ignore_index=True)
     return df.drop_duplicates("item", keep="first").reset_index(drop=True)
+
+
+def _damaged(path: Path, why: str, damaged: list[str] | None) -> None:
+    log.warning("embedding cache: %s is damaged (%s)", path, why)
+    if damaged is not None:
+        damaged.append(str(path))
+
+
+def _shard_problem(path: Path, rows: np.ndarray) -> str | None:
+    """Why the shard at ``path`` cannot serve ``rows`` (``None``: it can): unreadable, not a 2D float32
+    array, too few rows, or non-finite values in those rows (a shard is written only when finite)."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        return "missing"
+    except _READ_ERRORS:
+        return "cannot be read"
+    try:
+        if arr.ndim != 2 or arr.dtype != np.float32:
+            return f"holds a {arr.dtype} array of shape {arr.shape}, not (rows, dim) float32"
+        if len(rows) and int(rows.max()) >= arr.shape[0]:
+            return f"has {arr.shape[0]} rows, the index refers to row {int(rows.max())}"
+        if not np.isfinite(arr[np.sort(rows)]).all():
+            return "holds non-finite values"
+    except _READ_ERRORS:  # a file shorter than its header says
+        return "cannot be read"
+    finally:
+        del arr
+    return None
+
+
+def _drop_damaged(folder: Path, index: pd.DataFrame, keys: list[str], damaged: list[str]) -> pd.DataFrame:
+    """``index`` without the shards that cannot serve the rows ``keys`` need (their items are then
+    recomputed, and the rewritten index no longer refers to them); each is named in ``damaged``."""
+    need = index[index["item"].isin(set(keys))]
+    bad = []
+    for shard, rows in need.groupby("shard", sort=True)["row"]:
+        path = folder / f"{shard}.npy"
+        why = _shard_problem(path, rows.to_numpy(dtype=np.int64))
+        if why is not None:
+            _damaged(path, f"{why}; its items are recomputed", damaged)
+            bad.append(shard)
+    return index[~index["shard"].isin(bad)].reset_index(drop=True) if bad else index
 
 
 def encode_cached(
@@ -191,7 +255,8 @@ def encode_cached(
     folder = _prepare_folder(encoder, cache_dir)
     with make_progress(disable=None if progress else True) as prog:
         keys = _hash_inputs(encoder, inputs, content, prog)
-        index = _load_index(folder)
+        damaged: list[str] = []
+        index = _drop_damaged(folder, _load_index(folder, damaged), keys, damaged)
         where: dict[str, tuple[str, int]] = dict(
             zip(index["item"], zip(index["shard"], index["row"].astype(int), strict=True), strict=True)
         )
@@ -210,7 +275,7 @@ def encode_cached(
             prog.advance(enc_task, len(chunk))
             if on_batch is not None:
                 on_batch(stop, len(todo))
-    if new_rows or not (folder / "index.parquet").is_file():
+    if new_rows or damaged or not (folder / "index.parquet").is_file():
         full = pd.concat([index, *new_rows], ignore_index=True) if new_rows else index
         with atomic_save(folder / "index.parquet") as tmp:
             full.to_parquet(tmp, index=False)
