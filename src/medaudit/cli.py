@@ -266,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         _say(f"error: {exc.filename or exc}: file not found")
         return 2
-    except (KeyboardInterrupt, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        if isinstance(exc.__cause__, EOFError):  # typer turns an EOFError (a truncated file) into Abort
+            return _internal(exc.__cause__)
         return _interrupted()
     except typer.Exit as exc:
         rc = int(exc.exit_code or 0)

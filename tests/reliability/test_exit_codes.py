@@ -74,6 +74,16 @@ def test_internal_error_is_1_with_one_line(cli, audit_args, table, tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+def test_eof_error_is_not_an_interruption(cli, audit_args, table, tmp_path, monkeypatch):
+    """typer turns an EOFError (a truncated file read to its end) into Abort, as it does Ctrl-C: it must
+    still be an error with one line, not ``interrupted`` with 130."""
+    _patch_run(monkeypatch, EOFError("No data left in file"))
+    rc, err = cli(*audit_args(table, tmp_path / "out"))
+    line = one_line(err)
+    assert rc == 1 and "internal error: EOFError: No data left in file" in line, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_traceback_on_request(cli, audit_args, table, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDAUDIT_TRACEBACK", "1")
     _patch_run(monkeypatch, ZeroDivisionError("boom"))
