@@ -723,12 +723,17 @@ def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> None:
     st = load_checkpoint(ckpt_path)
     if st.get("config_key") not in keys:
         return
-    run.model.load_state_dict(st["model"])
-    run.opt.load_state_dict(st["optimizer"])
-    run.scaler.load_state_dict(st["scaler"])
-    _set_rng_state(st["rng"])
-    run.start = int(st["iteration"])
-    run.history = {"loss": list(st["history_loss"]), "val_dice": [list(x) for x in st["history_val"]]}
+    try:
+        run.model.load_state_dict(st["model"])
+        run.opt.load_state_dict(st["optimizer"])
+        run.scaler.load_state_dict(st["scaler"])
+        _set_rng_state(st["rng"])
+        run.start = int(st["iteration"])
+        run.history = {"loss": list(st["history_loss"]), "val_dice": [list(x) for x in st["history_val"]]}
+    except Exception:  # a torch file of this config with missing keys, wrong shapes or wrong types
+        raise InputError(
+            f"{ckpt_path}: a damaged checkpoint (inconsistent contents); delete it to start the run over"
+        ) from None
 
 
 def _iteration(run: _Run, config: TrainConfig, it: int) -> float:
