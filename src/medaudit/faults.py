@@ -4,7 +4,9 @@
 first time it reaches the named point, so tests can kill or interrupt a real run at a known phase:
 
 - ``audit:embed``: after the first modality's embeddings are computed (and cached);
+- ``audit:slice``: in the slicing phase, after the mixture slicer is fitted (before the rule search);
 - ``audit:write``: in the write phase, after ``slices.json`` is staged and before the output is published;
+- ``audit:report``: in the write phase, after ``report.html`` is staged and before the output is published;
 - ``train:checkpoint``: during training, right after the first checkpoint is saved.
 """
 

@@ -106,3 +106,17 @@ def test_training_interrupted_killed_and_resumed_equals_uninterrupted(trained, t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((run / MARKER).read_text())["kind"] == "texture-train"
     assert _leftovers(tmp_path, "run") == []
+
+
+@pytest.mark.parametrize("point", ["audit:slice", "audit:report"])
+def test_audit_ctrl_c_while_slicing_or_writing_the_report(reference, tmp_path, point):
+    """SIGINT in the slicing phase and right after report.html is staged: 130, one line, nothing left."""
+    table, _ = reference
+    out = tmp_path / "out"
+    r = run_sub(
+        ["audit", "--table", table, "--out", out, *AUDIT_FAST, "--cache-dir", tmp_path / "cache"],
+        {"MEDAUDIT_FAULT": f"{point}@INT"},
+    )
+    assert r.returncode == 130, r.stderr
+    assert one_line(r.stderr).startswith("interrupted: nothing was written to")
+    assert not out.exists() and _leftovers(tmp_path, "out") == []

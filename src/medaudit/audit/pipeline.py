@@ -643,6 +643,7 @@ def _write_outputs(
         from medaudit.report.audit_report import write_audit_report
 
         write_audit_report(stage / REPORT_FILE, payload, table, scores, fused)
+        fault_point("audit:report")
         paths["report"] = out / REPORT_FILE
     return paths
 
@@ -789,6 +790,7 @@ def _discover(
     targets = table.df["label"].to_numpy().astype(np.int64)
     probs = table.df["prob"].to_numpy().astype(np.float64)
     fused, scores, slicer_err, slicer_score = _fit_mixture(slicer, embs, config, targets, probs, progress)
+    fault_point("audit:slice")
     families = ["mixture"] * scores.shape[1]
     predicates, rule_slicer = None, None
     if family in ("rules", "both") or concepts is not None:
