@@ -128,3 +128,21 @@ def test_every_config_refuses_non_finite_numbers():
         C(x=float("nan"))
     with pytest.raises(ValueError, match="finite number"):
         ResourcesModel(cpus_per_task=float("inf"))
+
+
+def test_missing_reason_tells_what_is_there(tmp_path):
+    from medaudit.io import missing_reason
+
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    broken = tmp_path / "broken"
+    broken.symlink_to(tmp_path / "gone.csv")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "f.txt").write_text("x")
+    assert "symlink loop" in missing_reason(loop, "table file")
+    assert "broken symbolic link" in missing_reason(broken, "table file")
+    assert "gone.csv" in missing_reason(broken)
+    assert missing_reason(tmp_path / "nope.csv", "table file") == "table file not found"
+    assert missing_reason(tmp_path / "dir", "config file") == "is a folder, not a config file"
+    assert missing_reason(tmp_path / "f.txt", "NIfTI folder") == "is a file, not a NIfTI folder"
+    assert "not a regular file" in missing_reason("/dev/null", "config file")

@@ -31,9 +31,10 @@ def check_unique_header(path: str | os.PathLike[str], names: Iterable[object]) -
 
 
 def missing_reason(path: str | os.PathLike[str], what: str = "file") -> str:
-    """Why ``path`` cannot be opened, for a one-line message: ``'<what> not found'`` unless the path
-    exists in some form: a symlink loop, a broken symbolic link, or a folder that may not be searched
-    (``os.stat`` tells them apart; ``Path.is_file`` says ``False`` for all of them)."""
+    """Why ``path`` cannot be used as ``what``, for a one-line message: ``'<what> not found'`` unless the
+    path exists in some form: a symlink loop, a broken symbolic link, a folder that may not be searched
+    (``os.stat`` tells them apart; ``Path.is_file`` says ``False`` for all of them), or something of
+    another kind (a folder, a file, a device such as ``/dev/null``)."""
     import errno
 
     p = os.fspath(path)
@@ -53,7 +54,11 @@ def missing_reason(path: str | os.PathLike[str], what: str = "file") -> str:
         if exc.errno == errno.ENAMETOOLONG:
             return f"{what} name is too long"
         return f"{what} not found"
-    return f"{what} not found"
+    if os.path.isdir(p):
+        return f"is a folder, not a {what}"
+    if os.path.isfile(p):
+        return f"is a file, not a {what}"
+    return f"is not a regular file or folder (a device, pipe or socket), not a {what}"
 
 
 def _umask() -> int:
