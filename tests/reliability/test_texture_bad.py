@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -704,3 +705,26 @@ def test_train_run_with_an_old_relative_data_path_is_reused(cli, volumes, tmp_pa
     rc, err = cli("texture", "train", "-o", run, *args)
     assert rc == 0, err
     assert (run / "model.pt").stat().st_mtime_ns == mtime, "the finished run was trained again"
+
+
+@pytest.mark.parametrize(
+    ("flags", "what"),
+    [
+        (["--corruptions", "nope"], "unknown corruption 'nope'"),
+        (["--corruptions", "gaussian_noise,gaussian_noise"], "'gaussian_noise' is listed twice"),
+        (["--corruptions", ",", "--no-clean"], "nothing to evaluate"),
+    ],
+)
+def test_eval_bad_corruptions_name_the_flag(cli, trained, tmp_path, flags, what):
+    args = ["texture", "eval", "-m", trained / "model.pt", "--out", tmp_path / "e", *flags]
+    _refused(cli, args, [tmp_path], "--corruptions", what)
+
+
+def test_eval_of_the_clean_scans_only(cli, trained, tmp_path):
+    """``--corruptions none``: the clean scans once (it crashed printing the summary, exit 1, after
+    writing; and 'none' with --clean evaluated them twice)."""
+    args = ["texture", "eval", "-m", trained / "model.pt", "--out", tmp_path / "e", "--corruptions", "none"]
+    rc, err = cli(*args, "--no-report", "--no-texture-bias")
+    assert rc == 0, err
+    res = pd.read_csv(tmp_path / "e" / "results.csv")
+    assert set(res["corruption"]) == {"none"} and not res.duplicated().any()

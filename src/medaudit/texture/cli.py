@@ -329,7 +329,7 @@ def eval_command(
     from medaudit.texture.evaluate import evaluate, example_slices
     from medaudit.texture.report import format_table, write_report
 
-    corrs = _names(corruptions)
+    corrs = _eval_corruptions(corruptions, clean)
     levels_in = _ints(severities, "severities", lo=1, hi=5, unique=True)
     cases = _cases_for_eval(model, data, data_path, split)
     inputs = [*model, data_path, *(c.image for c in cases), *(c.label for c in cases)]
@@ -352,6 +352,30 @@ def eval_command(
             write_report(df, stage / "report.html", ex, texture_bias=bias)
     _print_eval_summary(df, summary, bias)
     typer.echo(f"results: {out / 'results.csv'}")
+
+
+def _eval_corruptions(text: str, clean: bool) -> list[str]:
+    """The ``--corruptions`` of ``texture eval``: registered names, each once (a clean spelling such as
+    ``none`` only adds the clean scans, as ``--clean`` does); one line naming the flag otherwise, and
+    when nothing at all would be evaluated."""
+    from medaudit.texture.filters.registry import FILTERS, is_clean
+
+    names = _names(text)
+    seen: list[str] = []
+    for n in names:
+        if not is_clean(n) and n not in FILTERS:
+            raise InputError(
+                f"--corruptions {text!r}: unknown corruption '{n}'; known: {', '.join(sorted(FILTERS))}"
+            )
+        if n in seen:
+            raise InputError(f"--corruptions {text!r}: '{n}' is listed twice")
+        seen.append(n)
+    corrs = [n for n in seen if not is_clean(n)]
+    if len(corrs) < len(seen) and not clean:
+        corrs.insert(0, "none")  # the clean scans, asked for by name
+    if not corrs and not clean:
+        raise InputError(f"--corruptions {text!r}: names no corruption, and --no-clean: nothing to evaluate")
+    return corrs
 
 
 #: summary columns printed by ``texture eval``, in this order, when present

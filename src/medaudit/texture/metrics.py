@@ -126,7 +126,7 @@ def mean_dice_table(results: pd.DataFrame) -> pd.DataFrame:
     corr = sc[sc["severity"] > 0]
     tab = corr.groupby(["model", "corruption"])["dice"].mean().unstack("corruption")
     clean = sc[sc["severity"] == 0].groupby("model")["dice"].mean().rename("clean")
-    out = pd.concat([clean, tab], axis=1)
+    out = pd.concat([clean.to_frame(), tab], axis=1)  # a frame: tab has no column when only clean scans ran
     out.index.name = "model"
     return out
 
