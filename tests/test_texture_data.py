@@ -124,6 +124,19 @@ def test_csv_reader(tmp_path):
         td.read_csv_pairs(tmp_path / "nocol.csv")
 
 
+def test_csv_reader_line_longer_than_the_header(tmp_path):
+    """A trailing comma the header lacks (or a shifted line) was read with the extra field dropped."""
+    img, lab = _pair()
+    _save(tmp_path / "v" / "x.nii.gz", img)
+    _save(tmp_path / "v" / "x_lab.nii.gz", lab)
+    (tmp_path / "p.csv").write_text("id,image,label\ncase1,v/x.nii.gz,v/x_lab.nii.gz,\n")
+    with pytest.raises(InputError, match=r"p\.csv: line 2 has 4 fields, the header has 3"):
+        td.read_csv_pairs(tmp_path / "p.csv")
+    commas = "id,image,label,\ncase1,v/x.nii.gz,v/x_lab.nii.gz,\n"  # a trailing comma on every line
+    (tmp_path / "q.csv").write_text(commas)
+    assert [c.case_id for c in td.read_csv_pairs(tmp_path / "q.csv")] == ["case1"]
+
+
 def _case(tmp_path, img, lab, img_aff=AFF, lab_aff=AFF):
     i = _save(tmp_path / "img.nii.gz", img, img_aff)
     la = _save(tmp_path / "lab.nii.gz", lab, lab_aff)

@@ -318,6 +318,9 @@ def read_csv_pairs(
         raise InputError(f"{path}: missing column '{label_col}'")
     cases, seen = [], set()
     for i, row in enumerate(rows, start=2):
+        if None in row:  # more fields than the header (a trailing comma the header lacks, a shifted line)
+            n = len(row) - 1 + len(row[None])  # type: ignore[arg-type]
+            raise InputError(f"{path}: line {i} has {n} fields, the header has {len(row) - 1}")
         img = (row.get(image_col) or "").strip()
         if not img:
             raise InputError(f"{path}: line {i}: empty '{image_col}'")
