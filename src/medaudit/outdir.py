@@ -196,6 +196,8 @@ def _refusal(path: Path, kind: str, force: bool, in_place: bool) -> str | None:
         entries = [e.name for e in os.scandir(path)]
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
+    if not os.access(path, os.W_OK | os.X_OK):  # a run would fail only when it publishes, its work lost
+        return "is not writable (permission denied); choose another folder or change its permissions"
     if not entries:
         return None
     mark = read_marker(path)
@@ -321,8 +323,17 @@ def _publish(claim: OutputClaim) -> None:
         _publish_beside(claim, names, foreign)
         return
     old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_OLD}"))
-    os.replace(path, old / "x")
-    os.replace(stage, path)
+    try:
+        os.replace(path, old / "x")
+    except OSError as exc:  # e.g. --out not writable: moving a folder updates its '..'
+        shutil.rmtree(old, ignore_errors=True)
+        raise InputError(f"{claim.flag} {path}: cannot replace it ({exc.strerror})") from None
+    try:
+        os.replace(stage, path)
+    except BaseException:
+        os.replace(old / "x", path)  # the earlier output goes back in place
+        shutil.rmtree(old, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -360,8 +371,9 @@ def _open(claim: OutputClaim) -> bool:
             _write_marker(path, claim.kind, "running")
             return created
         stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_STAGING}"))
-    except OSError as exc:
-        raise InputError(f"{flag} {path}: cannot write in {path.parent} ({exc.strerror})") from None
+    except OSError as exc:  # the folder that refused: --out's parent, or --out itself (in place)
+        where = Path(exc.filename).parent if exc.filename else path.parent
+        raise InputError(f"{flag} {path}: cannot write in {where} ({exc.strerror})") from None
     claim.stage = stage
     _write_marker(stage, claim.kind, "staging")
     return False
