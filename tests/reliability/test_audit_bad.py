@@ -13,7 +13,7 @@ from PIL import Image
 
 from medaudit.outdir import MARKER, claim_output
 
-from .conftest import make_table
+from .conftest import make_table, one_line
 from .conftest import refused as _refused
 
 
@@ -470,3 +470,17 @@ def test_metadata_column_empty_in_every_row_names_table_and_column(cli, audit_ar
     df["view"] = np.nan
     df.to_csv(t, index=False)
     _refused(cli, audit_args(t, work / "out"), [work], "cases.csv", "column 'view'", "every row", "--meta")
+
+
+def test_table_with_only_a_header_is_one_line(audit_args, work):
+    """No data row: one line on stderr saying so (a vacuous 'every report is empty' warning came
+    first; in a subprocess, as a user sees it: the warning does not reach pytest's captured stderr)."""
+    from .conftest import run_sub
+
+    t = work / "data" / "cases.csv"
+    t.write_text(t.read_text().splitlines()[0] + "\n")
+    proc = run_sub(audit_args(t, work / "out"))
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert "cases.csv" in line and "0 valid cases" in line and "report" not in line
+    assert not (work / "out").exists()

@@ -545,7 +545,8 @@ def _load_table(
     # first pass without the report and size checks, so that row errors keep their usual order
     table = load_case_table(source, config.columns, config.meta, require=require, min_cases=0, **kw)
     embed_text = "report" in modalities and "report" not in config.embeddings
-    if (embed_text or family in ("rules", "both")) and not table.has_report:
+    too_few = len(table) < min_cases  # the second pass names that alone (no vacuous 'every report is empty')
+    if (embed_text or family in ("rules", "both")) and not table.has_report and not too_few:
         has_text = any(isinstance(r, str) and r.strip() for r in table.df["report"])
         if has_text or config.columns.report_path is not None:
             # some reports empty, or report files unreadable: the strict check names the rows (or
