@@ -7,10 +7,11 @@ import torch
 from medaudit.errors import InputError
 
 
-def check_device(spec: str | None, flag: str = "--device") -> str | None:
+def check_device(spec: str | None, flag: str = "--device", *, here: bool = True) -> str | None:
     """Validate a device option before any work: ``None``/``auto`` (pick one), ``cpu``, ``cuda`` or
     ``cuda:N`` on a machine that has that GPU, or ``mps`` where available. Returns the spec (``None``
-    for auto); raises a one-line :class:`InputError` naming ``flag`` otherwise."""
+    for auto); raises a one-line :class:`InputError` naming ``flag`` otherwise. ``here=False`` checks
+    the spelling only: the device belongs to other machines (Ray workers), not this one."""
     if spec is None or str(spec).strip().lower() in ("", "auto"):
         return None
     s = str(spec).strip().lower()
@@ -18,17 +19,18 @@ def check_device(spec: str | None, flag: str = "--device") -> str | None:
         dev = torch.device(s)
     except (RuntimeError, ValueError):
         raise InputError(f"{flag} {s!r}: not a device; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"{flag} {s!r}: medaudit runs on cpu, cuda or mps, not {dev.type}")
+    if not here:
+        return s
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
             raise InputError(f"{flag} {s!r}: no CUDA GPU is available on this machine; use cpu or auto")
         if dev.index is not None and dev.index >= n:
             raise InputError(f"{flag} {s!r}: this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1})")
-    elif dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise InputError(f"{flag} {s!r}: MPS is not available on this machine; use cpu or auto")
-    elif dev.type != "cpu":
-        raise InputError(f"{flag} {s!r}: medaudit runs on cpu, cuda or mps, not {dev.type}")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InputError(f"{flag} {s!r}: MPS is not available on this machine; use cpu or auto")
     return s
 
 

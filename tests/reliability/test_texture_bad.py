@@ -728,3 +728,24 @@ def test_eval_of_the_clean_scans_only(cli, trained, tmp_path):
     assert rc == 0, err
     res = pd.read_csv(tmp_path / "e" / "results.csv")
     assert set(res["corruption"]) == {"none"} and not res.duplicated().any()
+
+
+def test_study_cuda_device_left_to_ray_workers(tmp_path):
+    """A study sent to a Ray cluster may ask for ``cuda`` from a CPU-only driver: the config is read
+    with the spelling checked only; availability is checked where the tasks run (locally: by the CLI)."""
+    from medaudit.device import check_device
+    from medaudit.errors import InputError
+    from medaudit.studies.texture_robustness.study import parse_config
+
+    base = {
+        "data": {"source": "mni-phantom", "n_subjects": 4},
+        "train_filters": ["none"],
+        "test": {"corruptions": ["gaussian_noise"], "severities": [1]},
+    }
+    assert parse_config({**base, "train": {"device": "cuda:1"}}, "s.yaml").train["device"] == "cuda:1"
+    with pytest.raises(InputError, match="not a device"):
+        parse_config({**base, "train": {"device": "tpu"}}, "s.yaml")
+    assert check_device("cuda:7", here=False) == "cuda:7"
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            check_device("cuda:7")

@@ -272,10 +272,10 @@ def _parse_train(train: Any, source: str) -> dict[str, Any]:
     if train.get("mode", "filtered") not in ("filtered", "online"):
         raise _err(source, "train.mode", "expected 'filtered' (the study's protocol) or 'online'")
     typed = _typed_train(train, source)
-    if typed.get("device") is not None:  # a device this machine lacks fails now, not in every task
+    if typed.get("device") is not None:  # spelling now; availability where the tasks run (check_study_device)
         from medaudit.device import check_device
 
-        device = check_device(typed["device"], flag=f"{source}: key 'train.device'")
+        device = check_device(typed["device"], flag=f"{source}: key 'train.device'", here=False)
         if device is None:  # auto: each task picks CUDA when present
             del typed["device"]
         else:
@@ -647,6 +647,10 @@ def study_command(
     from rich.table import Table
 
     cfg = load_config(config)
+    if not ray_address and cfg.train.get("device"):  # local tasks: this machine must have the device
+        from medaudit.device import check_device
+
+        check_device(cfg.train["device"], flag=f"{config}: key 'train.device'")
     out_dir = out or Path(f"study-{cfg.name}")
     tasks = build_tasks(cfg)
     console = Console()
