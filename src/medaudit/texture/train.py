@@ -26,6 +26,7 @@ import inspect
 import json
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,7 +396,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise InputError(f"{p}: is not a file (expected a model.pt written by medaudit texture train)")
     try:
-        st = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it
+            warnings.simplefilter("ignore")
+            st = torch.load(p, map_location="cpu", weights_only=True)
     except Exception:
         raise InputError(f"not a medaudit model, or unsafe to load: {p}") from None
     if not isinstance(st, dict):

@@ -209,7 +209,9 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise InputError(f"{p}: weights file not found")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InputError(f"{p}: cannot load weights with weights_only=True ({type(exc).__name__})") from exc
     for k in ("state_dict", "model_state_dict", "model"):
@@ -330,15 +332,16 @@ def load_xrv_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     if not p.is_file():
         raise InputError(f"{p}: torchxrayvision weights file not found")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:
-        try:
-            with torch.serialization.safe_globals(_xrv_safe_globals()):
+        with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it
+            warnings.simplefilter("ignore")
+            try:
                 obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(
-                f"{p}: cannot load with weights_only=True ({type(exc).__name__}: {exc})"
-            ) from exc
+            except Exception:
+                with torch.serialization.safe_globals(_xrv_safe_globals()):
+                    obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        # torch's message suggests weights_only=False: medaudit never suggests unsafe loading
+        raise InputError(f"{p}: cannot load with weights_only=True ({type(exc).__name__})") from exc
     if isinstance(obj, nn.Module):
         for mod in obj.modules():  # same patch xrv applies to its old pickles
             if not hasattr(mod, "_non_persistent_buffers_set"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -247,8 +248,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         model = clf._build()
         if clf.arch == "efficientnet-lite0":
             pass  # weights are overwritten below
-        state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        try:
+            with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it
+                warnings.simplefilter("ignore")
+                state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception:  # not a torch file, unsafe to load, truncated, or weights that do not fit
+            raise InputError(f"{folder / 'model.pt'}: not a saved classifier, or unsafe to load") from None
         clf.model_ = model.to(default_device(clf.device)).eval()
         clf.classes_ = np.array([0, 1])
         clf.n_features_in_ = clf._size() ** 2
