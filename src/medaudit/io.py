@@ -75,11 +75,53 @@ def _publish_mode(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
+#: less free space than this after a failed write means the disk is full, whatever the writer raised
+_FULL_BYTES = 1 << 20
+
+
+def _write_error(exc: BaseException, path: Path) -> OSError | None:
+    """The error to raise instead of ``exc``, raised while writing ``path`` (``None``: ``exc`` itself).
+
+    A full disk is an ``OSError`` naming ``path`` (the command line shows it as one line, exit 2):
+    ``write`` reports ENOSPC without a file name, ``torch.save`` as a ``RuntimeError`` ('unexpected pos'),
+    so any writer's error on a disk with less than 1 MiB left counts as one. An ``OSError`` that names no
+    file, or only the temporary file, is given ``path``'s name.
+    """
+    import errno
+
+    from medaudit.errors import InputError
+
+    if not isinstance(exc, Exception) or isinstance(exc, InputError):
+        return None  # Ctrl-C, SIGTERM, a bad input found while writing: as they are
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = exc.filename
+        if name is not None and not Path(str(name)).name.startswith(f".{path.name}."):
+            return None
+        return OSError(exc.errno, os.strerror(exc.errno), str(path))
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize < _FULL_BYTES:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
+
+
+def _mkstemp(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise (_write_error(exc, path) or exc) from None
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename.
+
+    On any failure the temporary file is removed and ``path`` is left as it was; a full disk is an
+    ``OSError`` naming ``path``."""
+    path = Path(path)
+    fd, tmp = _mkstemp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -87,9 +129,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             os.fsync(fh.fileno())
         _publish_mode(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        err = _write_error(exc, path)  # before the temporary file frees its space
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if err is not None:
+            raise err from exc
         raise
     return path
 
@@ -121,10 +166,10 @@ def atomic_save(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it is renamed onto ``path``, on failure removed.
 
     Works for libraries that insist on writing to a path themselves (``torch.save``, ``df.to_parquet``).
+    A full disk is an ``OSError`` naming ``path`` (see :func:`_write_error`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp(path)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -132,9 +177,12 @@ def atomic_save(path: str | os.PathLike[str]) -> Iterator[Path]:
         if tmp_path.exists():
             _publish_mode(tmp_path)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
+        err = _write_error(exc, path)  # before the temporary file frees its space
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if err is not None:
+            raise err from exc
         raise
 
 

@@ -55,6 +55,7 @@ __all__ = [
 
 MARKER = ".medaudit-output"
 _STAGING = ".staging-"
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk (or a quota, or a file size limit) is full
 _OLD = ".old-"
 
 # What the most recent claim left behind when it was interrupted; ``cli.main`` prints it on Ctrl-C.
@@ -436,6 +437,9 @@ def claim_output(
                     _publish(claim)
             except BaseException as exc:
                 _abandon(claim, created, keep_if, exc)
+                if isinstance(exc, OSError) and exc.filename is None and exc.errno in _FULL:
+                    # a write straight into the output (df.to_csv) says ENOSPC without a file: name --out
+                    raise OSError(exc.errno, os.strerror(exc.errno), str(out)) from exc
                 raise
     except BaseException:
         if not os.path.lexists(out):
