@@ -484,3 +484,56 @@ def test_table_with_only_a_header_is_one_line(audit_args, work):
     line = one_line(proc.stderr)
     assert "cases.csv" in line and "0 valid cases" in line and "report" not in line
     assert not (work / "out").exists()
+
+
+def _images_with_a_truncated_one(work: Path, tmp_path: Path, bad: int = 3) -> Path:
+    """The table's cases get 64x64 PNGs; row ``bad + 1``'s is cut in half (its header still reads)."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    df = pd.read_csv(work / "data" / "cases.csv")
+    rng = np.random.default_rng(0)
+    for i in df.index:
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(imgs / f"{i}.png")
+    data = (imgs / f"{bad}.png").read_bytes()
+    (imgs / f"{bad}.png").write_bytes(data[: len(data) // 2])
+    df["image"] = [str(imgs / f"{i}.png") for i in df.index]
+    t = work / "data" / "cases.csv"
+    df.to_csv(t, index=False)
+    return t
+
+
+_IMAGE_FAST = ["--modalities", "report,metadata,image", "--image-encoder", "efficientnet-lite0"]
+_IMAGE_FAST += ["--encoder-opt", "image.size=32", "--encoder-opt", "image.batch_size=4"]
+
+
+def test_image_that_cannot_be_decoded_names_image_and_row(cli, audit_args, work, tmp_path, monkeypatch):
+    """It passes the table's checks (its header reads) and fails while embedding: the line names the
+    table, the image column, the row and the image (it used to name the image alone); ``--skip-bad``
+    drops it (it used to fail the same way), with one warning, from every modality, and no image is
+    decoded twice for it."""
+    import medaudit.audit.encoders.image as image_mod
+
+    t = _images_with_a_truncated_one(work, tmp_path)
+    line = _refused(cli, audit_args(t, work / "out", *_IMAGE_FAST), [work], "cases.csv", "column 'image'")
+    assert "row 4 (id 'c003')" in line and "3.png" in line and "truncated" in line
+
+    reads: list[str] = []
+    real = image_mod.read_grayscale
+
+    def counting(path):
+        reads.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(image_mod, "read_grayscale", counting)
+    cache = tmp_path / "cache"  # nothing cached yet: every image is read
+    with pytest.warns(UserWarning, match=r"cases\.csv: 1 image\(s\) cannot be decoded.*row 4 \(id 'c003'\)"):
+        rc, err = cli(*audit_args(t, work / "out", *_IMAGE_FAST, "--skip-bad", "--cache-dir", cache))
+    assert rc == 0, err
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == 40  # each image read once
+    payload = json.loads((work / "out" / "slices.json").read_text())
+    assert payload["counts"]["skipped_rows"] == 1
+    assert payload["counts"]["skipped_reasons"] == {"unreadable image": 1}
+    assert payload["counts"]["cases"] == 39
+    assert any("row 4" in w for w in payload["warnings"])
+    members = pd.read_parquet(work / "out" / "membership.parquet")
+    assert "c003" not in set(members["id"]) and len(members) == 39

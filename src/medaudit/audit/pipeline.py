@@ -149,10 +149,41 @@ def _encode(
     memmap_dir: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Embeddings per modality: in-memory arrays (aligned with the table), precomputed files, else the
-    encoder through the on-disk cache (into ``memmap_dir/<modality>.npy``, memory-mapped, when given)."""
+    encoder through the on-disk cache (into ``memmap_dir/<modality>.npy``, memory-mapped, when given).
+    An image that cannot be decoded raises, naming the image and its case."""
+    return _encode_table(table, config, modalities, progress, precomputed, memmap_dir)[0]
+
+
+def _unreadable_images(table: CaseTable, config: AuditConfig, skipped: dict[int, str]) -> Any:
+    """The ``on_unreadable`` callback of :func:`encode_cached`: one line naming the table, the image
+    column and the row (``--skip-bad``: the cases are recorded in ``skipped`` instead)."""
+    where = str(table.source) if table.source is not None else "table"
+
+    def on_unreadable(positions: list[int], exc: Exception) -> None:
+        if not config.skip_bad:
+            raise InputError(f"{where}: column '{config.columns.image}' {table.row(positions[0])}: {exc}")
+        for i in positions:
+            skipped[i] = str(exc)
+
+    return on_unreadable
+
+
+def _encode_table(
+    table: CaseTable,
+    config: AuditConfig,
+    modalities: tuple[str, ...],
+    progress: Any,
+    precomputed: dict[str, np.ndarray] | None = None,
+    memmap_dir: Path | None = None,
+    audit_warnings: list[str] | None = None,
+) -> tuple[dict[str, np.ndarray], CaseTable, np.ndarray | None]:
+    """:func:`_encode`, images first; with ``audit_warnings`` (the audit's own table), images that cannot
+    be decoded are bad rows: ``--skip-bad`` drops them (one warning) before the other modalities are
+    embedded. Returns the embeddings, the table, and the positions kept (``None``: all)."""
     out: dict[str, np.ndarray] = {}
+    kept: np.ndarray | None = None
     ids = table.ids
-    for m in modalities:
+    for m in sorted(modalities, key=lambda m: m != "image"):
         task = progress.add_task(f"embed {m}", total=1)
         if precomputed is not None and m in precomputed:
             out[m] = np.asarray(precomputed[m], dtype=np.float32)
@@ -192,6 +223,7 @@ def _encode(
                     content=config.cache_content,
                 )
             else:
+                skipped: dict[int, str] = {}
                 emb = encode_cached(
                     encoder,
                     ids,
@@ -201,13 +233,35 @@ def _encode(
                     on_batch=_on_batch,
                     content=config.cache_content,  # type: ignore[arg-type]
                     out=memmap_dir / f"{m}.npy" if memmap_dir is not None else None,
+                    on_unreadable=_unreadable_images(table, config, skipped)
+                    if audit_warnings is not None and m == "image"
+                    else None,
                 )
+                if skipped:
+                    emb, table, kept = _skip_unreadable(np.asarray(emb), table, skipped, audit_warnings)
+                    ids = table.ids
             out[m] = emb if isinstance(emb, np.memmap) else np.asarray(emb, dtype=np.float32)
         if out[m].shape[0] != len(ids):
             raise InputError(f"{m} embeddings have {out[m].shape[0]} rows for {len(ids)} cases")
         fault_point("audit:embed")
         progress.update(task, total=len(ids), completed=len(ids))
-    return out
+    return out, table, kept
+
+
+def _skip_unreadable(
+    emb: np.ndarray, table: CaseTable, skipped: dict[int, str], audit_warnings: list[str] | None
+) -> tuple[np.ndarray, CaseTable, np.ndarray]:
+    """Drop the cases whose image cannot be decoded (``--skip-bad``) with one warning naming the first."""
+    drop = sorted(skipped)
+    first = "; ".join(f"{table.row(i)}: {skipped[i]}" for i in drop[:3])
+    more = f"; and {len(drop) - 3} more" if len(drop) > 3 else ""
+    where = str(table.source) if table.source is not None else "table"
+    msg = f"{where}: {len(drop)} image(s) cannot be decoded; skipped (--skip-bad): {first}{more}"
+    if audit_warnings is not None:
+        audit_warnings.append(msg)
+    rule_audit.warn(msg)
+    keep = np.setdiff1d(np.arange(len(table)), drop)
+    return emb[keep], table.without(drop, "unreadable image"), keep
 
 
 def _check_encoders(
@@ -698,6 +752,8 @@ class _Found:
     slicer_score: Any
     predicates: pd.DataFrame | None
     rule_slicer: Any
+    table: CaseTable
+    concepts: pd.DataFrame | None
 
 
 def _run_audit(
@@ -717,7 +773,8 @@ def _run_audit(
     with make_progress() as progress:
         table, modalities = _prepare_table(table, config, modalities, family, claim, progress, audit_warnings)
         concepts = _table_concepts(table, lexicon, audit_warnings)
-        found = _discover(table, config, family, modalities, concepts, progress, precomputed)
+        found = _discover(table, config, family, modalities, concepts, progress, precomputed, audit_warnings)
+        table, concepts = found.table, found.concepts
         slices = _explain_slices(
             found.scores,
             found.families,
@@ -781,13 +838,33 @@ def _discover(
     concepts: pd.DataFrame | None,
     progress: Any,
     precomputed: dict[str, np.ndarray] | None,
+    audit_warnings: list[str] | None = None,
 ) -> _Found:
     """Embed and fit the mixture slicer (``mixture``/``both``), build the predicates and search rule
-    slices (``rules``/``both``): every slice's scores, in one matrix, with its family."""
+    slices (``rules``/``both``): every slice's scores, in one matrix, with its family (and the table
+    and concepts, without the cases ``--skip-bad`` dropped because their image cannot be decoded)."""
     n = len(table)
+    min_cases = max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
     slicer = _make_slicer(config.model_copy(update={"slicer": "mixture"}), n) if family == "both" else None
     slicer = slicer or (_make_slicer(config, n) if family != "rules" else None)
-    embs = _encode(table, config, modalities, progress, precomputed) if slicer is not None else {}
+    embs: dict[str, np.ndarray] = {}
+    if slicer is not None:
+        embs, table, kept = _encode_table(
+            table, config, modalities, progress, precomputed, None, audit_warnings
+        )
+        if kept is not None:  # --skip-bad dropped cases whose image cannot be decoded
+            if len(table) < min_cases:
+                raise InputError(
+                    f"{table.source or 'table'}: {len(table)} valid cases after skipping "
+                    f"{table.n_skipped} bad rows; at least {min_cases} are needed"
+                )
+            if concepts is not None:
+                concepts = concepts.iloc[kept].reset_index(drop=True)
+            n = len(table)
+            slicer = (
+                _make_slicer(config.model_copy(update={"slicer": "mixture"}), n) if family == "both" else None
+            )
+            slicer = slicer or _make_slicer(config, n)
     targets = table.df["label"].to_numpy().astype(np.int64)
     probs = table.df["prob"].to_numpy().astype(np.float64)
     fused, scores, slicer_err, slicer_score = _fit_mixture(slicer, embs, config, targets, probs, progress)
@@ -807,7 +884,9 @@ def _discover(
         rule_slicer, rule_scores = _rule_slices(predicates, config, targets, probs, progress)
         scores = np.concatenate([scores, rule_scores], axis=1)
         families += ["rules"] * rule_scores.shape[1]
-    return _Found(embs, fused, scores, families, slicer_err, slicer_score, predicates, rule_slicer)
+    return _Found(
+        embs, fused, scores, families, slicer_err, slicer_score, predicates, rule_slicer, table, concepts
+    )
 
 
 def _payload(

@@ -48,6 +48,7 @@ class CaseTable:
         skipped_reasons: reason -> number of rows dropped for it.
         skipped_ids: ids of dropped rows (as strings, where readable).
         source: the table file, or ``None`` for a DataFrame.
+        rows: each kept case's row in the user's table (1-based, header excluded; empty: ``i + 1``).
         has_image / has_report: whether the modality's raw data is present for every row.
     """
 
@@ -57,6 +58,7 @@ class CaseTable:
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     skipped_ids: list[str] = field(default_factory=list)
     source: Path | None = None
+    rows: list[int] = field(default_factory=list)
     has_image: bool = False
     has_report: bool = False
 
@@ -66,6 +68,30 @@ class CaseTable:
     @property
     def ids(self) -> list[str]:
         return self.df["id"].tolist()
+
+    def row(self, i: int) -> str:
+        """``row N (id 'X')``: case ``i`` as the user's table numbers it (1-based, header excluded)."""
+        n = self.rows[i] if i < len(self.rows) else i + 1
+        return _row(n - 1, self.df["id"].iat[i])
+
+    def without(self, drop: Sequence[int], reason: str) -> CaseTable:
+        """This table without the cases at positions ``drop``, counted as skipped for ``reason``."""
+        keep = np.ones(len(self.df), dtype=bool)
+        keep[list(drop)] = False
+        rows = self.rows or list(range(1, len(self.df) + 1))
+        reasons = dict(self.skipped_reasons)
+        reasons[reason] = reasons.get(reason, 0) + int((~keep).sum())
+        return CaseTable(
+            df=self.df.loc[keep].reset_index(drop=True),
+            meta=self.meta.loc[keep].reset_index(drop=True),
+            n_skipped=self.n_skipped + int((~keep).sum()),
+            skipped_reasons=dict(sorted(reasons.items())),
+            skipped_ids=self.skipped_ids + [str(i) for i in self.df["id"].to_numpy()[~keep]],
+            source=self.source,
+            rows=[r for r, k in zip(rows, keep, strict=True) if k],
+            has_image=self.has_image,
+            has_report=self.has_report,
+        )
 
     @property
     def errors(self) -> np.ndarray:
@@ -616,6 +642,7 @@ def _keep_good(
         skipped_reasons=dict(sorted(probs.reasons.items())),
         skipped_ids=skipped_ids,
         source=source,
+        rows=[int(i) + 1 for i in np.flatnonzero(keep)],
     )
 
 

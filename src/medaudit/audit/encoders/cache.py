@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from medaudit.audit.encoders.base import Encoder, as_list
-from medaudit.errors import InputError
+from medaudit.errors import InputError, UnreadableImage
 from medaudit.io import atomic_save, atomic_write_json
 from medaudit.progress import make_progress
 
@@ -104,12 +104,20 @@ def _subset(inputs: Any, positions: list[int]) -> Any:
 
 
 def _embedding_batches(
-    encoder: Encoder, inputs: Any, positions: list[int], batch_size: int
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield ``(start, stop, embeddings)`` over ``positions[start:stop]`` in shards of ~``batch_size`` rows.
+    encoder: Encoder,
+    inputs: Any,
+    positions: list[int],
+    batch_size: int,
+    on_unreadable: Callable[[int, UnreadableImage], None] | None = None,
+) -> Iterator[tuple[list[int], int, np.ndarray]]:
+    """Yield ``(indices, consumed, embeddings)``: the rows of ``embeddings`` are ``positions[j]`` for ``j``
+    in ``indices``, in shards of ~``batch_size`` rows; ``consumed`` counts the positions done so far.
 
     Encoders with an ``iter_encode`` generator (the image encoders) stream all missing items through one
-    DataLoader; others are called once per shard.
+    DataLoader; others are called once per shard. An image the stream cannot decode
+    (:class:`~medaudit.errors.UnreadableImage`) is passed to ``on_unreadable(j, error)``, which raises
+    or lets it be skipped: the stream then restarts after it (the embeddings before it are kept, so
+    only the images its DataLoader had read ahead are read again).
     """
     if not positions:
         return
@@ -117,24 +125,36 @@ def _embedding_batches(
     if stream is None:
         for start in range(0, len(positions), batch_size):
             stop = min(len(positions), start + batch_size)
-            yield start, stop, np.asarray(encoder.encode(_subset(inputs, positions[start:stop])), np.float32)
+            emb = np.asarray(encoder.encode(_subset(inputs, positions[start:stop])), np.float32)
+            yield list(range(start, stop)), stop, emb
         return
     buf: list[np.ndarray] = []
-    done = n_buf = 0
-    for emb in stream(_subset(inputs, positions)):
-        buf.append(np.asarray(emb, np.float32))
-        n_buf += len(emb)
-        while n_buf >= batch_size:
-            block = np.concatenate(buf)
-            yield done, done + batch_size, block[:batch_size]
-            done += batch_size
-            buf, n_buf = [block[batch_size:]], n_buf - batch_size
-    if n_buf:
-        yield done, done + n_buf, np.concatenate(buf)
-    if done + n_buf != len(positions):
-        raise InputError(
-            f"encoder {encoder.name!r} yielded {done + n_buf} embeddings for {len(positions)} inputs"
-        )
+    idx: list[int] = []
+    base = 0  # index in positions of the current stream's first input
+    while base < len(positions):
+        got = 0
+        try:
+            for emb in stream(_subset(inputs, positions[base:])):
+                emb = np.asarray(emb, np.float32)
+                buf.append(emb)
+                idx += range(base + got, base + got + len(emb))
+                got += len(emb)
+                while len(idx) >= batch_size:
+                    block = np.concatenate(buf)
+                    yield idx[:batch_size], base + got, block[:batch_size]
+                    buf, idx = [block[batch_size:]], idx[batch_size:]
+        except UnreadableImage as exc:
+            if exc.index != got or on_unreadable is None:
+                raise
+            on_unreadable(base + got, exc)
+            base += got + 1
+            continue
+        base += got
+        break
+    if idx:
+        yield idx, base, np.concatenate(buf)
+    if base != len(positions):
+        raise InputError(f"encoder {encoder.name!r} yielded {base} embeddings for {len(positions)} inputs")
 
 
 def cache_folder(encoder: Encoder, cache_dir: str | os.PathLike[str]) -> Path:
@@ -228,6 +248,7 @@ def encode_cached(
     content: ContentMode = "stat",
     on_batch: Callable[[int, int], None] | None = None,
     out: str | os.PathLike[str] | None = None,
+    on_unreadable: Callable[[list[int], UnreadableImage], None] | None = None,
 ) -> np.ndarray:
     """Embed ``inputs`` with ``encoder``, reusing and extending an on-disk cache; ``(n, dim)`` float32.
 
@@ -244,6 +265,10 @@ def encode_cached(
         on_batch: called as ``on_batch(done, total)`` after each shard is safely on disk.
         out: write the ``(n, dim)`` result to this ``.npy`` file (atomically) and return it memory-mapped
             read-only, so memory stays bounded by one batch and one shard, whatever ``n``.
+        on_unreadable: called as ``on_unreadable(positions, error)`` for an image that cannot be decoded
+            (``positions``: the inputs holding it); it raises, or returns to skip them: their rows
+            of the result are then zeros, nothing is cached for them. Without it the error is raised,
+            naming the image and its case id.
 
     Only items whose key is missing from the cache are computed; the result is assembled from shards
     memory-mapped one at a time.
@@ -268,19 +293,27 @@ def encode_cached(
         enc_task = prog.add_task(f"{encoder.name}: encoding", total=len(todo))
         new_rows: list[pd.DataFrame] = []
         dim: int | None = None
-        for start, stop, emb in _embedding_batches(encoder, inputs, [p for _, p in todo], batch_size):
-            chunk = todo[start:stop]
+
+        def _unreadable(j: int, exc: UnreadableImage) -> None:
+            same = [pos for pos, k in enumerate(keys) if k == todo[j][0]]
+            if on_unreadable is None:
+                raise InputError(f"{exc} (case {ids[same[0]]!r})") from None
+            on_unreadable(same, exc)
+
+        batches = _embedding_batches(encoder, inputs, [p for _, p in todo], batch_size, _unreadable)
+        for idx, consumed, emb in batches:
+            chunk = [todo[j] for j in idx]
             dim = _check_batch(encoder, np.asarray(emb, dtype=np.float32), chunk, ids, dim)
             new_rows.append(_write_shard(folder, np.asarray(emb, dtype=np.float32), chunk, ids, where))
-            prog.advance(enc_task, len(chunk))
+            prog.update(enc_task, completed=consumed)
             if on_batch is not None:
-                on_batch(stop, len(todo))
+                on_batch(consumed, len(todo))
     if new_rows or damaged or not (folder / "index.parquet").is_file():
         full = pd.concat([index, *new_rows], ignore_index=True) if new_rows else index
         with atomic_save(folder / "index.parquet") as tmp:
             full.to_parquet(tmp, index=False)
-    if not keys:
-        return np.zeros((0, int(encoder.dim)), dtype=np.float32)
+    if not any(k in where for k in keys):  # no input, or every one skipped as unreadable
+        return np.zeros((len(keys), int(encoder.dim)), dtype=np.float32)
     if out is None:
         return _assemble(folder, keys, where)
     with atomic_save(out) as tmp:
@@ -368,8 +401,9 @@ def _assemble(
 ) -> np.ndarray:
     by_shard: dict[str, list[tuple[int, int]]] = {}
     for pos, k in enumerate(keys):
-        shard, row = where[k]
-        by_shard.setdefault(shard, []).append((pos, row))
+        if k in where:  # not: an image skipped as unreadable (its row stays zero)
+            shard, row = where[k]
+            by_shard.setdefault(shard, []).append((pos, row))
     out: np.ndarray | None = None
     for shard, pairs in by_shard.items():
         arr = np.load(folder / f"{shard}.npy", mmap_mode="r")
@@ -378,7 +412,7 @@ def _assemble(
                 out_path, mode="w+", dtype=np.float32, shape=(len(keys), arr.shape[1])
             )
         elif out is None:
-            out = np.empty((len(keys), arr.shape[1]), dtype=np.float32)
+            out = np.zeros((len(keys), arr.shape[1]), dtype=np.float32)
         elif arr.shape[1] != out.shape[1]:
             raise InputError(
                 f"{folder / shard}.npy: width {arr.shape[1]} differs from {out.shape[1]}; clear the cache"

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from medaudit.audit.encoders.base import as_list, hash_file, hash_state_dict, register_encoder, stable_hash
 from medaudit.data.images import ResizeMode, read_grayscale, resize_square
 from medaudit.device import default_device
-from medaudit.errors import InputError
+from medaudit.errors import InputError, UnreadableImage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,6 +44,21 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         img = resize_square(read_grayscale(self.paths[i]), self.size, self.resize_mode)
         return torch.from_numpy(img)[None]
+
+
+class _TolerantImages(ImageFileDataset):
+    """Items are ``(image, why)``: an image that cannot be decoded gives zeros and the one-line reason
+    (an exception raised in a DataLoader worker would lose its type and gain a traceback)."""
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:  # type: ignore[override]
+        try:
+            return super().__getitem__(i), ""
+        except InputError as exc:
+            return torch.zeros(1, self.size, self.size), str(exc)
+
+
+def _collate(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
+    return torch.stack([x for x, _ in items]), [why for _, why in items]
 
 
 class TorchImageEncoder:
@@ -123,7 +138,9 @@ class TorchImageEncoder:
         """Yield ``(b, dim)`` float32 embeddings batch by batch (``batch_size`` images each).
 
         Images are read lazily by one DataLoader (``num_workers`` processes, 0 = in-process), so memory
-        holds one batch of pixels, never the whole set.
+        holds one batch of pixels, never the whole set. An image that cannot be decoded ends the stream
+        with :class:`~medaudit.errors.UnreadableImage` (its ``index`` in ``inputs``), after the
+        embeddings of the images before it (``encode_cached`` restarts after it, or stops).
         """
         paths = [str(p) for p in as_list(inputs, f"{self.name} image inputs")]
         model = self.model
@@ -131,18 +148,26 @@ class TorchImageEncoder:
         if not paths:
             return
         loader = DataLoader(
-            ImageFileDataset(paths, self.size, self.resize_mode),
+            _TolerantImages(paths, self.size, self.resize_mode),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
             pin_memory=dev.type == "cuda",
+            collate_fn=_collate,
         )
+        done = 0
         with torch.inference_mode():
-            for batch in loader:
-                x = self._preprocess(batch.to(dev, non_blocking=True))
+            for batch, why in loader:
+                bad = next((k for k, w in enumerate(why) if w), None)
+                if bad == 0:
+                    raise UnreadableImage(why[0], paths[done], done)
+                x = self._preprocess(batch[:bad].to(dev, non_blocking=True))
                 feats = self._features(model, x).float().cpu().numpy().astype(np.float32, copy=False)
                 self._dim = int(feats.shape[1])
                 yield feats
+                if bad is not None:
+                    raise UnreadableImage(why[bad], paths[done + bad], done + bad)
+                done += len(feats)
 
     def encode(self, inputs: Any) -> np.ndarray:
         """Embed image files (a sequence of paths) as an ``(n, dim)`` float32 array (see :meth:`iter_encode`)."""
