@@ -54,11 +54,14 @@ def missing_reason(path: str | os.PathLike[str], what: str = "file") -> str:
         if exc.errno == errno.ENAMETOOLONG:
             return f"{what} name is too long"
         return f"{what} not found"
+    a = "an" if what[:1].lower() in "aeiou" else "a"
     if os.path.isdir(p):
-        return f"is a folder, not a {what}"
+        return f"is a folder, not {a} {what}"
     if os.path.isfile(p):
-        return f"is a file, not a {what}"
-    return f"is not a regular file or folder (a device, pipe or socket), not a {what}"
+        if not os.access(p, os.R_OK):
+            return f"{what} is unreadable (permission denied)"
+        return f"is a file, not {a} {what}"
+    return f"is not a regular file or folder (a device, pipe or socket), not {a} {what}"
 
 
 def _umask() -> int:

@@ -537,3 +537,23 @@ def test_image_that_cannot_be_decoded_names_image_and_row(cli, audit_args, work,
     assert any("row 4" in w for w in payload["warnings"])
     members = pd.read_parquet(work / "out" / "membership.parquet")
     assert "c003" not in set(members["id"]) and len(members) == 39
+
+
+def test_folder_given_as_an_image_is_named_as_a_folder(cli, audit_args, work, tmp_path):
+    """It said 'missing or unreadable' (the user sees it there)."""
+    t = _images_with_a_truncated_one(work, tmp_path)
+    (tmp_path / "imgs" / "3.png").unlink()
+    (tmp_path / "imgs" / "3.png").mkdir()
+    line = _refused(cli, audit_args(t, work / "out", *_IMAGE_FAST), [work], "cases.csv", "row 4", "3.png")
+    assert "is a folder, not an image file" in line and "missing" not in line
+
+
+def test_unreadable_image_names_its_path_once(cli, audit_args, work, tmp_path):
+    """Pillow's 'cannot identify image file PATH' repeated the path inside the parentheses."""
+    t = _images_with_a_truncated_one(work, tmp_path)
+    bad = tmp_path / "imgs" / "3.png"
+    bad.write_bytes(b"not an image at all" * 10)
+    line = _refused(
+        cli, audit_args(t, work / "out", *_IMAGE_FAST), [work], "cases.csv", "row 4", "cannot identify"
+    )
+    assert line.count(str(bad)) == 1, line

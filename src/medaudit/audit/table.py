@@ -593,11 +593,11 @@ def _parse_images(
         ip = Path(str(v).strip())
         ip = ip if ip.is_absolute() else base / ip
         if not ip.is_file() or not os.access(ip, os.R_OK):
-            if need_image:
+            if need_image:  # not found, a folder, unreadable, a broken link ... (missing_reason)
                 probs.add(
                     i,
                     "missing image",
-                    f"column '{columns.image}' {_row(i, ids[i])}: image {ip} is missing or unreadable",
+                    f"column '{columns.image}' {_row(i, ids[i])}: {ip}: {missing_reason(ip, 'image file')}",
                 )
             continue
         if need_image:

@@ -65,7 +65,16 @@ def declared_pixels(path: str | os.PathLike[str]) -> int:
 
         if isinstance(exc, Image.DecompressionBombError):  # over PIL's own hard limit: a lower bound
             return 2 * int(Image.MAX_IMAGE_PIXELS or 0) + 1
-        raise InputError(f"{p}: cannot read image header ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{p}: cannot read image header ({_why(exc, p)})") from None
+
+
+def _why(exc: BaseException, path: Path) -> str:
+    """``Type: message`` of a reader's error, without the path it repeats (the line names it first)."""
+    msg = str(exc)
+    for form in (repr(str(path)), f'"{path}"', str(path)):
+        msg = msg.replace(form, "")
+    msg = " ".join(msg.split()).strip(" :,")
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 def check_pixel_limit(path: str | os.PathLike[str]) -> None:
@@ -111,7 +120,7 @@ def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
     except InputError:
         raise
     except Exception as exc:  # pydicom / Pillow raise many different types for corrupt files
-        raise InputError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{p}: cannot read image ({_why(exc, p)})") from exc
     if img.ndim != 2 or img.size == 0:
         raise InputError(f"{p}: expected a 2-D image, got shape {img.shape}")
     if not np.isfinite(img).all():
@@ -151,7 +160,7 @@ def _read_dicom(p: Path) -> np.ndarray:
     try:
         ds = pydicom.dcmread(p)
     except Exception as exc:
-        raise InputError(f"{p}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{p}: not a readable DICOM file ({_why(exc, p)})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise InputError(f"{p}: DICOM file has no pixel data")
     arr = ds.pixel_array
