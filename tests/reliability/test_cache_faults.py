@@ -74,7 +74,14 @@ def _ints(p: Path) -> None:
     np.save(p, (np.load(p) * 100).astype(np.int64))
 
 
+def _wide(p: Path) -> None:
+    """A valid shard of the wrong width (it was used silently: meta.json did not hold the width)."""
+    a = np.load(p)
+    np.save(p, np.ones((a.shape[0], a.shape[1] + 2), np.float32))
+
+
 DAMAGE = {
+    "wrong-width": _wide,
     "truncated": _truncate,
     "empty": _empty,
     "garbled": _garble,
@@ -144,3 +151,18 @@ def test_unreadable_keys_file_without_index(tmp_path, reference, caplog):
         out, encoded = _run(cache)
     np.testing.assert_array_equal(out, reference)
     assert encoded == n_items and str(keys) in caplog.text
+
+
+def test_meta_json_holds_the_width_and_a_wrong_one_is_rewritten(tmp_path, reference, caplog):
+    import json
+
+    cache = tmp_path / "cache"
+    _run(cache)
+    meta = cache_folder(Counting().fit(TEXTS), cache) / "meta.json"
+    assert json.loads(meta.read_text())["dim"] == reference.shape[1]
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "dim": 7}))
+    with caplog.at_level(logging.WARNING, logger="medaudit"):
+        out, _ = _run(cache)
+    np.testing.assert_array_equal(out, reference)
+    assert str(meta) in caplog.text and "width 7" in caplog.text
+    assert json.loads(meta.read_text())["dim"] == reference.shape[1]

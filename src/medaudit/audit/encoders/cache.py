@@ -201,9 +201,10 @@ def _damaged(path: Path, why: str, damaged: list[str] | None) -> None:
         damaged.append(str(path))
 
 
-def _shard_problem(path: Path, rows: np.ndarray) -> str | None:
+def _shard_problem(path: Path, rows: np.ndarray, dim: int | None = None) -> str | None:
     """Why the shard at ``path`` cannot serve ``rows`` (``None``: it can): unreadable, not a 2D float32
-    array, too few rows, or non-finite values in those rows (a shard is written only when finite)."""
+    array, not ``dim`` wide (the encoder's width, kept in meta.json), too few rows, or non-finite values
+    in those rows (a shard is written only when finite)."""
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -213,6 +214,8 @@ def _shard_problem(path: Path, rows: np.ndarray) -> str | None:
     try:
         if arr.ndim != 2 or arr.dtype != np.float32:
             return f"holds a {arr.dtype} array of shape {arr.shape}, not (rows, dim) float32"
+        if dim is not None and arr.shape[1] != dim:
+            return f"holds embeddings of width {arr.shape[1]}, the encoder's width is {dim}"
         if len(rows) and int(rows.max()) >= arr.shape[0]:
             return f"has {arr.shape[0]} rows, the index refers to row {int(rows.max())}"
         if not np.isfinite(arr[np.sort(rows)]).all():
@@ -224,14 +227,16 @@ def _shard_problem(path: Path, rows: np.ndarray) -> str | None:
     return None
 
 
-def _drop_damaged(folder: Path, index: pd.DataFrame, keys: list[str], damaged: list[str]) -> pd.DataFrame:
+def _drop_damaged(
+    folder: Path, index: pd.DataFrame, keys: list[str], damaged: list[str], dim: int | None = None
+) -> pd.DataFrame:
     """``index`` without the shards that cannot serve the rows ``keys`` need (their items are then
     recomputed, and the rewritten index no longer refers to them); each is named in ``damaged``."""
     need = index[index["item"].isin(set(keys))]
     bad = []
     for shard, rows in need.groupby("shard", sort=True)["row"]:
         path = folder / f"{shard}.npy"
-        why = _shard_problem(path, rows.to_numpy(dtype=np.int64))
+        why = _shard_problem(path, rows.to_numpy(dtype=np.int64), dim)
         if why is not None:
             _damaged(path, f"{why}; its items are recomputed", damaged)
             bad.append(shard)
@@ -277,11 +282,11 @@ def encode_cached(
     _check_ids(ids, len(inputs), batch_size)
     if getattr(encoder, "requires_fit", False) and not getattr(encoder, "is_fitted", True):
         encoder.fit(inputs)
-    folder = _prepare_folder(encoder, cache_dir)
+    folder, width = _prepare_folder(encoder, cache_dir)
     with make_progress(disable=None if progress else True) as prog:
         keys = _hash_inputs(encoder, inputs, content, prog)
         damaged: list[str] = []
-        index = _drop_damaged(folder, _load_index(folder, damaged), keys, damaged)
+        index = _drop_damaged(folder, _load_index(folder, damaged), keys, damaged, width)
         where: dict[str, tuple[str, int]] = dict(
             zip(index["item"], zip(index["shard"], index["row"].astype(int), strict=True), strict=True)
         )
@@ -333,16 +338,33 @@ def _check_ids(ids: list[Any], n: int, batch_size: int) -> None:
         raise InputError(f"encode_cached: batch_size must be positive, got {batch_size}")
 
 
-def _prepare_folder(encoder: Encoder, cache_dir: str | os.PathLike[str]) -> Path:
-    """The encoder configuration's cache folder, with its ``meta.json``."""
+def _prepare_folder(encoder: Encoder, cache_dir: str | os.PathLike[str]) -> tuple[Path, int | None]:
+    """The encoder configuration's cache folder, with its ``meta.json`` (which holds the embedding
+    width, ``dim``); and that width (``None``: the encoder cannot tell it). A meta.json that cannot be
+    read, or gives another width, is rewritten with one warning naming it."""
+    import json
+
     folder = cache_folder(encoder, cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        atomic_write_json(
-            meta_path, {"encoder": encoder.name, "modality": encoder.modality, "key": encoder.cache_key()}
-        )
-    return folder
+    try:
+        dim: int | None = int(encoder.dim)
+    except Exception:  # an encoder that cannot tell its width before encoding (checked per batch)
+        dim = None
+    meta = {"encoder": encoder.name, "modality": encoder.modality, "key": encoder.cache_key(), "dim": dim}
+    if meta_path.is_file():
+        try:
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+            stored = old.get("dim") if isinstance(old, dict) else "?"
+        except (*_READ_ERRORS, json.JSONDecodeError):
+            stored = "?"
+        if stored == dim:
+            return folder, dim
+        if stored is not None:  # None: written before meta.json held the width
+            why = "cannot be read" if stored == "?" else f"gives width {stored}, the encoder's is {dim}"
+            _damaged(meta_path, f"{why}; rewritten", None)
+    atomic_write_json(meta_path, meta)
+    return folder, dim
 
 
 def _hash_inputs(encoder: Encoder, inputs: Any, content: ContentMode, prog: Any) -> list[str]:
