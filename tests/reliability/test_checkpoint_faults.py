@@ -40,3 +40,23 @@ def test_inconsistent_checkpoint_is_one_line_naming_it(cli, tconfig, tmp_path, d
     assert rc == 2, err
     assert str(ckpt) in line and "damaged checkpoint" in line and "Traceback" not in err
     assert (snapshot(run)[str(ckpt)], ckpt.read_bytes()) == before  # the checkpoint is kept as it was
+
+
+@pytest.mark.parametrize("keep", [0, 100, -1])
+def test_corrupt_checkpoint_is_named_damaged_with_how_to_start_over(
+    cli, tconfig, tmp_path, keep, monkeypatch
+):
+    """A truncated or garbled checkpoint.pt said 'not a medaudit model, or unsafe to load' (it is the
+    run's own file): it is a damaged checkpoint, to delete to start over."""
+    run, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoint.pt"
+    monkeypatch.setenv("MEDAUDIT_FAULT", "train:checkpoint@INT")
+    assert cli("texture", "train", "-o", run, "--config", tconfig)[0] == 130
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(b"garbage" * 40 if keep < 0 else data[: keep or len(data) // 2])
+    before = snapshot(run)[str(ckpt)], ckpt.read_bytes()
+    rc, err = cli("texture", "train", "-o", run, "--config", tconfig)
+    line = one_line(err)
+    assert rc == 2, err
+    assert str(ckpt) in line and "damaged checkpoint" in line and "delete it" in line, line
+    assert "not a medaudit model" not in line
+    assert (snapshot(run)[str(ckpt)], ckpt.read_bytes()) == before

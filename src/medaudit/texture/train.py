@@ -723,7 +723,14 @@ def _setup_run(config: TrainConfig, out_dir: Path) -> _Run:
 
 def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> None:
     """Continue from a checkpoint of the same config (weights, optimiser, scaler, RNG states, history)."""
-    st = load_checkpoint(ckpt_path)
+    try:
+        st = load_checkpoint(ckpt_path)
+    except InputError:  # truncated, garbled, not a dict: the run's own file, damaged
+        if not ckpt_path.is_file():
+            raise
+        raise InputError(
+            f"{ckpt_path}: a damaged checkpoint (it cannot be loaded); delete it to start the run over"
+        ) from None
     if st.get("config_key") not in keys:
         return
     try:
