@@ -557,3 +557,29 @@ def test_unreadable_image_names_its_path_once(cli, audit_args, work, tmp_path):
         cli, audit_args(t, work / "out", *_IMAGE_FAST), [work], "cases.csv", "row 4", "cannot identify"
     )
     assert line.count(str(bad)) == 1, line
+
+
+def test_unwritable_cache_dir_is_named_as_the_cache(cli, audit_args, work, tmp_path_factory, monkeypatch):
+    """It said '<cache>/<encoder-folder>: Permission denied', without saying that is --cache-dir (root
+    ignores permissions: the refusal is simulated)."""
+    import errno
+    import tempfile
+
+    import medaudit.io
+
+    cache = tmp_path_factory.mktemp("denied") / "cache"
+    real = tempfile.mkstemp
+
+    def denied(*args, **kw):
+        if str(kw.get("dir", "")).startswith(str(cache)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(kw["dir"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(medaudit.io.tempfile, "mkstemp", denied)
+    line = _refused(
+        cli,
+        audit_args(work / "data" / "cases.csv", work / "out", "--cache-dir", cache),
+        [work],
+        "Permission denied",
+    )
+    assert line.startswith(f"error: --cache-dir {cache}: "), line

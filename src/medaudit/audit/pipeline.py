@@ -18,7 +18,9 @@ cases its rule matches, scored worst-first (:func:`medaudit.audit.rule_audit.mem
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,7 +192,7 @@ def _encode_table(
         elif m in config.embeddings:
             out[m] = load_embeddings(config.embeddings[m], ids, ignore_ids=table.skipped_ids)
         else:
-            from medaudit.audit.encoders import encode_cached, encoder_accepts, get_encoder
+            from medaudit.audit.encoders import encoder_accepts, get_encoder
 
             name = config.encoders.get(m, DEFAULT_ENCODERS[m])
             kw = dict(config.encoder_kwargs.get(m, {}))
@@ -211,41 +213,86 @@ def _encode_table(
             def _on_batch(done: int, total: int, _task: Any = task) -> None:
                 progress.update(_task, completed=done, total=total)
 
-            if config.ray_address and m == "image":
-                from medaudit.audit.encoders.distributed import encode_with_ray
-
-                emb = encode_with_ray(
-                    encoder,
-                    ids,
-                    inputs,
-                    config.resolved_cache_dir(),
-                    config.ray_address,
-                    content=config.cache_content,
+            with _cache_errors(config.resolved_cache_dir()):
+                emb = _embed_cached(
+                    encoder, m, ids, inputs, table, config, memmap_dir, audit_warnings, _on_batch
                 )
-            else:
-                skipped: dict[int, str] = {}
-                emb = encode_cached(
-                    encoder,
-                    ids,
-                    inputs,
-                    config.resolved_cache_dir(),
-                    progress=False,
-                    on_batch=_on_batch,
-                    content=config.cache_content,  # type: ignore[arg-type]
-                    out=memmap_dir / f"{m}.npy" if memmap_dir is not None else None,
-                    on_unreadable=_unreadable_images(table, config, skipped)
-                    if audit_warnings is not None and m == "image"
-                    else None,
-                )
-                if skipped:
-                    emb, table, kept = _skip_unreadable(np.asarray(emb), table, skipped, audit_warnings)
-                    ids = table.ids
+            if isinstance(emb, tuple):  # --skip-bad dropped images that cannot be decoded
+                emb, table, kept = emb
+                ids = table.ids
             out[m] = emb if isinstance(emb, np.memmap) else np.asarray(emb, dtype=np.float32)
         if out[m].shape[0] != len(ids):
             raise InputError(f"{m} embeddings have {out[m].shape[0]} rows for {len(ids)} cases")
         fault_point("audit:embed")
         progress.update(task, total=len(ids), completed=len(ids))
     return out, table, kept
+
+
+@contextlib.contextmanager
+def _cache_errors(cache: Path) -> Iterator[None]:
+    """A file of the embedding cache that cannot be written (permission denied, disk full) is named as
+    being in the ``--cache-dir`` folder."""
+    try:
+        yield
+    except OSError as exc:
+        name = exc.filename
+        if name is None or not _is_under(Path(str(name)), cache):
+            raise
+        raise InputError(f"--cache-dir {cache}: {name}: {exc.strerror or exc}") from exc
+
+
+def _is_under(path: Path, folder: Path) -> bool:
+    try:
+        path.absolute().relative_to(folder.absolute())
+    except ValueError:
+        return False
+    return True
+
+
+def _embed_cached(
+    encoder: Any,
+    m: str,
+    ids: list[str],
+    inputs: Any,
+    table: CaseTable,
+    config: AuditConfig,
+    memmap_dir: Path | None,
+    audit_warnings: list[str] | None,
+    on_batch: Any,
+) -> Any:
+    """One modality through the cache (or Ray); ``(emb, table, kept)`` when ``--skip-bad`` dropped
+    cases whose image cannot be decoded."""
+    if config.ray_address and m == "image":
+        from medaudit.audit.encoders.distributed import encode_with_ray
+
+        emb = encode_with_ray(
+            encoder,
+            ids,
+            inputs,
+            config.resolved_cache_dir(),
+            config.ray_address,
+            content=config.cache_content,
+        )
+    else:
+        from medaudit.audit.encoders import encode_cached
+
+        skipped: dict[int, str] = {}
+        emb = encode_cached(
+            encoder,
+            ids,
+            inputs,
+            config.resolved_cache_dir(),
+            progress=False,
+            on_batch=on_batch,
+            content=config.cache_content,  # type: ignore[arg-type]
+            out=memmap_dir / f"{m}.npy" if memmap_dir is not None else None,
+            on_unreadable=_unreadable_images(table, config, skipped)
+            if audit_warnings is not None and m == "image"
+            else None,
+        )
+        if skipped:
+            return _skip_unreadable(np.asarray(emb), table, skipped, audit_warnings)
+    return emb
 
 
 def _skip_unreadable(
