@@ -647,13 +647,13 @@ def _load_table(
     table = load_case_table(source, config.columns, config.meta, require=require, min_cases=0, **kw)
     embed_text = "report" in modalities and "report" not in config.embeddings
     too_few = len(table) < min_cases  # the second pass names that alone (no vacuous 'every report is empty')
-    if (embed_text or family in ("rules", "both")) and not table.has_report and not too_few:
+    if (embed_text or family in ("rules", "both")) and not table.has_report:
         has_text = any(isinstance(r, str) and r.strip() for r in table.df["report"])
         if has_text or config.columns.report_path is not None:
             # some reports empty, or report files unreadable: the strict check names the rows (or
             # skips them with --skip-bad)
             require = (*require, "report")
-        elif embed_text:
+        elif embed_text and not too_few:
             where = "table" if isinstance(source, pd.DataFrame) else str(source)
             column = config.columns.report_path or config.columns.report
             modalities = _drop_reports(modalities, audit_warnings, f"{where}: column '{column}'")
