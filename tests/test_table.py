@@ -346,3 +346,25 @@ def test_embeddings_file_that_is_not_a_numeric_npy(tmp_path: Path) -> None:
     (tmp_path / "s.ids.txt").write_text("a\nb\n")
     with pytest.raises(InputError, match=r"s\.npy: embeddings must be numbers"):
         load_embeddings(tmp_path / "s.npy", ["a", "b"])
+
+
+def test_mostly_numeric_metadata_column_is_warned_with_its_first_bad_row(
+    tmp_path: Path, good: pd.DataFrame
+) -> None:
+    """``age`` holding one word among numbers is read as categorical: one warning names table, column, row."""
+    import warnings
+
+    from medaudit.audit.table import load_case_table
+
+    df = good.assign(age=[50, 61, "old", 70, 44, 38])
+    table = _write(tmp_path, df)
+    with pytest.warns(
+        UserWarning, match=r"cases\.csv: column 'age' is numeric except 1 value\(s\), first row 3 \('old'\)"
+    ):
+        load_case_table(table, meta=["age"], min_cases=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_case_table(
+            _write(tmp_path, good.assign(age=[50, 61, 62, 70, 44, 38])), meta=["age"], min_cases=0
+        )
+        load_case_table(_write(tmp_path, good.assign(age=list("abcdef"))), meta=["age"], min_cases=0)

@@ -273,6 +273,28 @@ def _missing(v: object) -> bool:
         return False
 
 
+def _warn_mostly_numeric(meta: pd.DataFrame, where: str, share: float = 0.9) -> None:
+    """Warn (one line) about a metadata column whose values are numbers except a few, such as an ``age``
+    column holding ``old``: it is read as categorical, so every distinct age becomes its own category."""
+    import warnings
+
+    for col in meta.columns:
+        s = meta[col]
+        if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            continue
+        present = s.map(lambda v: not _missing(v) and str(v).strip() != "")
+        num = pd.to_numeric(s.where(present), errors="coerce").notna()
+        n, bad = int(present.sum()), present & ~num
+        if n >= 5 and 0 < int(bad.sum()) <= max(1.0, (1 - share) * n):
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            warnings.warn(
+                f"{where}: column '{col}' is numeric except {int(bad.sum())} value(s), first row {i + 1} "
+                f"({str(s.iloc[i])!r}); it is read as categorical: fix or blank those values",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
 def _row(i: int, ident: object) -> str:
     return f"row {i + 1} (id '{ident}')"
 
@@ -380,6 +402,7 @@ def load_case_table(
         }
     )
     meta_df = raw[meta].copy() if meta else pd.DataFrame(index=raw.index)
+    _warn_mostly_numeric(meta_df, where)
     table = _keep_good(df, meta_df, probs, ids, where, min_cases, source)
     if "metadata" in require:  # the metadata encoder cannot scale a column that has no value at all
         empty = next((m for m in meta if len(table.meta) and table.meta[m].isna().all()), None)
