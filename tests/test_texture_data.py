@@ -222,3 +222,14 @@ def test_empty_volume_and_folder_named(tmp_path):
         td._read_data(td.load_nifti(p), p)
     with pytest.raises(InputError, match="a folder, not a NIfTI file"):
         td.load_nifti(tmp_path)
+
+
+def test_csv_reader_names_physical_lines_after_blank_and_multiline_rows(tmp_path):
+    """Blank lines and quoted multi-line fields do not shift the line named in an error."""
+    img, lab = _pair()
+    _save(tmp_path / "v" / "x.nii.gz", img)
+    _save(tmp_path / "v" / "x_lab.nii.gz", lab)
+    text = 'id,image,label,note\n\ncase1,v/x.nii.gz,v/x_lab.nii.gz,"two\nlines"\n\ncase2,v/x.nii.gz,v/gone.nii.gz,x\n'
+    (tmp_path / "p.csv").write_text(text)
+    with pytest.raises(InputError, match=r"p\.csv: line 6: file not found"):
+        td.read_csv_pairs(tmp_path / "p.csv")

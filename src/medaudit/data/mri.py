@@ -306,7 +306,11 @@ def read_csv_pairs(
         raise InputError(f"{path}: {missing_reason(path, 'CSV file')}")
     try:
         with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows, lines = [], []
+            for row in reader:  # the physical line each record ends on (blank and multi-line rows counted)
+                rows.append(row)
+                lines.append(reader.line_num)
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read CSV ({exc})") from None
     if not rows:
@@ -317,7 +321,7 @@ def read_csv_pairs(
     if require_label and label_col not in cols:
         raise InputError(f"{path}: missing column '{label_col}'")
     cases, seen = [], set()
-    for i, row in enumerate(rows, start=2):
+    for i, row in zip(lines, rows, strict=True):
         if None in row:  # more fields than the header (a trailing comma the header lacks, a shifted line)
             n = len(row) - 1 + len(row[None])  # type: ignore[arg-type]
             raise InputError(f"{path}: line {i} has {n} fields, the header has {len(row) - 1}")
