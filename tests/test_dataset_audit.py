@@ -263,3 +263,71 @@ def test_dataset_audit_refuses_a_bad_device_before_reading(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "--device 'tpu:7'" in err, err
     assert not out.exists()
+
+
+def test_image_that_cannot_be_decoded_names_its_row_in_the_dataset_table(tmp_path, capsys):
+    """An image that exists (the reader's check) but cannot be decoded while embedding: one line naming
+    the row of the metadata table that lists it, its id and the image (it used to name the image and id
+    alone); ``--skip-bad`` skips it (it used to fail the same way): one warning, left out of every
+    finding and modality, counted in each finding's ``skipped_reasons``."""
+    root, reports = _mimic_n(tmp_path, n_studies=8)
+    pred = _predictions(root, tmp_path / "pred.csv")
+    meta = pd.read_csv(root / "mimic-cxr-2.0.0-metadata.csv")
+    bad = str(meta["dicom_id"].iloc[5])  # data row 6 of the metadata table
+    img = next(root.rglob(f"{bad}.jpg"))
+    img.write_bytes(img.read_bytes()[: img.stat().st_size // 2])
+    args = ["--dataset", f"mimic-cxr:{root}", "--dataset-reports", str(reports), "--predictions", str(pred)]
+    args += ["--target", "all", *FAST, "--modalities", "image,report", "--encoder-opt", "image.size=32"]
+    capsys.readouterr()
+    assert _run([*args, "--out", str(tmp_path / "out")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1, err
+    assert f"row 6 of {root / 'mimic-cxr-2.0.0-metadata.csv'} (id '{bad}')" in err[0]
+    assert f"{bad}.jpg" in err[0] and "truncated" in err[0]
+    assert not (tmp_path / "out").exists()
+
+    out = tmp_path / "out2"
+    assert _run([*args, "--skip-bad", "--out", str(out)]) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "cannot be decoded" in ln]
+    assert len(warned) == 1 and "1 image(s) of the dataset cannot be decoded" in warned[0]
+    assert f"row 6 of {root / 'mimic-cxr-2.0.0-metadata.csv'} (id '{bad}')" in warned[0]
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["unreadable_images"] == 1 and summary["embedded_rows"] == 13
+    for f in ("edema", "cardiomegaly"):
+        s = json.loads((out / f / "slices.json").read_text())
+        assert s["counts"]["skipped_reasons"] == {"unreadable image": 1}
+        assert s["counts"]["cases"] == 13 and summary["findings"][f]["skipped_rows"] == 1
+        assert bad not in set(pd.read_parquet(out / f / "membership.parquet")["id"])
+
+
+def test_chexpert_image_that_cannot_be_decoded_names_its_row_in_valid_csv(tmp_path):
+    """train.csv and valid.csv are combined: a truncated image listed in valid.csv's first data row is
+    'row 1 of valid.csv' (not row 4 of the combined table); ``--skip-bad`` leaves its row out."""
+    from medaudit.audit.multitarget import shared_embeddings
+
+    root = _chexpert(tmp_path)
+    valid = pd.read_csv(root / "train.csv").iloc[[0]].copy()
+    valid["Path"] = "CheXpert-v1.0-small/valid/patient00099/study1/view1_frontal.jpg"
+    img = _img(tmp_path / valid["Path"].iloc[0], 9)
+    img.write_bytes(img.read_bytes()[: img.stat().st_size // 2])
+    valid.to_csv(root / "valid.csv", index=False)
+    paths = [*pd.read_csv(root / "train.csv")["Path"], valid["Path"].iloc[0]]
+    pd.DataFrame({"Path": paths, "Cardiomegaly": [0.9, 0.1, 0.5, 0.3]}).to_csv(
+        tmp_path / "p.csv", index=False
+    )
+    joined = join_predictions(load_dataset(parse_dataset(f"chexpert:{root}")), tmp_path / "p.csv")
+    kw = {"image": {"weights": None, "size": 32}}
+    cfg = AuditConfig(cache_dir=tmp_path / "cache", modalities=("image", "metadata"), encoder_kwargs=kw)
+    with pytest.raises(InputError) as err:
+        shared_embeddings(joined, cfg, ("image", "metadata"))
+    msg = str(err.value)
+    assert msg.startswith(f"row 1 of {root / 'valid.csv'} (id 'patient00099/study1/view1_frontal'): "), msg
+    assert "view1_frontal.jpg" in msg and "truncated" in msg
+    with pytest.warns(
+        UserWarning, match=r"1 image\(s\) of the dataset cannot be decoded.*row 1 of .*valid\.csv"
+    ):
+        embs, ids = shared_embeddings(
+            joined, cfg.model_copy(update={"skip_bad": True}), ("image", "metadata")
+        )
+    assert "patient00099/study1/view1_frontal" not in ids and len(ids) == 3
+    assert embs["image"].shape[0] == embs["metadata"].shape[0] == 3

@@ -208,6 +208,8 @@ class JoinedDataset:
         predicted: findings with a probability column (label column names).
         meta: metadata columns used by default.
         report: the join counts.
+        origins: case id -> where the dataset lists it (``"row 3 of /data/valid.csv"``), when the
+            reader records it (for errors found while embedding).
     """
 
     df: pd.DataFrame
@@ -216,6 +218,7 @@ class JoinedDataset:
     meta: list[str]
     report: JoinReport
     kind: str
+    origins: dict[str, str] = field(default_factory=dict)
 
 
 def _finding_for(column: str, labels: list[str]) -> str | None:
@@ -350,7 +353,9 @@ def join_predictions(
         if c not in joined.columns:
             raise InputError(f"--meta '{c}': not a column of the dataset ({', '.join(joined.columns)})")
     joined.attrs = {}
-    return JoinedDataset(joined, labels, list(findings.values()), use_meta, report, kind)
+    known = dataset.attrs.get("origins") or {}
+    origins = {i: known[i] for i in joined["id"].astype(str) if i in known}
+    return JoinedDataset(joined, labels, list(findings.values()), use_meta, report, kind, origins)
 
 
 def target_frame(

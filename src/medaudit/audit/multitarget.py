@@ -79,10 +79,17 @@ def _modalities(joined: JoinedDataset, config: AuditConfig) -> tuple[str, ...]:
 
 def shared_embeddings(
     joined: JoinedDataset, config: AuditConfig, modalities: tuple[str, ...], memmap_dir: Path | None = None
-) -> dict[str, np.ndarray]:
-    """Embed every joined row once per modality (rows in ``joined.df`` order); computed embeddings are
-    memory-mapped from ``memmap_dir/<modality>.npy`` when it is given."""
-    from medaudit.audit.pipeline import _encode
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Embed every joined row once per modality; computed embeddings are memory-mapped from
+    ``memmap_dir/<modality>.npy`` when it is given. Returns the embeddings and the ids of their rows
+    (``joined.df`` order).
+
+    An image that cannot be decoded raises, naming the row of the dataset's own file that lists it (its
+    id alone where the reader keeps no row), the case id and the image; with ``config.skip_bad`` it is
+    skipped instead (one warning with the count and the first ones): its row is left out of every
+    modality, so its id is not among those returned.
+    """
+    from medaudit.audit.pipeline import _encode_table
 
     df = joined.df
     n = len(df)
@@ -96,9 +103,13 @@ def shared_embeddings(
             "report": df["report"].fillna("").astype(str),
         }
     )
-    table = CaseTable(df=canon, meta=df[joined.meta].reset_index(drop=True))
+    origins = [joined.origins.get(i, "") for i in canon["id"]]
+    table = CaseTable(df=canon, meta=df[joined.meta].reset_index(drop=True), origins=origins)
     with make_progress() as progress:
-        return _encode(table, config, modalities, progress, memmap_dir=memmap_dir)
+        embs, table, _ = _encode_table(
+            table, config, modalities, progress, memmap_dir=memmap_dir, audit_warnings=[]
+        )
+    return embs, table.ids
 
 
 def _audit_one(
@@ -122,6 +133,14 @@ def _audit_one(
         threshold=config.threshold,
         min_cases=min_cases,
     )
+    drop = [k for k, i in enumerate(table.ids) if i not in row_of]
+    if drop:  # --skip-bad left out cases whose image cannot be decoded (warned once, when embedding)
+        table = table.without(drop, "unreadable image")
+        if len(table) < min_cases:
+            raise InputError(
+                f"finding '{finding}': {len(table)} valid cases after skipping {table.n_skipped} bad rows; "
+                f"at least {min_cases} are needed"
+            )
     pos = np.fromiter((row_of[i] for i in table.ids), dtype=np.int64, count=len(table))
     result = run_audit(table, config, out, precomputed={m: e[pos] for m, e in embs.items()})
     info = {
@@ -207,8 +226,10 @@ def audit_dataset(
     cache = config.resolved_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".shared-embeddings-") as tmp:
-        embs = shared_embeddings(joined, config, config.resolved_modalities(), Path(tmp))
-        return _audit_all(joined, findings, many, config, embs, uncertain, out_dir, dataset, inputs, force)
+        embs, ids = shared_embeddings(joined, config, config.resolved_modalities(), Path(tmp))
+        return _audit_all(
+            joined, findings, many, config, (embs, ids), uncertain, out_dir, dataset, inputs, force
+        )
 
 
 def _audit_all(
@@ -216,14 +237,15 @@ def _audit_all(
     findings: list[str],
     many: bool,
     config: AuditConfig,
-    embs: dict[str, np.ndarray],
+    embedded: tuple[dict[str, np.ndarray], list[str]],
     uncertain: UncertainPolicy,
     out_dir: str | os.PathLike[str],
     dataset: str,
     inputs: Sequence[str | os.PathLike[str] | None] = (),
     force: bool = False,
 ) -> DatasetAuditResult:
-    row_of = {str(i): k for k, i in enumerate(joined.df["id"].astype(str))}
+    embs, ids = embedded  # the ids of the embedded rows (without images skipped as unreadable)
+    row_of = {str(i): k for k, i in enumerate(ids)}
     results: dict[str, AuditResult] = {}
     per: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -256,7 +278,8 @@ def _audit_all(
             "uncertain_policy": uncertain,
             "blank_labels": "negative (not mentioned)",
             "modalities": list(config.resolved_modalities()),
-            "embedded_rows": len(joined.df),
+            "embedded_rows": len(ids),
+            "unreadable_images": len(joined.df) - len(ids),
             "join": joined.report.to_dict(),
             "findings": per,
             "skipped": skipped,

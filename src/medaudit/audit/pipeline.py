@@ -158,12 +158,12 @@ def _encode(
 
 def _unreadable_images(table: CaseTable, config: AuditConfig, skipped: dict[int, str]) -> Any:
     """The ``on_unreadable`` callback of :func:`encode_cached`: one line naming the table, the image
-    column and the row (``--skip-bad``: the cases are recorded in ``skipped`` instead)."""
-    where = str(table.source) if table.source is not None else "table"
+    column and the row, or for a dataset the row of the dataset's own file that lists it (``--skip-bad``:
+    the cases are recorded in ``skipped`` instead)."""
 
     def on_unreadable(positions: list[int], exc: Exception) -> None:
         if not config.skip_bad:
-            raise InputError(f"{where}: column '{config.columns.image}' {table.row(positions[0])}: {exc}")
+            raise InputError(f"{table.place(positions[0], config.columns.image)}: {exc}")
         for i in positions:
             skipped[i] = str(exc)
 
@@ -300,10 +300,12 @@ def _skip_unreadable(
 ) -> tuple[np.ndarray, CaseTable, np.ndarray]:
     """Drop the cases whose image cannot be decoded (``--skip-bad``) with one warning naming the first."""
     drop = sorted(skipped)
-    first = "; ".join(f"{table.row(i)}: {skipped[i]}" for i in drop[:3])
+    dataset = table.source is None and bool(table.origins)  # places name the dataset's own files
+    first = "; ".join(f"{table.place(i) if dataset else table.row(i)}: {skipped[i]}" for i in drop[:3])
     more = f"; and {len(drop) - 3} more" if len(drop) > 3 else ""
     where = str(table.source) if table.source is not None else "table"
-    msg = f"{where}: {len(drop)} image(s) cannot be decoded; skipped (--skip-bad): {first}{more}"
+    head = f"{len(drop)} image(s) of the dataset" if dataset else f"{where}: {len(drop)} image(s)"
+    msg = f"{head} cannot be decoded; skipped (--skip-bad): {first}{more}"
     if audit_warnings is not None:
         audit_warnings.append(msg)
     rule_audit.warn(msg)

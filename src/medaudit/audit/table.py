@@ -49,6 +49,8 @@ class CaseTable:
         skipped_ids: ids of dropped rows (as strings, where readable).
         source: the table file, or ``None`` for a DataFrame.
         rows: each kept case's row in the user's table (1-based, header excluded; empty: ``i + 1``).
+        origins: for a table built from a dataset (no ``source``), each case's place in the dataset's
+            own files (``"row 3 of /data/valid.csv"``; ``""``: unknown); empty for a user's table.
         has_image / has_report: whether the modality's raw data is present for every row.
     """
 
@@ -59,6 +61,7 @@ class CaseTable:
     skipped_ids: list[str] = field(default_factory=list)
     source: Path | None = None
     rows: list[int] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)
     has_image: bool = False
     has_report: bool = False
 
@@ -73,6 +76,16 @@ class CaseTable:
         """``row N (id 'X')``: case ``i`` as the user's table numbers it (1-based, header excluded)."""
         n = self.rows[i] if i < len(self.rows) else i + 1
         return _row(n - 1, self.df["id"].iat[i])
+
+    def place(self, i: int, column: str = "image") -> str:
+        """Where case ``i`` is listed, for a message: ``TABLE: column 'image' row N (id 'X')``; for a
+        dataset's table, its place in the dataset's own files (``row 3 of /data/valid.csv (id 'X')``),
+        else its id alone (``id 'X'``): the dataset's combined row number would mislead."""
+        if self.source is None and self.origins:
+            ident = f"id '{self.df['id'].iat[i]}'"
+            return f"{self.origins[i]} ({ident})" if self.origins[i] else ident
+        where = str(self.source) if self.source is not None else "table"
+        return f"{where}: column '{column}' {self.row(i)}"
 
     def without(self, drop: Sequence[int], reason: str) -> CaseTable:
         """This table without the cases at positions ``drop``, counted as skipped for ``reason``."""
@@ -89,6 +102,7 @@ class CaseTable:
             skipped_ids=self.skipped_ids + [str(i) for i in self.df["id"].to_numpy()[~keep]],
             source=self.source,
             rows=[r for r, k in zip(rows, keep, strict=True) if k],
+            origins=[o for o, k in zip(self.origins, keep, strict=True) if k] if self.origins else [],
             has_image=self.has_image,
             has_report=self.has_report,
         )

@@ -180,7 +180,9 @@ def check_images(
     ``df.attrs['skipped']``. ``origins`` gives, per row of ``df``, that place in the user's files
     (``"row 3 of /data/valid.csv"``: the 1-based data row of the table that lists the image): ``df``
     is often combined from several tables or filtered, so its own row index would mislead. Without
-    ``origins`` the row of ``df`` itself is named.
+    ``origins`` the row of ``df`` itself is named. The origins of the rows kept are recorded in
+    ``df.attrs['origins']`` (case id -> place), for errors found later (an image that cannot be decoded
+    while embedding).
     """
     if origins is not None and len(origins) != len(df):
         raise ValueError(f"check_images: {len(origins)} origins for {len(df)} rows")
@@ -205,13 +207,16 @@ def check_images(
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         where = origins[i] if origins is not None else f"row {i + 1}"
         raise InputError(f"{p}: {why}, {where}{more}")
+    drop = {i for i, _, _ in bad}
+    out = df
     if bad:
-        drop = {i for i, _, _ in bad}
         out = df.loc[[i not in drop for i in range(len(df))]].reset_index(drop=True)
         out.attrs = dict(df.attrs)
         out.attrs["skipped"] = [p for _, p, _ in bad]
-        return out
-    return df
+    if origins is not None and "id" in df.columns:
+        ids = df["id"].astype(str).tolist()
+        out.attrs["origins"] = {ids[i]: o for i, o in enumerate(origins) if i not in drop}
+    return out
 
 
 def table_rows(path: str | Path, rows: Iterable[int]) -> list[str]:
