@@ -583,3 +583,40 @@ def test_unwritable_cache_dir_is_named_as_the_cache(cli, audit_args, work, tmp_p
         "Permission denied",
     )
     assert line.startswith(f"error: --cache-dir {cache}: "), line
+
+
+def _in_process_actors(encoder, ids, items, todo, folder, address, num_workers, batch_size, threads):
+    """``distributed._run_actors`` without Ray: the same actor class, over the same batches, in-process."""
+    from medaudit.audit.encoders.distributed import _ShardWriter
+
+    rows = pd.DataFrame([{"key": k, "id": str(ids[p]), "x": str(items[p])} for k, p in todo.items()])
+    writer = _ShardWriter(encoder, str(folder))
+    res = pd.concat([writer(rows.iloc[i : i + batch_size]) for i in range(0, len(rows), batch_size)])
+    bad = {k: why for b in res["bad"] for k, why in json.loads(b)}
+    assert int(res["rows"].sum()) + len(bad) == len(rows)
+    return bad
+
+
+def test_image_that_cannot_be_decoded_on_ray_names_image_and_row(
+    cli, audit_args, work, tmp_path, monkeypatch
+):
+    """With ``--ray-address`` the actor leaves the image out of its shard and reports it (it used to fail
+    inside Ray, naming the image and case alone); the driver names the table and row, or ``--skip-bad``
+    skips it as without Ray."""
+    import medaudit.audit.encoders.distributed as dist
+
+    monkeypatch.setattr(dist, "_run_actors", _in_process_actors)
+    t = _images_with_a_truncated_one(work, tmp_path)
+    ray = ["--ray-address", "local"]
+    line = _refused(
+        cli, audit_args(t, work / "out", *_IMAGE_FAST, *ray), [work], "cases.csv", "column 'image'"
+    )
+    assert "row 4 (id 'c003')" in line and "3.png" in line and "truncated" in line
+    with pytest.warns(UserWarning, match=r"cases\.csv: 1 image\(s\) cannot be decoded.*row 4 \(id 'c003'\)"):
+        rc, err = cli(*audit_args(t, work / "out", *_IMAGE_FAST, *ray, "--skip-bad"))
+    assert rc == 0, err
+    payload = json.loads((work / "out" / "slices.json").read_text())
+    assert payload["counts"]["skipped_reasons"] == {"unreadable image": 1}
+    assert payload["counts"]["cases"] == 39
+    members = pd.read_parquet(work / "out" / "membership.parquet")
+    assert "c003" not in set(members["id"]) and len(members) == 39

@@ -262,6 +262,10 @@ def _embed_cached(
 ) -> Any:
     """One modality through the cache (or Ray); ``(emb, table, kept)`` when ``--skip-bad`` dropped
     cases whose image cannot be decoded."""
+    skipped: dict[int, str] = {}
+    on_unreadable = (
+        _unreadable_images(table, config, skipped) if audit_warnings is not None and m == "image" else None
+    )
     if config.ray_address and m == "image":
         from medaudit.audit.encoders.distributed import encode_with_ray
 
@@ -272,11 +276,11 @@ def _embed_cached(
             config.resolved_cache_dir(),
             config.ray_address,
             content=config.cache_content,
+            on_unreadable=on_unreadable,
         )
     else:
         from medaudit.audit.encoders import encode_cached
 
-        skipped: dict[int, str] = {}
         emb = encode_cached(
             encoder,
             ids,
@@ -286,12 +290,10 @@ def _embed_cached(
             on_batch=on_batch,
             content=config.cache_content,  # type: ignore[arg-type]
             out=memmap_dir / f"{m}.npy" if memmap_dir is not None else None,
-            on_unreadable=_unreadable_images(table, config, skipped)
-            if audit_warnings is not None and m == "image"
-            else None,
+            on_unreadable=on_unreadable,
         )
-        if skipped:
-            return _skip_unreadable(np.asarray(emb), table, skipped, audit_warnings)
+    if skipped:
+        return _skip_unreadable(np.asarray(emb), table, skipped, audit_warnings)
     return emb
 
 

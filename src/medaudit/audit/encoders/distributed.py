@@ -14,9 +14,10 @@ anything else goes to ``ray.init(address=...)`` (``"auto"``, ``"ray://head:10001
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,27 @@ import numpy as np
 import pandas as pd
 
 from medaudit.audit.encoders.base import Encoder
-from medaudit.audit.encoders.cache import ContentMode, _load_index, cache_folder, encode_cached, item_keys
-from medaudit.errors import InputError
+from medaudit.audit.encoders.cache import (
+    ContentMode,
+    _embedding_batches,
+    _load_index,
+    cache_folder,
+    encode_cached,
+    item_keys,
+)
+from medaudit.errors import InputError, UnreadableImage
 from medaudit.io import atomic_save, atomic_write_json
 
 __all__ = ["encode_with_ray"]
 
 
 class _ShardWriter:
-    """Ray Data actor: embeds a batch of ``x`` items and writes it as one cache shard."""
+    """Ray Data actor: embeds a batch of ``x`` items and writes it as one cache shard.
+
+    An image that cannot be decoded is left out of the shard and returned as ``bad`` (JSON
+    ``[[key, reason], ...]``): the driver names it or skips it (an exception raised in the actor would
+    lose its type and reach the driver as a Ray traceback).
+    """
 
     def __init__(self, encoder: Encoder, folder: str, threads: int = 1) -> None:
         import torch
@@ -46,18 +59,35 @@ class _ShardWriter:
         self.folder = Path(folder)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        emb = np.asarray(self.encoder.encode(batch["x"].tolist()), dtype=np.float32)
-        if emb.ndim != 2 or emb.shape[0] != len(batch) or not np.isfinite(emb).all():
+        xs = batch["x"].tolist()
+        bad: dict[int, str] = {}
+        got: list[int] = []
+        parts: list[np.ndarray] = []
+
+        def _unreadable(j: int, exc: UnreadableImage) -> None:
+            bad[j] = str(exc)
+
+        for idx, _, e in _embedding_batches(
+            self.encoder, xs, list(range(len(xs))), max(1, len(xs)), _unreadable
+        ):
+            got += idx
+            parts.append(np.asarray(e, dtype=np.float32))
+        good = batch.iloc[got]
+        why = json.dumps([[str(batch["key"].iloc[j]), bad[j]] for j in sorted(bad)])
+        if good.empty:
+            return pd.DataFrame({"shard": [""], "rows": [0], "bad": [why]})
+        emb = np.concatenate(parts)
+        if emb.ndim != 2 or emb.shape[0] != len(good) or not np.isfinite(emb).all():
             raise InputError(
-                f"encoder {self.encoder.name!r}: bad embeddings for cases {batch['id'].iloc[0]!r}..."
+                f"encoder {self.encoder.name!r}: bad embeddings for cases {good['id'].iloc[0]!r}..."
             )
         shard = f"shard-{uuid.uuid4().hex[:16]}"
         with atomic_save(self.folder / f"{shard}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, emb)
-        keys = pd.DataFrame({"item": batch["key"].tolist(), "id": batch["id"].astype(str).tolist()})
+        keys = pd.DataFrame({"item": good["key"].tolist(), "id": good["id"].astype(str).tolist()})
         with atomic_save(self.folder / f"{shard}.keys.parquet") as tmp:
             keys.to_parquet(tmp, index=False)
-        return pd.DataFrame({"shard": [shard], "rows": [len(batch)]})
+        return pd.DataFrame({"shard": [shard], "rows": [len(good)], "bad": [why]})
 
 
 def _connect(address: str, num_workers: int | None) -> bool:
@@ -87,11 +117,15 @@ def encode_with_ray(
     batch_size: int = 64,
     content: ContentMode = "stat",
     threads_per_worker: int = 1,
+    on_unreadable: Callable[[list[int], UnreadableImage], None] | None = None,
 ) -> np.ndarray:
     """Embed ``inputs`` (image paths or report strings) on a Ray cluster through the shared cache.
 
     ``num_workers`` actors (default: the cluster's CPU count) each embed ``batch_size`` items at a time.
     Returns the ``(n, dim)`` float32 array, identical to :func:`encode_cached`'s up to float round-off.
+    An image that cannot be decoded is handled as by :func:`encode_cached` (``on_unreadable``: raise,
+    or return to skip it, its rows then zeros; without it the error names the image and its case id),
+    in the order of ``inputs``; it is decoded once, by the actor.
     """
     if isinstance(inputs, pd.DataFrame):
         raise InputError("encode_with_ray: metadata tables are embedded locally (encode_cached)")
@@ -112,11 +146,33 @@ def encode_with_ray(
     for pos, k in enumerate(keys):
         if k not in done and k not in todo:
             todo[k] = pos
+    bad: dict[str, str] = {}
     if todo:
-        _run_actors(encoder, ids, items, todo, folder, address, num_workers, batch_size, threads_per_worker)
-    return encode_cached(
-        encoder, ids, items, cache_dir, batch_size=batch_size, progress=False, content=content
+        bad = _run_actors(
+            encoder, ids, items, todo, folder, address, num_workers, batch_size, threads_per_worker
+        )
+    if not bad:
+        return encode_cached(
+            encoder, ids, items, cache_dir, batch_size=batch_size, progress=False, content=content
+        )
+    for k in sorted(bad, key=todo.__getitem__):
+        same = [p for p, key in enumerate(keys) if key == k]
+        if on_unreadable is None:
+            raise InputError(f"{bad[k]} (case {str(ids[same[0]])!r})")
+        on_unreadable(same, UnreadableImage(bad[k], str(items[same[0]]), same[0]))
+    keep = [p for p, key in enumerate(keys) if key not in bad]
+    sub = encode_cached(
+        encoder,
+        [ids[p] for p in keep],
+        [items[p] for p in keep],
+        cache_dir,
+        batch_size=batch_size,
+        progress=False,
+        content=content,
     )
+    out = np.zeros((len(keys), sub.shape[1]), dtype=np.float32)
+    out[keep] = sub
+    return out
 
 
 def _run_actors(
@@ -129,7 +185,8 @@ def _run_actors(
     num_workers: int | None,
     batch_size: int,
     threads: int,
-) -> None:
+) -> dict[str, str]:
+    """Embed the ``todo`` items on Ray actors; returns the images that cannot be decoded (key -> why)."""
     import ray
 
     started = _connect(address, num_workers)
@@ -145,9 +202,12 @@ def _run_actors(
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=threads,
         )
-        written = sum(int(r) for r in out.to_pandas()["rows"])
-        if written != len(rows):
+        res = out.to_pandas()
+        written = sum(int(r) for r in res["rows"])
+        bad = {k: why for b in res["bad"] for k, why in json.loads(b)}
+        if written + len(bad) != len(rows):
             raise InputError(f"Ray embedding wrote {written} of {len(rows)} items")
+        return bad
     finally:
         if started:
             ray.shutdown()
