@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from encoder_doubles import Counting
 from medaudit.audit.encoders import (
     EfficientNetLite0Encoder,
     TfidfSVDEncoder,
@@ -330,30 +331,6 @@ def test_sentence_metadata_encoder():
 
 
 # ------------------------------------------------------------------------------------------------- caching
-
-
-class Counting:
-    """Wraps an encoder and records how many items each encode() call computed."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.name, self.modality = inner.name, inner.modality
-        self.calls: list[int] = []
-
-    requires_fit = property(lambda self: self.inner.requires_fit)
-    is_fitted = property(lambda self: getattr(self.inner, "is_fitted", True))
-    dim = property(lambda self: self.inner.dim)
-
-    def fit(self, inputs):
-        self.inner.fit(inputs)
-        return self
-
-    def encode(self, inputs):
-        self.calls.append(len(inputs))
-        return self.inner.encode(inputs)
-
-    def cache_key(self):
-        return self.inner.cache_key()
 
 
 def _interrupt_after(n_batches: int):

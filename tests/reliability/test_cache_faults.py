@@ -12,37 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from encoder_doubles import Counting
 from medaudit.audit.encoders import cache_folder, encode_cached, get_encoder
 
 TEXTS = [f"report {i} {w}" for i, w in enumerate(["effusion tube", "clear lungs", "nodule", "edema"] * 3)]
 IDS = [f"c{i:02d}" for i in range(len(TEXTS))]
 
 
-class Counting:
+def _counting() -> Counting:
     """A tf-idf encoder that counts the items it encodes."""
-
-    def __init__(self) -> None:
-        self.inner = get_encoder("report", "tfidf-svd", dim=3)
-        self.name, self.modality, self.encoded = self.inner.name, self.inner.modality, 0
-
-    requires_fit = property(lambda self: self.inner.requires_fit)
-    is_fitted = property(lambda self: getattr(self.inner, "is_fitted", True))
-    dim = property(lambda self: self.inner.dim)
-
-    def fit(self, inputs):
-        self.inner.fit(inputs)
-        return self
-
-    def encode(self, inputs):
-        self.encoded += len(inputs)
-        return self.inner.encode(inputs)
-
-    def cache_key(self):
-        return self.inner.cache_key()
+    return Counting(get_encoder("report", "tfidf-svd", dim=3))
 
 
 def _run(cache: Path) -> tuple[np.ndarray, int]:
-    enc = Counting()
+    enc = _counting()
     out = encode_cached(enc, IDS, TEXTS, cache, batch_size=5, progress=False)
     return np.asarray(out), enc.encoded
 
@@ -101,7 +84,7 @@ def reference(tmp_path: Path) -> np.ndarray:
 def test_damaged_shard_is_recomputed(tmp_path, reference, how, caplog):
     cache = tmp_path / "cache"
     _run(cache)
-    folder = cache_folder(Counting().fit(TEXTS), cache)
+    folder = cache_folder(_counting().fit(TEXTS), cache)
     shard = sorted(folder.glob("shard-*[0-9a-f].npy"))[0]
     n_items = len(np.load(shard))
     DAMAGE[how](shard)
@@ -121,7 +104,7 @@ def test_damaged_shard_is_recomputed(tmp_path, reference, how, caplog):
 def test_damaged_index_is_rebuilt(tmp_path, reference, damage, caplog):
     cache = tmp_path / "cache"
     _run(cache)
-    index = cache_folder(Counting().fit(TEXTS), cache) / "index.parquet"
+    index = cache_folder(_counting().fit(TEXTS), cache) / "index.parquet"
     if damage == "drop-column":
         pd.read_parquet(index).drop(columns=["row"]).to_parquet(index)
     elif damage == "row-out-of-range":
@@ -142,7 +125,7 @@ def test_damaged_index_is_rebuilt(tmp_path, reference, damage, caplog):
 def test_unreadable_keys_file_without_index(tmp_path, reference, caplog):
     cache = tmp_path / "cache"
     _run(cache)
-    folder = cache_folder(Counting().fit(TEXTS), cache)
+    folder = cache_folder(_counting().fit(TEXTS), cache)
     (folder / "index.parquet").unlink()
     keys = sorted(folder.glob("shard-*.keys.parquet"))[0]
     n_items = len(pd.read_parquet(keys))
@@ -158,7 +141,7 @@ def test_meta_json_holds_the_width_and_a_wrong_one_is_rewritten(tmp_path, refere
 
     cache = tmp_path / "cache"
     _run(cache)
-    meta = cache_folder(Counting().fit(TEXTS), cache) / "meta.json"
+    meta = cache_folder(_counting().fit(TEXTS), cache) / "meta.json"
     assert json.loads(meta.read_text())["dim"] == reference.shape[1]
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "dim": 7}))
     with caplog.at_level(logging.WARNING, logger="medaudit"):

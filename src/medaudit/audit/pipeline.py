@@ -142,20 +142,6 @@ def _make_slicer(config: AuditConfig, n_cases: int) -> Any:
     return slicer
 
 
-def _encode(
-    table: CaseTable,
-    config: AuditConfig,
-    modalities: tuple[str, ...],
-    progress: Any,
-    precomputed: dict[str, np.ndarray] | None = None,
-    memmap_dir: Path | None = None,
-) -> dict[str, np.ndarray]:
-    """Embeddings per modality: in-memory arrays (aligned with the table), precomputed files, else the
-    encoder through the on-disk cache (into ``memmap_dir/<modality>.npy``, memory-mapped, when given).
-    An image that cannot be decoded raises, naming the image and its case."""
-    return _encode_table(table, config, modalities, progress, precomputed, memmap_dir)[0]
-
-
 def _unreadable_images(table: CaseTable, config: AuditConfig, skipped: dict[int, str]) -> Any:
     """The ``on_unreadable`` callback of :func:`encode_cached`: one line naming the table, the image
     column and the row, or for a dataset the row of the dataset's own file that lists it (``--skip-bad``:
