@@ -76,3 +76,25 @@ def test_audit_on_a_full_disk_is_one_line_exit_2_and_nothing_left(cli, audit_arg
     assert rc == 2 and line.startswith("error: ") and "slices.json: No space left on device" in line, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert not [p for p in Path(tmp_path / "data").iterdir() if p.name != "cases.csv"]
+
+
+def test_memmapped_embeddings_reserve_their_blocks_so_a_full_disk_is_one_error(tmp_path, monkeypatch):
+    """``encode_cached(out=...)`` writes a sparse memory-mapped file; without reserving its blocks a
+    full disk is a SIGBUS at the first page written. Now: one error naming the file, nothing left."""
+    import numpy as np
+
+    import medaudit.audit.encoders.cache as cache
+    from medaudit.audit.encoders import encode_cached, get_encoder
+    from medaudit.errors import InputError
+
+    texts = [f"report {i} effusion tube" for i in range(8)]
+    ids = [f"c{i}" for i in range(8)]
+    enc = get_encoder("report", "tfidf-svd", dim=3).fit(texts)
+    out = tmp_path / "emb.npy"
+    ok = encode_cached(enc, ids, texts, tmp_path / "c", progress=False, out=out)
+    assert isinstance(ok, np.memmap) and out.stat().st_blocks * 512 >= out.stat().st_size - 4096
+    out.unlink()
+    monkeypatch.setattr(cache.os, "posix_fallocate", _enospc, raising=False)
+    with pytest.raises(InputError, match=r"emb\.npy: No space left on device \(the embeddings need 0 MiB\)"):
+        encode_cached(enc, ids, texts, tmp_path / "c", progress=False, out=out)
+    assert not out.exists() and not list(tmp_path.glob(".emb.npy*"))

@@ -322,7 +322,7 @@ def encode_cached(
     if out is None:
         return _assemble(folder, keys, where)
     with atomic_save(out) as tmp:
-        _assemble(folder, keys, where, tmp)
+        _assemble(folder, keys, where, tmp, name=Path(out))
     return np.load(out, mmap_mode="r")
 
 
@@ -418,8 +418,29 @@ def _write_shard(
     return pd.DataFrame({"item": keys_df["item"], "shard": shard, "row": np.arange(len(chunk))})
 
 
+def _open_out(path: Path, shape: tuple[int, int], name: Path) -> np.memmap:
+    """A memory-mapped ``.npy`` output (at ``path``, published as ``name``) whose disk blocks are reserved
+    up front: a full disk is one error naming the file now, not a SIGBUS when a page of the sparse file
+    is first written."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        try:
+            with open(path, "r+b") as fh:
+                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            del out
+            path.unlink(missing_ok=True)  # written just now by this function
+            need = shape[0] * shape[1] * 4 / 2**20
+            raise InputError(f"{name}: {exc.strerror or exc} (the embeddings need {need:.0f} MiB)") from None
+    return out
+
+
 def _assemble(
-    folder: Path, keys: list[str], where: dict[str, tuple[str, int]], out_path: Path | None = None
+    folder: Path,
+    keys: list[str],
+    where: dict[str, tuple[str, int]],
+    out_path: Path | None = None,
+    name: Path | None = None,
 ) -> np.ndarray:
     by_shard: dict[str, list[tuple[int, int]]] = {}
     for pos, k in enumerate(keys):
@@ -430,9 +451,7 @@ def _assemble(
     for shard, pairs in by_shard.items():
         arr = np.load(folder / f"{shard}.npy", mmap_mode="r")
         if out is None and out_path is not None:
-            out = np.lib.format.open_memmap(
-                out_path, mode="w+", dtype=np.float32, shape=(len(keys), arr.shape[1])
-            )
+            out = _open_out(out_path, (len(keys), arr.shape[1]), name or out_path)
         elif out is None:
             out = np.zeros((len(keys), arr.shape[1]), dtype=np.float32)
         elif arr.shape[1] != out.shape[1]:
