@@ -165,9 +165,11 @@ def _encode_table(
     memmap_dir: Path | None = None,
     audit_warnings: list[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], CaseTable, np.ndarray | None]:
-    """:func:`_encode`, images first; with ``audit_warnings`` (the audit's own table), images that cannot
-    be decoded are bad rows: ``--skip-bad`` drops them (one warning) before the other modalities are
-    embedded. Returns the embeddings, the table, and the positions kept (``None``: all)."""
+    """Embeddings per modality, images first: in-memory arrays (aligned with the table), precomputed
+    files, else the encoder through the on-disk cache (into ``memmap_dir/<modality>.npy``, memory-mapped,
+    when given). With ``audit_warnings`` (the audit's own table), images that cannot be decoded are bad
+    rows: ``--skip-bad`` drops them (one warning) before the other modalities are embedded. Returns the
+    embeddings, the table, and the positions kept (``None``: all)."""
     out: dict[str, np.ndarray] = {}
     kept: np.ndarray | None = None
     ids = table.ids
