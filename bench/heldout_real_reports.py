@@ -124,6 +124,16 @@ FAILURES: tuple[Failure, ...] = (
     Failure("cardiac shadow", "fresh5", mesh=("Cardiac Shadow",)),
     Failure("osteophyte & age<60", "fresh5", mesh=("Osteophyte",), age_max=60),
     Failure("female age>=80", "fresh5", sex="F", age_min=80),
+    # fresh6: defined on 2026-12-02 (fifth session) before any run and before any change of that
+    # session: subheadings (laterality, severity words), headings no split used, concept x metadata
+    Failure("lung hypoinflation", "fresh6", mesh_full=("Lung/hypoinflation",)),
+    Failure("tortuous aorta", "fresh6", mesh_full=("Aorta/tortuous", "Aorta, Thoracic/tortuous")),
+    Failure("atherosclerosis", "fresh6", mesh=("Atherosclerosis",)),
+    Failure("spondylosis", "fresh6", mesh=("Spondylosis",)),
+    Failure("right pleural effusion", "fresh6", mesh_full=("Pleural Effusion/right",)),
+    Failure("cardiomegaly & age<50", "fresh6", mesh=("Cardiomegaly",), age_max=50),
+    Failure("airspace disease & female", "fresh6", mesh=("Airspace Disease",), sex="F"),
+    Failure("indwelling catheter & age>=60", "fresh6", mesh=("Catheters, Indwelling",), age_min=60),
 )  # fmt: skip
 
 
@@ -284,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--split",
-        choices=("tune", "heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5"),
+        choices=("tune", "heldout", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6"),
         default="tune",
     )
     ap.add_argument("--seeds", default="0,1,2")
