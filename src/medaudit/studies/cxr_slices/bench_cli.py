@@ -1,0 +1,162 @@
+"""``medaudit bench-scenarios``: option parsing and the typer command."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from medaudit.errors import InputError
+from medaudit.studies.cxr_slices import scenarios as sc
+from medaudit.studies.cxr_slices.bench_config import (
+    DEFAULT_VARIANTS,
+    MODALITIES,
+    RULE_VARIANTS,
+    SLICER_CONFIGS,
+    BenchConfig,
+)
+from medaudit.studies.cxr_slices.bench_grid import run_benchmark
+
+
+def _floats(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"'{s}': expected comma-separated numbers") from None
+
+
+def _parse_variants(s: str) -> tuple[tuple[str, ...], ...]:
+    if s.strip() == "all":
+        return DEFAULT_VARIANTS
+    out = []
+    for v in s.split(","):
+        mods = tuple(m.strip() for m in v.split("+") if m.strip())
+        bad = [m for m in mods if m not in MODALITIES]
+        if bad or not mods:
+            raise InputError(f"variant '{v}': modalities must be among {', '.join(MODALITIES)} joined by '+'")
+        out.append(mods)
+    return tuple(out)
+
+
+def _rule_tokens(s: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in s.split(",") if t.strip() in RULE_VARIANTS)
+
+
+def _embedding_tokens(s: str) -> list[str]:
+    return [t.strip() for t in s.split(",") if t.strip() and t.strip() not in RULE_VARIANTS]
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for it in items:
+        if "=" not in it or "." not in it.split("=", 1)[0]:
+            raise InputError(f"--set '{it}': expected SCENARIO.PARAM=VALUE (e.g. spurious.corr=0.6)")
+        lhs, val = it.split("=", 1)
+        scen, param = lhs.split(".", 1)
+        if scen not in sc.SCENARIOS:
+            raise InputError(f"--set '{it}': unknown scenario '{scen}'")
+        if param not in sc.scenario_params(scen):
+            raise InputError(
+                f"--set '{it}': '{scen}' has no parameter '{param}' ({', '.join(sc.scenario_params(scen))})"
+            )
+        v: Any = val
+        with contextlib.suppress(ValueError):
+            v = float(val) if any(ch in val for ch in ".e") else int(val)
+        out.setdefault(scen, {})[param] = v
+    return out
+
+
+def bench_scenarios_command(
+    out: Path = typer.Option(Path("bench-scenarios"), "--out", "-o", help="Output folder (resumable)."),
+    cohort: str = typer.Option(
+        "phantom", help="phantom | mimic:<root> | chexpert:<root> | case-table CSV/parquet."
+    ),
+    scenarios: str = typer.Option("spurious,rare,noisy", help="Comma-separated scenarios."),
+    shares: str = typer.Option("0.05,0.10,0.20", help="Test-slice shares."),
+    runs: int = typer.Option(5, help="Runs (seeds) per scenario × share."),
+    seed: int = typer.Option(0, help="First seed."),
+    n_train: int = typer.Option(1000, help="Training cases per run."),
+    n_test: int = typer.Option(500, help="Test cases per run."),
+    variants: str = typer.Option(
+        "all", help="'all' or e.g. image,report,image+report+metadata; also rules, rules+mixture."
+    ),
+    fusions: str = typer.Option("concat,balanced", help="Fusions for multimodal variants."),
+    slicer_configs: str = typer.Option(
+        "study", help="Slicer configs: study (n_init=1), restarts (n_init=10)."
+    ),
+    slicer_seeds: int = typer.Option(1, help="Slicer random states per fit (>1 measures instability)."),
+    min_gap: float = typer.Option(
+        0.10, help="Keep a run only if the in-slice accuracy gap is at least this."
+    ),
+    classifier: str = typer.Option(
+        "head", help="head (frozen EfficientNet-Lite0 features) | cnn (fine-tuned)."
+    ),
+    workers: int = typer.Option(1, help="Parallel worker processes."),
+    peer_domino: bool = typer.Option(False, "--peer-domino", help="Also run Domino 0.1.5 as a peer row."),
+    peer_sliceline: bool = typer.Option(
+        False, "--peer-sliceline", help="Also run the sliceline package on the rule predicates."
+    ),
+    peer_variants: str = typer.Option(
+        "image,image+report+metadata", help="Variants the Domino peer runs on."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Scenario parameter override, SCENARIO.PARAM=VALUE."),
+    n_cases: int | None = typer.Option(None, help="Use a random subset of the cohort."),
+    cache_dir: Path | None = typer.Option(None, help="Cache folder (default OUT/cache)."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Run on Ray ('local' starts a private instance, 'auto' joins one)."
+    ),
+    peers_dir: Path | None = typer.Option(
+        None,
+        "--peers-dir",
+        help="Peers folder with domino_env.sh (default: $MEDAUDIT_PEERS or ../shared/peers).",
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Use an --out folder holding files medaudit did not write; they are kept.",
+    ),
+) -> None:
+    """Benchmark multimodal slice discovery on the study's failure scenarios (resumable, parallel)."""
+    params = _parse_sets(set_)
+    for s in scenarios.split(","):
+        params.setdefault(s.strip(), {}).update({"n_train": n_train, "n_test": n_test})
+    cfg = BenchConfig(
+        scenarios=tuple(s.strip() for s in scenarios.split(",") if s.strip()),
+        slice_shares=_floats(shares),
+        n_runs=runs,
+        seed=seed,
+        scenario_params=params,
+        variants=_parse_variants(",".join(_embedding_tokens(variants)) or "image+report+metadata"),
+        rule_variants=_rule_tokens(variants),
+        peer_sliceline=peer_sliceline,
+        fusions=tuple(f.strip() for f in fusions.split(",") if f.strip()),
+        slicer_configs=tuple(c.strip() for c in slicer_configs.split(",") if c.strip()),
+        slicer_seeds=slicer_seeds,
+        min_gap=min_gap,
+        classifier=classifier,
+        peer_domino=peer_domino,
+        peer_variants=tuple("+".join(v) for v in _parse_variants(peer_variants)),
+    )
+    for c in cfg.slicer_configs:
+        if c not in SLICER_CONFIGS:
+            raise InputError(f"slicer config '{c}': choose from {', '.join(SLICER_CONFIGS)}")
+    for f in cfg.fusions:
+        if f not in ("concat", "balanced"):
+            raise InputError(f"fusion '{f}': choose concat or balanced")
+    if "rules+mixture" in cfg.rule_variants and cfg.rules_mixture_variant not in {
+        "+".join(v) for v in cfg.variants
+    }:
+        raise InputError(f"--variants: rules+mixture needs {cfg.rules_mixture_variant} as well")
+    res = run_benchmark(
+        cfg, out, cohort=cohort, cache_dir=cache_dir, workers=workers, n_cases=n_cases,
+        ray_address=ray_address, peers_dir=peers_dir, force=force,
+    )  # fmt: skip
+    typer.echo(
+        f"{res['runs_kept']} kept / {res['runs_total']} runs ({res['n_cached']} cached) in {res['wall_s']:.1f}s; "
+        f"results in {out}/results.csv, summary in {out}/summary.md"
+    )
+    for n in res["notes"]:
+        typer.echo(n)
