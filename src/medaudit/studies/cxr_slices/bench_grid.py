@@ -144,14 +144,55 @@ def _run_benchmark(
     out = Path(out_dir)
     cache = Path(cache_dir) if cache_dir else out / "cache"
     t_start = time.perf_counter()
+    df, kind = _cohort_table(config, cohort, cache, n_cases, kind)
+    out.mkdir(parents=True, exist_ok=True)
+    embeddings = _cohort_embeddings(config, df, kind, cache, embeddings)
+    config, peer_py, notes = _with_domino_peer(config, peers_dir)
+    tasks = make_tasks(config, kind, cohort_fingerprint(df, embeddings))
+    store = ResultStore(out, parts="runs", table="runs.parquet")
+    state = _write_state(out / "cache" / "state", df, embeddings, config, kind, peer_py)
+    t_runs = time.perf_counter()
+    n_run_now = _run_tasks(tasks, store, state, workers, ray_address)
+    runs_wall = time.perf_counter() - t_runs
+    store.compact([t.key for t in tasks])
+    summary = write_outputs(store.read(), out, config, notes, n_boot=n_boot)
+    summary.update(
+        {
+            "n_tasks": len(tasks),
+            "n_run_now": n_run_now,
+            "n_cached": len(tasks) - n_run_now,
+            "runs_wall_s": runs_wall,
+            "wall_s": time.perf_counter() - t_start,
+            "kind": kind,
+            "n_cases": len(df),
+        }
+    )
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _cohort_table(
+    config: BenchConfig, cohort: str | pd.DataFrame, cache: Path, n_cases: int | None, kind: str | None
+) -> tuple[pd.DataFrame, str]:
+    """Check the scenario names, then the cohort's case table and kind (a given table is ``kind`` or
+    ``table``)."""
     for name in config.scenarios:
         if name not in sc.SCENARIOS:
             raise InputError(f"scenario '{name}': choose from {', '.join(sc.SCENARIOS)}")
     if isinstance(cohort, pd.DataFrame):
-        df, kind = cohort.reset_index(drop=True), kind or "table"
-    else:
-        df, kind = load_cohort(cohort, cache, n_cases)
-    out.mkdir(parents=True, exist_ok=True)
+        return cohort.reset_index(drop=True), kind or "table"
+    return load_cohort(cohort, cache, n_cases)
+
+
+def _cohort_embeddings(
+    config: BenchConfig,
+    df: pd.DataFrame,
+    kind: str,
+    cache: Path,
+    embeddings: dict[str, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    """The given embeddings, or every modality the variants need (and the image one) embedded now; each
+    must have one row per case."""
     if embeddings is None:
         needed = sorted({m for v in config.variants for m in v} | {"image"}, key=MODALITIES.index)
         enc_params = {**(PHANTOM_ENCODER_PARAMS if kind == "phantom" else {}), **config.encoder_params}
@@ -159,6 +200,14 @@ def _run_benchmark(
     for m, e in embeddings.items():
         if len(e) != len(df):
             raise InputError(f"embeddings '{m}': {len(e)} rows but the cohort has {len(df)}")
+    return embeddings
+
+
+def _with_domino_peer(
+    config: BenchConfig, peers_dir: str | os.PathLike[str] | None
+) -> tuple[BenchConfig, str, list[str]]:
+    """The config, the Domino peer's python and the notes: without a usable peer environment the peer is
+    turned off and a note says why."""
     notes: list[str] = []
     peer_py = ""
     if config.peer_domino:
@@ -166,11 +215,14 @@ def _run_benchmark(
         if not peer_py:
             notes.append(f"Domino 0.1.5 peer skipped: {why}")
             config = dataclasses.replace(config, peer_domino=False)
-    fp = cohort_fingerprint(df, embeddings)
-    tasks = make_tasks(config, kind, fp)
-    store = ResultStore(out, parts="runs", table="runs.parquet")
-    state = _write_state(out / "cache" / "state", df, embeddings, config, kind, peer_py)
-    t_runs = time.perf_counter()
+    return config, peer_py, notes
+
+
+def _run_tasks(
+    tasks: list[RunTask], store: ResultStore, state: Path, workers: int, ray_address: str | None
+) -> int:
+    """Run the tasks ``store`` does not hold yet (serially, in a process pool or on Ray), appending each
+    run's rows to it; returns how many ran now."""
     threads = worker_threads(workers, ray_address) if ray_address else 1  # runs are single-threaded
     grid = run_grid(
         [
@@ -191,21 +243,4 @@ def _run_benchmark(
         label="benchmark runs",
         keep_going=False,
     )
-    todo = grid.executed
-    runs_wall = time.perf_counter() - t_runs
-    store.compact([t.key for t in tasks])
-    runs = store.read()
-    summary = write_outputs(runs, out, config, notes, n_boot=n_boot)
-    summary.update(
-        {
-            "n_tasks": len(tasks),
-            "n_run_now": len(todo),
-            "n_cached": len(tasks) - len(todo),
-            "runs_wall_s": runs_wall,
-            "wall_s": time.perf_counter() - t_start,
-            "kind": kind,
-            "n_cases": len(df),
-        }
-    )
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    return len(grid.executed)

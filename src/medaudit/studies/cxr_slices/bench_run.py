@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,20 +88,40 @@ def run_one(
     concepts: pd.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """Execute one run and return its rows (one per variant × fusion × slicer config × slicer seed × method)."""
-    from medaudit.audit.slicers import get_slicer
     from medaudit.device import seed_everything
-    from medaudit.studies.cxr_slices import metrics
 
     seed_everything(task.seed)
     t0 = time.perf_counter()
     params = scenario_params_for(config, task.scenario, kind)
     scen = sc.build_scenario(task.scenario, df, seed=task.seed, slice_share=task.slice_share, **params)
     probs = train_classifier(config, df, emb, scen)
+    base = _run_columns(config, task, scen, probs)
+    base["train_s"] = time.perf_counter() - t0
+    if not base["kept"]:
+        return [base]
+    pred_run = None  # (predicates, concept codes) of the test split, when rules or hits are measured
+    if concepts is not None:
+        from medaudit.studies.cxr_slices.bench_rules import run_predicates
+
+        pred_run = run_predicates(concepts, df, scen.test_idx, scen.test_labels, config.rule_metadata_columns)
+    test = {m: emb[m][scen.test_idx] for m in MODALITIES if m in emb}
+    run = _Run(config, task, scen, probs, test, base, pred_run)
+    rows, mix_scores = _embedding_rows(run, peer_python)
+    if pred_run is not None:
+        rows += _rule_rows(config, base, scen, probs, pred_run, mix_scores)
+    return rows
+
+
+def _run_columns(config: BenchConfig, task: RunTask, scen: sc.Scenario, probs: np.ndarray) -> dict[str, Any]:
+    """The run's own columns, in each of its rows: sizes, training correlation, test accuracy, the in-slice
+    accuracy gap and whether it passes ``min_gap`` (``kept``), the error-share baselines."""
+    from medaudit.studies.cxr_slices import metrics
+
     preds = (probs >= 0.5).astype(np.int64)
     y = scen.test_labels
     gap = sc.in_slice_accuracy_gap(scen, preds)
     summ = scen.summary()
-    base = {
+    return {
         "key": task.key,
         "scenario": task.scenario,
         "slice_share": task.slice_share,
@@ -116,54 +137,95 @@ def run_one(
         "baseline": metrics.error_share_baseline(scen.test_attribute, y, preds),
         "baseline_slice": metrics.error_share_baseline(scen.test_slice, y, preds),
     }
-    if not base["kept"]:
-        return [{**base, "train_s": time.perf_counter() - t0}]
-    base["train_s"] = time.perf_counter() - t0
-    test = {m: emb[m][scen.test_idx] for m in MODALITIES if m in emb}
-    rows: list[dict[str, Any]] = []
-    pred_run = None  # (predicates, concept codes) of the test split, when rules or hits are measured
-    if concepts is not None:
-        from medaudit.studies.cxr_slices.bench_rules import run_predicates
 
-        pred_run = run_predicates(concepts, df, scen.test_idx, y, config.rule_metadata_columns)
+
+@dataclass(frozen=True)
+class _Run:
+    """What every slicer fit of one kept run shares."""
+
+    config: BenchConfig
+    task: RunTask
+    scen: sc.Scenario
+    probs: np.ndarray  #: test P(class 1) of the audited classifier
+    test: dict[str, np.ndarray]  #: test-split embeddings per modality
+    base: dict[str, Any]  #: the run's own columns (:func:`_run_columns`)
+    pred_run: tuple[pd.DataFrame, pd.DataFrame | None] | None  #: test predicates and concept codes
+
+
+def _embedding_rows(run: _Run, peer_python: str) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+    """Rows of every embedding variant × fusion (slicer fits and the Domino peer), and the slice scores the
+    ``rules+mixture`` variant merges (first slicer config, seed 0, of ``rules_mixture_variant``)."""
+    config = run.config
+    rows: list[dict[str, Any]] = []
     mix_scores: np.ndarray | None = None
     for variant in config.variants:
-        missing = [m for m in variant if m not in test]
+        missing = [m for m in variant if m not in run.test]
         if missing:
             raise InputError(f"variant {'+'.join(variant)}: no embeddings for {', '.join(missing)}")
-        fusions = config.fusions if len(variant) > 1 else ("none",)
-        for fusion in fusions:
-            z = _fuse({m: test[m] for m in variant}, fusion, config.fusion_dim, task.seed)
-            vname = "+".join(variant)
-            vshare = _variance_shares({m: test[m] for m in variant}, z, fusion, config.fusion_dim, task.seed)
-            for cname in config.slicer_configs:
-                kw = {**config.slicer_params, **SLICER_CONFIGS.get(cname, {})}
-                for s_i in range(config.slicer_seeds):
-                    t1 = time.perf_counter()
-                    kw_eff = dict(kw)
-                    if kw_eff.get("n_pca_components"):
-                        kw_eff["n_pca_components"] = int(min(kw_eff["n_pca_components"], *z.shape))
-                    slicer = get_slicer(config.slicer, **kw_eff, random_state=task.seed * 1000 + s_i)
-                    slicer.fit(z, y, probs)
-                    scores = np.asarray(slicer.predict_proba(z, y, probs), dtype=np.float64)
-                    row = {**base, "variant": vname, "n_modalities": len(variant), "fusion": fusion}
-                    row.update({"slicer_config": cname, "slicer_seed": s_i, "method": "medaudit"})
-                    row.update(_score_rows(scores, scen, probs))
-                    row["fit_s"] = time.perf_counter() - t1
-                    eta = modality_eta2(scores.argmax(axis=1), {m: test[m] for m in variant})
-                    row.update({f"eta2_{m}": eta.get(m, float("nan")) for m in MODALITIES})
-                    row.update({f"var_share_{m}": vshare.get(m, float("nan")) for m in MODALITIES})
-                    row.update(_explanation_hit(pred_run, scores, None, scen))
-                    rows.append(row)
-                    if vname == config.rules_mixture_variant and fusion in ("concat", "none") and s_i == 0:
-                        mix_scores = scores if mix_scores is None else mix_scores
+        vname = "+".join(variant)
+        for fusion in config.fusions if len(variant) > 1 else ("none",):
+            z = _fuse({m: run.test[m] for m in variant}, fusion, config.fusion_dim, run.task.seed)
+            fit_rows, first_scores = _slicer_rows(run, variant, fusion, z)
+            rows += fit_rows
+            mixed = vname == config.rules_mixture_variant and fusion in ("concat", "none")
+            if mixed and mix_scores is None:
+                mix_scores = first_scores
             peer_ok = vname in config.peer_variants and (fusion in config.peer_fusions or fusion == "none")
             if config.peer_domino and peer_python and peer_ok:
-                prow, pscores = _run_domino_peer(peer_python, z, y, probs, config, scen, task, vname, fusion)
-                rows.append({**base, **prow, **_explanation_hit(pred_run, pscores, None, scen)})
-    if pred_run is not None:
-        rows += _rule_rows(config, base, scen, probs, pred_run, mix_scores)
-    return rows
+                rows.append(_domino_row(run, peer_python, z, vname, fusion))
+    return rows, mix_scores
+
+
+def _slicer_rows(
+    run: _Run, variant: tuple[str, ...], fusion: str, z: np.ndarray
+) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+    """One row per slicer config × slicer seed on the fused embedding ``z``, and the slice scores of the
+    first config's seed 0 (``None`` without slicer configs)."""
+    blocks = {m: run.test[m] for m in variant}
+    vshare = _variance_shares(blocks, z, fusion, run.config.fusion_dim, run.task.seed)
+    rows: list[dict[str, Any]] = []
+    first: np.ndarray | None = None
+    for cname in run.config.slicer_configs:
+        for s_i in range(run.config.slicer_seeds):
+            row, scores = _slicer_row(run, variant, fusion, z, cname, s_i)
+            row.update({f"var_share_{m}": vshare.get(m, float("nan")) for m in MODALITIES})
+            row.update(_explanation_hit(run.pred_run, scores, None, run.scen))
+            rows.append(row)
+            first = scores if first is None else first
+    return rows, first
+
+
+def _slicer_row(
+    run: _Run, variant: tuple[str, ...], fusion: str, z: np.ndarray, cname: str, s_i: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Fit the slicer (config ``cname``, seed ``s_i``) on ``z``; its row (scores, timing, eta²) and slice
+    scores."""
+    from medaudit.audit.slicers import get_slicer
+
+    config, y, probs = run.config, run.scen.test_labels, run.probs
+    t1 = time.perf_counter()
+    kw = {**config.slicer_params, **SLICER_CONFIGS.get(cname, {})}
+    if kw.get("n_pca_components"):
+        kw["n_pca_components"] = int(min(kw["n_pca_components"], *z.shape))
+    slicer = get_slicer(config.slicer, **kw, random_state=run.task.seed * 1000 + s_i)
+    slicer.fit(z, y, probs)
+    scores = np.asarray(slicer.predict_proba(z, y, probs), dtype=np.float64)
+    row = {**run.base, "variant": "+".join(variant), "n_modalities": len(variant), "fusion": fusion}
+    row.update({"slicer_config": cname, "slicer_seed": s_i, "method": "medaudit"})
+    row.update(_score_rows(scores, run.scen, probs))
+    row["fit_s"] = time.perf_counter() - t1
+    eta = modality_eta2(scores.argmax(axis=1), {m: run.test[m] for m in variant})
+    row.update({f"eta2_{m}": eta.get(m, float("nan")) for m in MODALITIES})
+    return row, scores
+
+
+def _domino_row(run: _Run, peer_python: str, z: np.ndarray, vname: str, fusion: str) -> dict[str, Any]:
+    """The Domino 0.1.5 peer's row on the fused embedding ``z``."""
+    y = run.scen.test_labels
+    prow, pscores = _run_domino_peer(
+        peer_python, z, y, run.probs, run.config, run.scen, run.task, vname, fusion
+    )
+    return {**run.base, **prow, **_explanation_hit(run.pred_run, pscores, None, run.scen)}
 
 
 def _rule_rows(
