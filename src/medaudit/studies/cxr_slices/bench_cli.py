@@ -120,11 +120,9 @@ def bench_scenarios_command(
     ),
 ) -> None:
     """Benchmark multimodal slice discovery on the study's failure scenarios (resumable, parallel)."""
-    params = _parse_sets(set_)
-    for s in scenarios.split(","):
-        params.setdefault(s.strip(), {}).update({"n_train": n_train, "n_test": n_test})
+    params = _scenario_params(set_, scenarios, n_train, n_test)  # --set errors first
     cfg = BenchConfig(
-        scenarios=tuple(s.strip() for s in scenarios.split(",") if s.strip()),
+        scenarios=_names(scenarios),
         slice_shares=_floats(shares),
         n_runs=runs,
         seed=seed,
@@ -132,14 +130,39 @@ def bench_scenarios_command(
         variants=_parse_variants(",".join(_embedding_tokens(variants)) or "image+report+metadata"),
         rule_variants=_rule_tokens(variants),
         peer_sliceline=peer_sliceline,
-        fusions=tuple(f.strip() for f in fusions.split(",") if f.strip()),
-        slicer_configs=tuple(c.strip() for c in slicer_configs.split(",") if c.strip()),
+        fusions=_names(fusions),
+        slicer_configs=_names(slicer_configs),
         slicer_seeds=slicer_seeds,
         min_gap=min_gap,
         classifier=classifier,
         peer_domino=peer_domino,
         peer_variants=tuple("+".join(v) for v in _parse_variants(peer_variants)),
     )
+    _check_config(cfg)
+    res = run_benchmark(
+        cfg, out, cohort=cohort, cache_dir=cache_dir, workers=workers, n_cases=n_cases,
+        ray_address=ray_address, peers_dir=peers_dir, force=force,
+    )  # fmt: skip
+    _echo_result(res, out)
+
+
+def _names(s: str) -> tuple[str, ...]:
+    """The non-empty names of a comma-separated list."""
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _scenario_params(
+    sets: Sequence[str], scenarios: str, n_train: int, n_test: int
+) -> dict[str, dict[str, Any]]:
+    """The ``--set`` overrides, with ``n_train`` and ``n_test`` for every scenario named."""
+    params = _parse_sets(sets)
+    for s in scenarios.split(","):
+        params.setdefault(s.strip(), {}).update({"n_train": n_train, "n_test": n_test})
+    return params
+
+
+def _check_config(cfg: BenchConfig) -> None:
+    """Reject unknown slicer configs and fusions, and ``rules+mixture`` without the variant it merges."""
     for c in cfg.slicer_configs:
         if c not in SLICER_CONFIGS:
             raise InputError(f"slicer config '{c}': choose from {', '.join(SLICER_CONFIGS)}")
@@ -150,10 +173,10 @@ def bench_scenarios_command(
         "+".join(v) for v in cfg.variants
     }:
         raise InputError(f"--variants: rules+mixture needs {cfg.rules_mixture_variant} as well")
-    res = run_benchmark(
-        cfg, out, cohort=cohort, cache_dir=cache_dir, workers=workers, n_cases=n_cases,
-        ray_address=ray_address, peers_dir=peers_dir, force=force,
-    )  # fmt: skip
+
+
+def _echo_result(res: dict[str, Any], out: Path) -> None:
+    """Print the run counts, wall time, where the results are, and the notes."""
     typer.echo(
         f"{res['runs_kept']} kept / {res['runs_total']} runs ({res['n_cached']} cached) in {res['wall_s']:.1f}s; "
         f"results in {out}/results.csv, summary in {out}/summary.md"

@@ -16,8 +16,6 @@ def aggregate(runs: pd.DataFrame, n_boot: int = 1000, by_share: bool = False) ->
     """Mean, std and bootstrap 95% CI of each metric over kept runs, per scenario × variant × fusion ×
     slicer config × method (and slice share when ``by_share``). Slicer seeds are averaged within a run
     first, so the CI is over runs."""
-    from medaudit.stats import bootstrap_ci
-
     kept = runs[runs["kept"] & runs["variant"].notna()] if "variant" in runs else runs.iloc[:0]
     if kept.empty:
         return pd.DataFrame()
@@ -38,23 +36,30 @@ def aggregate(runs: pd.DataFrame, n_boot: int = 1000, by_share: bool = False) ->
         rec["n_runs"] = len(g)
         rec["n_failed"] = int(g["p10_dcbench"].isna().sum()) if "p10_dcbench" in g else 0
         for c in metric_cols:
-            v = g[c].dropna().to_numpy()
-            if len(v) == 0:
-                rec.update({c: np.nan, f"{c}_lo": np.nan, f"{c}_hi": np.nan, f"{c}_std": np.nan})
-                continue
-            mean, lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=0)
-            rec.update(
-                {
-                    c: mean,
-                    f"{c}_lo": lo,
-                    f"{c}_hi": hi,
-                    f"{c}_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                }
-            )
+            rec.update(_metric_stats(g[c].dropna().to_numpy(), c, n_boot))
         for c in eta_cols:
             rec[c] = float(g[c].mean()) if g[c].notna().any() else np.nan
         out.append(rec)
-    res = pd.DataFrame(out)
+    return _sort_results(pd.DataFrame(out), by_share)
+
+
+def _metric_stats(v: np.ndarray, c: str, n_boot: int) -> dict[str, float]:
+    """Mean, bootstrap 95% CI and std of metric ``c`` over runs (NaN without values)."""
+    from medaudit.stats import bootstrap_ci
+
+    if len(v) == 0:
+        return {c: np.nan, f"{c}_lo": np.nan, f"{c}_hi": np.nan, f"{c}_std": np.nan}
+    mean, lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=0)
+    return {
+        c: mean,
+        f"{c}_lo": lo,
+        f"{c}_hi": hi,
+        f"{c}_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+    }
+
+
+def _sort_results(res: pd.DataFrame, by_share: bool) -> pd.DataFrame:
+    """Per scenario (and share): medaudit rows first, then by method, the study's variant order, fusion."""
     order = {"+".join(v): i for i, v in enumerate(DEFAULT_VARIANTS)}
     res["_o"] = res["variant"].map(order).fillna(99)
     res["_m"] = (res["method"] != "medaudit").astype(int)
