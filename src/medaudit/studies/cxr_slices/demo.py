@@ -102,23 +102,13 @@ def run_demo(
         slicer: the audit's slicer family: ``both`` (mixture and rule slices in one ranked list),
             ``mixture`` or ``rules``.
     """
-    from medaudit.outdir import check_output
-
-    check_output(out_dir, "audit", inputs=[cache_dir or default_cache_dir()], force=force)
     from medaudit.device import seed_everything
 
-    if views not in ("frontal", "all"):
-        raise InputError(f"views '{views}': choose frontal or all")
-    if quiet is None:
-        quiet = os.environ.get("MEDAUDIT_QUIET", "") == "1"
+    quiet = _check_args(out_dir, cache_dir, views, force, quiet)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if quick:
-        image_size = min(image_size, 64)
-    n_train = n_train if n_train is not None else (200 if quick else 1000)
-    n_test = n_test if n_test is not None else (100 if quick else 500)
-    epochs = epochs if epochs is not None else (4 if quick else 20)
+    image_size, n_train, n_test, epochs = _sizes(quick, image_size, n_train, n_test, epochs)
     seed_everything(seed)
     _log(f"[bold]medaudit demo[/bold]: phantom cohort in {cache}", quiet)
     scen_kw = {"task": task, "attribute": attribute, "corr": corr, "n_train": n_train, "n_test": n_test}
@@ -134,9 +124,55 @@ def run_demo(
     cfg_kw |= {"n_slices": n_slices, "rank_by": rank_by, "slicer": slicer}
     res, table = _audit(test, scen, prob, out_dir, force, cfg_kw)
     timings["audit_s"] = time.perf_counter() - t
-    figures, best, top_slice = _measure(res, table, scen, pred, acc, gap, attribute)
+    measured = _measure(res, table, scen, pred, acc, gap, attribute)
     timings["total_s"] = time.perf_counter() - t0
-    summary = {
+    settings = {"seed": seed, "image_size": image_size, "epochs": epochs, "n_slices": n_slices}
+    settings |= {"rank_by": rank_by, "views": views, "slicer": slicer}
+    return _finish(res, _demo_summary(scen, measured, timings, settings), attribute, quiet)
+
+
+def _check_args(
+    out_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None,
+    views: str,
+    force: bool,
+    quiet: bool | None,
+) -> bool:
+    """Check the output folder (before any work) and ``views``; returns ``quiet`` (default:
+    ``MEDAUDIT_QUIET=1``)."""
+    from medaudit.outdir import check_output
+
+    check_output(out_dir, "audit", inputs=[cache_dir or default_cache_dir()], force=force)
+    if views not in ("frontal", "all"):
+        raise InputError(f"views '{views}': choose frontal or all")
+    if quiet is None:
+        quiet = os.environ.get("MEDAUDIT_QUIET", "") == "1"
+    return quiet
+
+
+def _sizes(
+    quick: bool, image_size: int, n_train: int | None, n_test: int | None, epochs: int | None
+) -> tuple[int, int, int, int]:
+    """Image size, training and test cases and epochs: the given ones, else 1000 / 500 / 20 (``quick``:
+    200 / 100 / 4, images at most 64 px)."""
+    if quick:
+        image_size = min(image_size, 64)
+    n_train = n_train if n_train is not None else (200 if quick else 1000)
+    n_test = n_test if n_test is not None else (100 if quick else 500)
+    epochs = epochs if epochs is not None else (4 if quick else 20)
+    return image_size, n_train, n_test, epochs
+
+
+def _demo_summary(
+    scen: Any,
+    measured: tuple[dict[str, Any], dict[str, Any], dict[str, Any]],
+    timings: dict[str, float],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """``demo.json``: the scenario, the measured figures, the top and best-matching slices, the timings,
+    the split sizes and the settings."""
+    figures, best, top_slice = measured
+    return {
         "scenario": {k2: v for k2, v in scen.summary().items() if k2 != "cell_counts"},
         "figures": figures,
         "top_slice": top_slice,
@@ -144,14 +180,12 @@ def run_demo(
         "timings": timings,
         "n_train": scen.n_train,
         "n_test": scen.n_test,
-        "seed": seed,
-        "image_size": image_size,
-        "epochs": epochs,
-        "n_slices": n_slices,
-        "rank_by": rank_by,
-        "views": views,
-        "slicer": slicer,
+        **settings,
     }
+
+
+def _finish(res: Any, summary: dict[str, Any], attribute: str, quiet: bool) -> DemoResult:
+    """Write ``demo.json`` beside the audit output and print the closing summary (unless ``quiet``)."""
     atomic_write_json(res.out_dir / "demo.json", summary)
     result = DemoResult(out_dir=res.out_dir, report=res.paths.get("report"), summary=summary)
     if not quiet:
@@ -271,8 +305,6 @@ def _measure(
     res: Any, table: pd.DataFrame, scen: Any, pred: np.ndarray, acc: float, gap: float, attribute: str
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Precision@k of the baked-in failure, the best-matching slice and the top slice."""
-    from sklearn.metrics import average_precision_score
-
     from medaudit.studies.cxr_slices.metrics import (
         error_share_baseline,
         precision_at_k_dcbench,
@@ -293,12 +325,19 @@ def _measure(
         "test_accuracy": acc,
         "in_slice_accuracy_gap": gap,
     }
-    # the discovered slice that best matches the baked-in failure (highest average precision, as dcbench)
+    return figures, _best_matching_slice(res, scores, gt, attribute), _top_slice(res, mem, gt)
+
+
+def _best_matching_slice(res: Any, scores: np.ndarray, gt: np.ndarray, attribute: str) -> dict[str, Any]:
+    """The discovered slice that best matches the baked-in failure (highest average precision, as
+    dcbench): its rank, size, error rate, share of baked-in cases, n-grams and rule."""
+    from sklearn.metrics import average_precision_score
+
     aps = [average_precision_score(gt, scores[:, j]) for j in range(scores.shape[1])]
     jb = int(np.argmax(aps))
     sb = res.slices[jb]
     members = scores[:, jb] > 0.5
-    best = {
+    return {
         "rank": jb + 1,
         "size": sb.get("size"),
         "error_rate": sb.get("error_rate"),
@@ -307,9 +346,13 @@ def _measure(
         "ngrams": [g.get("ngram") for g in (sb.get("explanation", {}).get("ngrams") or [])][:5],
         **_slice_rule(sb, attribute),
     }
+
+
+def _top_slice(res: Any, mem: pd.DataFrame, gt: np.ndarray) -> dict[str, Any]:
+    """The top-ranked slice: size, error rate, share of baked-in cases among its members, n-grams."""
     s1 = res.slices[0] if res.slices else {}
     in1 = mem["slice_1"].to_numpy() > 0.5
-    top_slice = {
+    return {
         "size": s1.get("size"),
         "error_rate": s1.get("error_rate"),
         "share_in_baked_slice": float(gt[in1].mean()) if in1.any() else None,
@@ -317,7 +360,6 @@ def _measure(
             :5
         ],
     }
-    return figures, best, top_slice
 
 
 def _slice_rule(sl: dict[str, Any], attribute: str) -> dict[str, Any]:
@@ -450,5 +492,10 @@ def demo_command(
         slicer=slicer,
     )
     if quiet:  # progress was silenced; the summary is the command's output and is always shown
-        for line in summary_lines(res, attribute):
-            typer.echo(line)
+        _echo_summary(res, attribute)
+
+
+def _echo_summary(res: DemoResult, attribute: str) -> None:
+    """Print the demo's closing summary on stdout."""
+    for line in summary_lines(res, attribute):
+        typer.echo(line)
