@@ -17,7 +17,7 @@ Usage::
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -70,5 +70,17 @@ def main(out_dir: str) -> None:
     print(frame_to_markdown(piv, digits=2))
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Why a scenario goal is or is not met: reads OUT_DIR/runs.parquet of a bench-scenarios "
+        "run and prints (markdown, on stdout) the planted slice's own error evidence per scenario x slice "
+        "share (size, errors, error rates, share of runs where its errors are significant, binomial "
+        "p < 0.05), and p@10 (dcbench) of each method split by whether the planted slice was significant. "
+        "Writes no files.",
+    )
+    parser.add_argument("out_dir", help="bench-scenarios output folder (holds runs.parquet)")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(parse_args().out_dir)
