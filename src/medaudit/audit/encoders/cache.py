@@ -30,6 +30,7 @@ are read-only releases, so this does not happen in practice. Use ``content="byte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -201,45 +202,92 @@ def _damaged(path: Path, why: str, damaged: list[str] | None) -> None:
         damaged.append(str(path))
 
 
-def _shard_problem(path: Path, rows: np.ndarray, dim: int | None = None) -> str | None:
-    """Why the shard at ``path`` cannot serve ``rows`` (``None``: it can): unreadable, not a 2D float32
-    array, not ``dim`` wide (the encoder's width, kept in meta.json), too few rows, or non-finite values
-    in those rows (a shard is written only when finite)."""
+def _read_rows(path: Path, rows: np.ndarray, dim: int | None = None) -> tuple[np.ndarray | None, str | None]:
+    """The ``rows`` of the shard at ``path`` (read once), or ``(None, why)`` it cannot serve them:
+    unreadable, not a 2D float32 array, not ``dim`` wide (the encoder's width, kept in meta.json), too
+    few rows, or non-finite values in those rows (a shard is written only when finite)."""
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
-        return "missing"
+        return None, "missing"
     except _READ_ERRORS:
-        return "cannot be read"
+        return None, "cannot be read"
     try:
         if arr.ndim != 2 or arr.dtype != np.float32:
-            return f"holds a {arr.dtype} array of shape {arr.shape}, not (rows, dim) float32"
+            return None, f"holds a {arr.dtype} array of shape {arr.shape}, not (rows, dim) float32"
         if dim is not None and arr.shape[1] != dim:
-            return f"holds embeddings of width {arr.shape[1]}, the encoder's width is {dim}"
+            return None, f"holds embeddings of width {arr.shape[1]}, the encoder's width is {dim}"
         if len(rows) and int(rows.max()) >= arr.shape[0]:
-            return f"has {arr.shape[0]} rows, the index refers to row {int(rows.max())}"
-        if not np.isfinite(arr[np.sort(rows)]).all():
-            return "holds non-finite values"
+            return None, f"has {arr.shape[0]} rows, the index refers to row {int(rows.max())}"
+        block = np.asarray(arr[rows])
     except _READ_ERRORS:  # a file shorter than its header says
-        return "cannot be read"
+        return None, "cannot be read"
     finally:
         del arr
-    return None
+    if not np.isfinite(block).all():
+        return None, "holds non-finite values"
+    return block, None
 
 
-def _drop_damaged(
-    folder: Path, index: pd.DataFrame, keys: list[str], damaged: list[str], dim: int | None = None
+class _Output:
+    """The ``(n, dim)`` result, created when its first rows arrive (their width is its width): in memory,
+    or memory-mapped at a temporary file that ``stack`` publishes onto ``path`` when the run succeeds
+    (and removes when it fails)."""
+
+    def __init__(self, n: int, path: Path | None, stack: contextlib.ExitStack) -> None:
+        self.n, self.path, self.stack = n, path, stack
+        self.array: np.ndarray | None = None
+
+    def put(self, positions: np.ndarray, block: np.ndarray, source: Path) -> None:
+        """Write ``block`` into the rows ``positions``; ``source`` (its shard) is named if its width differs
+        from the earlier rows'."""
+        if self.array is None:
+            shape = (self.n, int(block.shape[1]))
+            if self.path is None:
+                self.array = np.zeros(shape, dtype=np.float32)
+            else:
+                self.array = _open_out(self.stack.enter_context(atomic_save(self.path)), shape, self.path)
+        elif block.shape[1] != self.array.shape[1]:
+            raise InputError(
+                f"{source}: width {block.shape[1]} differs from {self.array.shape[1]}; clear the cache"
+            )
+        self.array[positions] = block
+
+    def finish(self, copies: list[tuple[int, int]]) -> np.ndarray:
+        """Fill the rows of duplicate inputs, ``(position, position of its first copy)``, and flush."""
+        assert self.array is not None
+        if copies:  # of a computed item (one skipped as unreadable: zeros, as its first input)
+            c = np.asarray(copies, dtype=np.int64)
+            self.array[c[:, 0]] = self.array[c[:, 1]]
+        if isinstance(self.array, np.memmap):
+            self.array.flush()
+        return self.array
+
+
+def _copy_cached(
+    folder: Path, keys: list[str], index: pd.DataFrame, result: _Output, damaged: list[str], dim: int | None
 ) -> pd.DataFrame:
-    """``index`` without the shards that cannot serve the rows ``keys`` need (their items are then
-    recomputed, and the rewritten index no longer refers to them); each is named in ``damaged``."""
-    need = index[index["item"].isin(set(keys))]
+    """Copy the cached rows of ``keys`` into ``result``, reading each row once, shard by shard; returns
+    ``index`` without the shards that cannot serve them (:func:`_read_rows`: their items are then
+    recomputed, and the rewritten index no longer refers to them), each named in ``damaged``."""
+    need = pd.DataFrame({"item": keys, "pos": np.arange(len(keys), dtype=np.int64)}).merge(index, on="item")
+    codes, shards = pd.factorize(need["shard"], sort=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(shards) + 1))
+    all_rows, all_pos = (
+        need["row"].to_numpy(dtype=np.int64)[order],
+        need["pos"].to_numpy(dtype=np.int64)[order],
+    )
     bad = []
-    for shard, rows in need.groupby("shard", sort=True)["row"]:
-        path = folder / f"{shard}.npy"
-        why = _shard_problem(path, rows.to_numpy(dtype=np.int64), dim)
-        if why is not None:
+    for s, shard in enumerate(shards):
+        path, part = folder / f"{shard}.npy", slice(bounds[s], bounds[s + 1])
+        rows, which = np.unique(all_rows[part], return_inverse=True)
+        block, why = _read_rows(path, rows, dim)
+        if block is None:
             _damaged(path, f"{why}; its items are recomputed", damaged)
             bad.append(shard)
+        else:
+            result.put(all_pos[part], block[which.reshape(-1)], path)
     return index[~index["shard"].isin(bad)].reset_index(drop=True) if bad else index
 
 
@@ -275,55 +323,97 @@ def encode_cached(
             of the result are then zeros, nothing is cached for them. Without it the error is raised,
             naming the image and its case id.
 
-    Only items whose key is missing from the cache are computed; the result is assembled from shards
-    memory-mapped one at a time.
+    The cached rows are copied into the result first, shard by shard (each memory-mapped once, each row
+    read once, checked finite as it is copied); then only the items whose key is missing (or whose shard
+    is damaged) are computed, and each batch is written both as a shard and into the result.
     """
     ids = list(ids)
     _check_ids(ids, len(inputs), batch_size)
     if getattr(encoder, "requires_fit", False) and not getattr(encoder, "is_fitted", True):
         encoder.fit(inputs)
     folder, width = _prepare_folder(encoder, cache_dir)
-    with make_progress(disable=None if progress else True) as prog:
-        keys = _hash_inputs(encoder, inputs, content, prog)
-        damaged: list[str] = []
-        index = _drop_damaged(folder, _load_index(folder, damaged), keys, damaged, width)
-        where: dict[str, tuple[str, int]] = dict(
-            zip(index["item"], zip(index["shard"], index["row"].astype(int), strict=True), strict=True)
-        )
-        todo_first: dict[str, int] = {}
-        for pos, k in enumerate(keys):
-            if k not in where and k not in todo_first:
-                todo_first[k] = pos
-        todo = list(todo_first.items())
-        enc_task = prog.add_task(f"{encoder.name}: encoding", total=len(todo))
-        new_rows: list[pd.DataFrame] = []
-        dim: int | None = None
+    with contextlib.ExitStack() as stack:
+        result = _Output(len(ids), None if out is None else Path(out), stack)
+        with make_progress(disable=None if progress else True) as prog:
+            keys = _hash_inputs(encoder, inputs, content, prog)
+            damaged: list[str] = []
+            index = _copy_cached(folder, keys, _load_index(folder, damaged), result, damaged, width)
+            todo, copies = _missing(keys, set(index["item"]))
+            run = _Run(encoder, ids, inputs, keys, folder, result)
+            new_rows = run.encode(todo, batch_size, prog, on_batch, on_unreadable)
+        _save_index(folder, index, new_rows, damaged)
+        if result.array is None:  # no input, or every one skipped as unreadable
+            return np.zeros((len(keys), int(encoder.dim)), dtype=np.float32)
+        array = result.finish(copies)
+    return array if out is None else np.load(out, mmap_mode="r")
 
-        def _unreadable(j: int, exc: UnreadableImage) -> None:
-            same = [pos for pos, k in enumerate(keys) if k == todo[j][0]]
-            if on_unreadable is None:
-                raise InputError(f"{exc} (case {ids[same[0]]!r})") from None
-            on_unreadable(same, exc)
 
-        batches = _embedding_batches(encoder, inputs, [p for _, p in todo], batch_size, _unreadable)
-        for idx, consumed, emb in batches:
-            chunk = [todo[j] for j in idx]
-            dim = _check_batch(encoder, np.asarray(emb, dtype=np.float32), chunk, ids, dim)
-            new_rows.append(_write_shard(folder, np.asarray(emb, dtype=np.float32), chunk, ids, where))
-            prog.update(enc_task, completed=consumed)
-            if on_batch is not None:
-                on_batch(consumed, len(todo))
+def _save_index(folder: Path, index: pd.DataFrame, new_rows: list[pd.DataFrame], damaged: list[str]) -> None:
+    """Rewrite ``index.parquet`` when this run added shards, found damaged files, or found none."""
     if new_rows or damaged or not (folder / "index.parquet").is_file():
         full = pd.concat([index, *new_rows], ignore_index=True) if new_rows else index
         with atomic_save(folder / "index.parquet") as tmp:
             full.to_parquet(tmp, index=False)
-    if not any(k in where for k in keys):  # no input, or every one skipped as unreadable
-        return np.zeros((len(keys), int(encoder.dim)), dtype=np.float32)
-    if out is None:
-        return _assemble(folder, keys, where)
-    with atomic_save(out) as tmp:
-        _assemble(folder, keys, where, tmp, name=Path(out))
-    return np.load(out, mmap_mode="r")
+
+
+def _missing(keys: list[str], cached: set[str]) -> tuple[list[tuple[str, int]], list[tuple[int, int]]]:
+    """The items to compute, as ``(key, position of its first input)``, and the other inputs holding one
+    of them, as ``(position, position of the first)``."""
+    first: dict[str, int] = {}
+    copies: list[tuple[int, int]] = []
+    for pos, k in enumerate(keys):
+        if k not in cached:
+            f = first.setdefault(k, pos)
+            if f != pos:
+                copies.append((pos, f))
+    return list(first.items()), copies
+
+
+class _Run:
+    """The missing items of one :func:`encode_cached` call, computed in batches, each written as a shard
+    and into the result."""
+
+    def __init__(
+        self, encoder: Encoder, ids: list[Any], inputs: Any, keys: list[str], folder: Path, result: _Output
+    ) -> None:
+        self.encoder, self.ids, self.inputs, self.keys = encoder, ids, inputs, keys
+        self.folder, self.result = folder, result
+
+    def encode(
+        self,
+        todo: list[tuple[str, int]],
+        batch_size: int,
+        prog: Any,
+        on_batch: Callable[[int, int], None] | None,
+        on_unreadable: Callable[[list[int], UnreadableImage], None] | None,
+    ) -> list[pd.DataFrame]:
+        """Compute ``todo`` (``(key, position)``); returns the index rows of the shards written."""
+        task = prog.add_task(f"{self.encoder.name}: encoding", total=len(todo))
+        new_rows: list[pd.DataFrame] = []
+        dim: int | None = None
+
+        def _unreadable(j: int, exc: UnreadableImage) -> None:
+            same = [pos for pos, k in enumerate(self.keys) if k == todo[j][0]]
+            if on_unreadable is None:
+                raise InputError(f"{exc} (case {self.ids[same[0]]!r})") from None
+            on_unreadable(same, exc)
+
+        positions = [p for _, p in todo]
+        for idx, consumed, emb in _embedding_batches(
+            self.encoder, self.inputs, positions, batch_size, _unreadable
+        ):
+            chunk = [todo[j] for j in idx]
+            emb = np.asarray(emb, dtype=np.float32)
+            dim = _check_batch(self.encoder, emb, chunk, self.ids, dim)
+            shard, rows = _write_shard(self.folder, emb, chunk, self.ids)
+            new_rows.append(rows)
+            self.result.put(
+                np.asarray([p for _, p in chunk], dtype=np.int64), emb, self.folder / f"{shard}.npy"
+            )
+            prog.update(task, completed=consumed)
+            if on_batch is not None:
+                on_batch(consumed, len(todo))
+        return new_rows
 
 
 def _check_ids(ids: list[Any], n: int, batch_size: int) -> None:
@@ -399,13 +489,9 @@ def _check_batch(
 
 
 def _write_shard(
-    folder: Path,
-    emb: np.ndarray,
-    chunk: list[tuple[str, int]],
-    ids: list[Any],
-    where: dict[str, tuple[str, int]],
-) -> pd.DataFrame:
-    """Write one computed batch as a shard (atomically); record where each item lives; its index rows."""
+    folder: Path, emb: np.ndarray, chunk: list[tuple[str, int]], ids: list[Any]
+) -> tuple[str, pd.DataFrame]:
+    """Write one computed batch as a shard (atomically); its name and index rows."""
     positions = [p for _, p in chunk]
     shard = f"shard-{uuid.uuid4().hex[:16]}"
     with atomic_save(folder / f"{shard}.npy") as tmp, open(tmp, "wb") as fh:
@@ -413,9 +499,7 @@ def _write_shard(
     keys_df = pd.DataFrame({"item": [k for k, _ in chunk], "id": [str(ids[p]) for p in positions]})
     with atomic_save(folder / f"{shard}.keys.parquet") as tmp:
         keys_df.to_parquet(tmp, index=False)
-    for row, (k, _) in enumerate(chunk):
-        where[k] = (shard, row)
-    return pd.DataFrame({"item": keys_df["item"], "shard": shard, "row": np.arange(len(chunk))})
+    return shard, pd.DataFrame({"item": keys_df["item"], "shard": shard, "row": np.arange(len(chunk))})
 
 
 def _open_out(path: Path, shape: tuple[int, int], name: Path) -> np.memmap:
@@ -432,38 +516,4 @@ def _open_out(path: Path, shape: tuple[int, int], name: Path) -> np.memmap:
             path.unlink(missing_ok=True)  # written just now by this function
             need = shape[0] * shape[1] * 4 / 2**20
             raise InputError(f"{name}: {exc.strerror or exc} (the embeddings need {need:.0f} MiB)") from None
-    return out
-
-
-def _assemble(
-    folder: Path,
-    keys: list[str],
-    where: dict[str, tuple[str, int]],
-    out_path: Path | None = None,
-    name: Path | None = None,
-) -> np.ndarray:
-    by_shard: dict[str, list[tuple[int, int]]] = {}
-    for pos, k in enumerate(keys):
-        if k in where:  # not: an image skipped as unreadable (its row stays zero)
-            shard, row = where[k]
-            by_shard.setdefault(shard, []).append((pos, row))
-    out: np.ndarray | None = None
-    for shard, pairs in by_shard.items():
-        arr = np.load(folder / f"{shard}.npy", mmap_mode="r")
-        if out is None and out_path is not None:
-            out = _open_out(out_path, (len(keys), arr.shape[1]), name or out_path)
-        elif out is None:
-            out = np.zeros((len(keys), arr.shape[1]), dtype=np.float32)
-        elif arr.shape[1] != out.shape[1]:
-            raise InputError(
-                f"{folder / shard}.npy: width {arr.shape[1]} differs from {out.shape[1]}; clear the cache"
-            )
-        pos = np.fromiter((p for p, _ in pairs), dtype=np.int64, count=len(pairs))
-        rows = np.fromiter((r for _, r in pairs), dtype=np.int64, count=len(pairs))
-        out[pos] = arr[rows]
-        del arr
-    if isinstance(out, np.memmap):
-        out.flush()
-    if out is None:
-        return np.zeros((0, 0), dtype=np.float32)
     return out
