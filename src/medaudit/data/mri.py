@@ -17,7 +17,10 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import inspect
 import json
+import math
+import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -356,17 +359,50 @@ def _stem(p: Path) -> str:
 
 def get_cases(source: str, path: str | Path | None = None, **kwargs: Any) -> list[VolumeCase]:
     """Dispatch on ``source``: ``mni-phantom`` | ``dhcp`` | ``folder`` | ``csv``."""
+    readers: dict[str, Any] = {
+        "mni-phantom": build_mni_phantom,
+        "dhcp": read_dhcp,
+        "folder": read_nifti_folder,
+        "csv": read_csv_pairs,
+    }
+    if source not in readers:
+        raise InputError(f"unknown data source '{source}'; choose mni-phantom, dhcp, folder or csv")
+    check_reader_options(source, kwargs)
     if source == "mni-phantom":
         return build_mni_phantom(**kwargs)
     if path is None:
         raise InputError(f"data source '{source}' needs a path")
-    if source == "dhcp":
-        return read_dhcp(path, **kwargs)
-    if source == "folder":
-        return read_nifti_folder(path, **kwargs)
-    if source == "csv":
-        return read_csv_pairs(path, **kwargs)
-    raise InputError(f"unknown data source '{source}'; choose mni-phantom, dhcp, folder or csv")
+    return readers[source](path, **kwargs)  # type: ignore[no-any-return]
+
+
+#: the reader's own first argument (the data path), not an option
+_PATH_PARAMS = ("root", "folder", "path")
+
+
+def check_reader_options(source: str, options: Mapping[str, Any]) -> None:
+    """Refuse an option the reader of ``source`` does not take, or a value of the wrong kind (text
+    for a name or pattern, true/false for a switch, a number for a count), with one line naming it."""
+    reader = {
+        "mni-phantom": build_mni_phantom,
+        "dhcp": read_dhcp,
+        "folder": read_nifti_folder,
+        "csv": read_csv_pairs,
+    }[source]
+    params = {n: p for n, p in inspect.signature(reader).parameters.items() if n not in _PATH_PARAMS}
+    for name, value in options.items():
+        if name not in params:
+            raise InputError(
+                f"data option '{name}' is not an option of the {source} reader; "
+                f"its options: {', '.join(params)}"
+            )
+        default = params[name].default
+        kind: tuple[type, ...] = (int, float) if isinstance(default, float) else (type(default),)
+        if default is None or isinstance(default, Path):
+            kind = (str,)
+        ok = isinstance(value, kind) and (isinstance(default, bool) or not isinstance(value, bool))
+        if not ok and not (default is None and value is None):
+            want = " or ".join(k.__name__ for k in kind)
+            raise InputError(f"data option '{name}': expected {want}, got {value!r:.60}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,9 +437,32 @@ def _check_affine(affine: np.ndarray, path: Path) -> None:
         raise InputError(f"{path}: the NIfTI affine is singular (zero voxel size or degenerate axes)")
 
 
+#: Largest volume (voxels, as its header declares) that medaudit reads: 2**28 = 268 million voxels,
+#: 1 GiB as float32, fifteen times a dHCP scan (290 x 290 x 203). A file that declares more is refused
+#: before its data are read: a few MB of gzip can declare a volume of tens of GB (a decompression
+#: bomb). Override with the environment variable ``MEDAUDIT_MAX_VOLUME_VOXELS``.
+MAX_VOLUME_VOXELS = 2**28
+
+
+def max_volume_voxels() -> int:
+    """The voxel limit in force: ``$MEDAUDIT_MAX_VOLUME_VOXELS`` or :data:`MAX_VOLUME_VOXELS`."""
+    raw = os.environ.get("MEDAUDIT_MAX_VOLUME_VOXELS", "").strip()
+    if not raw:
+        return MAX_VOLUME_VOXELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise InputError(f"MEDAUDIT_MAX_VOLUME_VOXELS={raw!r}: expected a positive integer")
+    return int(raw)
+
+
 def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     if 0 in tuple(img.shape):
         raise InputError(f"{path}: empty volume, shape {tuple(img.shape)}")
+    n, limit = math.prod(int(s) for s in img.shape), max_volume_voxels()
+    if n > limit:
+        raise InputError(
+            f"{path}: header declares {tuple(int(s) for s in img.shape)} = {n:,} voxels, over the limit of "
+            f"{limit:,} (a decompression bomb or a damaged header; raise MEDAUDIT_MAX_VOLUME_VOXELS to allow it)"
+        )
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
@@ -471,15 +530,14 @@ def load_case(
             not np.all(np.isfinite(ldata)) or np.any(ldata != np.round(ldata))
         ):
             raise InputError(f"{case.label}: label map has non-integer values")
-        li = ldata.astype(np.int64)
         lut = ls.lookup_table()
-        vals = np.unique(li)
-        bad = [int(v) for v in vals if v < 0 or v >= lut.size or lut[v] < 0]
+        # the values as stored: a float label far outside int64 must not wrap around when cast
+        bad = [int(v) for v in np.unique(ldata) if not 0 <= v < lut.size or lut[int(v)] < 0]
         if bad:
             raise InputError(
                 f"{case.label}: label value(s) {bad[:5]} outside the declared set '{ls.name}' {list(ls.source_values)[:12]}"
             )
-        label = lut[li]
+        label = lut[ldata.astype(np.int64)]
     if normalise:
         image = normalise_intensity(image)
     if spacing is not None:

@@ -1,0 +1,76 @@
+"""An adversarial sweep of ``medaudit texture ...`` and the MRI readers: each case failed before its fix
+(a traceback, exit 1, a message naming the wrong value, or a run folder left behind) and is now exit 2
+with one line naming the file and the key, and nothing written."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from .conftest import AFF, train_config, write_config
+from .conftest import refused as _refused
+
+
+def _copy(volumes: Path, dst: Path) -> Path:
+    shutil.copytree(volumes, dst)
+    return dst
+
+
+def _train(tmp_path: Path, cfg: Path) -> list[object]:
+    return ["texture", "train", "-o", tmp_path / "r", "--config", cfg]
+
+
+# -- NIfTI ------------------------------------------------------------------------------------------
+
+
+def test_header_declaring_a_huge_volume_is_refused_before_reading(tmp_path):
+    """A few bytes of gzip whose header declares 2000^3 voxels: refused from the header, naming the
+    limit (it used to try to allocate the array: a MemoryError, or gigabytes of memory taken)."""
+    from medaudit.data.mri import VolumeCase, load_case
+    from medaudit.errors import InputError
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_data_shape((2000, 2000, 2000))
+    hdr.set_qform(AFF)
+    (tmp_path / "bomb.nii.gz").write_bytes(gzip.compress(hdr.binaryblock + b"\0" * 4))
+    with pytest.raises(InputError, match=r"bomb\.nii\.gz: header declares .* over the limit"):
+        load_case(VolumeCase("b", tmp_path / "bomb.nii.gz"))
+
+
+def test_voxel_limit_applies_to_predict(cli, trained, volumes, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDAUDIT_MAX_VOLUME_VOXELS", "1000")
+    args = ["texture", "predict", "-m", trained / "model.pt", volumes / "images" / "s0.nii.gz"]
+    _refused(cli, [*args, "-o", tmp_path / "seg"], [tmp_path], "s0.nii.gz", "MEDAUDIT_MAX_VOLUME_VOXELS")
+
+
+def test_float_label_beyond_int64_is_named_by_its_value(cli, volumes, tmp_path):
+    """A float label map holding 1e30: the message gives that value (it printed the int64 wrap-around
+    -9223372036854775808, after a RuntimeWarning from the cast)."""
+    data = _copy(volumes, tmp_path / "data")
+    nib.save(
+        nib.Nifti1Image(np.full((20, 18, 16), 1e30, np.float32), AFF), str(data / "labels" / "s1.nii.gz")
+    )
+    cfg = write_config(tmp_path / "c.json", train_config(data))
+    line = _refused(cli, _train(tmp_path, cfg), [tmp_path], "s1.nii.gz", "outside the declared set")
+    assert "-9223372036854775808" not in line and "[1000000015047466219876688855040]" in line
+
+
+@pytest.mark.parametrize(
+    ("options", "what"),
+    [
+        ({"bogus": 1}, "data option 'bogus' is not an option of the folder reader"),
+        ({"image_pattern": 5}, "data option 'image_pattern': expected str, got 5"),
+        ({"require_label": "yes"}, "data option 'require_label': expected bool"),
+    ],
+)
+def test_train_bad_reader_options(cli, volumes, tmp_path, options, what):
+    """``data_options`` the reader does not take (a TypeError: 'internal error', exit 1) or of the
+    wrong kind (an AttributeError deep in the reader)."""
+    cfg = write_config(tmp_path / "c.json", train_config(volumes, data_options=options))
+    _refused(cli, _train(tmp_path, cfg), [tmp_path], what)
