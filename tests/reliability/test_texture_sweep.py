@@ -74,3 +74,20 @@ def test_train_bad_reader_options(cli, volumes, tmp_path, options, what):
     wrong kind (an AttributeError deep in the reader)."""
     cfg = write_config(tmp_path / "c.json", train_config(volumes, data_options=options))
     _refused(cli, _train(tmp_path, cfg), [tmp_path], what)
+
+
+# -- demo -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "what"),
+    [
+        (["--n-subjects", "2"], "--n-subjects 2: the demo tests on a quarter of the subjects"),
+        (["--corruptions", "motion,bogus"], "--corruptions 'motion,bogus': unknown corruption 'bogus'"),
+    ],
+)
+def test_demo_flags_checked_before_any_work(cli, tmp_path, flags, what):
+    """Two phantom subjects leave no test subject: the demo built the cohort and trained both models,
+    then failed at the evaluation; an unknown corruption was named without its flag."""
+    args = ["texture", "demo", "-o", tmp_path / "d", "--cache-dir", tmp_path / "cache", "--iterations", "1"]
+    _refused(cli, [*args, *flags], [tmp_path], what)

@@ -59,6 +59,7 @@ def demo_command(
     from medaudit.texture.train import TrainConfig, family_of
 
     device = check_device(device, flag="--device")  # first: before the cohort is built or loaded
+    _check_demo_flags(n_subjects, corruptions)
 
     t0 = time.perf_counter()
     common = {
@@ -66,7 +67,7 @@ def demo_command(
         "n_subjects": n_subjects,
         "phantom_spacing": 3.0,
         "val_fraction": 0.0,
-        "test_fraction": 0.25,
+        "test_fraction": _DEMO_TEST_FRACTION,
         "iterations": iterations,
         "patch_size": [32, 32, 32],
         "batch_size": 2,
@@ -88,6 +89,23 @@ def demo_command(
 
     with claim_output(out, "texture-demo", inputs=[cache_dir], force=force, in_place=True, keep_if=("runs",)):
         _demo_run(out, runs, corruptions, seed, device, t0)
+
+
+#: the share of the phantom subjects the demo holds out for testing
+_DEMO_TEST_FRACTION = 0.25
+
+
+def _check_demo_flags(n_subjects: int, corruptions: str) -> None:
+    """Refuse, before any training, a cohort too small to leave a test subject (it failed only at the
+    evaluation, after both models were trained) and unknown or repeated ``--corruptions``."""
+    from medaudit.errors import InputError
+    from medaudit.texture.cli import _eval_corruptions
+
+    if n_subjects < 1 or round(_DEMO_TEST_FRACTION * n_subjects) < 1:
+        raise InputError(
+            f"--n-subjects {n_subjects}: the demo tests on a quarter of the subjects; give at least 3"
+        )
+    _eval_corruptions(corruptions, clean=True)
 
 
 def _demo_run(
