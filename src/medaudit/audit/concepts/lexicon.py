@@ -98,19 +98,37 @@ class Lexicon:
         return len(self.concepts)
 
 
+def _text(value: Any, where: str, key: str, default: str = "") -> str:
+    """A scalar YAML value as text. A list or mapping is refused before ``str()`` could expand it
+    (a "billion laughs" alias tree is tiny in YAML and gigabytes as text); ``yes`` / ``no`` read as
+    booleans by YAML 1.1 are refused instead of becoming ``'True'`` / ``'False'``."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise InputError(f"{where}: key '{key}' is {str(value).lower()}, not text (quote it)")
+    if not isinstance(value, (str, int, float)):
+        raise InputError(f"{where}: key '{key}' must be text, not a {type(value).__name__}")
+    return str(value).strip()
+
+
 def _str_list(value: Any, where: str, key: str) -> tuple[str, ...]:
+    """A list of phrases; each must hold a word to match (not blank, not only punctuation or ``~``)."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
         raise InputError(f"{where}: key '{key}' must be a list of strings")
-    out = tuple(str(v).strip() for v in value if str(v).strip())
-    return out
+    for j, v in enumerate(value):
+        if isinstance(v, bool):
+            raise InputError(f"{where}: key '{key}' item {j + 1} is {str(v).lower()}, not text (quote it)")
+        if not [w for w in _WORD.findall(str(v).lower()) if w != "~"]:
+            raise InputError(f"{where}: key '{key}' item {j + 1} ({str(v)!r}) has no word to match")
+    return tuple(str(v).strip() for v in value)
 
 
 def _parse_concept(item: Any, where: str, i: int) -> Concept:
     if not isinstance(item, dict):
         raise InputError(f"{where}: concepts[{i}] must be a mapping with 'name' and 'synonyms'")
-    name = str(item.get("name", "")).strip()
+    name = " ".join(_text(item.get("name"), f"{where}: concepts[{i}]", "name").split())
     at = f"{where}: concept '{name}'" if name else f"{where}: concepts[{i}]"
     unknown = sorted(set(map(str, item)) - _CONCEPT_KEYS)
     if unknown:
@@ -120,12 +138,13 @@ def _parse_concept(item: Any, where: str, i: int) -> Concept:
     synonyms = _str_list(item.get("synonyms", []), at, "synonyms")
     includes = _str_list(item.get("includes", []), at, "includes")
     exclude = _str_list(item.get("exclude", []), at, "exclude")
-    if not synonyms or not any(_WORD.findall(s.lower()) for s in synonyms):
+    if not synonyms:
         raise InputError(f"{at}: key 'synonyms' is missing or empty")
     neg = item.get("negatable", True)
     if not isinstance(neg, bool):
         raise InputError(f"{at}: key 'negatable' must be true or false")
-    return Concept(name, synonyms, str(item.get("group", "") or ""), includes, neg, exclude)
+    _text(item.get("description"), at, "description")
+    return Concept(name, synonyms, _text(item.get("group"), at, "group"), includes, neg, exclude)
 
 
 def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
@@ -148,7 +167,9 @@ def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
         for inc in c.includes:
             if inc.lower() not in seen:
                 raise InputError(f"{where}: concept '{c.name}': key 'includes' names unknown concept '{inc}'")
-    return Lexicon(tuple(concepts), str(data.get("name", "") or ""), str(data.get("language", "en") or "en"))
+    _text(data.get("description"), where, "description")
+    name, language = _text(data.get("name"), where, "name"), _text(data.get("language"), where, "language")
+    return Lexicon(tuple(concepts), name, language or "en")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -159,6 +180,9 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     keys: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            line, kind = key_node.start_mark.line + 1, type(key).__name__
+            raise InputError(f"{loader.name}: line {line}: a mapping key must be plain text, not a {kind}")
         if key in keys:
             raise InputError(f"{loader.name}: duplicate key '{key}' (line {key_node.start_mark.line + 1})")
         keys.add(key)
@@ -186,6 +210,8 @@ def load_lexicon(path: str | Path) -> Lexicon:
             loader.dispose()
     except yaml.YAMLError as exc:
         raise InputError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    except RecursionError as exc:
+        raise InputError(f"{p}: not a lexicon (lists or mappings nested too deeply)") from exc
     return parse_lexicon(data, str(p))
 
 

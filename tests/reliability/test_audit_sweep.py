@@ -1,0 +1,102 @@
+"""Adversarial inputs found by a sweep of the audit's dataset readers, predictions join, concept
+lexicons and HTML report; each case failed (traceback, silent result, unsafe page) before its fix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from medaudit.audit.concepts import load_lexicon
+from medaudit.errors import InputError
+
+from .conftest import make_table, one_line, snapshot
+
+# -- concept lexicons (--concepts FILE) --------------------------------------------------------------
+
+_BOMB_LEVELS = "".join(
+    f"&{chr(98 + k)} [" + ",".join([f"*{chr(97 + k)}"] * 9) + "], " for k in range(8)
+)  # 9**9 "lol" once expanded: str() of it ran out of memory
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (
+            "concepts:\n  - name: z\n    synonyms: [a]\n    description: [&a [lol,lol,lol,lol,lol,lol,lol,lol,lol], "
+            + _BOMB_LEVELS
+            + "]\n  - name: *i\n    synonyms: [b]\n",
+            r"lex\.yaml: concept 'z': key 'description' must be text, not a list$",
+        ),
+        (
+            "concepts:\n  - {name: [a, b], synonyms: [x]}\n",
+            r"concepts\[0\]: key 'name' must be text, not a list$",
+        ),
+        ("name: {a: 1}\nconcepts:\n  - {name: a, synonyms: [x]}\n", r"key 'name' must be text, not a dict$"),
+        ("concepts:\n  - {name: a, synonyms: [x], group: [g]}\n", r"concept 'a': key 'group' must be text"),
+        ("? [a]\n: 1\nconcepts: []\n", r"lex\.yaml: line 1: a mapping key must be plain text, not a list$"),
+        ("concepts: " + "[" * 3000 + "]" * 3000 + "\n", r"lex\.yaml: not a lexicon \(.*nested too deeply\)$"),
+        (
+            "concepts:\n  - {name: chest tube, synonyms: [x]}\n  - {name: 'chest  tube', synonyms: [y]}\n",
+            r"duplicate concept name 'chest tube'$",
+        ),
+        (
+            "concepts:\n  - {name: a, synonyms: [tube, '  ']}\n",
+            r"concept 'a': key 'synonyms' item 2 \(' '\) has no",
+        ),
+        ("concepts:\n  - {name: a, synonyms: ['(', tube]}\n", r"key 'synonyms' item 1 \('\('\) has no word"),
+        (
+            "concepts:\n  - {name: a, synonyms: ['~']}\n",
+            r"key 'synonyms' item 1 \('~'\) has no word to match$",
+        ),
+        (
+            "concepts:\n  - {name: a, synonyms: [tube, no]}\n",
+            r"key 'synonyms' item 2 is false, not text \(quote",
+        ),
+        (
+            "concepts:\n  - {name: a, synonyms: [x], exclude: ['']}\n",
+            r"key 'exclude' item 1 \(''\) has no word",
+        ),
+    ],
+    ids=[
+        "yaml-bomb",
+        "name-list",
+        "top-name-dict",
+        "group-list",
+        "list-key",
+        "deep-nesting",
+        "dup-name-inner-space",
+        "blank-synonym",
+        "punctuation-synonym",
+        "tilde-synonym",
+        "yaml-bool-synonym",
+        "blank-exclude",
+    ],
+)
+def test_bad_lexicon_is_one_line_naming_file_and_key(tmp_path: Path, text: str, match: str) -> None:
+    p = tmp_path / "lex.yaml"
+    p.write_text(text)
+    with pytest.raises(InputError) as exc:
+        load_lexicon(p)
+    assert str(p) in str(exc.value) and re.search(match, str(exc.value)), exc.value
+
+
+def test_regex_special_synonyms_are_plain_words(tmp_path: Path) -> None:
+    from medaudit.audit.concepts import extract_concepts
+
+    p = tmp_path / "lex.yaml"
+    p.write_text("concepts:\n  - {name: a, synonyms: ['c++ (line*']}\n")
+    lex = load_lexicon(p)
+    codes = extract_concepts(["A c line here.", "Anything else."], lex)
+    assert codes["a"].tolist() == [1, 0]
+
+
+def test_bad_lexicon_on_the_command_line_exits_2_and_writes_nothing(cli, audit_args, tmp_path: Path) -> None:
+    table = make_table(tmp_path / "data")
+    lex = tmp_path / "lex.yaml"
+    lex.write_text("concepts:\n  - {name: a, synonyms: [tube, '']}\n")
+    before = snapshot(tmp_path)
+    rc, err = cli(*audit_args(table, tmp_path / "out", "--slicer", "rules", "--concepts", lex))
+    assert rc == 2 and "lex.yaml" in one_line(err) and "item 2" in err
+    assert snapshot(tmp_path) == before
