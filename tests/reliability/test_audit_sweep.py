@@ -6,10 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from medaudit.audit.concepts import load_lexicon
+from medaudit.data.cxr import read_chexpert
 from medaudit.errors import InputError
+from test_cxr_readers import _chexpert
 
 from .conftest import make_table, one_line, snapshot
 
@@ -100,3 +103,25 @@ def test_bad_lexicon_on_the_command_line_exits_2_and_writes_nothing(cli, audit_a
     rc, err = cli(*audit_args(table, tmp_path / "out", "--slicer", "rules", "--concepts", lex))
     assert rc == 2 and "lex.yaml" in one_line(err) and "item 2" in err
     assert snapshot(tmp_path) == before
+
+
+# -- dataset readers (--dataset KIND:ROOT) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "empty image path"),
+        ("../../../../etc/passwd", "image path '../../../../etc/passwd' is outside"),
+        ("/etc/passwd", "image path '/etc/passwd' is outside"),
+    ],
+)
+def test_chexpert_path_blank_or_outside_the_dataset_is_refused(tmp_path: Path, value: str, why: str) -> None:
+    """A blank Path was a TypeError; a path escaping the dataset was read as an image."""
+    root = _chexpert(tmp_path)
+    raw = pd.read_csv(root / "train.csv")
+    raw.loc[1, "Path"] = value
+    raw.to_csv(root / "train.csv", index=False)
+    with pytest.raises(InputError) as exc:
+        read_chexpert(root)
+    assert f"{root / 'train.csv'}: column 'Path' row 2: {why}" in str(exc.value)

@@ -14,6 +14,7 @@ reports, so ``report`` is empty.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -51,6 +52,19 @@ def _resolve(root: Path, rel: str) -> Path:
     return (root.parent / rel_p).absolute()
 
 
+def _check_paths(paths: pd.Series, root: Path, src: Path) -> None:
+    """Every ``Path`` cell is a non-empty path inside the folder above the dataset folder (the base the
+    release's paths are relative to): a blank cell, ``../../etc/passwd`` or ``/etc/passwd`` is refused,
+    naming the file, the column and the 1-based data row."""
+    base = os.path.normpath(root.parent.absolute())
+    for i, rel in enumerate(paths.tolist()):
+        if not isinstance(rel, str) or not rel.strip():
+            raise InputError(f"{src}: column 'Path' row {i + 1}: empty image path")
+        full = os.path.normpath(os.path.join(base, rel.strip()))
+        if os.path.commonpath([base, full]) != base:
+            raise InputError(f"{src}: column 'Path' row {i + 1}: image path {rel!r} is outside {base}")
+
+
 def read_chexpert(
     root: str | Path,
     split: Literal["train", "valid", "both"] = "both",
@@ -75,6 +89,7 @@ def read_chexpert(
         raw = read_csv(p)
         require_columns(raw, ["Path", *CHEXPERT_META, *CHEXPERT_LABELS], p)
         check_label_values(raw, CHEXPERT_LABELS, p)
+        _check_paths(raw["Path"], root, p)
         raw["split"] = name.removesuffix(".csv")
         origins += table_rows(p, range(len(raw)))
         frames.append(raw)
