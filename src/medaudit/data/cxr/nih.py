@@ -130,7 +130,10 @@ def read_nih(
     split = pd.Series("", index=df.index)
     for name, lab in (("train_val_list.txt", "train_val"), ("test_list.txt", "test")):
         if (root / name).is_file():
-            ids = set((root / name).read_text().split())
+            try:
+                ids = set((root / name).read_text(encoding="utf-8").split())
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(f"{root / name}: not a readable list of image names ({exc})") from exc
             split[names.isin(ids).to_numpy()] = lab
     df["split"] = split
     df = check_images(df, verify=verify_images, skip_bad=skip_bad, origins=origins)
