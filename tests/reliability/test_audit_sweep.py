@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from medaudit.audit.concepts import load_lexicon
-from medaudit.data.cxr import read_chexpert
+from medaudit.data.cxr import read_chexpert, read_mimic_cxr, read_nih
 from medaudit.errors import InputError
-from test_cxr_readers import _chexpert
+from test_cxr_readers import _chexpert, _mimic, _nih
 
 from .conftest import make_table, one_line, snapshot
 
@@ -125,3 +125,77 @@ def test_chexpert_path_blank_or_outside_the_dataset_is_refused(tmp_path: Path, v
     with pytest.raises(InputError) as exc:
         read_chexpert(root)
     assert f"{root / 'train.csv'}: column 'Path' row 2: {why}" in str(exc.value)
+
+
+def _edit_mimic_csv(path: Path, edit) -> None:
+    df = pd.read_csv(path, dtype={"dicom_id": str})
+    edit(df)
+    df.to_csv(path, index=False)
+
+
+def _append_first_row(df: pd.DataFrame, **changes: object) -> None:
+    df.loc[len(df)] = df.iloc[0]
+    for k, v in changes.items():
+        df.loc[len(df) - 1, k] = v
+
+
+@pytest.mark.parametrize(
+    ("table", "edit", "match"),
+    [
+        (
+            "metadata",
+            lambda d: d.__setitem__("subject_id", d["subject_id"] + 0.5),
+            "column 'subject_id' row 1: not",
+        ),
+        (
+            "chexpert",
+            lambda d: d.__setitem__("study_id", d["study_id"] + 0.25),
+            "column 'study_id' row 1: not",
+        ),
+        (
+            "metadata",
+            lambda d: d.__setitem__("dicom_id", ["d1", "../../x/d2", "d3"]),
+            "'dicom_id' row 2: '../../x",
+        ),
+        (
+            "metadata",
+            lambda d: d.__setitem__("dicom_id", ["d1", None, "d3"]),
+            "'dicom_id' row 2: empty image id",
+        ),
+        (
+            "chexpert",
+            lambda d: _append_first_row(d, Edema=1.0),
+            "'study_id' rows 1 and 3: study 50414267 has two",
+        ),
+    ],
+    ids=[
+        "fractional-subject",
+        "fractional-study",
+        "path-in-dicom-id",
+        "blank-dicom-id",
+        "conflicting-labels",
+    ],
+)
+def test_mimic_ids_that_would_be_silently_wrong_are_refused(tmp_path: Path, table, edit, match) -> None:
+    """A fractional id was truncated to another patient's, a conflicting label row silently dropped, a
+    dicom_id with '../' built a path outside files/, a blank one looked for 'nan.jpg'."""
+    root, reports = _mimic(tmp_path, gz=False)
+    csv = root / f"mimic-cxr-2.0.0-{table}.csv"
+    _edit_mimic_csv(csv, edit)
+    with pytest.raises(InputError) as exc:
+        read_mimic_cxr(root, reports_root=reports)
+    assert str(exc.value).startswith(f"{csv}: ") and match in str(exc.value), exc.value
+
+
+def test_mimic_label_row_repeated_identically_is_kept_once(tmp_path: Path) -> None:
+    root, reports = _mimic(tmp_path, gz=False)
+    _edit_mimic_csv(root / "mimic-cxr-2.0.0-chexpert.csv", _append_first_row)
+    assert len(read_mimic_cxr(root, reports_root=reports)) == 3
+
+
+def test_nih_split_list_not_utf8_names_the_file(tmp_path: Path) -> None:
+    """It was a UnicodeDecodeError traceback."""
+    root = _nih(tmp_path)
+    (root / "test_list.txt").write_bytes(b"\xff\xfe00000002_000.png\n")
+    with pytest.raises(InputError, match=re.escape(f"{root / 'test_list.txt'}: not a readable list")):
+        read_nih(root)

@@ -30,6 +30,7 @@ from medaudit.data.cxr.common import (
     check_label_values,
     finalize,
     find_one,
+    plain,
     read_csv,
     require_columns,
     require_dir,
@@ -109,15 +110,42 @@ def _images_with_labels(root: Path, labeler: str) -> pd.DataFrame:
     labels = read_csv(lab_p)
     require_columns(labels, ["subject_id", "study_id", *CHEXPERT_LABELS], lab_p)
     check_label_values(labels, CHEXPERT_LABELS, lab_p)
+    _check_dicom_ids(meta, meta_p)
     for c in ("subject_id", "study_id"):
         for name, frame in ((meta_p, meta), (lab_p, labels)):
             v = pd.to_numeric(frame[c], errors="coerce")
-            if v.isna().any():
-                i = int(np.flatnonzero(v.isna().to_numpy())[0])
+            bad = (v.isna() | (v != v.round())).to_numpy()  # 1.5 would be truncated to another id
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
                 raise InputError(f"{name}: column '{c}' row {i + 1}: not an integer id")
             frame[c] = v.astype(np.int64)
-    labels = labels.drop_duplicates("study_id").set_index("study_id")
+    labels = _one_label_row_per_study(labels, lab_p).set_index("study_id")
     return meta.merge(labels[list(CHEXPERT_LABELS)], left_on="study_id", right_index=True, how="left")
+
+
+def _check_dicom_ids(meta: pd.DataFrame, meta_p: Path) -> None:
+    """A ``dicom_id`` names an image file: not blank, no path separator, not ``.`` / ``..``."""
+    for i, d in enumerate(meta["dicom_id"].tolist()):
+        text = d.strip() if isinstance(d, str) else ""
+        if not text:
+            raise InputError(f"{meta_p}: column 'dicom_id' row {i + 1}: empty image id")
+        if "/" in text or "\\" in text or text in (".", ".."):
+            raise InputError(f"{meta_p}: column 'dicom_id' row {i + 1}: {plain(d)} is not an image id")
+
+
+def _one_label_row_per_study(labels: pd.DataFrame, lab_p: Path) -> pd.DataFrame:
+    """The label table without repeated rows; a study listed twice with different labels is refused
+    (keeping the first, as before, silently chose one of two answers)."""
+    unique = labels.drop_duplicates(["study_id", *CHEXPERT_LABELS])
+    dup = unique["study_id"].duplicated(keep=False).to_numpy()
+    if dup.any():
+        rows = np.flatnonzero(labels["study_id"].isin(unique["study_id"][dup]).to_numpy())[:2]
+        study = labels["study_id"].iloc[rows[0]]
+        raise InputError(
+            f"{lab_p}: column 'study_id' rows {rows[0] + 1} and {rows[1] + 1}: study {study} has two "
+            "different label rows"
+        )
+    return unique
 
 
 def _keep_split(df: pd.DataFrame, root: Path, split: str) -> pd.DataFrame:
