@@ -199,3 +199,39 @@ def test_nih_split_list_not_utf8_names_the_file(tmp_path: Path) -> None:
     (root / "test_list.txt").write_bytes(b"\xff\xfe00000002_000.png\n")
     with pytest.raises(InputError, match=re.escape(f"{root / 'test_list.txt'}: not a readable list")):
         read_nih(root)
+
+
+# -- HTML pages ---------------------------------------------------------------------------------------
+
+EVIL = '<script>alert(1)</script>"onerror=x javascript:alert(1) {{ 7*7 }} \u202egnp.exe\x07'
+
+
+def _csp(html: str) -> str:
+    m = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html)
+    assert m, "no CSP meta tag"
+    return m.group(1)
+
+
+def test_dataset_index_page_has_a_hash_csp_and_escapes_prediction_ids() -> None:
+    """index.html of `audit --dataset` allowed style-src 'unsafe-inline'."""
+    from medaudit.report.html import render
+
+    join = {"predictions_file": EVIL, "id_column": EVIL, "key_kind": "dicom_id", "n_joined": 1}
+    join |= {"n_predictions": 2, "n_dataset": 1, "unjoined_predictions": 1, "unjoined_examples": [EVIL]}
+    join |= {"images_without_prediction": 0, "without_prediction_examples": []}
+    summary = {"dataset": "mimic-cxr", "join": join, "findings": {}, "skipped": {"edema": EVIL}}
+    summary |= {"uncertain_policy": "zeros", "blank_labels": "negative", "modalities": ["report"]}
+    summary |= {"embedded_rows": 1, "ranking_rule": "lower Wilson bound"}
+    row = {"finding": "edema", "link": "edema/report.html", "slice": EVIL, "size": 3, "error_rate": 0.5}
+    row |= {
+        "error_lo": 0.1,
+        "error_hi": 0.9,
+        "finding_error_rate": 0.2,
+        "excess_errors": 1.0,
+        "top_ngram": EVIL,
+    }
+    html = render("dataset_index.html", summary=summary, rows=[row], version="0")
+    policy = _csp(html)
+    assert "'unsafe-inline'" not in policy and "'sha256-" in policy and "default-src 'none'" in policy
+    assert "<script" not in html and "\u202e" not in html and "\x07" not in html
+    assert "&lt;script&gt;" in html and "[U+202E]" in html and "&#34;onerror=x" in html

@@ -227,7 +227,7 @@ def render_audit_report(
     thumbnails; the page's CSP allows its own inline style and script by their SHA-256 hashes only.
     """
     from medaudit.audit.outputs import to_jsonable
-    from medaudit.report.csp import CSP_PLACEHOLDER, apply_csp, json_script
+    from medaudit.report.csp import CSP_PLACEHOLDER, json_script
     from medaudit.report.html import environment
     from medaudit.report.slice_browser import BrowserLimits, browser_data
 
@@ -269,7 +269,7 @@ def render_audit_report(
         browser_css=asset["audit_browser.css"],
         browser_js=asset["audit_browser.js"],
     )
-    return apply_csp(html)
+    return html  # render() filled the CSP placeholder with the page's hashes
 
 
 def write_audit_report(

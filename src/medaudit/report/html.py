@@ -52,8 +52,13 @@ def neutralise_controls(value: Any) -> Any:
 
 
 def render(template: str, **context: Any) -> str:
-    """Render a template from ``medaudit/report/templates`` with autoescaping."""
-    return environment().get_template(template).render(**context)
+    """Render a template from ``medaudit/report/templates`` with autoescaping; a page whose CSP meta
+    tag holds :data:`~medaudit.report.csp.CSP_PLACEHOLDER` (every page template) gets the hash-based
+    policy of :func:`~medaudit.report.csp.apply_csp`, never ``'unsafe-inline'``."""
+    from medaudit.report.csp import CSP_PLACEHOLDER, apply_csp
+
+    html = environment().get_template(template).render(**context)
+    return apply_csp(html) if CSP_PLACEHOLDER in html else html
 
 
 def figure_to_data_uri(fig: Any, dpi: int = 110) -> str:
