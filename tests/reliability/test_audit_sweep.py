@@ -235,3 +235,33 @@ def test_dataset_index_page_has_a_hash_csp_and_escapes_prediction_ids() -> None:
     assert "'unsafe-inline'" not in policy and "'sha256-" in policy and "default-src 'none'" in policy
     assert "<script" not in html and "\u202e" not in html and "\x07" not in html
     assert "&lt;script&gt;" in html and "[U+202E]" in html and "&#34;onerror=x" in html
+
+
+# -- predictions table (--predictions) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suffix", "write"),
+    [
+        (".csv", lambda p: p.write_text("dicom_id,edema\nd1,0.2\nd2,True\n")),
+        (
+            ".jsonl",
+            lambda p: p.write_text('{"dicom_id": "d1", "edema": false}\n{"dicom_id": "d2", "edema": true}\n'),
+        ),
+        (
+            ".parquet",
+            lambda p: pd.DataFrame({"dicom_id": ["d1", "d2"], "edema": [False, True]}).to_parquet(p),
+        ),
+    ],
+)
+def test_boolean_prediction_is_refused_naming_column_and_row(cli, tmp_path: Path, suffix: str, write) -> None:
+    """True / False were read as probabilities 1.0 / 0.0."""
+    root, reports = _mimic(tmp_path, gz=False)
+    pred = tmp_path / f"pred{suffix}"
+    write(pred)
+    before = snapshot(tmp_path)
+    args = ["audit", "--dataset", f"mimic-cxr:{root}", "--dataset-reports", reports, "--predictions", pred]
+    rc, err = cli(*args, "--target", "edema", "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache")
+    row = "row 2" if suffix == ".csv" else "row 1"
+    assert rc == 2 and f"{pred}: column 'edema' {row}: probability" in one_line(err), err
+    assert snapshot(tmp_path) == before

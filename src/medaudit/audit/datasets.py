@@ -245,7 +245,8 @@ def _map_findings(pred: pd.DataFrame, id_col: str, labels: list[str], src: Path)
             raise InputError(f"{src}: column '{col}' repeats finding '{lab}'")
         v = pd.to_numeric(pred[col], errors="coerce")
         bad_text = v.isna() & pred[col].notna() & (pred[col].astype(str).str.strip() != "")
-        bad = bad_text | ~(v.isna() | ((v >= 0) & (v <= 1)))
+        boolean = pred[col].map(lambda x: isinstance(x, (bool, np.bool_)))  # True is not a probability
+        bad = bad_text | boolean | ~(v.isna() | ((v >= 0) & (v <= 1)))
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise InputError(
