@@ -265,3 +265,21 @@ def test_boolean_prediction_is_refused_naming_column_and_row(cli, tmp_path: Path
     row = "row 2" if suffix == ".csv" else "row 1"
     assert rc == 2 and f"{pred}: column 'edema' {row}: probability" in one_line(err), err
     assert snapshot(tmp_path) == before
+
+
+def test_truncated_openi_report_archive_names_the_archive(tmp_path: Path) -> None:
+    """A .tgz cut short (an interrupted download) was an EOFError traceback."""
+    import io
+    import tarfile
+
+    from medaudit.data.cxr import read_openi
+    from test_cxr_readers import _openi
+
+    rep, imgs, meta = _openi(tmp_path)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(rep, arcname="ecgen-radiology")
+    tgz = tmp_path / "NLMCXR_reports.tgz"
+    tgz.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(InputError, match=re.escape(f"{tgz}: not a readable report archive")):
+        read_openi(tgz, imgs, meta)

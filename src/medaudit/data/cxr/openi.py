@@ -198,7 +198,7 @@ def iter_openi_xml(source: str | Path) -> Iterator[tuple[str, bytes]]:
                     fh = tar.extractfile(m)
                     if fh is not None:
                         yield m.name, fh.read()
-        except tarfile.TarError as exc:
+        except (tarfile.TarError, EOFError, OSError) as exc:  # EOFError: a truncated .tgz
             raise InputError(f"{src}: not a readable report archive ({exc})") from exc
         return
     if src.is_dir():
