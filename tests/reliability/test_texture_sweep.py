@@ -91,3 +91,48 @@ def test_demo_flags_checked_before_any_work(cli, tmp_path, flags, what):
     then failed at the evaluation; an unknown corruption was named without its flag."""
     args = ["texture", "demo", "-o", tmp_path / "d", "--cache-dir", tmp_path / "cache", "--iterations", "1"]
     _refused(cli, [*args, *flags], [tmp_path], what)
+
+
+# -- training settings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "what"),
+    [
+        ("label_set", "bogus", "unknown label set 'bogus'"),
+        ("data_source", "bogus", "unknown value 'bogus'"),
+        ("small_policy", "bogus", "unknown value 'bogus'"),
+        ("seed", 2**64, "less than 18446744073709551616"),
+        ("split_seed", -1, "greater than or equal to 0"),
+    ],
+)
+def test_train_config_names_checked_by_key(cli, volumes, tmp_path, key, value, what):
+    """Unknown names were refused only when the data were read, without the file or key; a seed of
+    2**64 or a negative split seed was an internal error (numpy / torch overflow)."""
+    cfg = write_config(tmp_path / "c.json", train_config(volumes, **{key: value}))
+    _refused(cli, _train(tmp_path, cfg), [tmp_path], "c.json", f"key '{key}'", what)
+
+
+@pytest.mark.parametrize(
+    ("settings", "what"),
+    [
+        ({"channels": [4, 8, 16, 32, 64]}, "patch_size [16, 16, 16]: with 5 channel levels"),
+        ({"channels": [4, 8, 16], "patch_size": [20, 20, 18]}, "each size must be a multiple of 4"),
+        ({"inference_roi": [10, 10, 10], "channels": [4, 8, 16]}, "inference_roi [10, 10, 10]"),
+        ({"patch_size": [100000, 16, 16]}, "each size must be at most 512"),
+    ],
+)
+def test_train_patch_the_unet_cannot_take(cli, volumes, tmp_path, settings, what):
+    """A patch the U-Net cannot halve and rejoin failed inside the first training step (a RuntimeError
+    or 'more than 1 spatial element', exit 1); a huge one padded every volume to petabytes."""
+    cfg = write_config(tmp_path / "c.json", train_config(volumes, **settings))
+    _refused(cli, _train(tmp_path, cfg), [tmp_path], "c.json", what)
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_seed_flag_out_of_range_names_the_flag(cli, tconfig, tmp_path, command):
+    args = {
+        "train": ["texture", "train", "-o", tmp_path / "r", "--config", tconfig],
+        "demo": ["texture", "demo", "-o", tmp_path / "d", "--cache-dir", tmp_path / "c"],
+    }[command]
+    _refused(cli, [*args, "--seed", str(2**64)], [tmp_path], "--seed", "less than")

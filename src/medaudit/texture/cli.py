@@ -181,6 +181,7 @@ _NUMERIC_FLAGS = {
     "iterations": "--iterations",
     "batch_size": "--batch-size",
     "lr": "--lr",
+    "seed": "--seed",
 }
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from medaudit.configfile import Config
 from medaudit.data import mri as tdata
@@ -69,7 +69,7 @@ class TrainConfig(Config):
     cache_dir: str | None = None
     val_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
     test_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, lt=2**64)  # numpy's generators take no negative seed
     small_policy: str = "pad"  # pad | error
     # training filter
     mode: str = "clean"
@@ -91,13 +91,27 @@ class TrainConfig(Config):
     iterations: int = Field(300, ge=1)
     lr: float = Field(2e-3, gt=0, allow_inf_nan=False)
     weight_decay: float = Field(1e-5, ge=0, allow_inf_nan=False)
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**63), lt=2**64)  # the range torch.manual_seed takes
     amp: bool = True  # used on CUDA only
     val_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     sw_batch_size: int = Field(2, ge=1)
     inference_roi: list[PositiveInt] | None = Field(None, min_length=3, max_length=3)  # default: patch_size
     device: str | None = None
+
+    @field_validator("data_source", "label_set", "small_policy")
+    @classmethod
+    def _known_name(cls, v: str, info: Any) -> str:
+        """A data source, label set or small-volume policy medaudit knows (named by its key here, not
+        only once the data are read)."""
+        from medaudit.texture.options import DataSource
+
+        if info.field_name == "label_set":
+            tdata.get_label_set(v)
+        known = {"data_source": [d.value for d in DataSource], "small_policy": ["pad", "error"]}
+        if v not in known.get(info.field_name, [v]):
+            raise InputError(f"unknown value '{v}'; choose one of {known[info.field_name]}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -119,6 +133,7 @@ class TrainConfig(Config):
             raise InputError(f"filter_severity must be a level 0..5 or a [lo, hi] range, got {sev!r}")
         if len(self.patch_size) != 3 or any(int(p) < 8 for p in self.patch_size):
             raise InputError(f"patch_size must be three sizes >= 8, got {self.patch_size!r}")
+        _check_unet_sizes(self.patch_size, self.inference_roi, len(self.channels))
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
             raise InputError("val_fraction and test_fraction must lie in [0, 1)")
         if self.iterations < 1 or self.batch_size < 1:
@@ -178,6 +193,27 @@ class TrainConfig(Config):
         d = self.to_dict()
         d.pop("device", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: largest side of a training patch or inference window: 512^3 float32 voxels are 512 MiB per sample
+MAX_PATCH = 512
+
+
+def _check_unet_sizes(patch: Sequence[int], roi: Sequence[int] | None, levels: int) -> None:
+    """The U-Net halves its input ``levels - 1`` times and joins each level to its skip connection:
+    every side of the patch (and of the inference window) must be a multiple of ``2**(levels - 1)``,
+    leave more than one voxel at the bottom (instance norm), and stay within :data:`MAX_PATCH` (a huge
+    patch pads every volume up to it). A size that breaks this failed only inside the first step."""
+    step = 2 ** (levels - 1)
+    for key, sizes in (("patch_size", patch), ("inference_roi", roi)):
+        sides = [int(s) for s in sizes or ()]
+        if any(s > MAX_PATCH for s in sides):
+            raise InputError(f"{key} {sides}: each size must be at most {MAX_PATCH}")
+        if sides and (any(s % step for s in sides) or np.prod([s // step for s in sides]) < 2):
+            raise InputError(
+                f"{key} {sides}: with {levels} channel levels the U-Net halves it {levels - 1} times; "
+                f"each size must be a multiple of {step} with more than one voxel left at the bottom"
+            )
 
 
 def check_field(key: str, value: Any, source: str) -> Any:

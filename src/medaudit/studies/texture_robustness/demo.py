@@ -59,7 +59,7 @@ def demo_command(
     from medaudit.texture.train import TrainConfig, family_of
 
     device = check_device(device, flag="--device")  # first: before the cohort is built or loaded
-    _check_demo_flags(n_subjects, corruptions)
+    _check_demo_flags(n_subjects, corruptions, {"iterations": iterations, "seed": seed})
 
     t0 = time.perf_counter()
     common = {
@@ -95,12 +95,16 @@ def demo_command(
 _DEMO_TEST_FRACTION = 0.25
 
 
-def _check_demo_flags(n_subjects: int, corruptions: str) -> None:
+def _check_demo_flags(n_subjects: int, corruptions: str, numbers: dict[str, int]) -> None:
     """Refuse, before any training, a cohort too small to leave a test subject (it failed only at the
-    evaluation, after both models were trained) and unknown or repeated ``--corruptions``."""
+    evaluation, after both models were trained), unknown or repeated ``--corruptions``, and a number
+    out of its TrainConfig field's range (named by its flag, not as ``TrainConfig: key``)."""
     from medaudit.errors import InputError
     from medaudit.texture.cli import _eval_corruptions
+    from medaudit.texture.train import check_field
 
+    for key, value in numbers.items():
+        check_field(key, value, f"--{key}")
     if n_subjects < 1 or round(_DEMO_TEST_FRACTION * n_subjects) < 1:
         raise InputError(
             f"--n-subjects {n_subjects}: the demo tests on a quarter of the subjects; give at least 3"
