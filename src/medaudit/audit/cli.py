@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -191,129 +191,167 @@ def _build_config(ctx: typer.Context, config_file: Path | None, values: dict[str
 
 _DATASET_FLAGS = ("dataset", "predictions", "target", "uncertain", "dataset_reports", "pred_id", "workers")
 
-
-def audit_command(
-    ctx: typer.Context,
-    table: Path | None = typer.Option(
-        None, "--table", help="Case table: .csv, .tsv, .parquet or .jsonl (or use --dataset)."
-    ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        "-o",
-        help="Output folder: absent, empty or an earlier audit output; replaced atomically.",
-    ),
-    config: Path | None = typer.Option(
-        None, "--config", help="AuditConfig as YAML/JSON; flags given here override it."
-    ),
-    id_col: str = typer.Option(_C.id, "--id-col", help="Case id column."),
-    label_col: str = typer.Option(_C.label, "--label-col", help="Binary ground-truth label column (0/1)."),
-    prob_col: str = typer.Option(_C.prob, "--prob-col", help="Predicted probability of class 1."),
-    pred_col: str | None = typer.Option(
-        _C.pred, "--pred-col", help="Hard 0/1 prediction (instead of --prob-col)."
-    ),
-    image_col: str = typer.Option(_C.image, "--image-col", help="Image path column (DICOM, PNG, JPEG)."),
-    report_col: str = typer.Option(_C.report, "--report-col", help="Report text column."),
-    report_path_col: str | None = typer.Option(
-        _C.report_path,
-        "--report-path-col",
-        help="Column of report text file paths (instead of --report-col).",
-    ),
-    meta: list[str] | None = typer.Option(
-        None, "--meta", help="Metadata column(s); repeat or comma-separate."
-    ),
-    modalities: str | None = typer.Option(
-        None,
+# The options of ``medaudit audit``, one alias each (the defaults sit in the signature of audit_command).
+_O = typer.Option
+_Table = Annotated[
+    Path | None, _O("--table", help="Case table: .csv, .tsv, .parquet or .jsonl (or use --dataset).")
+]
+_Out = Annotated[
+    Path,
+    _O("--out", "-o", help="Output folder: absent, empty or an earlier audit output; replaced atomically."),
+]
+_Config = Annotated[
+    Path | None, _O("--config", help="AuditConfig as YAML/JSON; flags given here override it.")
+]
+_IdCol = Annotated[str, _O("--id-col", help="Case id column.")]
+_LabelCol = Annotated[str, _O("--label-col", help="Binary ground-truth label column (0/1).")]
+_ProbCol = Annotated[str, _O("--prob-col", help="Predicted probability of class 1.")]
+_PredCol = Annotated[str | None, _O("--pred-col", help="Hard 0/1 prediction (instead of --prob-col).")]
+_ImageCol = Annotated[str, _O("--image-col", help="Image path column (DICOM, PNG, JPEG).")]
+_ReportCol = Annotated[str, _O("--report-col", help="Report text column.")]
+_ReportPathCol = Annotated[
+    str | None, _O("--report-path-col", help="Column of report text file paths (instead of --report-col).")
+]
+_Meta = Annotated[list[str] | None, _O("--meta", help="Metadata column(s); repeat or comma-separate.")]
+_Modalities = Annotated[
+    str | None,
+    _O(
         "--modalities",
         help="Any subset of image,report,metadata (default: image,report[,metadata if --meta]).",
     ),
-    image_encoder: str = typer.Option(
-        _D.encoders["image"], "--image-encoder", help="See `medaudit list encoders`."
-    ),
-    report_encoder: str = typer.Option(_D.encoders["report"], "--report-encoder"),
-    meta_encoder: str = typer.Option(_D.encoders["metadata"], "--meta-encoder"),
-    encoder_opt: list[str] | None = typer.Option(
-        None, "--encoder-opt", help="Encoder argument MODALITY.KEY=VALUE (e.g. image.size=224); repeatable."
-    ),
-    fusion: Fusion = typer.Option(_D.fusion, "--fusion", help="How modalities are combined."),
-    fusion_dim: int = typer.Option(
-        _D.fusion_dim, "--fusion-dim", help="Per-modality dimension for balanced fusion."
-    ),
-    slicer: SlicerName = typer.Option(
-        _D.slicer,
+]
+_ImageEncoder = Annotated[str, _O("--image-encoder", help="See `medaudit list encoders`.")]
+_ReportEncoder = Annotated[str, _O("--report-encoder")]
+_MetaEncoder = Annotated[str, _O("--meta-encoder")]
+_EncoderOpt = Annotated[
+    list[str] | None,
+    _O("--encoder-opt", help="Encoder argument MODALITY.KEY=VALUE (e.g. image.size=224); repeatable."),
+]
+_Fusion = Annotated[Fusion, _O("--fusion", help="How modalities are combined.")]
+_FusionDim = Annotated[int, _O("--fusion-dim", help="Per-modality dimension for balanced fusion.")]
+_Slicer = Annotated[
+    SlicerName,
+    _O(
         "--slicer",
         help="mixture (embedding slices) | rules (readable rules) | both (one ranked list) | kmeans.",
     ),
-    concepts: Path | None = typer.Option(
-        _D.concepts, "--concepts", help="Concept lexicon (YAML, docs/concepts.md; default: built-in)."
-    ),
-    n_slices: int = typer.Option(_D.n_slices, "--n-slices", min=1),
-    n_components: int = typer.Option(_D.n_components, "--n-components", min=1, help="Mixture components."),
-    y_weight: float = typer.Option(_D.y_weight, "--y-weight", help="Label log-likelihood weight."),
-    y_hat_weight: float = typer.Option(
-        _D.y_hat_weight, "--y-hat-weight", help="Prediction log-likelihood weight."
-    ),
-    pca: int = typer.Option(_D.pca or 0, "--pca", min=0, help="PCA dimensions before the mixture (0: none)."),
-    rank_by: RankRule = typer.Option(
-        _D.rank_by, "--rank-by", help="Slice ranking (error = Domino's, the study's)."
-    ),
-    min_slice_size: float = typer.Option(
-        _D.min_slice_size, "--min-slice-size", min=0.0, help="Rank mixture components with fewer cases last."
-    ),
-    embeddings: list[str] | None = typer.Option(
-        None,
+]
+_Concepts = Annotated[
+    Path | None, _O("--concepts", help="Concept lexicon (YAML, docs/concepts.md; default: built-in).")
+]
+_NSlices = Annotated[int, _O("--n-slices", min=1)]
+_NComponents = Annotated[int, _O("--n-components", min=1, help="Mixture components.")]
+_YWeight = Annotated[float, _O("--y-weight", help="Label log-likelihood weight.")]
+_YHatWeight = Annotated[float, _O("--y-hat-weight", help="Prediction log-likelihood weight.")]
+_Pca = Annotated[int, _O("--pca", min=0, help="PCA dimensions before the mixture (0: none).")]
+_RankBy = Annotated[RankRule, _O("--rank-by", help="Slice ranking (error = Domino's, the study's).")]
+_MinSliceSize = Annotated[
+    float, _O("--min-slice-size", min=0.0, help="Rank mixture components with fewer cases last.")
+]
+_Embeddings = Annotated[
+    list[str] | None,
+    _O(
         "--embeddings",
         help="Precomputed embeddings MODALITY=PATH (.npy + .ids.txt, or .parquet); repeatable.",
     ),
-    cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="Embedding cache (default ~/.cache/medaudit)."
-    ),
-    skip_bad: bool = typer.Option(
-        _D.skip_bad, "--skip-bad", help="Drop bad rows (counted) instead of failing."
-    ),
-    seed: int = typer.Option(_D.seed, "--seed"),
-    device: str | None = typer.Option(
-        _D.device, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."
-    ),
-    no_report: bool = typer.Option(False, "--no-report", help="Skip report.html."),
-    force: bool = typer.Option(
-        False, "--force", help="Use an --out folder holding files medaudit did not write; they are kept."
-    ),
-    dataset: str | None = typer.Option(
-        None,
-        "--dataset",
-        help="mimic-cxr:ROOT | chexpert:ROOT | nih:ROOT | openi[:ROOT] (instead of --table).",
-    ),
-    predictions: Path | None = typer.Option(
-        None, "--predictions", help="With --dataset: predictions table, one probability column per finding."
-    ),
-    target: str | None = typer.Option(None, "--target", help="With --dataset: a finding, or 'all'."),
-    uncertain: str = typer.Option(
-        "zeros", "--uncertain", help="With --dataset: uncertain labels -> zeros | ones | ignore (dropped)."
-    ),
-    dataset_reports: Path | None = typer.Option(
-        None, "--dataset-reports", help="MIMIC-CXR reports folder / Open-i reports (default: under ROOT)."
-    ),
-    pred_id: str | None = typer.Option(
-        None, "--pred-id", help="Id column of --predictions (default: detected)."
-    ),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading images."),
-    ray_address: str | None = typer.Option(
-        _D.ray_address,
-        "--ray-address",
-        help="Embed images on this Ray cluster (auto, ray://HOST:10001, local).",
-    ),
-    cache_content: str = typer.Option(
-        _D.cache_content,
-        "--cache-content",
-        help="Image cache keys: stat (path+size+mtime, fast) | bytes (hash).",
-    ),
+]
+_CacheDir = Annotated[Path | None, _O("--cache-dir", help="Embedding cache (default ~/.cache/medaudit).")]
+_SkipBad = Annotated[bool, _O("--skip-bad", help="Drop bad rows (counted) instead of failing.")]
+_Seed = Annotated[int, _O("--seed")]
+_Device = Annotated[str | None, _O("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present).")]
+_NoReport = Annotated[bool, _O("--no-report", help="Skip report.html.")]
+_Force = Annotated[
+    bool, _O("--force", help="Use an --out folder holding files medaudit did not write; they are kept.")
+]
+_Dataset = Annotated[
+    str | None,
+    _O("--dataset", help="mimic-cxr:ROOT | chexpert:ROOT | nih:ROOT | openi[:ROOT] (instead of --table)."),
+]
+_Predictions = Annotated[
+    Path | None,
+    _O("--predictions", help="With --dataset: predictions table, one probability column per finding."),
+]
+_Target = Annotated[str | None, _O("--target", help="With --dataset: a finding, or 'all'.")]
+_Uncertain = Annotated[
+    str, _O("--uncertain", help="With --dataset: uncertain labels -> zeros | ones | ignore (dropped).")
+]
+_DatasetReports = Annotated[
+    Path | None,
+    _O("--dataset-reports", help="MIMIC-CXR reports folder / Open-i reports (default: under ROOT)."),
+]
+_PredId = Annotated[str | None, _O("--pred-id", help="Id column of --predictions (default: detected).")]
+_Workers = Annotated[int, _O("--workers", min=0, help="DataLoader worker processes reading images.")]
+_RayAddress = Annotated[
+    str | None, _O("--ray-address", help="Embed images on this Ray cluster (auto, ray://HOST:10001, local).")
+]
+_CacheContent = Annotated[
+    str, _O("--cache-content", help="Image cache keys: stat (path+size+mtime, fast) | bytes (hash).")
+]
+
+
+def audit_command(
+    ctx: typer.Context,
+    table: _Table = None,
+    out: _Out = ...,  # required
+    config: _Config = None,
+    id_col: _IdCol = _C.id,
+    label_col: _LabelCol = _C.label,
+    prob_col: _ProbCol = _C.prob,
+    pred_col: _PredCol = _C.pred,
+    image_col: _ImageCol = _C.image,
+    report_col: _ReportCol = _C.report,
+    report_path_col: _ReportPathCol = _C.report_path,
+    meta: _Meta = None,
+    modalities: _Modalities = None,
+    image_encoder: _ImageEncoder = _D.encoders["image"],
+    report_encoder: _ReportEncoder = _D.encoders["report"],
+    meta_encoder: _MetaEncoder = _D.encoders["metadata"],
+    encoder_opt: _EncoderOpt = None,
+    fusion: _Fusion = _D.fusion,
+    fusion_dim: _FusionDim = _D.fusion_dim,
+    slicer: _Slicer = _D.slicer,
+    concepts: _Concepts = _D.concepts,
+    n_slices: _NSlices = _D.n_slices,
+    n_components: _NComponents = _D.n_components,
+    y_weight: _YWeight = _D.y_weight,
+    y_hat_weight: _YHatWeight = _D.y_hat_weight,
+    pca: _Pca = _D.pca or 0,
+    rank_by: _RankBy = _D.rank_by,
+    min_slice_size: _MinSliceSize = _D.min_slice_size,
+    embeddings: _Embeddings = None,
+    cache_dir: _CacheDir = None,
+    skip_bad: _SkipBad = _D.skip_bad,
+    seed: _Seed = _D.seed,
+    device: _Device = _D.device,
+    no_report: _NoReport = False,
+    force: _Force = False,
+    dataset: _Dataset = None,
+    predictions: _Predictions = None,
+    target: _Target = None,
+    uncertain: _Uncertain = "zeros",
+    dataset_reports: _DatasetReports = None,
+    pred_id: _PredId = None,
+    workers: _Workers = 0,
+    ray_address: _RayAddress = _D.ray_address,
+    cache_content: _CacheContent = _D.cache_content,
 ) -> None:
     """Audit a classifier: discover and explain the slices of cases where it fails.
 
     Writes OUT/slices.json, OUT/membership.parquet and OUT/report.html (schema in docs/audit.md).
     """
-    values = {k: v for k, v in locals().items() if k not in ("ctx", "config", "force", *_DATASET_FLAGS)}
+    params = dict(locals())
+    values = {k: v for k, v in params.items() if k not in ("ctx", "config", "force", *_DATASET_FLAGS)}
+    _check_table_or_dataset(table, dataset)
+    cfg = _audit_config(ctx, config, values, workers)
+    if dataset is not None:
+        return _run_dataset(cfg, params)
+    from medaudit.audit.pipeline import run_audit
+
+    _print_result(run_audit(table, cfg, out, force=force))
+
+
+def _check_table_or_dataset(table: Path | None, dataset: str | None) -> None:
+    """Exactly one of ``--table`` (an existing file) and ``--dataset``."""
     if dataset is not None and table is not None:
         raise InputError("give either --table or --dataset, not both")
     if dataset is None and table is None:
@@ -322,29 +360,36 @@ def audit_command(
         raise InputError(f"--table {table}: is a folder, not a table file")
     if table is not None and not table.is_file():
         raise InputError(f"{table}: {missing_reason(table, 'table file')}")
+
+
+def _audit_config(
+    ctx: typer.Context, config: Path | None, values: dict[str, Any], workers: int
+) -> AuditConfig:
+    """The checked AuditConfig of the flags ``values`` over the ``--config`` file."""
     cfg = _build_config(ctx, config, values)
     _check_device(cfg, ctx, config)
     _check_null_encoder_opts(cfg, values.get("encoder_opt"), config)
     if workers:
         cfg.encoder_kwargs.setdefault("image", {}).setdefault("num_workers", workers)
-    if dataset is not None:
-        from medaudit.audit.dataset_cli import run_dataset_audit
+    return cfg
 
-        return run_dataset_audit(
-            cfg,
-            dataset,
-            predictions,
-            target,
-            uncertain,
-            out,
-            dataset_reports,
-            pred_id,
-            split_list(meta),
-            force,
-        )
-    from medaudit.audit.pipeline import run_audit
 
-    _print_result(run_audit(table, cfg, out, force=force))
+def _run_dataset(cfg: AuditConfig, p: dict[str, Any]) -> None:
+    """``--dataset``: audit a public dataset joined with a predictions table."""
+    from medaudit.audit.dataset_cli import run_dataset_audit
+
+    return run_dataset_audit(
+        cfg,
+        p["dataset"],
+        p["predictions"],
+        p["target"],
+        p["uncertain"],
+        p["out"],
+        p["dataset_reports"],
+        p["pred_id"],
+        split_list(p["meta"]),
+        p["force"],
+    )
 
 
 def _check_device(cfg: AuditConfig, ctx: typer.Context, config_file: Path | None) -> None:
