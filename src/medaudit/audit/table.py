@@ -391,47 +391,74 @@ def load_case_table(
         raise InputError(f"unknown modality '{unknown_mod[0]}' (choose from {', '.join(MODALITIES)})")
     raw, source, where, base = _read_raw(path_or_df, columns)
     use_prob, use_pred = _check_wanted(raw, where, columns, meta, require)
-    n = len(raw)
-    probs = _RowProblems(where, n, skip_bad)
+    probs = _RowProblems(where, len(raw), skip_bad)
     ids = _parse_ids(raw, columns, probs)
     labels = _parse_labels(raw, columns, probs, ids)
     prob, pred = _parse_predictions(raw, columns, probs, ids, use_prob, use_pred, threshold)
+    reports, images = _parse_inputs(raw, columns, probs, ids, base, require)
+    df = _case_frame(ids, labels, prob, pred, images, reports)
+    meta_df = raw[meta].copy() if meta else pd.DataFrame(index=raw.index)
+    _warn_mostly_numeric(meta_df, where)
+    table = _keep_good(df, meta_df, probs, ids, where, min_cases, source)
+    if "metadata" in require:
+        _check_meta_not_empty(table, meta, where)
+    table.has_image = bool(images is not None and len(table.df) and table.df["image"].notna().all())
+    table.has_report = bool(
+        reports is not None
+        and len(table.df)
+        and table.df["report"].map(lambda r: bool(r and str(r).strip())).all()
+    )
+    return table
+
+
+def _parse_inputs(
+    raw: pd.DataFrame,
+    columns: ColumnMap,
+    probs: _RowProblems,
+    ids: list[str],
+    base: Path,
+    require: Sequence[str],
+) -> tuple[list[object] | None, list[object] | None]:
+    """The reports and the images of the rows; ``None`` for a modality whose column the table lacks."""
     report_col = columns.report_path or columns.report
-    has_report_col = bool(report_col) and report_col in raw.columns
-    reports = (
-        _parse_reports(raw, columns, probs, ids, base, "report" in require) if has_report_col else [None] * n
-    )
-    has_image_col = bool(columns.image) and columns.image in raw.columns
-    images = (
-        _parse_images(raw, columns, probs, ids, base, "image" in require) if has_image_col else [None] * n
-    )
-    df = pd.DataFrame(
+    reports = images = None
+    if report_col and report_col in raw.columns:
+        reports = _parse_reports(raw, columns, probs, ids, base, "report" in require)
+    if columns.image and columns.image in raw.columns:
+        images = _parse_images(raw, columns, probs, ids, base, "image" in require)
+    return reports, images
+
+
+def _case_frame(
+    ids: list[str],
+    labels: np.ndarray,
+    prob: np.ndarray,
+    pred: np.ndarray,
+    images: list[object] | None,
+    reports: list[object] | None,
+) -> pd.DataFrame:
+    """The table's columns, one row per raw row (``None`` images / reports: the table has no such column)."""
+    n = len(ids)
+    return pd.DataFrame(
         {
             "id": pd.Series(ids, dtype=object),
             "label": labels,
             "prob": prob,
             "pred": pred,
-            "image": pd.Series(images, dtype=object),
-            "report": pd.Series(reports, dtype=object),
+            "image": pd.Series([None] * n if images is None else images, dtype=object),
+            "report": pd.Series([None] * n if reports is None else reports, dtype=object),
         }
     )
-    meta_df = raw[meta].copy() if meta else pd.DataFrame(index=raw.index)
-    _warn_mostly_numeric(meta_df, where)
-    table = _keep_good(df, meta_df, probs, ids, where, min_cases, source)
-    if "metadata" in require:  # the metadata encoder cannot scale a column that has no value at all
-        empty = next((m for m in meta if len(table.meta) and table.meta[m].isna().all()), None)
-        if empty is not None:
-            kept = " of the rows kept" if table.n_skipped else ""
-            raise InputError(
-                f"{where}: column '{empty}' (metadata) is empty in every row{kept}; drop it from --meta"
-            )
-    table.has_image = bool(has_image_col and len(table.df) and table.df["image"].notna().all())
-    table.has_report = bool(
-        has_report_col
-        and len(table.df)
-        and table.df["report"].map(lambda r: bool(r and str(r).strip())).all()
-    )
-    return table
+
+
+def _check_meta_not_empty(table: CaseTable, meta: list[str], where: str) -> None:
+    """The metadata encoder cannot scale a column that has no value at all."""
+    empty = next((m for m in meta if len(table.meta) and table.meta[m].isna().all()), None)
+    if empty is not None:
+        kept = " of the rows kept" if table.n_skipped else ""
+        raise InputError(
+            f"{where}: column '{empty}' (metadata) is empty in every row{kept}; drop it from --meta"
+        )
 
 
 def _read_raw(
