@@ -18,9 +18,7 @@ cases its rule matches, scored worst-first (:func:`medaudit.audit.rule_audit.mem
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +31,8 @@ from medaudit import __version__
 from medaudit.audit import explain, rule_audit
 from medaudit.audit.concepts import Lexicon, load_lexicon
 from medaudit.audit.config import DEFAULT_ENCODERS, AuditConfig
+from medaudit.audit.embedding import check_encoders as _check_encoders
+from medaudit.audit.embedding import encode_table as _encode_table
 from medaudit.audit.outputs import (
     MEMBERSHIP_FILE,
     REPORT_FILE,
@@ -43,12 +43,13 @@ from medaudit.audit.outputs import (
     write_slices_json,
 )
 from medaudit.audit.rule_audit import report_concepts
-from medaudit.audit.table import CaseTable, ColumnMap, load_case_table, load_embeddings, table_columns
+from medaudit.audit.summaries import case_counts, concept_summary, rule_search_summary
+from medaudit.audit.summaries import slice_summary as _slice_summary
+from medaudit.audit.table import CaseTable, ColumnMap, load_case_table, table_columns
 from medaudit.errors import InputError
 from medaudit.faults import fault_point
 from medaudit.outdir import OutputClaim, claim_output
 from medaudit.progress import make_progress
-from medaudit.stats import wilson_ci
 
 __all__ = ["DEFAULT_ENCODERS", "AuditConfig", "AuditResult", "run_audit"]
 
@@ -140,266 +141,6 @@ def _make_slicer(config: AuditConfig, n_cases: int) -> Any:
         raise InputError(f"rank_by '{params['rank_by']}': choose one of {', '.join(RANK_RULES)}")
     slicer.set_params(**params)
     return slicer
-
-
-def _unreadable_images(table: CaseTable, config: AuditConfig, skipped: dict[int, str]) -> Any:
-    """The ``on_unreadable`` callback of :func:`encode_cached`: one line naming the table, the image
-    column and the row, or for a dataset the row of the dataset's own file that lists it (``--skip-bad``:
-    the cases are recorded in ``skipped`` instead)."""
-
-    def on_unreadable(positions: list[int], exc: Exception) -> None:
-        if not config.skip_bad:
-            raise InputError(f"{table.place(positions[0], config.columns.image)}: {exc}")
-        for i in positions:
-            skipped[i] = str(exc)
-
-    return on_unreadable
-
-
-def _encode_table(
-    table: CaseTable,
-    config: AuditConfig,
-    modalities: tuple[str, ...],
-    progress: Any,
-    precomputed: dict[str, np.ndarray] | None = None,
-    memmap_dir: Path | None = None,
-    audit_warnings: list[str] | None = None,
-) -> tuple[dict[str, np.ndarray], CaseTable, np.ndarray | None]:
-    """Embeddings per modality, images first: in-memory arrays (aligned with the table), precomputed
-    files, else the encoder through the on-disk cache (into ``memmap_dir/<modality>.npy``, memory-mapped,
-    when given). With ``audit_warnings`` (the audit's own table), images that cannot be decoded are bad
-    rows: ``--skip-bad`` drops them (one warning) before the other modalities are embedded. Returns the
-    embeddings, the table, and the positions kept (``None``: all)."""
-    out: dict[str, np.ndarray] = {}
-    kept: np.ndarray | None = None
-    ids = table.ids
-    for m in sorted(modalities, key=lambda m: m != "image"):
-        task = progress.add_task(f"embed {m}", total=1)
-        if precomputed is not None and m in precomputed:
-            out[m] = np.asarray(precomputed[m], dtype=np.float32)
-        elif m in config.embeddings:
-            out[m] = load_embeddings(config.embeddings[m], ids, ignore_ids=table.skipped_ids)
-        else:
-            from medaudit.audit.encoders import encoder_accepts, get_encoder
-
-            name = config.encoders.get(m, DEFAULT_ENCODERS[m])
-            kw = dict(config.encoder_kwargs.get(m, {}))
-            if config.device is not None and "device" not in kw and encoder_accepts(m, name, "device"):
-                kw["device"] = config.device  # encoders without a torch model (tf-idf, tabular) take none
-            try:
-                encoder = get_encoder(m, name, **kw)  # an unknown name is an InputError
-            except TypeError as exc:  # a keyword the encoder does not take (--encoder-opt)
-                raise InputError(f"{m} encoder '{name}': {exc}") from exc
-            if m == "image":
-                inputs: Any = table.df["image"].tolist()
-            elif m == "report":
-                inputs = [r if isinstance(r, str) else "" for r in table.df["report"].tolist()]
-            else:
-                inputs = table.meta
-            progress.update(task, total=len(ids))
-
-            def _on_batch(done: int, total: int, _task: Any = task) -> None:
-                progress.update(_task, completed=done, total=total)
-
-            with _cache_errors(config.resolved_cache_dir()):
-                emb = _embed_cached(
-                    encoder, m, ids, inputs, table, config, memmap_dir, audit_warnings, _on_batch
-                )
-            if isinstance(emb, tuple):  # --skip-bad dropped images that cannot be decoded
-                emb, table, kept = emb
-                ids = table.ids
-            out[m] = emb if isinstance(emb, np.memmap) else np.asarray(emb, dtype=np.float32)
-        if out[m].shape[0] != len(ids):
-            raise InputError(f"{m} embeddings have {out[m].shape[0]} rows for {len(ids)} cases")
-        fault_point("audit:embed")
-        progress.update(task, total=len(ids), completed=len(ids))
-    return out, table, kept
-
-
-@contextlib.contextmanager
-def _cache_errors(cache: Path) -> Iterator[None]:
-    """A file of the embedding cache that cannot be written (permission denied, disk full) is named as
-    being in the ``--cache-dir`` folder."""
-    try:
-        yield
-    except OSError as exc:
-        name = exc.filename
-        if name is None or not _is_under(Path(str(name)), cache):
-            raise
-        raise InputError(f"--cache-dir {cache}: {name}: {exc.strerror or exc}") from exc
-
-
-def _is_under(path: Path, folder: Path) -> bool:
-    try:
-        path.absolute().relative_to(folder.absolute())
-    except ValueError:
-        return False
-    return True
-
-
-def _embed_cached(
-    encoder: Any,
-    m: str,
-    ids: list[str],
-    inputs: Any,
-    table: CaseTable,
-    config: AuditConfig,
-    memmap_dir: Path | None,
-    audit_warnings: list[str] | None,
-    on_batch: Any,
-) -> Any:
-    """One modality through the cache (or Ray); ``(emb, table, kept)`` when ``--skip-bad`` dropped
-    cases whose image cannot be decoded."""
-    skipped: dict[int, str] = {}
-    on_unreadable = (
-        _unreadable_images(table, config, skipped) if audit_warnings is not None and m == "image" else None
-    )
-    if config.ray_address and m == "image":
-        from medaudit.audit.encoders.distributed import encode_with_ray
-
-        emb = encode_with_ray(
-            encoder,
-            ids,
-            inputs,
-            config.resolved_cache_dir(),
-            config.ray_address,
-            content=config.cache_content,
-            on_unreadable=on_unreadable,
-        )
-    else:
-        from medaudit.audit.encoders import encode_cached
-
-        emb = encode_cached(
-            encoder,
-            ids,
-            inputs,
-            config.resolved_cache_dir(),
-            progress=False,
-            on_batch=on_batch,
-            content=config.cache_content,  # type: ignore[arg-type]
-            out=memmap_dir / f"{m}.npy" if memmap_dir is not None else None,
-            on_unreadable=on_unreadable,
-        )
-    if skipped:
-        return _skip_unreadable(np.asarray(emb), table, skipped, audit_warnings)
-    return emb
-
-
-def _skip_unreadable(
-    emb: np.ndarray, table: CaseTable, skipped: dict[int, str], audit_warnings: list[str] | None
-) -> tuple[np.ndarray, CaseTable, np.ndarray]:
-    """Drop the cases whose image cannot be decoded (``--skip-bad``) with one warning naming the first."""
-    drop = sorted(skipped)
-    dataset = table.source is None and bool(table.origins)  # places name the dataset's own files
-    first = "; ".join(f"{table.place(i) if dataset else table.row(i)}: {skipped[i]}" for i in drop[:3])
-    more = f"; and {len(drop) - 3} more" if len(drop) > 3 else ""
-    where = str(table.source) if table.source is not None else "table"
-    head = f"{len(drop)} image(s) of the dataset" if dataset else f"{where}: {len(drop)} image(s)"
-    msg = f"{head} cannot be decoded; skipped (--skip-bad): {first}{more}"
-    if audit_warnings is not None:
-        audit_warnings.append(msg)
-    rule_audit.warn(msg)
-    keep = np.setdiff1d(np.arange(len(table)), drop)
-    return emb[keep], table.without(drop, "unreadable image"), keep
-
-
-def _check_encoders(
-    config: AuditConfig, modalities: tuple[str, ...], precomputed: dict[str, np.ndarray] | None = None
-) -> None:
-    """Every encoder the run will build exists and takes the options given (``--encoder-opt``), checked
-    before any table is read or anything is embedded (option values are checked by :class:`AuditConfig`)."""
-    todo = [m for m in modalities if m not in config.embeddings and m not in (precomputed or {})]
-    if not todo:
-        return
-    from medaudit.audit.encoders import encoder_accepts, list_encoders
-
-    for m in todo:
-        name = config.encoders.get(m, DEFAULT_ENCODERS[m])
-        known = list_encoders(m)[m]
-        if name not in known:
-            raise InputError(f"unknown {m} encoder '{name}' (registered: {', '.join(known)})")
-        for key in config.encoder_kwargs.get(m, {}):
-            if not encoder_accepts(m, name, key):
-                raise InputError(f"--encoder-opt {m}.{key}: the {m} encoder '{name}' has no option '{key}'")
-
-
-def _wilson(k: int, n: int) -> tuple[float | None, float | None]:
-    if n <= 0:
-        return None, None
-    return wilson_ci(k, n)
-
-
-def _slice_summary(
-    j: int,
-    scores: np.ndarray,
-    table: CaseTable,
-    config: AuditConfig,
-    slicer_error: float | None,
-    tfidf: tuple[Any, np.ndarray] | None = None,
-    slicer_score: float | None = None,
-) -> dict[str, Any]:
-    df = table.df
-    labels = df["label"].to_numpy()
-    preds = df["pred"].to_numpy()
-    errors = labels != preds
-    ids = np.asarray(df["id"].tolist(), dtype=object)
-    s = scores[:, j]
-    members = s > config.membership_threshold
-    order = explain.exemplars(s, k=len(s))
-    member_order = [int(i) for i in order if members[i]]
-    size = int(members.sum())
-    n_err = int(errors[members].sum())
-    lo, hi = _wilson(n_err, size)
-    soft = float(s.sum())
-    if size:
-        basis, mask = "members", members
-    else:
-        basis = "top_k"
-        mask = np.zeros(len(s), dtype=bool)
-        mask[explain.exemplars(s, k=config.n_exemplars)] = True
-    lab, prd = labels[mask], preds[mask]
-    composition = {
-        "label_1": int((lab == 1).sum()),
-        "label_0": int((lab == 0).sum()),
-        "pred_1": int((prd == 1).sum()),
-        "pred_0": int((prd == 0).sum()),
-        "tp": int(((lab == 1) & (prd == 1)).sum()),
-        "fp": int(((lab == 0) & (prd == 1)).sum()),
-        "tn": int(((lab == 0) & (prd == 0)).sum()),
-        "fn": int(((lab == 1) & (prd == 0)).sum()),
-    }
-    majority = int((lab == 1).sum() >= (lab == 0).sum())  # ties (and empty) -> 1
-    composition["majority_label"] = majority
-
-    explanation: dict[str, Any] = {"basis": basis, "ngrams": [], "metadata": []}
-    if tfidf is not None:
-        reference = (labels == majority) & ~errors & ~mask
-        ref_kind = f"correctly classified cases with label {majority}"
-        if not reference.any():
-            reference = ~mask
-            ref_kind = "all cases outside the slice"
-        explanation["reference"] = ref_kind
-        ng = explain.report_ngrams(None, mask, reference, top_k=config.top_ngrams, tfidf=tfidf)
-        explanation["ngrams"] = ng.to_dict(orient="records")
-    if table.meta.shape[1]:
-        me = explain.metadata_enrichment(table.meta, mask)
-        explanation["metadata"] = me.to_dict(orient="records")
-    return {
-        "rank": j + 1,
-        "name": f"slice_{j + 1}",
-        "size": size,
-        "soft_size": soft,
-        "error_rate": (n_err / size) if size else None,
-        "error_ci": [lo, hi],
-        "n_errors": n_err,
-        "soft_error_rate": float((s * errors).sum() / soft) if soft > 0 else None,
-        "slicer_error": slicer_error,
-        "slicer_score": slicer_score,
-        "composition": composition,
-        "explanation": explanation,
-        "exemplar_ids": [str(ids[i]) for i in explain.exemplars(s, k=config.n_exemplars)],
-        "member_ids": [str(ids[i]) for i in member_order],
-    }
 
 
 _RANKING_NOTE = {
@@ -554,33 +295,6 @@ def _rank_slices(
     return out, scores[:, order] if order else scores[:, :0]
 
 
-def _concept_summary(concepts: pd.DataFrame | None, lexicon: Any) -> dict[str, Any] | None:
-    if concepts is None:
-        return None
-    from medaudit.audit.concepts import default_lexicon
-
-    lex = lexicon or default_lexicon()
-    return {
-        "lexicon": lex.name or "custom",
-        "language": lex.language,
-        "codes": {"1": "mentioned", "-1": "denied", "2": "uncertain", "0": "not mentioned"},
-        "mentioned": {c: int((concepts[c] == 1).sum()) for c in concepts.columns},
-    }
-
-
-def _rule_search_summary(rs: Any, predicates: pd.DataFrame | None) -> dict[str, Any] | None:
-    if rs is None or predicates is None:
-        return None
-    return {
-        "n_predicates": int(predicates.shape[1]),
-        "n_rules_tested": int(rs.n_rules_tested_),
-        "min_support": int(rs.min_support_),
-        "max_level": int(rs.max_level),
-        "alpha": float(rs.alpha),
-        "levels": rs.search_stats_,
-    }
-
-
 def _explain_slices(
     scores: np.ndarray,
     families: list[str],
@@ -687,35 +401,6 @@ def run_audit(
     inputs = [source, config.resolved_cache_dir(), config.concepts, *config.embeddings.values()]
     with claim_output(out_dir, "audit", inputs=inputs, force=force) as claim:
         return _run_audit(table, config, claim, precomputed)
-
-
-def _counts(table: CaseTable) -> dict[str, Any]:
-    """The ``counts`` block of slices.json: cases, skipped rows, errors, positives."""
-    n, errors = len(table), table.errors
-    return {
-        "cases": n,
-        "skipped_rows": table.n_skipped,
-        "skipped_reasons": table.skipped_reasons,
-        "errors": int(errors.sum()),
-        "error_rate": float(errors.mean()) if n else None,
-        "positives": int(table.df["label"].sum()),
-        "predicted_positives": int(table.df["pred"].sum()),
-        "by_class": _class_errors(table.df["label"].to_numpy(), errors),
-    }
-
-
-def _class_errors(labels: np.ndarray, errors: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Per true class: cases, errors, error rate: the class-level failure that slices are judged
-    against (a classifier missing most positives is one finding, not a slice)."""
-    out: dict[str, dict[str, Any]] = {}
-    for c in np.unique(labels):
-        m = labels == c
-        out[str(c)] = {
-            "cases": int(m.sum()),
-            "errors": int(errors[m].sum()),
-            "error_rate": float(errors[m].mean()),
-        }
-    return out
 
 
 def _write_outputs(
@@ -826,7 +511,7 @@ def _run_audit(
             progress,
         )
         slices, scores = _rank_slices(slices, found.scores, table, config, family)
-        counts = _counts(table)
+        counts = case_counts(table)
         payload = _payload(
             table, config, modalities, found, (concepts, lexicon), audit_warnings, slices, counts
         )
@@ -857,7 +542,7 @@ def _prepare_table(
 ) -> tuple[CaseTable, tuple[str, ...]]:
     """The validated case table (read when given as a path or frame) and the modalities it supports;
     refuses inputs inside the output folder."""
-    min_cases = max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
+    min_cases = _min_cases(config, family)
     if not isinstance(table, CaseTable):
         task = progress.add_task("read case table", total=1)
         table, modalities = _load_table(table, config, modalities, min_cases, audit_warnings, family)
@@ -882,34 +567,60 @@ def _discover(
     """Embed and fit the mixture slicer (``mixture``/``both``), build the predicates and search rule
     slices (``rules``/``both``): every slice's scores, in one matrix, with its family (and the table
     and concepts, without the cases ``--skip-bad`` dropped because their image cannot be decoded)."""
-    n = len(table)
-    min_cases = max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
-    slicer = _make_slicer(config.model_copy(update={"slicer": "mixture"}), n) if family == "both" else None
-    slicer = slicer or (_make_slicer(config, n) if family != "rules" else None)
+    slicer = _slicer_for(config, family, len(table))
     embs: dict[str, np.ndarray] = {}
     if slicer is not None:
         embs, table, kept = _encode_table(
             table, config, modalities, progress, precomputed, None, audit_warnings
         )
         if kept is not None:  # --skip-bad dropped cases whose image cannot be decoded
-            if len(table) < min_cases:
+            if len(table) < _min_cases(config, family):
                 raise InputError(
                     f"{table.source or 'table'}: {len(table)} valid cases after skipping "
-                    f"{table.n_skipped} bad rows; at least {min_cases} are needed"
+                    f"{table.n_skipped} bad rows; at least {_min_cases(config, family)} are needed"
                 )
             if concepts is not None:
                 concepts = concepts.iloc[kept].reset_index(drop=True)
-            n = len(table)
-            slicer = (
-                _make_slicer(config.model_copy(update={"slicer": "mixture"}), n) if family == "both" else None
-            )
-            slicer = slicer or _make_slicer(config, n)
+            slicer = _slicer_for(config, family, len(table))
     targets = table.df["label"].to_numpy().astype(np.int64)
     probs = table.df["prob"].to_numpy().astype(np.float64)
     fused, scores, slicer_err, slicer_score = _fit_mixture(slicer, embs, config, targets, probs, progress)
     fault_point("audit:slice")
     families = ["mixture"] * scores.shape[1]
-    predicates, rule_slicer = None, None
+    predicates, rule_slicer, rule_scores = _search_rules(
+        table, config, family, concepts, targets, probs, progress
+    )
+    if rule_scores is not None:
+        scores = np.concatenate([scores, rule_scores], axis=1)
+        families += ["rules"] * rule_scores.shape[1]
+    return _Found(
+        embs, fused, scores, families, slicer_err, slicer_score, predicates, rule_slicer, table, concepts
+    )
+
+
+def _min_cases(config: AuditConfig, family: str) -> int:
+    """The fewest cases the slicers of ``family`` can work with."""
+    return max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
+
+
+def _slicer_for(config: AuditConfig, family: str, n: int) -> Any:
+    """The embedding slicer of ``family`` for ``n`` cases (``both``: the mixture; ``rules``: none)."""
+    slicer = _make_slicer(config.model_copy(update={"slicer": "mixture"}), n) if family == "both" else None
+    return slicer or (_make_slicer(config, n) if family != "rules" else None)
+
+
+def _search_rules(
+    table: CaseTable,
+    config: AuditConfig,
+    family: str,
+    concepts: pd.DataFrame | None,
+    targets: np.ndarray,
+    probs: np.ndarray,
+    progress: Any,
+) -> tuple[pd.DataFrame | None, Any, np.ndarray | None]:
+    """The predicates (``rules``/``both``, or when there are concepts) and, for ``rules``/``both``, the
+    fitted rule slicer and its slices' scores (else ``None, None``)."""
+    predicates = None
     if family in ("rules", "both") or concepts is not None:
         predicates = rule_audit.audit_predicates(
             concepts,
@@ -919,13 +630,9 @@ def _discover(
             max_ngrams=config.rule_ngrams,
             min_support=config.rule_min_support,
         )
-    if family in ("rules", "both"):
-        rule_slicer, rule_scores = _rule_slices(predicates, config, targets, probs, progress)
-        scores = np.concatenate([scores, rule_scores], axis=1)
-        families += ["rules"] * rule_scores.shape[1]
-    return _Found(
-        embs, fused, scores, families, slicer_err, slicer_score, predicates, rule_slicer, table, concepts
-    )
+    if family not in ("rules", "both"):
+        return predicates, None, None
+    return (predicates, *_rule_slices(predicates, config, targets, probs, progress))
 
 
 def _payload(
@@ -951,8 +658,8 @@ def _payload(
         "fused_dim": int(found.fused.shape[1]) if found.fused is not None else 0,
         "counts": counts,
         "warnings": audit_warnings,
-        "concepts": _concept_summary(*concept_state),
-        "rule_search": _rule_search_summary(found.rule_slicer, found.predicates),
+        "concepts": concept_summary(*concept_state),
+        "rule_search": rule_search_summary(found.rule_slicer, found.predicates),
         "ranking": _RANKING_NOTE[family if family in _RANKING_NOTE else "mixture"],
         "membership_rule": _membership_rule(config),
         "slices": slices,
