@@ -89,7 +89,7 @@ def shared_embeddings(
     skipped instead (one warning with the count and the first ones): its row is left out of every
     modality, so its id is not among those returned.
     """
-    from medaudit.audit.pipeline import _encode_table
+    from medaudit.audit.embedding import encode_table as _encode_table
 
     df = joined.df
     n = len(df)
@@ -246,46 +246,76 @@ def _audit_all(
 ) -> DatasetAuditResult:
     embs, ids = embedded  # the ids of the embedded rows (without images skipped as unreadable)
     row_of = {str(i): k for k, i in enumerate(ids)}
-    results: dict[str, AuditResult] = {}
-    per: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
     out = Path(out_dir).absolute()
     with atomic_output_dir(out, kind="audit-dataset", inputs=inputs, force=force) as stage:
-        for f in findings:
-            try:
-                res, info = _audit_one(joined, f, config, embs, row_of, uncertain, stage / snake(f))
-            except InputError as exc:
-                if not many:
-                    raise
-                skipped[f] = str(exc)
-                warnings.warn(f"skipping finding '{f}': {exc}", stacklevel=2)
-                continue
-            res.out_dir = out / snake(f)
-            res.paths = {k: out / snake(f) / p.name for k, p in res.paths.items()}
-            results[f], per[f] = res, info
-        if not results:
-            raise InputError(
-                "no finding could be audited: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
-            )
+        results, per, skipped = _audit_findings(
+            joined, findings, many, config, embs, row_of, uncertain, out, stage
+        )
         for f in joined.label_columns:
             if many and f not in joined.predicted:
                 skipped.setdefault(f, "no predictions column")
         ranking = rank_slices(results)
-        summary = {
-            "medaudit_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "dataset": dataset or joined.kind,
-            "uncertain_policy": uncertain,
-            "blank_labels": "negative (not mentioned)",
-            "modalities": list(config.resolved_modalities()),
-            "embedded_rows": len(ids),
-            "unreadable_images": len(joined.df) - len(ids),
-            "join": joined.report.to_dict(),
-            "findings": per,
-            "skipped": skipped,
-            "ranking_rule": "lower Wilson 95% bound of the slice error rate, then size",
-        }
+        summary = _summary(joined, config, uncertain, dataset, len(ids), per, skipped)
         links = {f: f"{snake(f)}/report.html" for f in results} if config.write_report else {}
         atomic_write_json(stage / DATASET_FILE, summary)
         _write_index(stage, summary, ranking, links)
     return DatasetAuditResult(out, results, skipped, ranking, summary)
+
+
+def _audit_findings(
+    joined: JoinedDataset,
+    findings: list[str],
+    many: bool,
+    config: AuditConfig,
+    embs: dict[str, np.ndarray],
+    row_of: dict[str, int],
+    uncertain: UncertainPolicy,
+    out: Path,
+    stage: Path,
+) -> tuple[dict[str, AuditResult], dict[str, Any], dict[str, str]]:
+    """Audit each finding into ``stage``: the results (paths under ``out``), their summaries, and the
+    findings skipped (``many``: one that cannot be audited is skipped with a warning; none audited fails)."""
+    results: dict[str, AuditResult] = {}
+    per: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for f in findings:
+        try:
+            res, info = _audit_one(joined, f, config, embs, row_of, uncertain, stage / snake(f))
+        except InputError as exc:
+            if not many:
+                raise
+            skipped[f] = str(exc)
+            warnings.warn(f"skipping finding '{f}': {exc}", stacklevel=3)
+            continue
+        res.out_dir = out / snake(f)
+        res.paths = {k: out / snake(f) / p.name for k, p in res.paths.items()}
+        results[f], per[f] = res, info
+    if not results:
+        raise InputError("no finding could be audited: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return results, per, skipped
+
+
+def _summary(
+    joined: JoinedDataset,
+    config: AuditConfig,
+    uncertain: UncertainPolicy,
+    dataset: str,
+    n_embedded: int,
+    per: dict[str, Any],
+    skipped: dict[str, str],
+) -> dict[str, Any]:
+    """The content of the dataset-level summary file (``DATASET_FILE``)."""
+    return {
+        "medaudit_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dataset": dataset or joined.kind,
+        "uncertain_policy": uncertain,
+        "blank_labels": "negative (not mentioned)",
+        "modalities": list(config.resolved_modalities()),
+        "embedded_rows": n_embedded,
+        "unreadable_images": len(joined.df) - n_embedded,
+        "join": joined.report.to_dict(),
+        "findings": per,
+        "skipped": skipped,
+        "ranking_rule": "lower Wilson 95% bound of the slice error rate, then size",
+    }
