@@ -133,13 +133,7 @@ def encode_with_ray(
     items = list(inputs)
     if getattr(encoder, "requires_fit", False) and not getattr(encoder, "is_fitted", True):
         encoder.fit(items)
-    folder = cache_folder(encoder, cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "meta.json").is_file():
-        atomic_write_json(
-            folder / "meta.json",
-            {"encoder": encoder.name, "modality": encoder.modality, "key": encoder.cache_key()},
-        )
+    folder = _cache_folder(encoder, cache_dir)
     keys = item_keys(encoder, items, content)
     done = set(_load_index(folder)["item"])
     todo: dict[str, int] = {}
@@ -155,6 +149,37 @@ def encode_with_ray(
         return encode_cached(
             encoder, ids, items, cache_dir, batch_size=batch_size, progress=False, content=content
         )
+    return _without_unreadable(
+        encoder, ids, items, keys, bad, todo, cache_dir, batch_size, content, on_unreadable
+    )
+
+
+def _cache_folder(encoder: Encoder, cache_dir: str | os.PathLike[str]) -> Path:
+    """The encoder's cache folder, created with its ``meta.json`` when new."""
+    folder = cache_folder(encoder, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "meta.json").is_file():
+        atomic_write_json(
+            folder / "meta.json",
+            {"encoder": encoder.name, "modality": encoder.modality, "key": encoder.cache_key()},
+        )
+    return folder
+
+
+def _without_unreadable(
+    encoder: Encoder,
+    ids: list[Any],
+    items: list[Any],
+    keys: list[str],
+    bad: dict[str, str],
+    todo: dict[str, int],
+    cache_dir: str | os.PathLike[str],
+    batch_size: int,
+    content: ContentMode,
+    on_unreadable: Callable[[list[int], UnreadableImage], None] | None,
+) -> np.ndarray:
+    """The images the actors could not decode (``bad``: key -> why), in the order of ``inputs``, raised
+    or passed to ``on_unreadable``; the result from the cache with zero rows for them."""
     for k in sorted(bad, key=todo.__getitem__):
         same = [p for p, key in enumerate(keys) if key == k]
         if on_unreadable is None:
