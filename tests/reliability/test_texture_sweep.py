@@ -136,3 +136,42 @@ def test_seed_flag_out_of_range_names_the_flag(cli, tconfig, tmp_path, command):
         "demo": ["texture", "demo", "-o", tmp_path / "d", "--cache-dir", tmp_path / "c"],
     }[command]
     _refused(cli, [*args, "--seed", str(2**64)], [tmp_path], "--seed", "less than")
+
+
+# -- study ------------------------------------------------------------------------------------------
+
+_STUDY_REST = (
+    "train: {iterations: 1, channels: [4, 8], patch_size: [16, 16, 16], num_res_units: 0}\n"
+    "train_filters: [none]\ntest: {corruptions: [gaussian_noise], severities: [1]}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "what"),
+    [
+        ("{source: folder, path: VOLS, options: {bogus: 1}}", "data.options", "data option 'bogus'"),
+        ("{source: folder, path: VOLS, options: {image_pattern: x.nii.gz}}", "data", "'{id}'"),
+        ("{source: folder, path: VOLS/nowhere}", "data", "NIfTI folder not found"),
+        ("{source: csv, path: VOLS}", "data", "is a folder, not a CSV file"),
+        ("{source: folder, path: VOLS, label_set: bogus}", "data.label_set", "unknown label set"),
+    ],
+)
+def test_study_bad_data_is_exit_2_before_the_folder_is_claimed(cli, volumes, tmp_path, data, key, what):
+    """Data the readers refuse failed every training task: exit 1, with the output folder and its
+    study.json left behind (an unknown reader option as a TypeError; a data field named 'train')."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"data: {data.replace('VOLS', str(volumes))}\n{_STUDY_REST}")
+    args = ["texture", "study", cfg, "--out", tmp_path / "st"]
+    _refused(cli, args, [tmp_path], "s.yaml", f"key '{key}'", what)
+
+
+@pytest.mark.parametrize("kind", ["binary", "folder"])
+def test_study_config_that_is_not_text(cli, tmp_path, kind):
+    """A binary file was 'internal error: UnicodeDecodeError' (exit 1); a folder an IsADirectoryError."""
+    cfg = tmp_path / "s.yaml"
+    if kind == "binary":
+        cfg.write_bytes(bytes(range(128, 256)) * 4)
+    else:
+        cfg.mkdir()
+    line = _refused(cli, ["texture", "study", cfg, "--out", tmp_path / "st"], [tmp_path], "s.yaml")
+    assert "not a readable YAML file" in line

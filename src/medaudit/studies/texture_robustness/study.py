@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,6 +175,8 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
         raise InputError(f"{p}: {missing_reason(p, 'study config')}")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, a binary file, an unreadable file
+        raise InputError(f"{p}: not a readable YAML file ({type(exc).__name__}: {exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -251,7 +254,34 @@ def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:
         source=source,
     )
     _check_trainable(cfg, source)
+    _check_reader_options(cfg, source)
     return cfg
+
+
+def _check_reader_options(cfg: StudyConfig, source: str) -> None:
+    """``data.options`` the reader takes, each of the right kind (an unknown one was a TypeError in
+    every training task)."""
+    from medaudit.data.mri import check_reader_options
+
+    try:
+        check_reader_options(cfg.data.source, cfg.data.options)
+    except InputError as exc:
+        raise _err(source, "data.options", str(exc)) from None
+
+
+def check_study_data(cfg: StudyConfig) -> None:
+    """List the cases of the study's data (the simulated cohort excepted: its first task builds it),
+    so that a missing path, a wrong layout or a case without its label map is one line naming the
+    config key, exit 2, before the output folder is claimed (it failed every training task instead:
+    exit 1, with the folder and its study.json left behind). The volumes are read by the trainings."""
+    from medaudit.data.mri import get_cases
+
+    if cfg.data.source == "mni-phantom":
+        return
+    try:
+        get_cases(cfg.data.source, cfg.data.path, **cfg.data.options)
+    except InputError as exc:
+        raise _err(cfg.source, "data", str(exc)) from None
 
 
 def _parse_train(train: Any, source: str) -> dict[str, Any]:
@@ -290,9 +320,19 @@ def _check_trainable(cfg: StudyConfig, source: str) -> None:
             try:
                 _make_train_config(t.spec)
             except InputError as exc:
-                raise _err(source, "train", str(exc)) from None
+                raise _trainconfig_error(source, str(exc)) from None
             except (TypeError, ValueError) as exc:
                 raise _err(source, "train", f"invalid value ({exc})") from None
+
+
+def _trainconfig_error(source: str, msg: str) -> InputError:
+    """A TrainConfig error under the study's key of that field: ``data.label_set`` for a data field
+    (it was named ``train``), ``train.<field>`` otherwise."""
+    m = re.match(r"TrainConfig: key '(\w+)': (.*)", msg)
+    if m is None:
+        return _err(source, "train", msg)
+    field = m.group(1)
+    return _err(source, f"{'data' if field in _DATA_FIELDS else 'train'}.{field}", m.group(2))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -666,6 +706,7 @@ def study_command(
         n_tr = sum(t.kind == "train" for t in tasks)
         console.print(f"{n_tr} training tasks, {len(tasks) - n_tr} evaluation tasks; output folder {out_dir}")
         return
+    check_study_data(cfg)
     run = run_study(cfg, out_dir, ray_address=ray_address, workers=workers, force=force)
     console.print(
         f"study {cfg.name}: {len(run.executed)} tasks run, {len(run.skipped)} already done, "
