@@ -175,3 +175,15 @@ def test_study_config_that_is_not_text(cli, tmp_path, kind):
         cfg.mkdir()
     line = _refused(cli, ["texture", "study", cfg, "--out", tmp_path / "st"], [tmp_path], "s.yaml")
     assert "not a readable YAML file" in line
+
+
+def test_study_name_with_brackets_is_printed_as_text(tmp_path, capsys):
+    """A study named '[/x]' (or a path or error message with brackets) was read as rich markup: a
+    MarkupError, exit 1, after the run; 'none[run]' in the eval tables printed as 'none'."""
+    from medaudit.cli import main
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"name: '[/x] [bold]'\ndata: {{source: mni-phantom, n_subjects: 4}}\n{_STUDY_REST}")
+    capsys.readouterr()
+    assert main(["texture", "study", str(cfg), "--out", str(tmp_path / "st"), "--dry-run"]) == 0
+    assert "study [/x] [bold]:" in capsys.readouterr().out

@@ -96,13 +96,16 @@ def _names(text: str) -> list[str]:
 
 def _print_table(df: Any, title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=title)
+    # escaped: a label such as 'none[run]' is text, not rich markup (it printed as 'none', and a
+    # bracket holding a path, '[/data/run]', was a MarkupError after the results were written)
+    t = Table(title=escape(title))
     for c in df.columns:
-        t.add_column(str(c))
+        t.add_column(escape(str(c)))
     for row in df.itertuples(index=False):
-        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else escape(str(v)) for v in row])
     Console().print(t)
 
 

@@ -684,6 +684,7 @@ def study_command(
 ) -> None:
     """Run a texture-robustness study (training filters x seeds, tested on unseen corruptions); resumable."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     cfg = load_config(config)
@@ -696,27 +697,31 @@ def study_command(
     console = Console()
     if dry_run:
         store = ResultStore(out_dir)
-        table = Table(title=f"study {cfg.name}: {len(tasks)} tasks")
+        table = Table(title=escape(f"study {cfg.name}: {len(tasks)} tasks"))
         for col in ("kind", "key", "task", "status"):
             table.add_column(col)
         for t in tasks:
             done = _is_done(t, out_dir.absolute(), store)
-            table.add_row(t.kind, t.key[:16], t.label, "done" if done else "pending")
+            table.add_row(t.kind, t.key[:16], escape(t.label), "done" if done else "pending")
         console.print(table)
         n_tr = sum(t.kind == "train" for t in tasks)
-        console.print(f"{n_tr} training tasks, {len(tasks) - n_tr} evaluation tasks; output folder {out_dir}")
+        console.print(
+            escape(f"{n_tr} training tasks, {len(tasks) - n_tr} evaluation tasks; output folder {out_dir}")
+        )
         return
     check_study_data(cfg)
     run = run_study(cfg, out_dir, ray_address=ray_address, workers=workers, force=force)
     console.print(
-        f"study {cfg.name}: {len(run.executed)} tasks run, {len(run.skipped)} already done, "
-        f"{len(run.failed)} failed in {run.wall_s:.1f} s"
+        escape(
+            f"study {cfg.name}: {len(run.executed)} tasks run, {len(run.skipped)} already done, "
+            f"{len(run.failed)} failed in {run.wall_s:.1f} s"
+        )
     )
     if run.results_path:
-        console.print(f"results: {run.results_path}")
+        console.print(escape(f"results: {run.results_path}"))
     if run.report_path:
-        console.print(f"report:  {run.report_path}")
+        console.print(escape(f"report:  {run.report_path}"))
     if run.failed:
         for k, msg in list(run.failed.items())[:10]:
-            console.print(f"[red]failed[/red] {k[:16]}: {msg}")
+            console.print(f"[red]failed[/red] {k[:16]}: {escape(msg)}")
         raise typer.Exit(1)
