@@ -177,6 +177,30 @@ def test_study_config_that_is_not_text(cli, tmp_path, kind):
     assert "not a readable YAML file" in line
 
 
+# -- eval -------------------------------------------------------------------------------------------
+
+_EVAL_FAST = ["--corruptions", "gaussian_noise", "--severities", "1", "--no-report", "--no-texture-bias"]
+
+
+def test_eval_same_model_twice_is_refused(cli, trained, tmp_path):
+    """The same model.pt given twice was scored twice: every row duplicated under one label."""
+    args = ["texture", "eval", "-m", trained / "model.pt", "-m", trained / ".." / trained.name / "model.pt"]
+    _refused(cli, [*args, "-o", tmp_path / "e", *_EVAL_FAST], [tmp_path], "--model", "given twice")
+
+
+def test_eval_runs_with_the_same_folder_name_are_told_apart(cli, trained, tmp_path):
+    """``a/run/model.pt`` and ``b/run/model.pt`` (both clean): their rows were merged as 'none[run]'."""
+    import pandas as pd
+
+    for d in ("a", "b"):
+        shutil.copytree(trained, tmp_path / d / "run")
+    models = ["-m", tmp_path / "a" / "run" / "model.pt", "-m", tmp_path / "b" / "run" / "model.pt"]
+    rc, err = cli("texture", "eval", *models, "-o", tmp_path / "e", *_EVAL_FAST)
+    assert rc == 0, err
+    res = pd.read_csv(tmp_path / "e" / "results.csv")
+    assert res["model"].nunique() == 2 and not res.duplicated().any()
+
+
 def test_study_name_with_brackets_is_printed_as_text(tmp_path, capsys):
     """A study named '[/x]' (or a path or error message with brackets) was read as rich markup: a
     MarkupError, exit 1, after the run; 'none[run]' in the eval tables printed as 'none'."""

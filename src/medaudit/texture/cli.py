@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import replace
@@ -252,6 +253,10 @@ def _check_models(models: list[Path]) -> None:
 
     if not models:
         raise InputError("--model: give at least one model.pt")
+    resolved = [os.path.realpath(m) for m in models]  # a symlink loop is named below, not raised here
+    for i, r in enumerate(resolved):  # its rows would be scored, and counted, twice
+        if r in resolved[:i]:
+            raise InputError(f"--model {models[i]}: the same model is given twice")
     for m in models:
         st = load_checkpoint(m)
         if "state_dict" not in st or "config" not in st:

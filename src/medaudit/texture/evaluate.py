@@ -60,14 +60,25 @@ def _load_models(
     for name, path in items:
         model, meta = load_model(path, device)
         models.append((name or str(meta["train_filter"]), model, meta))
-    names = [m[0] for m in models]
-    if len(set(names)) != len(names):  # same training filter twice: disambiguate by run folder
-        models = [(f"{n}[{Path(meta['path']).parent.name}]", m, meta) for n, m, meta in models]
+    models = _distinct_names(models)
     first = models[0][2]
     for _, _, meta in models[1:]:
         if meta["label_set"] != first["label_set"] or meta["n_classes"] != first["n_classes"]:
             raise InputError(f"{meta['path']}: label set '{meta['label_set']}' differs from {first['path']}")
     return models
+
+
+def _distinct_names(
+    models: list[tuple[str, torch.nn.Module, dict[str, Any]]],
+) -> list[tuple[str, torch.nn.Module, dict[str, Any]]]:
+    """The same training filter twice is told apart by its run folder's name, and when two runs share
+    that name (``a/run``, ``b/run``) by the folder's path: their rows were merged under one label."""
+    named = models
+    for where in (lambda p: p.parent.name, lambda p: str(p.parent)):
+        if len({n for n, _, _ in named}) == len(named):
+            break
+        named = [(f"{n}[{where(Path(meta['path']))}]", m, meta) for n, m, meta in models]
+    return named
 
 
 def _is_clean(name: str) -> bool:
