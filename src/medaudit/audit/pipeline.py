@@ -348,6 +348,10 @@ def _load_table(
     (the audit goes on without it; the rule search then uses the other predicates)."""
     modalities = _drop_absent_images(source, config, modalities, audit_warnings)
     require = tuple(m for m in modalities if m not in config.embeddings and m != "report")
+    if config.meta and "metadata" not in require:
+        # the metadata columns are checked (one blank in every row is refused) whatever the slicer and
+        # the modalities: the rule search and the enrichment tests use them as the encoder does
+        require = (*require, "metadata")
     kw: dict[str, Any] = {"skip_bad": config.skip_bad, "threshold": config.threshold}
     # first pass without the report and size checks, so that row errors keep their usual order
     table = load_case_table(source, config.columns, config.meta, require=require, min_cases=0, **kw)
