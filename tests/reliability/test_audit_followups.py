@@ -10,7 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import make_table
+from medaudit.audit.config import AuditConfig, ColumnMap
+from medaudit.audit.pipeline import run_audit
+from medaudit.errors import InputError
+
+from .conftest import make_table, snapshot
 from .conftest import refused as _refused
 
 RULES = ["--slicer", "rules", "--n-slices", "2", "--no-report"]
@@ -44,3 +48,68 @@ def test_blank_metadata_column_is_refused_by_every_slicer(cli, work, audit_cache
     args += ["--no-report", "--cache-dir", audit_cache]
     line = _refused(cli, args, [work], "blank.csv", "column 'view'", "every row", "--meta")
     assert line == f"error: {t}: column 'view' (metadata) is empty in every row; drop it from --meta"
+
+
+# -- 2. --meta naming a reserved column, or a column twice --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("meta", "extra", "names"),
+    [
+        ("view,label", [], ["--meta 'label'", "label column"]),
+        ("prob", [], ["--meta 'prob'", "prob"]),
+        ("id", [], ["--meta 'id'", "id column"]),
+        ("report", [], ["--meta 'report'", "report column"]),
+        ("image", [], ["--meta 'image'", "image column"]),
+        ("score", ["--prob-col", "score"], ["--meta 'score'", "--prob-col"]),
+        ("view,view", [], ["--meta 'view'", "more than once"]),
+    ],
+)
+def test_meta_naming_a_reserved_or_repeated_column_is_refused(cli, work, audit_cache, meta, extra, names):
+    t = work / "data" / "cases.csv"
+    if "score" in meta:
+        df = _cases(work).rename(columns={"prob": "score"})
+        t = work / "data" / "score.csv"
+        df.to_csv(t, index=False)
+    _refused(cli, _rules_args(t, work / "out", audit_cache, "--meta", meta, *extra), [work], *names)
+
+
+def test_meta_repeated_over_two_flags_is_refused(cli, work, audit_cache):
+    args = _rules_args(
+        work / "data" / "cases.csv", work / "out", audit_cache, "--meta", "view", "--meta", "view"
+    )
+    _refused(cli, args, [work], "--meta 'view'", "more than once")
+
+
+def test_api_refuses_reserved_and_repeated_meta_with_the_same_message(cli, work, audit_cache):
+    t = work / "data" / "cases.csv"
+    args = _rules_args(t, work / "out", audit_cache, "--meta", "label")
+    cli_line = _refused(cli, args, [work], "--meta 'label'")
+    before = snapshot(work)
+    for meta in (["label"], ["view", "view"]):
+        cfg = AuditConfig(meta=meta, slicer="rules", n_slices=2, write_report=False, cache_dir=audit_cache)
+        with pytest.raises(InputError) as exc:
+            run_audit(t, cfg, work / "out")
+        if meta == ["label"]:
+            assert f"error: {exc.value}" == cli_line
+        else:
+            assert "--meta 'view'" in str(exc.value) and "more than once" in str(exc.value)
+    cfg = AuditConfig(meta=["score"], columns=ColumnMap(prob="score"), slicer="rules", cache_dir=audit_cache)
+    with pytest.raises(InputError, match=r"--meta 'score'.*--prob-col"):
+        run_audit(_cases(work).rename(columns={"prob": "score"}), cfg, work / "out")
+    assert snapshot(work) == before
+
+
+def test_meta_of_ordinary_columns_still_works(cli, work, audit_cache):
+    rc, err = cli(*_rules_args(work / "data" / "cases.csv", work / "out", audit_cache, "--meta", "view,age"))
+    assert rc == 0, err
+
+
+def test_dataset_mode_refuses_reserved_or_repeated_meta_before_any_work(cli, tmp_path):
+    """The dataset's default metadata columns never clash (tests/test_dataset_audit.py runs them)."""
+    pred = tmp_path / "pred.csv"
+    pred.write_text("dicom_id,edema\nd1,0.2\n")
+    base = ["audit", "--dataset", f"mimic-cxr:{tmp_path / 'mimic'}", "--predictions", pred]
+    base += ["--target", "edema", "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache"]
+    for meta, names in (("label", ["--meta 'label'"]), ("sex,sex", ["--meta 'sex'", "more than once"])):
+        _refused(cli, [*base, "--meta", meta], [tmp_path], *names)

@@ -31,6 +31,11 @@ def split_list(values: list[str] | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _split_meta(values: list[str] | None) -> list[str]:
+    """``--meta`` values as given, repeats kept (a column named twice is refused, not merged)."""
+    return [p.strip() for v in values or [] for p in v.split(",") if p.strip()]
+
+
 def _modality(option: str, value: str, mod: str) -> str:
     mod = mod.strip().lower()
     if mod not in MODALITIES:
@@ -93,7 +98,7 @@ def _config_fields(p: dict[str, Any]) -> dict[str, Any]:
         elif k in enc:
             out.setdefault("encoders", {})[enc[k]] = v  # merged over the config's and the defaults
         elif k == "meta":
-            out["meta"] = split_list(v)
+            out["meta"] = _split_meta(v)
         elif k == "modalities":
             out["modalities"] = tuple(split_list([v])) if v else None
         elif k == "encoder_opt":
@@ -212,7 +217,14 @@ _ReportCol = Annotated[str, _O("--report-col", help="Report text column.")]
 _ReportPathCol = Annotated[
     str | None, _O("--report-path-col", help="Column of report text file paths (instead of --report-col).")
 ]
-_Meta = Annotated[list[str] | None, _O("--meta", help="Metadata column(s); repeat or comma-separate.")]
+_Meta = Annotated[
+    list[str] | None,
+    _O(
+        "--meta",
+        help="Metadata column(s), each once; repeat or comma-separate. Not the id, label, prob/pred, "
+        "image or report column.",
+    ),
+]
 _Modalities = Annotated[
     str | None,
     _O(
@@ -387,7 +399,7 @@ def _run_dataset(cfg: AuditConfig, p: dict[str, Any]) -> None:
         p["out"],
         p["dataset_reports"],
         p["pred_id"],
-        split_list(p["meta"]),
+        _split_meta(p["meta"]),
         p["force"],
     )
 

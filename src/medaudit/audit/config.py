@@ -26,6 +26,7 @@ __all__ = [
     "Fusion",
     "RankRule",
     "SlicerName",
+    "check_meta_columns",
 ]
 
 #: The modalities an audit can embed, in their canonical order.
@@ -130,6 +131,35 @@ class ColumnMap(_Model):
     image: str | None = "image"
     report: str | None = "report"
     report_path: str | None = None
+
+
+#: the column roles a metadata column may not take: (ColumnMap field, what it is, its flag, why)
+_RESERVED_ROLES = (
+    ("id", "id", "--id-col", ""),
+    ("label", "label", "--label-col", " (the slices would be explained by the answer itself)"),
+    ("prob", "probability", "--prob-col", " (the slices would be explained by the prediction itself)"),
+    ("pred", "prediction", "--pred-col", " (the slices would be explained by the prediction itself)"),
+    ("image", "image", "--image-col", ""),
+    ("report", "report", "--report-col", ""),
+    ("report_path", "report path", "--report-path-col", ""),
+)
+
+
+def check_meta_columns(meta: list[str] | tuple[str, ...], columns: ColumnMap) -> None:
+    """Refuse a metadata column named twice, or one that has another role in ``columns`` (the id, the
+    label, the probability or prediction, the image or report column): one line naming ``--meta`` and
+    the column. The label and the prediction would leak the answer into the slices' explanations."""
+    seen: set[str] = set()
+    for m in meta:
+        if m in seen:
+            raise InputError(f"--meta '{m}': named more than once")
+        seen.add(m)
+    for field, what, flag, why in _RESERVED_ROLES:
+        col = getattr(columns, field)
+        if field == "report" and columns.report_path is not None:
+            continue  # the report text is read from the files named by report_path
+        if col is not None and col in seen:
+            raise InputError(f"--meta '{col}': the {what} column ({flag}) cannot also be metadata{why}")
 
 
 class AuditConfig(_Model):

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from medaudit.audit.config import ColumnMap, check_meta_columns
 from medaudit.audit.pipeline import AuditConfig
 from medaudit.data.cxr.common import UNCERTAIN_POLICIES
 from medaudit.errors import InputError
@@ -32,6 +33,8 @@ def run_dataset_audit(
     from medaudit.audit.multitarget import audit_dataset
 
     _check_dataset_flags(cfg, predictions, target, uncertain)
+    if meta:  # the dataset's own default metadata columns never take another role
+        check_meta_columns(meta, ColumnMap())  # the audit tables' columns: id, label, prob, image, report
     spec = parse_dataset(dataset)
     from medaudit.outdir import check_output
 

@@ -30,7 +30,7 @@ import pandas as pd
 from medaudit import __version__
 from medaudit.audit import explain, rule_audit
 from medaudit.audit.concepts import Lexicon, load_lexicon
-from medaudit.audit.config import DEFAULT_ENCODERS, AuditConfig
+from medaudit.audit.config import DEFAULT_ENCODERS, AuditConfig, check_meta_columns
 from medaudit.audit.embedding import check_encoders as _check_encoders
 from medaudit.audit.embedding import encode_table as _encode_table
 from medaudit.audit.outputs import (
@@ -401,6 +401,8 @@ def run_audit(
         InputError: bad table, embeddings, encoder / slicer names, or too few cases.
     """
     config = config or AuditConfig()
+    if not isinstance(table, CaseTable):  # a CaseTable's metadata was chosen when it was read
+        check_meta_columns(config.meta, config.columns)
     source = None if isinstance(table, (CaseTable, pd.DataFrame)) else table
     inputs = [source, config.resolved_cache_dir(), config.concepts, *config.embeddings.values()]
     with claim_output(out_dir, "audit", inputs=inputs, force=force) as claim:

@@ -29,7 +29,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from medaudit.audit.config import MODALITIES, ColumnMap
+from medaudit.audit.config import MODALITIES, ColumnMap, check_meta_columns
 from medaudit.data.images import check_pixel_limit
 from medaudit.errors import InputError
 from medaudit.io import check_unique_header, missing_reason
@@ -372,7 +372,8 @@ def load_case_table(
     Args:
         path_or_df: a ``.csv``/``.tsv``/``.parquet``/``.jsonl`` file or a DataFrame.
         columns: the user's column names per role.
-        meta: metadata columns to keep (for the metadata encoder and enrichment tests).
+        meta: metadata columns to keep (for the metadata encoder and enrichment tests); each once,
+            none of them a column of another role in ``columns`` (:func:`check_meta_columns`).
         skip_bad: drop bad rows (counted by reason) instead of raising.
         require: raw modalities that must be present and valid for every row: any of ``image``,
             ``report`` (``metadata`` requires ``meta`` to be non-empty). Modalities not required are
@@ -385,7 +386,8 @@ def load_case_table(
         A :class:`CaseTable`.
     """
     columns = columns or ColumnMap()
-    meta = list(dict.fromkeys(meta))
+    meta = list(meta)
+    check_meta_columns(meta, columns)  # a column twice, or the label / prediction as metadata
     unknown_mod = [m for m in require if m not in MODALITIES]
     if unknown_mod:
         raise InputError(f"unknown modality '{unknown_mod[0]}' (choose from {', '.join(MODALITIES)})")
