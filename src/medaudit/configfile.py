@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +18,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from medaudit.errors import InputError
 from medaudit.io import missing_reason
 
-__all__ = ["Config", "read_config", "read_mapping", "validation_error"]
+__all__ = [
+    "Config",
+    "load_json_strict",
+    "load_yaml_strict",
+    "read_config",
+    "read_mapping",
+    "validation_error",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -68,6 +76,59 @@ def _key(loc: tuple[Any, ...]) -> str:
     return key
 
 
+def load_yaml_strict(text: str, name: str, what: str = "config") -> Any:
+    """``yaml.safe_load`` that refuses a duplicate mapping key and a non-text key (PyYAML keeps the
+    last of two equal keys, so ``lr: 1e-3`` followed by ``lr: 1`` would silently train at 1), naming
+    ``name``, the key and its line. Nesting too deep for the parser is one line too."""
+    loader = _strict_loader()(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise InputError(f"{name}: not a {what} (lists or mappings nested too deeply)") from None
+    finally:
+        loader.dispose()
+
+
+def load_json_strict(text: str, name: str) -> Any:
+    """``json.loads`` that refuses a duplicate object key, naming ``name`` and the key."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out:
+                raise InputError(f"{name}: duplicate key '{k}'")
+            out[k] = v
+        return out
+
+    return json.loads(text, object_pairs_hook=pairs)
+
+
+@lru_cache(maxsize=1)
+def _strict_loader() -> type:
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """A safe YAML loader whose mappings refuse duplicate and non-text keys."""
+
+    def mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys: set[Any] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise InputError(
+                    f"{loader.name}: line {line}: a mapping key must be plain text, not a {type(key).__name__}"
+                )
+            if key in keys:
+                raise InputError(f"{loader.name}: duplicate key '{key}' (line {line})")
+            keys.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return StrictLoader
+
+
 def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML or JSON file whose top level is a mapping; bad files give one line naming them."""
     import yaml
@@ -77,7 +138,11 @@ def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError(f"{p}: {missing_reason(p, 'config file')}")
     try:
         text = p.read_text(encoding="utf-8")
-        raw = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+        raw = (
+            load_json_strict(text, str(p)) if p.suffix.lower() == ".json" else load_yaml_strict(text, str(p))
+        )
+    except InputError:
+        raise
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{p}: not a readable YAML/JSON config ({first})") from None

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from medaudit.configfile import load_yaml_strict
 from medaudit.errors import InputError
 
 __all__ = ["Concept", "Lexicon", "default_lexicon", "load_lexicon", "parse_lexicon"]
@@ -172,26 +173,6 @@ def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
     return Lexicon(tuple(concepts), name, language or "en")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that rejects duplicate mapping keys instead of keeping the last one."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    keys: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, (str, int, float, bool)) and key is not None:
-            line, kind = key_node.start_mark.line + 1, type(key).__name__
-            raise InputError(f"{loader.name}: line {line}: a mapping key must be plain text, not a {kind}")
-        if key in keys:
-            raise InputError(f"{loader.name}: duplicate key '{key}' (line {key_node.start_mark.line + 1})")
-        keys.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def load_lexicon(path: str | Path) -> Lexicon:
     """Read and validate a YAML lexicon file; :class:`InputError` naming the file and the key."""
     p = Path(path)
@@ -202,16 +183,9 @@ def load_lexicon(path: str | Path) -> Lexicon:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: not a readable text file ({exc})") from exc
     try:
-        loader = _UniqueKeyLoader(text)
-        loader.name = str(p)
-        try:
-            data = loader.get_single_data()
-        finally:
-            loader.dispose()
+        data = load_yaml_strict(text, str(p), "lexicon")
     except yaml.YAMLError as exc:
         raise InputError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from exc
-    except RecursionError as exc:
-        raise InputError(f"{p}: not a lexicon (lists or mappings nested too deeply)") from exc
     return parse_lexicon(data, str(p))
 
 

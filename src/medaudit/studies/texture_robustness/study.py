@@ -168,13 +168,15 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     """
     import yaml
 
+    from medaudit.configfile import load_yaml_strict
+
     p = Path(path)
     if not p.exists() and not p.suffix and (_CONFIG_DIR / f"{p.name}.yaml").exists():
         p = _CONFIG_DIR / f"{p.name}.yaml"
     if not p.exists():
         raise InputError(f"{p}: {missing_reason(p, 'study config')}")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = load_yaml_strict(p.read_text(encoding="utf-8"), str(p))
     except (OSError, UnicodeDecodeError) as exc:  # a folder, a binary file, an unreadable file
         raise InputError(f"{p}: not a readable YAML file ({type(exc).__name__}: {exc})") from None
     except yaml.YAMLError as exc:
