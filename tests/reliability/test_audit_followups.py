@@ -113,3 +113,21 @@ def test_dataset_mode_refuses_reserved_or_repeated_meta_before_any_work(cli, tmp
     base += ["--target", "edema", "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache"]
     for meta, names in (("label", ["--meta 'label'"]), ("sex,sex", ["--meta 'sex'", "more than once"])):
         _refused(cli, [*base, "--meta", meta], [tmp_path], *names)
+
+
+# -- 3. a boolean probability column -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_boolean_probability_is_refused_naming_file_column_and_row(cli, work, audit_cache, suffix):
+    df = _cases(work)
+    df["prob"] = df["prob"] > 0.5
+    t = work / "data" / f"bool{suffix}"
+    if suffix == ".csv":
+        df.to_csv(t, index=False)
+    elif suffix == ".jsonl":
+        df.to_json(t, orient="records", lines=True)
+    else:
+        df.to_parquet(t)
+    line = _refused(cli, _rules_args(t, work / "out", audit_cache), [work], str(t), "column 'prob' row 1")
+    assert "boolean" in line

@@ -340,6 +340,8 @@ def _as_float(value: object) -> float | None:
 
 
 def _as_prob(value: object) -> float | None:
+    if isinstance(value, (bool, np.bool_)):  # True / False are not probabilities
+        return None
     try:
         f = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -575,6 +577,8 @@ def _parse_predictions(
                 what = "is missing (NaN)" if _missing(v) else "is not in [0, 1]"
                 if not _missing(v) and _as_float(v) is None:
                     what = "is not a number"
+                if isinstance(v, (bool, np.bool_)):
+                    what = "is a boolean, not a probability in [0, 1]"
                 probs.add(
                     i,
                     "bad probability",
