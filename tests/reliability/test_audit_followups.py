@@ -131,3 +131,36 @@ def test_boolean_probability_is_refused_naming_file_column_and_row(cli, work, au
         df.to_parquet(t)
     line = _refused(cli, _rules_args(t, work / "out", audit_cache), [work], str(t), "column 'prob' row 1")
     assert "boolean" in line
+
+
+# -- 4. messages: a binary file named .csv, a table with another delimiter ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("write", "names"),
+    [
+        (lambda df, p: df.to_parquet(p), ["Parquet", ".parquet"]),
+        (lambda df, p: p.write_bytes(b"PK\x03\x04" + b"\0" * 60), ["zip", "xlsx"]),
+        (lambda df, p: p.write_bytes(__import__("gzip").compress(df.to_csv(index=False).encode())), ["gzip"]),
+    ],
+)
+def test_binary_file_named_csv_says_what_it_looks_like(cli, work, audit_cache, write, names):
+    t = work / "data" / "binary.csv"
+    write(_cases(work), t)
+    line = _refused(cli, _rules_args(t, work / "out", audit_cache), [work], str(t), *names)
+    assert "UTF-8" not in line
+
+
+@pytest.mark.parametrize(("sep", "shown"), [(";", "';'"), ("\t", "tab")])
+def test_table_with_another_delimiter_gets_a_hint(cli, work, audit_cache, sep, shown):
+    t = work / "data" / "other.csv"
+    _cases(work).to_csv(t, sep=sep, index=False)
+    line = _refused(cli, _rules_args(t, work / "out", audit_cache), [work], str(t), "unknown column 'id'")
+    assert "separated" in line and shown in line
+
+
+def test_single_column_header_without_delimiter_gets_no_hint(cli, work, audit_cache):
+    t = work / "data" / "one.csv"
+    t.write_text("name\na\nb\n")
+    line = _refused(cli, _rules_args(t, work / "out", audit_cache), [work], "unknown column 'id'")
+    assert "separated" not in line

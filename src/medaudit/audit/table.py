@@ -135,6 +135,7 @@ def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -
     if not p.is_file():
         raise InputError(f"{p}: not a regular file")
     suffix = _suffix(p)
+    _check_not_binary(p, suffix)
     try:
         if suffix in (".csv", ".csv.gz"):
             _check_delimited(p, ",")
@@ -161,6 +162,31 @@ def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p}: cannot read table ({msg})") from exc
     raise InputError(f"{p}: unknown table format '{p.suffix}' (use .csv, .tsv, .parquet or .jsonl)")
+
+
+#: leading bytes of binary formats a text table is mistaken for: magic -> what the file looks like
+_BINARY_MAGIC = {
+    b"PAR1": ("a Parquet file", "name it .parquet"),
+    b"PK\x03\x04": ("a zip archive (an Excel .xlsx workbook?)", "export the sheet as CSV"),
+    b"\x1f\x8b": ("a gzip-compressed file", "add .gz to its name"),
+}
+_TEXT_KINDS = {".csv": "CSV", ".tsv": "TSV", ".tab": "TSV", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines"}
+
+
+def _check_not_binary(p: Path, suffix: str) -> None:
+    """A file named as a text table (``.csv``, ``.tsv``, ``.jsonl`` ...) that starts with the magic bytes
+    of Parquet, zip (xlsx) or gzip is named for what it looks like, not as a file that is not UTF-8."""
+    kind = _TEXT_KINDS.get(suffix, "JSON" if suffix == ".json" else None)
+    if kind is None:  # .parquet, or gzipped text (.csv.gz): their readers name what is wrong
+        return
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return  # the reader names it
+    for magic, (what, fix) in _BINARY_MAGIC.items():
+        if head.startswith(magic):
+            raise InputError(f"{p}: looks like {what}, not {kind} text; {fix}")
 
 
 def _open_text(p: Path) -> IO[str]:
@@ -357,7 +383,26 @@ def _check_columns(raw: pd.DataFrame, where: str, wanted: Iterable[tuple[str, st
         if col not in raw.columns:
             raise InputError(
                 f"{where}: unknown column '{col}' (for {role}); available columns: {', '.join(available)}"
+                + _delimiter_hint(available, where)
             )
+
+
+def _delimiter_hint(available: list[str], where: str) -> str:
+    """A hint when a file's whole header was read as one column holding another delimiter (a ``;``- or
+    tab-separated file named ``.csv``, a comma-separated one named ``.tsv``); ``""`` otherwise."""
+    if len(available) != 1 or where == "table":  # "table": a DataFrame, no delimiter involved
+        return ""
+    if where.lower().endswith((".tsv", ".tsv.gz", ".tab")):
+        read_as, others = "tab", ((";", "';'", "save it tab-separated"), (",", "comma", "name it .csv"))
+    else:
+        read_as, others = "comma", ((";", "';'", "save it with commas"), ("\t", "tab", "name it .tsv"))
+    for sep, name, fix in others:
+        if sep in available[0]:
+            return (
+                f" (the header was read as one column: the file looks {name}-separated, "
+                f"and this file name is read as {read_as}-separated; {fix})"
+            )
+    return ""
 
 
 def load_case_table(
