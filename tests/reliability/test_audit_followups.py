@@ -164,3 +164,35 @@ def test_single_column_header_without_delimiter_gets_no_hint(cli, work, audit_ca
     t.write_text("name\na\nb\n")
     line = _refused(cli, _rules_args(t, work / "out", audit_cache), [work], "unknown column 'id'")
     assert "separated" not in line
+
+
+# -- 5. highlights after a control character -------------------------------------------------------------
+
+
+def test_highlight_after_a_control_character_covers_exactly_its_sentence():
+    from medaudit.audit.table import CaseTable
+    from medaudit.report.html import neutralise_controls
+    from medaudit.report.slice_browser import browser_data
+
+    sentence = "Large effusion on the left."
+    reports = [f"Bell\x07 here \u202e and \x85 more. {sentence} Clear.", f"Nothing. {sentence}"]
+    df = pd.DataFrame(
+        {"id": ["a", "b"], "label": [1, 0], "prob": [0.2, 0.7], "pred": [0, 1], "image": [None, None]}
+    )
+    df["report"] = reports
+    table = CaseTable(df=df, meta=pd.DataFrame(index=df.index))
+    slices = [
+        {
+            "rank": 1,
+            "member_ids": ["a", "b"],
+            "exemplar_ids": [],
+            "explanation": {"ngrams": [{"ngram": "effusion", "direction": "over"}]},
+        }
+    ]
+    data = browser_data({"slices": slices}, table, np.array([[0.9], [0.8]]))
+    texts = {p: t for p, t, _ in data["reports"]}
+    marks = dict((p, sp) for p, sp in data["slices"][0]["marks"])
+    for p, text in texts.items():
+        assert neutralise_controls(text) == text  # rendering the page changes nothing more
+        assert [text[a:b] for a, b in marks[p]] == [sentence]
+    assert "[U+0007]" in texts[0] and "[U+202E]" in texts[0] and "[U+0085]" in texts[0]

@@ -7,7 +7,8 @@ the audit is bounded by :class:`BrowserLimits`:
   membership score), about 60 bytes per member with MIMIC-style 44-character ids;
 * **report text** is embedded for every case when the audit has at most ``all_reports_up_to`` cases,
   otherwise for the ``reports_per_slice`` best members of each slice; each report is cut at
-  ``report_chars`` characters. The search box searches the embedded reports;
+  ``report_chars`` characters, and its control characters are shown as ``[U+XXXX]`` (before the
+  highlight spans are computed, so they fit the text shown). The search box searches these reports;
 * **thumbnails** (``thumb_px`` pixels, JPEG) are embedded for the ``thumbs_per_slice`` best members
   of each slice; the browser creates an image element only for the page on screen.
 
@@ -26,6 +27,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from medaudit.report.html import neutralise_controls
 
 __all__ = [
     "BrowserLimits",
@@ -203,7 +206,7 @@ def _report_rows(n: int, lists: Sequence[dict], limits: BrowserLimits) -> np.nda
 def _cases_block(df: Any, used: np.ndarray) -> dict[str, list]:
     """Columnar rows of the embedded cases: id, label, prediction, probability (3 decimals)."""
     return {
-        "id": [str(x) for x in df["id"].to_numpy(dtype=object)[used]],
+        "id": [neutralise_controls(str(x)) for x in df["id"].to_numpy(dtype=object)[used]],
         "label": df["label"].to_numpy()[used].astype(int).tolist(),
         "pred": df["pred"].to_numpy()[used].astype(int).tolist(),
         "prob": np.round(df["prob"].to_numpy(dtype=np.float64)[used], 3).tolist(),
@@ -268,8 +271,13 @@ def browser_data(
     target = payload.get("target") or payload.get("config", {}).get("target")
     target = target if isinstance(target, str) else None
     reports = df["report"].to_numpy(dtype=object)
+    # control characters become their visible [U+XXXX] mark here, before the highlight spans are
+    # computed: the page's rendering would otherwise lengthen the text after the spans were taken
     texts = {
-        int(r): (reports[r] if isinstance(reports[r], str) else "")[: limits.report_chars] for r in rep_rows
+        int(r): neutralise_controls(
+            (reports[r] if isinstance(reports[r], str) else "")[: limits.report_chars]
+        )
+        for r in rep_rows
     }
     return {
         "limits": asdict(limits),
@@ -292,6 +300,6 @@ def _cell(v: Any) -> Any:
         v = v.item()
     if isinstance(v, float):
         return None if not np.isfinite(v) else round(v, 4)
-    if isinstance(v, bool | int | str):
+    if isinstance(v, bool | int):
         return v
-    return str(v)
+    return neutralise_controls(str(v))
