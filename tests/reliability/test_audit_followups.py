@@ -4,6 +4,7 @@ output is right)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +197,22 @@ def test_highlight_after_a_control_character_covers_exactly_its_sentence():
         assert neutralise_controls(text) == text  # rendering the page changes nothing more
         assert [text[a:b] for a, b in marks[p]] == [sentence]
     assert "[U+0007]" in texts[0] and "[U+202E]" in texts[0] and "[U+0085]" in texts[0]
+
+
+# -- 6. encode_with_ray writes the width into a new cache folder's meta.json -------------------------------
+
+
+def test_encode_with_ray_writes_the_width_into_a_new_meta_json(tmp_path, monkeypatch):
+    from medaudit.audit.encoders import distributed, get_encoder
+
+    enc = get_encoder("report", "tfidf-svd", dim=4)
+    texts = [f"report {w} number {i}" for i, w in enumerate(["effusion", "edema", "tube", "clear"] * 3)]
+    seen: dict[str, object] = {}
+
+    def fake_actors(encoder, ids, items, todo, folder, *rest):
+        seen.update(json.loads((folder / "meta.json").read_text()))
+        return {}  # nothing written: encode_cached computes every item
+
+    monkeypatch.setattr(distributed, "_run_actors", fake_actors)
+    out = distributed.encode_with_ray(enc, [f"c{i}" for i in range(len(texts))], texts, tmp_path, "local")
+    assert seen["dim"] == out.shape[1] == enc.dim

@@ -29,12 +29,12 @@ from medaudit.audit.encoders.cache import (
     ContentMode,
     _embedding_batches,
     _load_index,
-    cache_folder,
+    _prepare_folder,
     encode_cached,
     item_keys,
 )
 from medaudit.errors import InputError, UnreadableImage
-from medaudit.io import atomic_save, atomic_write_json
+from medaudit.io import atomic_save
 
 __all__ = ["encode_with_ray"]
 
@@ -155,15 +155,9 @@ def encode_with_ray(
 
 
 def _cache_folder(encoder: Encoder, cache_dir: str | os.PathLike[str]) -> Path:
-    """The encoder's cache folder, created with its ``meta.json`` when new."""
-    folder = cache_folder(encoder, cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "meta.json").is_file():
-        atomic_write_json(
-            folder / "meta.json",
-            {"encoder": encoder.name, "modality": encoder.modality, "key": encoder.cache_key()},
-        )
-    return folder
+    """The encoder's cache folder, created with its ``meta.json`` when new, as :func:`encode_cached`
+    writes it (with the embedding width ``dim`` when the encoder can tell it)."""
+    return _prepare_folder(encoder, cache_dir)[0]
 
 
 def _without_unreadable(
