@@ -87,6 +87,26 @@ def _write_state(
     return state
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class RunOptions:
+    """How :func:`run_benchmark` runs a config, apart from the output folder: the cohort (a name or a ready
+    case table, with its ``kind``, optional precomputed ``embeddings`` and an ``n_cases`` subset), the
+    cache, the parallelism (``workers``, ``ray_address``), the bootstrap size and the peers folder.
+
+    ``eq=False``: a field may hold a DataFrame or arrays, which have no single truth value.
+    """
+
+    cohort: str | pd.DataFrame = "phantom"
+    cache_dir: str | Path | None = None
+    workers: int = 1
+    n_cases: int | None = None
+    embeddings: dict[str, np.ndarray] | None = None
+    kind: str | None = None
+    n_boot: int = 1000
+    ray_address: str | None = None
+    peers_dir: str | os.PathLike[str] | None = None
+
+
 def run_benchmark(
     config: BenchConfig,
     out_dir: str | Path,
@@ -102,60 +122,49 @@ def run_benchmark(
     force: bool = False,
 ) -> dict[str, Any]:
     """Claim ``out_dir`` as a resumable ``bench-scenarios`` folder (see :mod:`medaudit.outdir`; ``force``
-    accepts a folder medaudit did not write), then run :func:`_run_benchmark` in it."""
+    accepts a folder medaudit did not write), then run :func:`_run_benchmark` in it with the other
+    arguments as :class:`RunOptions`."""
     from medaudit.outdir import claim_output
 
+    opts = RunOptions(
+        cohort=cohort,
+        cache_dir=cache_dir,
+        workers=workers,
+        n_cases=n_cases,
+        embeddings=embeddings,
+        kind=kind,
+        n_boot=n_boot,
+        ray_address=ray_address,
+        peers_dir=peers_dir,
+    )
     with claim_output(
         out_dir, "bench-scenarios", force=force, in_place=True, keep_if=("runs", "cache")
     ) as claim:
-        return _run_benchmark(
-            config,
-            claim.path,
-            cohort,
-            cache_dir,
-            workers,
-            n_cases,
-            embeddings,
-            kind,
-            n_boot,
-            ray_address,
-            peers_dir,
-        )
+        return _run_benchmark(config, claim.path, opts)
 
 
-def _run_benchmark(
-    config: BenchConfig,
-    out_dir: str | Path,
-    cohort: str | pd.DataFrame = "phantom",
-    cache_dir: str | Path | None = None,
-    workers: int = 1,
-    n_cases: int | None = None,
-    embeddings: dict[str, np.ndarray] | None = None,
-    kind: str | None = None,
-    n_boot: int = 1000,
-    ray_address: str | None = None,
-    peers_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
+def _run_benchmark(config: BenchConfig, out_dir: str | Path, opts: RunOptions) -> dict[str, Any]:
     """Run (or resume) the benchmark and write all outputs to ``out_dir``; returns a summary dict.
 
-    ``cohort`` may be a ready case-table DataFrame (then ``kind`` names its defaults: ``phantom`` or the
-    study's); ``embeddings`` may be given precomputed (``{modality: (n, d)}`` aligned with the table).
+    ``opts.cohort`` may be a ready case-table DataFrame (then ``opts.kind`` names its defaults: ``phantom``
+    or the study's); ``opts.embeddings`` may be given precomputed (``{modality: (n, d)}`` aligned with the
+    table).
     """
     out = Path(out_dir)
-    cache = Path(cache_dir) if cache_dir else out / "cache"
+    cache = Path(opts.cache_dir) if opts.cache_dir else out / "cache"
     t_start = time.perf_counter()
-    df, kind = _cohort_table(config, cohort, cache, n_cases, kind)
+    df, kind = _cohort_table(config, opts.cohort, cache, opts.n_cases, opts.kind)
     out.mkdir(parents=True, exist_ok=True)
-    embeddings = _cohort_embeddings(config, df, kind, cache, embeddings)
-    config, peer_py, notes = _with_domino_peer(config, peers_dir)
+    embeddings = _cohort_embeddings(config, df, kind, cache, opts.embeddings)
+    config, peer_py, notes = _with_domino_peer(config, opts.peers_dir)
     tasks = make_tasks(config, kind, cohort_fingerprint(df, embeddings))
     store = ResultStore(out, parts="runs", table="runs.parquet")
     state = _write_state(out / "cache" / "state", df, embeddings, config, kind, peer_py)
     t_runs = time.perf_counter()
-    n_run_now = _run_tasks(tasks, store, state, workers, ray_address)
+    n_run_now = _run_tasks(tasks, store, state, opts.workers, opts.ray_address)
     runs_wall = time.perf_counter() - t_runs
     store.compact([t.key for t in tasks])
-    summary = write_outputs(store.read(), out, config, notes, n_boot=n_boot)
+    summary = write_outputs(store.read(), out, config, notes, n_boot=opts.n_boot)
     summary.update(
         {
             "n_tasks": len(tasks),

@@ -33,7 +33,7 @@ private ones the bench scripts use):
 - :mod:`.bench_run`: one run (:func:`run_one`) and its worker entry point;
 - :mod:`.bench_scoring`: fusion, precision@k, modality shares and explanation hits of one slicer fit;
 - :mod:`.bench_domino`: the Domino 0.1.5 peer;
-- :mod:`.bench_grid`: the resumable run grid (:func:`run_benchmark`);
+- :mod:`.bench_grid`: the resumable run grid (:func:`run_benchmark`, its :class:`RunOptions`);
 - :mod:`.bench_tables`: aggregation with bootstrap CIs and markdown tables;
 - :mod:`.bench_plot`, :mod:`.bench_summary`: the plot and the output files;
 - :mod:`.bench_cli`: the ``bench-scenarios`` command.
@@ -73,6 +73,7 @@ from medaudit.studies.cxr_slices.bench_domino import (
 )
 from medaudit.studies.cxr_slices.bench_grid import (
     CXR_CODE,
+    RunOptions,
     make_tasks,
     run_benchmark,
 )
@@ -115,6 +116,7 @@ __all__ = [
     "SLICER_CONFIGS",
     "STUDY_SLICER",
     "BenchConfig",
+    "RunOptions",
     "RunTask",
     "_fuse",
     "_load_state",
