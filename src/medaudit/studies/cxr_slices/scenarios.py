@@ -239,6 +239,72 @@ def _finish(
     )
 
 
+def _pool_prevalence(y: np.ndarray, pool: np.ndarray, label_prevalence: float | None) -> float:
+    """``label_prevalence`` when given, else the label prevalence of ``pool``."""
+    return float(label_prevalence) if label_prevalence is not None else float(y[pool].mean())
+
+
+def _draw_joint(
+    rng: np.random.Generator,
+    pool: np.ndarray,
+    y: np.ndarray,
+    a: np.ndarray,
+    p: np.ndarray,
+    n_train: int,
+    what: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a training split from ``pool`` whose (label, attribute) cells follow the joint ``p``.
+
+    Each cell is sampled without replacement; when a cell of the pool is too small the whole split
+    shrinks proportionally below ``n_train`` (never below 20 cases; ``what`` names the request in that
+    error). Returns the sorted positions and the 2×2 cell counts.
+    """
+    cells = {(i, j): pool[(y[pool] == i) & (a[pool] == j)] for i in (0, 1) for j in (0, 1)}
+    cap = min((len(cells[i, j]) / p[i, j] if p[i, j] > 0 else math.inf) for i in (0, 1) for j in (0, 1))
+    n_eff = min(n_train, math.floor(cap))
+    if n_eff < 20:
+        raise InputError(f"spurious correlation: training pool too small for {what}")
+    counts = _round_counts(p, n_eff)
+    counts = np.minimum(counts, [[len(cells[i, j]) for j in (0, 1)] for i in (0, 1)])
+    train_idx = np.sort(
+        np.concatenate(
+            [_take(rng, cells[i, j], int(counts[i, j]), f"cell y={i},a={j}") for i in (0, 1) for j in (0, 1)]
+        )
+    )
+    return train_idx, counts
+
+
+def _draw_rare(
+    rng: np.random.Generator,
+    pool: np.ndarray,
+    y: np.ndarray,
+    a: np.ndarray,
+    mu_y: float,
+    rare_fraction: float,
+    n_train: int,
+) -> np.ndarray:
+    """Draw a training split from ``pool`` with label prevalence ``mu_y`` whose positives have the
+    attribute in exactly ``round(rare_fraction * n_pos)`` cases (fewer positives when the pool runs
+    short); negatives keep the pool's attribute mix. Returns the sorted positions."""
+    pos_a = pool[y[pool] & a[pool]]
+    pos_n = pool[y[pool] & ~a[pool]]
+    neg = pool[~y[pool]]
+    n_pos = min(round(mu_y * n_train), math.floor(len(pos_n) / (1 - rare_fraction)))
+    if rare_fraction > 0:
+        n_pos = min(n_pos, math.floor(len(pos_a) / rare_fraction) if len(pos_a) else n_pos)
+    n_pa = round(rare_fraction * n_pos)
+    n_neg = min(n_train - n_pos, len(neg))
+    return np.sort(
+        np.concatenate(
+            [
+                _take(rng, pos_a, n_pa, "positives with attribute"),
+                _take(rng, pos_n, n_pos - n_pa, "positives without attribute"),
+                _take(rng, neg, n_neg, "negatives"),
+            ]
+        )
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # The three scenarios
 
@@ -269,23 +335,10 @@ def spurious_correlation(
     y, a = binary_column(df, task), binary_column(df, attribute)
     rng = np.random.default_rng([seed, 1])
     train_pool, test_pool = split_pools(df, test_fraction, seed, group)
-    mu_y = float(label_prevalence) if label_prevalence is not None else float(y[train_pool].mean())
+    mu_y = _pool_prevalence(y, train_pool, label_prevalence)
     mu_a = mu_y if match_marginals else float(a[train_pool].mean())
     p = solve_joint(mu_y, mu_a, corr)
-    cells = {(i, j): train_pool[(y[train_pool] == i) & (a[train_pool] == j)] for i in (0, 1) for j in (0, 1)}
-    cap = min((len(cells[i, j]) / p[i, j] if p[i, j] > 0 else math.inf) for i in (0, 1) for j in (0, 1))
-    n_eff = min(n_train, math.floor(cap))
-    if n_eff < 20:
-        raise InputError(
-            f"spurious correlation: training pool too small for r={corr} on '{task}'/'{attribute}'"
-        )
-    counts = _round_counts(p, n_eff)
-    counts = np.minimum(counts, [[len(cells[i, j]) for j in (0, 1)] for i in (0, 1)])
-    train_idx = np.sort(
-        np.concatenate(
-            [_take(rng, cells[i, j], int(counts[i, j]), f"cell y={i},a={j}") for i in (0, 1) for j in (0, 1)]
-        )
-    )
+    train_idx, counts = _draw_joint(rng, train_pool, y, a, p, n_train, f"r={corr} on '{task}'/'{attribute}'")
     in_slice = (~y) & a
     test_idx = sample_test(rng, test_pool, in_slice, n_test, slice_share)
     meta = {
@@ -324,24 +377,8 @@ def rare_slice(
     y, a = binary_column(df, task), binary_column(df, attribute)
     rng = np.random.default_rng([seed, 2])
     train_pool, test_pool = split_pools(df, test_fraction, seed, group)
-    mu_y = float(label_prevalence) if label_prevalence is not None else float(y[train_pool].mean())
-    pos_a = train_pool[y[train_pool] & a[train_pool]]
-    pos_n = train_pool[y[train_pool] & ~a[train_pool]]
-    neg = train_pool[~y[train_pool]]
-    n_pos = min(round(mu_y * n_train), math.floor(len(pos_n) / (1 - rare_fraction)))
-    if rare_fraction > 0:
-        n_pos = min(n_pos, math.floor(len(pos_a) / rare_fraction) if len(pos_a) else n_pos)
-    n_pa = round(rare_fraction * n_pos)
-    n_neg = min(n_train - n_pos, len(neg))
-    train_idx = np.sort(
-        np.concatenate(
-            [
-                _take(rng, pos_a, n_pa, "positives with attribute"),
-                _take(rng, pos_n, n_pos - n_pa, "positives without attribute"),
-                _take(rng, neg, n_neg, "negatives"),
-            ]
-        )
-    )
+    mu_y = _pool_prevalence(y, train_pool, label_prevalence)
+    train_idx = _draw_rare(rng, train_pool, y, a, mu_y, rare_fraction, n_train)
     in_slice = y & a
     test_idx = sample_test(rng, test_pool, in_slice, n_test, slice_share)
     meta = {
