@@ -74,7 +74,26 @@ def make_planted_slice_data(
     basis, _ = np.linalg.qr(rng.standard_normal((d, k)))  # (d, k) orthonormal columns
     basis = basis.T.astype(np.float32)  # (k, d)
     centres = (rng.standard_normal((n_clusters, k)) * separation).astype(np.float32)
+    cluster, targets, pred_probs = _planted_labels(
+        rng, n, n_clusters, slice_frac, slice_error_rate, base_error_rate
+    )
+    emb = _open_embeddings(out_path, n, d)
+    _fill_embeddings(emb, rng, centres, cluster, basis, noise, chunk_size)
+    if isinstance(emb, np.memmap):  # written to out_path
+        emb.flush()
+    return PlantedSliceData(embeddings=emb, targets=targets, pred_probs=pred_probs, in_slice=cluster == 0)
 
+
+def _planted_labels(
+    rng: np.random.Generator,
+    n: int,
+    n_clusters: int,
+    slice_frac: float,
+    slice_error_rate: float,
+    base_error_rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw each case's blob (blob 0, the slice, with share ``slice_frac``), its true label (negative
+    inside the slice) and the classifier's predicted probability; returns ``(cluster, targets, pred_probs)``."""
     other = (1.0 - slice_frac) / (n_clusters - 1)
     cluster = rng.choice(n_clusters, size=n, p=[slice_frac] + [other] * (n_clusters - 1))
     in_slice = cluster == 0
@@ -86,19 +105,33 @@ def make_planted_slice_data(
     pred_label = np.where(wrong, 1 - targets, targets)
     conf = rng.beta(8.0, 2.0, size=n)  # confidence in the predicted label, mostly 0.6-0.95
     pred_probs = np.where(pred_label == 1, conf, 1.0 - conf).astype(np.float32)
+    return cluster, targets, pred_probs
 
-    if out_path is not None:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        emb = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=(n, d))
-    else:
-        emb = np.empty((n, d), dtype=np.float32)
+
+def _open_embeddings(out_path: str | Path | None, n: int, d: int) -> np.ndarray:
+    """An empty ``(n, d)`` float32 array: in memory, or a new ``.npy`` memmap at ``out_path``."""
+    if out_path is None:
+        return np.empty((n, d), dtype=np.float32)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=(n, d))
+
+
+def _fill_embeddings(
+    emb: np.ndarray,
+    rng: np.random.Generator,
+    centres: np.ndarray,
+    cluster: np.ndarray,
+    basis: np.ndarray,
+    noise: float,
+    chunk_size: int,
+) -> None:
+    """Write each case's embedding into ``emb`` chunk by chunk: its blob's centre (``centres[cluster]``)
+    plus unit latent noise, lifted by ``basis`` (k, d), plus isotropic noise of std ``noise``."""
+    (n, d), k = emb.shape, centres.shape[1]
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
         z = centres[cluster[start:stop]] + rng.standard_normal((stop - start, k), dtype=np.float32)
         block = z @ basis
         block += rng.standard_normal((stop - start, d), dtype=np.float32) * np.float32(noise)
         emb[start:stop] = block
-    if out_path is not None:
-        emb.flush()
-    return PlantedSliceData(embeddings=emb, targets=targets, pred_probs=pred_probs, in_slice=in_slice)
