@@ -205,61 +205,19 @@ def _canvas(case: Mapping[str, Any], rng: np.random.Generator, n: int, ap: bool)
 
 def _frontal_view(c: _Canvas) -> np.ndarray:
     """PA/AP geometry: lungs, cardiac silhouette and the frontal findings."""
-    n, s, yy, xx, rng, hints, g, mid, mask, base, heart_ctr = (
-        c.n,
-        c.s,
-        c.yy,
-        c.xx,
-        c.rng,
-        c.case,
-        c.flag,
-        c.mid,
-        c.mask,
-        c.base,
-        c.heart_ctr,
-    )
+    n, s, yy, xx, rng, hints, g = c.n, c.s, c.yy, c.xx, c.rng, c.case, c.flag
     t, b, left, r = c.box
-    lung_s = ndimage.gaussian_filter(mask, 1.5 * s)
-    img = base * (1.0 - 0.30 * lung_s) + 0.08 * (1.0 - lung_s)
-    # cardiac silhouette: ellipse left of centre (patient's left = image right)
-    hw = 0.5 * heart_ctr * (r - left)
-    hcy, hcx = b - 0.16 * n, mid + 0.06 * n
-    heart = ((yy - hcy) / (0.14 * n)) ** 2 + ((xx - hcx) / hw) ** 2 < 1.0
-    heart = ndimage.gaussian_filter(heart.astype(np.float32), 1.2 * s)
-    img = np.maximum(img, 0.62 * heart + img * (1 - heart))
-    lungmap = lung_s * (1 - heart)
+    img, lung_s, lungmap = _frontal_anatomy(c)
     lcx = {"right": left + 0.22 * (r - left), "left": left + 0.78 * (r - left)}  # image columns
     if g("pleural_effusion"):
-        a = _amp(int(hints.get("pleural_effusion_severity", 1) or 0), rng)
-        for side in _side_cols(str(hints.get("pleural_effusion_side", "")), rng):
-            cx = lcx[side]
-            height = (0.10 + 0.10 * a) * (b - t)
-            outer = left if side == "right" else r
-            level = b - height - 0.6 * height * (np.abs(xx - cx) / max(abs(outer - cx), 1)) ** 2
-            fluid = 1.0 / (1.0 + np.exp(-(yy - level) / (1.2 * s)))
-            half = (xx < mid) if side == "right" else (xx >= mid)
-            reg = fluid * half * ndimage.binary_dilation(mask > 0.5, iterations=max(1, round(2 * s)))
-            img = img + 0.45 * a * ndimage.gaussian_filter(reg.astype(np.float32), 1.0 * s)
+        img = _frontal_effusion(c, img, lcx)
     if g("opacity"):
-        a = _amp(int(hints.get("opacity_severity", 1) or 0), rng)
-        upper = int(hints.get("opacity_upper", 0) or 0)
-        for side in _side_cols(str(hints.get("opacity_side", "")), rng):
-            for _ in range(int(rng.integers(1, 3))):
-                cy = t + (b - t) * (rng.uniform(0.15, 0.4) if upper else rng.uniform(0.5, 0.85))
-                cx = lcx[side] + rng.uniform(-0.08, 0.08) * n
-                sig = rng.uniform(4, 9) * s
-                img = img + 0.35 * a * _blob(yy, xx, cy, cx, sig, sig * rng.uniform(0.8, 1.4)) * lungmap
+        img = _frontal_opacity(c, img, lcx, lungmap)
     if g("atelectasis"):
-        a = _amp(int(hints.get("atelectasis_severity", 1) or 0), rng)
-        for side in _side_cols(str(hints.get("atelectasis_side", "")), rng):
-            cy = t + (b - t) * rng.uniform(0.65, 0.85)
-            ang = rng.uniform(-0.25, 0.25)
-            d = (yy - cy) - ang * (xx - lcx[side])
-            band = np.exp(-0.5 * (d / (1.2 * s)) ** 2) * (np.abs(xx - lcx[side]) < 0.12 * n)
-            img = img + 0.3 * a * ndimage.gaussian_filter(band.astype(np.float32), 0.8 * s) * lungmap
+        img = _frontal_atelectasis(c, img, lcx, lungmap)
     if g("edema"):
         a = _amp(1, rng)
-        for cx in (mid - 0.13 * n, mid + 0.13 * n):
+        for cx in (c.mid - 0.13 * n, c.mid + 0.13 * n):
             img = img + 0.18 * a * _blob(yy, xx, t + 0.45 * (b - t), cx, 0.16 * n, 0.09 * n) * lungmap
     if g("nodule"):
         cy, cx = rng.uniform(t + 0.15 * (b - t), b - 0.3 * (b - t)), lcx[rng.choice(["left", "right"])]
@@ -271,6 +229,70 @@ def _frontal_view(c: _Canvas) -> np.ndarray:
         cx = left + 0.05 * n if side == "right" else r - 0.05 * n
         ptx = _blob(yy, xx, t + 0.12 * (b - t), cx, 0.12 * n, 0.06 * n) * lung_s
         img = img * (1 - 0.5 * ptx) + 0.0
+    return img
+
+
+def _frontal_anatomy(c: _Canvas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frontal film before findings: the radiograph darkened over the smoothed lung mask and the
+    cardiac silhouette (an ellipse left of centre, patient's left = image right). Returns the image, the
+    smoothed lung mask and the lung map outside the heart."""
+    n, s, yy, xx, mid = c.n, c.s, c.yy, c.xx, c.mid
+    _, b, left, r = c.box
+    lung_s = ndimage.gaussian_filter(c.mask, 1.5 * s)
+    img = c.base * (1.0 - 0.30 * lung_s) + 0.08 * (1.0 - lung_s)
+    hw = 0.5 * c.heart_ctr * (r - left)
+    hcy, hcx = b - 0.16 * n, mid + 0.06 * n
+    heart = ((yy - hcy) / (0.14 * n)) ** 2 + ((xx - hcx) / hw) ** 2 < 1.0
+    heart = ndimage.gaussian_filter(heart.astype(np.float32), 1.2 * s)
+    img = np.maximum(img, 0.62 * heart + img * (1 - heart))
+    return img, lung_s, lung_s * (1 - heart)
+
+
+def _frontal_effusion(c: _Canvas, img: np.ndarray, lcx: dict[str, float]) -> np.ndarray:
+    """Pleural effusion: fluid filling the base of the named side(s), with a meniscus toward the wall."""
+    s, yy, xx, rng, hints, mid = c.s, c.yy, c.xx, c.rng, c.case, c.mid
+    t, b, left, r = c.box
+    a = _amp(int(hints.get("pleural_effusion_severity", 1) or 0), rng)
+    for side in _side_cols(str(hints.get("pleural_effusion_side", "")), rng):
+        cx = lcx[side]
+        height = (0.10 + 0.10 * a) * (b - t)
+        outer = left if side == "right" else r
+        level = b - height - 0.6 * height * (np.abs(xx - cx) / max(abs(outer - cx), 1)) ** 2
+        fluid = 1.0 / (1.0 + np.exp(-(yy - level) / (1.2 * s)))
+        half = (xx < mid) if side == "right" else (xx >= mid)
+        reg = fluid * half * ndimage.binary_dilation(c.mask > 0.5, iterations=max(1, round(2 * s)))
+        img = img + 0.45 * a * ndimage.gaussian_filter(reg.astype(np.float32), 1.0 * s)
+    return img
+
+
+def _frontal_opacity(c: _Canvas, img: np.ndarray, lcx: dict[str, float], lungmap: np.ndarray) -> np.ndarray:
+    """Opacity: one or two blobs per named side, in the upper or the lower lung zone."""
+    n, s, yy, xx, rng, hints = c.n, c.s, c.yy, c.xx, c.rng, c.case
+    t, b, _, _ = c.box
+    a = _amp(int(hints.get("opacity_severity", 1) or 0), rng)
+    upper = int(hints.get("opacity_upper", 0) or 0)
+    for side in _side_cols(str(hints.get("opacity_side", "")), rng):
+        for _ in range(int(rng.integers(1, 3))):
+            cy = t + (b - t) * (rng.uniform(0.15, 0.4) if upper else rng.uniform(0.5, 0.85))
+            cx = lcx[side] + rng.uniform(-0.08, 0.08) * n
+            sig = rng.uniform(4, 9) * s
+            img = img + 0.35 * a * _blob(yy, xx, cy, cx, sig, sig * rng.uniform(0.8, 1.4)) * lungmap
+    return img
+
+
+def _frontal_atelectasis(
+    c: _Canvas, img: np.ndarray, lcx: dict[str, float], lungmap: np.ndarray
+) -> np.ndarray:
+    """Atelectasis: a tilted plate-like band in the lower zone of each named side."""
+    n, s, yy, xx, rng, hints = c.n, c.s, c.yy, c.xx, c.rng, c.case
+    t, b, _, _ = c.box
+    a = _amp(int(hints.get("atelectasis_severity", 1) or 0), rng)
+    for side in _side_cols(str(hints.get("atelectasis_side", "")), rng):
+        cy = t + (b - t) * rng.uniform(0.65, 0.85)
+        ang = rng.uniform(-0.25, 0.25)
+        d = (yy - cy) - ang * (xx - lcx[side])
+        band = np.exp(-0.5 * (d / (1.2 * s)) ** 2) * (np.abs(xx - lcx[side]) < 0.12 * n)
+        img = img + 0.3 * a * ndimage.gaussian_filter(band.astype(np.float32), 0.8 * s) * lungmap
     return img
 
 
