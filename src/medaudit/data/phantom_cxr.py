@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,30 +57,23 @@ def cohort_table(cache_dir: str | Path, seed: int = 0, image_size: int = 128) ->
         df = pd.read_parquet(table)
         df["image"] = [str(root / "images" / f"{i}.png") for i in df["id"]]
         return df
+    df = _build_table(root, seed)
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_save(table) as tmp:
+        df.drop(columns=["image"]).to_parquet(tmp, index=False)
+    return df
+
+
+#: The per-image columns :func:`_pick_images` reads from the Open-i DICOM metadata, in its order.
+_IMAGE_COLUMNS = ("source_image_id", "view_position", "view_source", "age", "frontal_lateral", "patient_id")
+
+
+def _build_table(root: Path, seed: int) -> pd.DataFrame:
+    """Parse the case table from the Open-i reports and DICOM metadata (see :func:`cohort_table`)."""
     rep = load_openi_reports()
     # 28 reports carry neither FINDINGS nor IMPRESSION text: nothing to render or audit, so excluded.
     rep = rep[rep["report"].str.strip().str.len() > 0].reset_index(drop=True)
-    meta = load_openi_dicom_metadata().set_index("image_id")
-    rng = np.random.default_rng(seed)
-    chosen, views, vsrc, ages, flat, pids = [], [], [], [], [], []
-    for ids in rep["image_ids"]:
-        known = [i for i in ids if i in meta.index]
-        if known:
-            iid = known[int(rng.integers(len(known)))]
-            m = meta.loc[iid]
-            chosen.append(iid)
-            views.append(m["view_position"])
-            vsrc.append(m["view_source"])
-            ages.append(m["age"])
-            flat.append(m["frontal_lateral"])
-            pids.append(str(m["patient_id"]))
-        else:  # a report without any image header: rendered as PA, recorded as assumed
-            chosen.append(ids[0] if len(ids) else "")
-            views.append("PA")
-            vsrc.append("assumed")
-            ages.append(np.nan)
-            flat.append("Frontal")
-            pids.append("")
+    img = _pick_images(rep["image_ids"], seed)
     df = pd.DataFrame({"id": "openi-" + rep["report_id"].astype(str)})
     codes = extract_concepts(rep["report"].tolist())
     labels = concept_labels(codes, rep["mesh_major"].tolist())
@@ -87,16 +81,17 @@ def cohort_table(cache_dir: str | Path, seed: int = 0, image_size: int = 128) ->
         df[lab] = labels[lab].to_numpy()
     df["image"] = [str(root / "images" / f"{i}.png") for i in df["id"]]
     df["report"] = rep["report"]
-    df["view_position"] = views
-    df["frontal_lateral"] = flat
-    df["age"] = pd.to_numeric(pd.Series(ages), errors="coerce")
+    df["view_position"] = img["view_position"]
+    df["frontal_lateral"] = img["frontal_lateral"]
+    df["age"] = pd.to_numeric(pd.Series(img["age"]), errors="coerce")
     df["sex"] = rep["sex"]
     df["report_id"] = rep["report_id"]
     df["patient_id"] = [
-        p if p and p != "nan" else f"report-{r}" for p, r in zip(pids, rep["report_id"], strict=True)
+        p if p and p != "nan" else f"report-{r}"
+        for p, r in zip(img["patient_id"], rep["report_id"], strict=True)
     ]
-    df["source_image_id"] = chosen
-    df["view_source"] = vsrc
+    df["source_image_id"] = img["source_image_id"]
+    df["view_source"] = img["view_source"]
     hint_cols = [
         c for c in rep.columns if c == "device_kinds" or c.endswith(("_side", "_severity", "_upper"))
     ]
@@ -104,10 +99,33 @@ def cohort_table(cache_dir: str | Path, seed: int = 0, image_size: int = 128) ->
         df[c] = rep[c]
     df["device_kinds"] = concept_device_kinds(codes, rep["mesh_major"].tolist())
     df["render_seed"] = np.arange(len(df), dtype=np.int64)
-    root.mkdir(parents=True, exist_ok=True)
-    with atomic_save(table) as tmp:
-        df.drop(columns=["image"]).to_parquet(tmp, index=False)
     return df
+
+
+def _pick_images(image_ids: pd.Series, seed: int) -> dict[str, list[Any]]:
+    """For each report (its ``image_ids``), one image chosen under ``seed`` among those with a DICOM
+    header, and that header's metadata: the columns of :data:`_IMAGE_COLUMNS`."""
+    meta = load_openi_dicom_metadata().set_index("image_id")
+    rng = np.random.default_rng(seed)
+    cols: dict[str, list[Any]] = {c: [] for c in _IMAGE_COLUMNS}
+    for ids in image_ids:
+        known = [i for i in ids if i in meta.index]
+        if known:
+            iid = known[int(rng.integers(len(known)))]
+            m = meta.loc[iid]
+            row = (
+                iid,
+                m["view_position"],
+                m["view_source"],
+                m["age"],
+                m["frontal_lateral"],
+                str(m["patient_id"]),
+            )
+        else:  # a report without any image header: rendered as PA, recorded as assumed
+            row = (ids[0] if len(ids) else "", "PA", "assumed", np.nan, "Frontal", "")
+        for c, v in zip(_IMAGE_COLUMNS, row, strict=True):
+            cols[c].append(v)
+    return cols
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
