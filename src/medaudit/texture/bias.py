@@ -218,18 +218,18 @@ def evaluate_texture_bias(
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> pd.DataFrame:
-    """Long table (``model, case, probe, level, dice``) of trained models on test cases; see :func:`summarise`."""
-    from medaudit.data import mri as tdata
-    from medaudit.texture.evaluate import _load_models
+    """Long table (``model, case, probe, level, dice``) of trained models on test cases; see :func:`summarise`.
+
+    ``cases`` may be :class:`medaudit.texture.evaluate.CaseVolumes`, to reuse the volumes it read."""
+    from medaudit.texture.evaluate import _load_models, case_volumes
     from medaudit.texture.train import derive_seed, sliding_window_predict
 
     models = _load_models(checkpoints, device)
     meta0 = models[0][2]
+    vols = case_volumes(cases).load(meta0["label_set"], meta0["config"].spacing)
     rows: list[dict[str, Any]] = []
-    for case in cases:
-        vol = tdata.load_case(case, label_set=meta0["label_set"], spacing=meta0["config"].spacing)
-        if vol["label"] is None:
-            raise InputError(f"{case.image}: the texture-bias probes need a label map")
+    for i, case in enumerate(vols.cases):
+        vol = vols.volume(i)
         conds = probe_conditions(
             vol["image"], vol["label"], strengths, patches, derive_seed(seed, case.case_id, "bias")
         )

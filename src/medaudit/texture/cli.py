@@ -335,7 +335,7 @@ def eval_command(
 
     device = check_device(device, flag="--device")  # first: before any model or data is read
     from medaudit.outdir import claim_output
-    from medaudit.texture.evaluate import evaluate, example_slices
+    from medaudit.texture.evaluate import CaseVolumes, evaluate, example_slices
     from medaudit.texture.report import format_table, write_report
 
     corrs = _eval_corruptions(corruptions, clean)
@@ -344,20 +344,19 @@ def eval_command(
     inputs = [*model, data_path, *(c.image for c in cases), *(c.label for c in cases)]
     with claim_output(out, "texture-eval", inputs=inputs, force=force) as claim:
         stage = claim.stage
+        vols = CaseVolumes(cases)  # each case read once, for the scores, the bias probes and the report
         df = evaluate(
-            model, cases, (["none"] if clean else []) + corrs, levels_in, seed, device,
+            model, vols, (["none"] if clean else []) + corrs, levels_in, seed, device,
             severity_version=severity_version,
         )  # fmt: skip
         summary = format_table(df)
-        bias = _texture_bias(model, cases, seed, device) if texture_bias else None
+        bias = _texture_bias(model, vols, seed, device) if texture_bias else None
         df.to_csv(stage / "results.csv", index=False)
         summary.to_csv(stage / "summary.csv", index=False)
         if bias is not None:
             bias.to_csv(stage / "texture_bias.csv", index=False)
         if report:
-            ex = example_slices(
-                model, cases[0], corrs, 3, seed, device=device, severity_version=severity_version
-            )
+            ex = example_slices(model, vols, corrs, 3, seed, device=device, severity_version=severity_version)
             write_report(df, stage / "report.html", ex, texture_bias=bias)
     _print_eval_summary(df, summary, bias)
     typer.echo(f"results: {out / 'results.csv'}")
@@ -414,7 +413,7 @@ def _print_eval_summary(df: Any, summary: Any, bias: Any) -> None:
         _print_table(bias, "texture bias (0 = shape only, 1 = texture only; medaudit.texture.bias)")
 
 
-def _texture_bias(models: list[Path], cases: list[Any], seed: int, device: str | None) -> Any:
+def _texture_bias(models: list[Path], cases: Any, seed: int, device: str | None) -> Any:
     from medaudit.texture.bias import evaluate_texture_bias, summarise
 
     return summarise(evaluate_texture_bias(models, cases, seed=seed, device=device))

@@ -85,9 +85,56 @@ def _is_clean(name: str) -> bool:
     return is_clean(name)
 
 
+#: bytes of pre-processed test volumes that :class:`CaseVolumes` keeps in memory between reading (and
+#: checking) every case and using it; a case beyond it is read again when it is used
+KEEP_BYTES = 2 * 2**30
+
+
+class CaseVolumes:
+    """Test cases, each read from disk once: :meth:`load` reads, checks and pre-processes every case (so
+    a bad third case fails with one line naming its file before the first is scored) and keeps the
+    volumes, while they total at most ``keep_bytes``, for the scoring, the texture-bias probes and the
+    report's slices (:func:`evaluate`, :func:`medaudit.texture.bias.evaluate_texture_bias`,
+    :func:`example_slices` all take one). A case beyond the budget is read again when used."""
+
+    def __init__(self, cases: Sequence[tdata.VolumeCase], keep_bytes: int | None = None) -> None:
+        self.cases = list(cases)
+        self.keep_bytes = KEEP_BYTES if keep_bytes is None else int(keep_bytes)
+        self._how: tuple[str, Any] | None = None
+        self._kept: list[dict[str, Any] | None] = []
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def load(self, label_set: str, spacing: Any) -> CaseVolumes:
+        """Read and check every case with ``label_set`` and working ``spacing`` (once for these)."""
+        if self._how != (label_set, spacing):
+            self._how, self._kept, used = None, [], 0
+            for case in self.cases:
+                vol = _load_labelled_case(case, label_set, spacing)
+                size = vol["image"].nbytes + vol["label"].nbytes
+                keep = used + size <= self.keep_bytes
+                self._kept.append(vol if keep else None)
+                used += size if keep else 0
+            self._how = (label_set, spacing)
+        return self
+
+    def volume(self, i: int) -> dict[str, Any]:
+        """The loaded volume of case ``i`` (after :meth:`load`)."""
+        if self._how is None:
+            raise RuntimeError("CaseVolumes.volume before load")
+        vol = self._kept[i]
+        return vol if vol is not None else _load_labelled_case(self.cases[i], *self._how)
+
+
+def case_volumes(cases: Sequence[tdata.VolumeCase] | CaseVolumes) -> CaseVolumes:
+    """``cases`` as :class:`CaseVolumes` (itself when it is one)."""
+    return cases if isinstance(cases, CaseVolumes) else CaseVolumes(cases)
+
+
 def evaluate(
     checkpoints: Sequence[str | Path] | Mapping[str, str | Path],
-    cases: Sequence[tdata.VolumeCase],
+    cases: Sequence[tdata.VolumeCase] | CaseVolumes,
     corruptions: Sequence[str],
     severities: Sequence[int] = (1, 2, 3, 4, 5),
     seed: int = 0,
@@ -100,10 +147,11 @@ def evaluate(
     ``corruptions`` are names from :mod:`medaudit.texture.filters`; ``none`` (or ``clean``) means the
     clean scans, evaluated once at severity 0. Columns: see :data:`COLUMNS` (``seen``: the corruption's
     family was among the families the model saw in training). Cases are loaded with the models'
-    label set and working spacing (from the first model's training config). ``severity_version``
-    selects the severity table (:mod:`medaudit.texture.severity`; 2 = physical levels) and is a column.
+    label set and working spacing (from the first model's training config); pass :class:`CaseVolumes`
+    to reuse the volumes read here. ``severity_version`` selects the severity table
+    (:mod:`medaudit.texture.severity`; 2 = physical levels) and is a column.
     """
-    if not cases:
+    if not len(cases):
         raise InputError("no test cases given")
     for s in severities:
         if not 1 <= int(s) <= 5:
@@ -111,14 +159,14 @@ def evaluate(
     models = _load_models(checkpoints, device)
     meta0 = models[0][2]
     version, wm = check_version(severity_version), wm_label_of(meta0["label_set"])
-    check_cases(cases, meta0["label_set"])  # every case, before the first is evaluated
+    vols = case_volumes(cases).load(meta0["label_set"], meta0["config"].spacing)  # all checked first
     families = {c: family_of(c) for c in corruptions}
     conditions = _conditions(corruptions, severities)
     rows: list[dict[str, Any]] = []
     with make_progress(disable=None if progress is None else not progress) as prog:
-        task = prog.add_task("evaluate", total=len(cases) * len(conditions) * len(models))
-        for case in cases:
-            vol = _load_labelled_case(case, meta0)
+        task = prog.add_task("evaluate", total=len(vols) * len(conditions) * len(models))
+        for i, case in enumerate(vols.cases):
+            vol = vols.volume(i)
             for corr, sev in conditions:
                 img = apply_corruption(
                     corr,
@@ -147,19 +195,9 @@ def _conditions(corruptions: Sequence[str], severities: Sequence[int]) -> list[t
     ]
 
 
-def check_cases(cases: Sequence[tdata.VolumeCase], label_set: str) -> None:
-    """Read and validate every case as evaluation will (a readable 3D NIfTI image with finite values,
-    a label map on the same grid with values in ``label_set``), one at a time and keeping nothing, so a
-    bad third case fails at once with one line naming its file, not after the first two were scored."""
-    for case in cases:
-        vol = tdata.load_case(case, label_set=label_set, normalise=False)
-        if vol["label"] is None:
-            raise InputError(f"{case.image}: evaluation needs a label map")
-
-
-def _load_labelled_case(case: tdata.VolumeCase, meta0: dict[str, Any]) -> dict[str, Any]:
-    """``case`` loaded with the first model's label set and working spacing; it must have a label map."""
-    vol = tdata.load_case(case, label_set=meta0["label_set"], spacing=meta0["config"].spacing)
+def _load_labelled_case(case: tdata.VolumeCase, label_set: str, spacing: Any) -> dict[str, Any]:
+    """``case`` loaded with the models' label set and working spacing; it must have a label map."""
+    vol = tdata.load_case(case, label_set=label_set, spacing=spacing)
     if vol["label"] is None:
         raise InputError(f"{case.image}: evaluation needs a label map")
     return vol
@@ -212,7 +250,7 @@ def _result_rows(
 
 def example_slices(
     checkpoints: Sequence[str | Path] | Mapping[str, str | Path],
-    case: tdata.VolumeCase,
+    case: tdata.VolumeCase | CaseVolumes,
     corruptions: Sequence[str],
     severity: int = 3,
     seed: int = 0,
@@ -224,11 +262,16 @@ def example_slices(
     with the same seed as :func:`evaluate`) the corrupted image and each model's prediction.
 
     Returns ``{"case", "axis", "image", "label", "rows": [{"corruption", "severity", "image",
-    "predictions": {model: slice}}]}`` with 2-D numpy arrays.
+    "predictions": {model: slice}}]}`` with 2-D numpy arrays. ``case`` may be :class:`CaseVolumes`
+    (its first case is shown, as already read).
     """
     models = _load_models(checkpoints, device)
     meta0 = models[0][2]
-    vol = tdata.load_case(case, label_set=meta0["label_set"], spacing=meta0["config"].spacing)
+    if isinstance(case, CaseVolumes):
+        vol = case.load(meta0["label_set"], meta0["config"].spacing).volume(0)
+        case = case.cases[0]
+    else:
+        vol = tdata.load_case(case, label_set=meta0["label_set"], spacing=meta0["config"].spacing)
     img, lab = vol["image"], vol["label"]
     mid = img.shape[axis + 1] // 2
 

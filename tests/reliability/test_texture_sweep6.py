@@ -1,0 +1,33 @@
+"""Sixth sweep of ``medaudit texture ...``: each case failed before its fix (a volume read several
+times, a flag not named, a traceback or exit 1, a message without the valid choices) and is now read
+once, or exit 2 with one line naming the flag, file or key, and nothing written."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pandas as pd
+
+
+def test_eval_reads_each_case_once(cli, trained, volumes, tmp_path, monkeypatch):
+    """``texture eval`` read each volume three or four times (the check of every case, the scoring, the
+    texture-bias probes and the report's slices); each is now read once, with the same results."""
+    from medaudit.data import mri
+
+    counts: collections.Counter[str] = collections.Counter()
+    load = mri.load_nifti
+
+    def counting(path):
+        counts[Path(path).name if "images" in str(path) else f"label:{Path(path).name}"] += 1
+        return load(path)
+
+    monkeypatch.setattr(mri, "load_nifti", counting)
+    args = ["texture", "eval", "-m", trained / "model.pt", "--data", "folder", "--data-path", volumes]
+    args += ["--corruptions", "gaussian_noise", "--severities", "1", "--out", tmp_path / "e"]
+    rc, err = cli(*args)
+    assert rc == 0, err
+    assert len(counts) == 10 and set(counts.values()) == {1}, counts
+    rows = pd.read_csv(tmp_path / "e" / "results.csv")
+    assert sorted(rows["case"].unique()) == [f"s{i}" for i in range(5)]
+    assert (tmp_path / "e" / "texture_bias.csv").is_file() and (tmp_path / "e" / "report.html").is_file()
