@@ -8,6 +8,9 @@ import collections
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+from .conftest import refused as _refused
 
 
 def test_eval_reads_each_case_once(cli, trained, volumes, tmp_path, monkeypatch):
@@ -31,3 +34,18 @@ def test_eval_reads_each_case_once(cli, trained, volumes, tmp_path, monkeypatch)
     rows = pd.read_csv(tmp_path / "e" / "results.csv")
     assert sorted(rows["case"].unique()) == [f"s{i}" for i in range(5)]
     assert (tmp_path / "e" / "texture_bias.csv").is_file() and (tmp_path / "e" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_unknown_severity_version_names_the_flag_and_the_valid_versions(
+    cli, trained, tconfig, tmp_path, command
+):
+    """``--severity-version 7`` said 'severity_version must be one of [1, 2]' (eval, after the models
+    were loaded) or 'training config: ...' (train): neither named the flag given."""
+    if command == "eval":
+        args = ["texture", "eval", "-m", trained / "model.pt", "--no-texture-bias"]
+    else:
+        args = ["texture", "train", "--config", tconfig]
+    line = _refused(cli, [*args, "--out", tmp_path / "o", "--severity-version", "7"], [tmp_path])
+    assert line == "error: --severity-version 7: unknown severity table; valid versions: 1, 2", line
+    assert not (tmp_path / "o").exists()

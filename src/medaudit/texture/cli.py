@@ -201,6 +201,7 @@ def _train_config(
     ``over`` maps config keys to flag values; its ``recipe_options`` is the JSON text of the flag.
     ``--filter`` without ``--mode`` turns a clean, recipe-less config into ``mode="filtered"``.
     """
+    from medaudit.texture.severity import check_version
     from medaudit.texture.train import TrainConfig, check_field, load_config
 
     base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
@@ -217,6 +218,8 @@ def _train_config(
     for key, flag in _NUMERIC_FLAGS.items():  # a bad number names its flag, not the merged config
         if over.get(key) is not None:
             over[key] = check_field(key, over[key], flag)
+    if over.get("severity_version") is not None:
+        over["severity_version"] = check_version(over["severity_version"], "--severity-version")
     base.update({k: v for k, v in over.items() if v is not None})
     if (
         over["filter_name"]
@@ -337,9 +340,11 @@ def eval_command(
     from medaudit.outdir import claim_output
     from medaudit.texture.evaluate import CaseVolumes, evaluate, example_slices
     from medaudit.texture.report import format_table, write_report
+    from medaudit.texture.severity import check_version
 
     corrs = _eval_corruptions(corruptions, clean)
     levels_in = _ints(severities, "severities", lo=1, hi=5, unique=True)
+    severity_version = check_version(severity_version, "--severity-version")
     cases = _cases_for_eval(model, data, data_path, split)
     inputs = [*model, data_path, *(c.image for c in cases), *(c.label for c in cases)]
     with claim_output(out, "texture-eval", inputs=inputs, force=force) as claim:

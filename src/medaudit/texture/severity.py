@@ -146,9 +146,12 @@ PHYSICAL: dict[str, PhysicalLevel] = {
 }
 
 
-def check_version(version: int) -> int:
+def check_version(version: int, what: str = "severity_version") -> int:
+    """``version`` as an int when it is a known severity table; else one line naming ``what`` (the
+    config key, or a flag such as ``--severity-version``) and the valid versions."""
     if int(version) not in SEVERITY_VERSIONS:
-        raise InputError(f"severity_version must be one of {list(SEVERITY_VERSIONS)}, got {version!r}")
+        valid = ", ".join(map(str, SEVERITY_VERSIONS))
+        raise InputError(f"{what} {version!r}: unknown severity table; valid versions: {valid}")
     return int(version)
 
 
