@@ -669,6 +669,9 @@ def _parse_reports(
             rp = Path(str(v).strip())
             rp = rp if rp.is_absolute() else base / rp
             try:
+                # a named pipe would block the read, a device such as /dev/zero never end it
+                if rp.exists() and not rp.is_file() and not rp.is_dir():
+                    raise OSError(0, "not a regular file: a device, pipe or socket")
                 text = rp.read_text(encoding="utf-8", errors="replace")
             except OSError as exc:
                 if need_report:

@@ -29,6 +29,7 @@ import yaml
 
 from medaudit.configfile import load_yaml_strict
 from medaudit.errors import InputError
+from medaudit.io import missing_reason
 
 __all__ = ["Concept", "Lexicon", "default_lexicon", "load_lexicon", "parse_lexicon"]
 
@@ -176,10 +177,10 @@ def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
 def load_lexicon(path: str | Path) -> Lexicon:
     """Read and validate a YAML lexicon file; :class:`InputError` naming the file and the key."""
     p = Path(path)
+    if not p.is_file():  # missing, a folder, or a pipe / device (reading one would block or never end)
+        raise InputError(f"{p}: {missing_reason(p, 'lexicon file')}")
     try:
         text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise InputError(f"{p}: file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: not a readable text file ({exc})") from exc
     try:

@@ -1,0 +1,92 @@
+"""A sixth adversarial sweep of ``medaudit audit``: inputs that hung, wrote something half-done or failed
+without naming the file, column or row; each case failed before its fix."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .conftest import make_table
+from .conftest import refused as _refused
+
+RULES = ["--slicer", "rules", "--n-slices", "2", "--no-report"]
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    make_table(tmp_path / "data")
+    return tmp_path
+
+
+@contextlib.contextmanager
+def feeding(fifo: Path, text: str, seconds: float = 20.0) -> Iterator[None]:
+    """Make ``fifo`` a named pipe and feed ``text`` to whoever opens it for reading within ``seconds``
+    (without a feeder a reader blocks forever: the test would hang instead of failing)."""
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def feed() -> None:
+        end = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < end:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    return
+                time.sleep(0.02)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            return
+
+    th = threading.Thread(target=feed, daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        th.join()
+
+
+# -- 1. a report file or a lexicon that is a named pipe or a device -----------------------------------
+
+
+def test_report_file_that_is_a_pipe_is_refused_not_read(cli, work, audit_cache):
+    """A report path naming a FIFO (or a link to /dev/zero) was opened and read: the run blocked until
+    something wrote to the pipe (forever, from a terminal), or read /dev/zero until memory ran out."""
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t)
+    (work / "data" / "reports").mkdir()
+    for i, text in zip(df["id"], df["report"], strict=True):
+        (work / "data" / "reports" / f"{i}.txt").write_text(text)
+    df["rpath"] = [f"reports/{i}.txt" for i in df["id"]]
+    df.drop(columns=["report"]).to_csv(t, index=False)
+    pipe = work / "data" / "reports" / "c002.txt"
+    pipe.unlink()
+    args = ["audit", "--table", t, "--out", work / "out", *RULES, "--cache-dir", audit_cache]
+    args += ["--report-path-col", "rpath"]
+    with feeding(pipe, "effusion tube."):
+        line = _refused(cli, args, [work], "cases.csv", "column 'rpath'", "row 3", "c002.txt")
+    assert "pipe" in line, line
+
+
+def test_lexicon_that_is_a_pipe_is_refused_not_read(cli, work, audit_cache):
+    """``--concepts FIFO`` blocked reading the pipe; ``--concepts FOLDER`` named the path twice."""
+    lex = work / "lex.yaml"
+    t = work / "data" / "cases.csv"
+    args = ["audit", "--table", t, "--out", work / "out", *RULES, "--cache-dir", audit_cache]
+    with feeding(lex, "concepts:\n  - {name: tube, synonyms: [tube]}\n"):
+        line = _refused(cli, [*args, "--concepts", lex], [work], str(lex))
+    assert "pipe" in line, line
+    folder = work / "lexdir.yaml"
+    folder.mkdir()
+    line = _refused(cli, [*args, "--concepts", folder], [work], str(folder), "is a folder")
+    assert line.count(str(folder)) == 1, line
