@@ -5,6 +5,7 @@ once, or exit 2 with one line naming the flag, file or key, and nothing written.
 from __future__ import annotations
 
 import collections
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -48,4 +49,44 @@ def test_unknown_severity_version_names_the_flag_and_the_valid_versions(
         args = ["texture", "train", "--config", tconfig]
     line = _refused(cli, [*args, "--out", tmp_path / "o", "--severity-version", "7"], [tmp_path])
     assert line == "error: --severity-version 7: unknown severity table; valid versions: 1, 2", line
+    assert not (tmp_path / "o").exists()
+
+
+def _damaged_model(trained: Path, dst: Path, damage: str) -> Path:
+    import torch
+
+    st = torch.load(trained / "model.pt", weights_only=True)
+    if damage == "no_class_names":
+        del st["class_names"]
+    elif damage == "short_class_names":
+        st["class_names"] = ["background"]
+    elif damage == "unknown_label_set":
+        st["label_set"] = "nope"
+    else:  # a diverged run's weights
+        next(iter(st["state_dict"].values())).fill_(float("nan"))
+    dst.mkdir()
+    torch.save(st, dst / "model.pt")
+    shutil.copy(trained / "split.json", dst / "split.json")
+    return dst / "model.pt"
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        ("no_class_names", "inconsistent contents"),  # was 'internal error: KeyError', exit 1
+        ("short_class_names", "inconsistent contents"),  # was 'internal error: IndexError', exit 1
+        ("unknown_label_set", "inconsistent contents"),  # was 'unknown label set', without the file
+        ("nan_weights", "weights hold NaN or infinity"),  # was exit 0 with meaningless scores
+    ],
+)
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_model_whose_labels_or_weights_are_unusable_is_named(
+    cli, trained, volumes, tmp_path, damage, what, command
+):
+    model = _damaged_model(trained, tmp_path / "run", damage)
+    if command == "eval":
+        args = ["texture", "eval", "-m", model, "--corruptions", "gaussian_noise", "--severities", "1"]
+    else:
+        args = ["texture", "predict", "-m", model, volumes / "images" / "s0.nii.gz"]
+    _refused(cli, [*args, "--out", tmp_path / "o"], [tmp_path], str(model), what)
     assert not (tmp_path / "o").exists()

@@ -858,8 +858,16 @@ def load_model(
             int(st["n_classes"]), config.channels, config.num_res_units, config.dropout, config.input_norm
         )
         model.load_state_dict(st["state_dict"])
-    except Exception:  # a dict that looks like ours but is not: wrong keys, shapes or config
+        # what evaluation and prediction read: a known label set with these classes
+        ls = tdata.get_label_set(st["label_set"])
+        if ls.n_classes != int(st["n_classes"]) or [str(c) for c in st["class_names"]] != list(
+            ls.class_names
+        ):
+            raise ValueError("label set, n_classes and class_names disagree")
+    except Exception:  # a dict that looks like ours but is not: wrong keys, shapes, config or labels
         raise InputError(f"not a medaudit model, or unsafe to load: {path} (inconsistent contents)") from None
+    if not all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point()):
+        raise InputError(f"{path}: the model's weights hold NaN or infinity (a diverged training run?)")
     dev = default_device(str(device) if device is not None else _usable_device(config.device))
     model.to(dev).eval()
     meta = {k: v for k, v in st.items() if k != "state_dict"}
