@@ -90,3 +90,24 @@ def test_lexicon_that_is_a_pipe_is_refused_not_read(cli, work, audit_cache):
     folder.mkdir()
     line = _refused(cli, [*args, "--concepts", folder], [work], str(folder), "is a folder")
     assert line.count(str(folder)) == 1, line
+
+
+# -- 2. --dataset: a --target the predictions table has no column for ---------------------------------
+
+
+def test_dataset_target_without_a_predictions_column_is_refused_before_embedding(cli, tmp_path, monkeypatch):
+    """It embedded every image of the dataset first (hours on MIMIC-CXR), then failed with a line that
+    named neither the predictions table nor --target."""
+    import medaudit.audit.multitarget as multitarget
+    from test_dataset_audit import FAST, _mimic_n, _predictions
+
+    def never(*a, **k):
+        raise AssertionError("the embedding started")
+
+    monkeypatch.setattr(multitarget, "shared_embeddings", never)
+    root, reports = _mimic_n(tmp_path, n_studies=6)
+    pred = _predictions(root, tmp_path / "pred.csv")  # Edema and cardiomegaly only
+    args = ["audit", "--dataset", f"mimic-cxr:{root}", "--dataset-reports", reports, "--predictions", pred]
+    args += ["--target", "pneumothorax", "--out", tmp_path / "out", *FAST, "--cache-dir", tmp_path / "cache"]
+    line = _refused(cli, args, [tmp_path], "pred.csv", "'pneumothorax'", "--target")
+    assert "edema" in line, line

@@ -58,7 +58,14 @@ def _targets(joined: JoinedDataset, targets: str | list[str]) -> list[str]:
     if isinstance(targets, str) and targets.strip().lower() == "all":
         return [c for c in joined.label_columns if c in joined.predicted]
     names = [targets] if isinstance(targets, str) else list(targets)
-    return list(dict.fromkeys(resolve_target(t, joined.label_columns) for t in names))
+    found = list(dict.fromkeys(resolve_target(t, joined.label_columns) for t in names))
+    for f in found:  # before any image is embedded
+        if f not in joined.predicted:
+            raise InputError(
+                f"{joined.report.predictions_file}: no probability column for finding '{f}' (--target); "
+                f"its findings: {', '.join(joined.predicted)}"
+            )
+    return found
 
 
 def _modalities(joined: JoinedDataset, config: AuditConfig) -> tuple[str, ...]:
