@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import threading
 import time
@@ -111,3 +112,39 @@ def test_dataset_target_without_a_predictions_column_is_refused_before_embedding
     args += ["--target", "pneumothorax", "--out", tmp_path / "out", *FAST, "--cache-dir", tmp_path / "cache"]
     line = _refused(cli, args, [tmp_path], "pred.csv", "'pneumothorax'", "--target")
     assert "edema" in line, line
+
+
+# -- 3. a metadata value that is a list, an object or infinite ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suffix", "value", "names"),
+    [
+        (".jsonl", ["PA", "AP"], ["column 'view' row 4 (id 'c003')", "['PA', 'AP']", "is a list"]),
+        (".jsonl", {"view": "PA"}, ["column 'view' row 4 (id 'c003')", "is an object"]),
+        (".csv", float("inf"), ["column 'age' row 4 (id 'c003')", "inf is not finite"]),
+    ],
+    ids=["jsonl-list", "jsonl-object", "csv-inf"],
+)
+@pytest.mark.parametrize("slicer", ["mixture", "rules"])
+def test_metadata_value_that_is_not_one_finite_value_is_a_bad_row(
+    cli, audit_args, work, suffix, value, names, slicer
+):
+    """A JSON list or object in a --meta column was an internal error (TypeError: unhashable type 'list',
+    or 'truth value of an array is ambiguous'); an infinite age one of scikit-learn's ('Input X contains
+    infinity'), while the rule slicer ran on it. ``--skip-bad`` drops the row and counts it."""
+    df = pd.read_csv(work / "data" / "cases.csv")
+    col = "age" if isinstance(value, float) else "view"
+    df[col] = df[col].astype(object)
+    df.at[3, col] = value
+    t = work / "data" / f"cases{suffix}"
+    if suffix == ".csv":
+        df.to_csv(t, index=False)
+    else:
+        df.to_json(t, orient="records", lines=True)
+    args = audit_args(t, work / "out", "--slicer", slicer)
+    _refused(cli, args, [work], t.name, *names)
+    rc, err = cli(*args, "--skip-bad")
+    assert rc == 0, err
+    counts = json.loads((work / "out" / "slices.json").read_text())["counts"]
+    assert counts["skipped_reasons"] == {"bad metadata value": 1} and counts["cases"] == 39

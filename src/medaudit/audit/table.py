@@ -447,6 +447,7 @@ def load_case_table(
     reports, images = _parse_inputs(raw, columns, probs, ids, base, require)
     df = _case_frame(ids, labels, prob, pred, images, reports)
     meta_df = raw[meta].copy() if meta else pd.DataFrame(index=raw.index)
+    _check_meta_values(meta_df, probs, ids)
     _warn_mostly_numeric(meta_df, where)
     table = _keep_good(df, meta_df, probs, ids, where, min_cases, source)
     if "metadata" in require:
@@ -458,6 +459,28 @@ def load_case_table(
         and table.df["report"].map(lambda r: bool(r and str(r).strip())).all()
     )
     return table
+
+
+def _check_meta_values(meta_df: pd.DataFrame, probs: _RowProblems, ids: list[str]) -> None:
+    """A metadata value is one number or one text: a JSON list / object (JSON Lines, Parquet) or an
+    infinite number is a bad row (the encoders and the enrichment tests cannot use it)."""
+    for col in meta_df.columns:
+        for i, v in enumerate(meta_df[col].tolist()):
+            if isinstance(v, (list, tuple, dict, set, np.ndarray)):
+                shown = " ".join(repr(v.tolist() if isinstance(v, np.ndarray) else v).split())
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                probs.add(
+                    i,
+                    "bad metadata value",
+                    f"column '{col}' {_row(i, ids[i])}: metadata value {shown} is "
+                    f"{'an object' if isinstance(v, dict) else 'a list'}, not a single number or text",
+                )
+            elif isinstance(v, (float, np.floating)) and np.isinf(v):
+                probs.add(
+                    i,
+                    "bad metadata value",
+                    f"column '{col}' {_row(i, ids[i])}: metadata value {float(v)} is not finite",
+                )
 
 
 def _parse_inputs(
