@@ -90,3 +90,35 @@ def test_model_whose_labels_or_weights_are_unusable_is_named(
         args = ["texture", "predict", "-m", model, volumes / "images" / "s0.nii.gz"]
     _refused(cli, [*args, "--out", tmp_path / "o"], [tmp_path], str(model), what)
     assert not (tmp_path / "o").exists()
+
+
+def _with_spacing(trained: Path, dst: Path, spacing: float) -> Path:
+    """A copy of ``trained``'s model as if trained at the working ``spacing`` (inputs are resampled)."""
+    import json
+
+    import torch
+
+    st = torch.load(trained / "model.pt", weights_only=True)
+    st["config"] = json.dumps({**json.loads(st["config"]), "spacing": spacing})
+    dst.mkdir()
+    torch.save(st, dst / "model.pt")
+    return dst / "model.pt"
+
+
+def test_volume_too_big_once_resampled_is_refused_naming_it(cli, trained, volumes, tmp_path):
+    """A header with voxels of 3 km (a unit error) passed the voxel limit as read, then resampling to
+    the model's 4 mm asked ITK for 10^21 voxels: 'internal error: RuntimeError' (exit 1)."""
+    import nibabel as nib
+    import numpy as np
+
+    model = _with_spacing(trained, tmp_path / "run", 4.0)
+    src = nib.load(str(volumes / "images" / "s0.nii.gz"))
+    aff = src.affine.copy()
+    aff[:3, :3] *= 1e6
+    scan = tmp_path / "scans" / "km.nii.gz"
+    scan.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj), aff), str(scan))
+    args = ["texture", "predict", "-m", model, scan, "--out", tmp_path / "o"]
+    line = _refused(cli, args, [tmp_path], str(scan), "working spacing 4x4x4 mm", "over the limit")
+    assert "MEDAUDIT_MAX_VOLUME_VOXELS" in line
+    assert not (tmp_path / "o").exists()

@@ -541,6 +541,7 @@ def load_case(
     if normalise:
         image = normalise_intensity(image)
     if spacing is not None:
+        _check_resampled_size(image.shape, affine, spacing, case.image)
         image, label, affine = _resample(image, label, affine, spacing)
     if min_shape is not None:
         image, label = _ensure_min_shape(
@@ -555,6 +556,23 @@ def load_case(
         "affine": affine,
         "spacing": spacing_of(affine),
     }
+
+
+def _check_resampled_size(
+    shape: Sequence[int], affine: np.ndarray, spacing: float | Sequence[float], path: Path
+) -> None:
+    """The voxel limit (:func:`max_volume_voxels`) applies to the volume resampled to ``spacing`` too: a
+    header with voxels of metres (or a unit error) would otherwise ask for terabytes when resampled."""
+    sp = (float(spacing),) * 3 if np.isscalar(spacing) else tuple(float(s) for s in spacing)  # type: ignore[arg-type]
+    new = [math.ceil(n * old / s) for n, old, s in zip(shape, spacing_of(affine), sp, strict=True)]
+    limit = max_volume_voxels()
+    if math.prod(new) > limit:
+        size, work = ("x".join(f"{v:.4g}" for v in vs) for vs in (spacing_of(affine), sp))
+        raise InputError(
+            f"{path}: voxels of {size} mm resampled to the working spacing {work} mm would make "
+            f"{math.prod(new):,} voxels, over the limit of {limit:,} (check the header's voxel size; "
+            "raise MEDAUDIT_MAX_VOLUME_VOXELS to allow it)"
+        )
 
 
 def _resample(
