@@ -148,3 +148,22 @@ def test_metadata_value_that_is_not_one_finite_value_is_a_bad_row(
     assert rc == 0, err
     counts = json.loads((work / "out" / "slices.json").read_text())["counts"]
     assert counts["skipped_reasons"] == {"bad metadata value": 1} and counts["cases"] == 39
+
+
+# -- 4. every report the same text --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["Same text.", "The and of."])
+def test_identical_reports_give_no_numpy_warning(cli, audit_args, work, tmp_path, text):
+    """scikit-learn's TruncatedSVD divides the explained variance by a total of 0 when every report is
+    the same: 'warning: invalid value encountered in divide' (and 'divide by zero') reached stderr of a
+    successful run, a line saying nothing about the input."""
+    import warnings
+
+    t = work / "data" / "cases.csv"
+    pd.read_csv(t).assign(report=text).to_csv(t, index=False)
+    args = audit_args(t, work / "out", "--cache-dir", tmp_path / "fresh-cache", "--slicer", "mixture")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        rc, err = cli(*args)
+    assert rc == 0, err

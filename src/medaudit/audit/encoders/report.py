@@ -205,7 +205,8 @@ class TfidfSVDEncoder(_TextEncoder):
             raise InputError(f"tfidf-svd: cannot fit on these reports ({exc})") from exc
         k = max(1, min(self.n_components, x.shape[1] - 1, x.shape[0] - 1))
         svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=self.random_state)
-        svd.fit(x)
+        with np.errstate(divide="ignore", invalid="ignore"):  # identical reports: explained variance 0/0
+            svd.fit(x)
         self.vectorizer_, self.svd_ = vec, svd
         self._key = None
         return self
