@@ -122,3 +122,22 @@ def test_volume_too_big_once_resampled_is_refused_naming_it(cli, trained, volume
     line = _refused(cli, args, [tmp_path], str(scan), "working spacing 4x4x4 mm", "over the limit")
     assert "MEDAUDIT_MAX_VOLUME_VOXELS" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_predict_keeps_a_nifti2_input_as_nifti2_without_a_stray_line(trained, volumes, tmp_path):
+    """A NIfTI-2 scan's label map was written as NIfTI-1 from the NIfTI-2 header, and nibabel logged
+    'sizeof_hdr should be 348; set sizeof_hdr to 348' on stderr of a successful run."""
+    import nibabel as nib
+    import numpy as np
+
+    from .conftest import run_sub
+
+    src = nib.load(str(volumes / "images" / "s0.nii.gz"))
+    scan = tmp_path / "scans" / "n2.nii.gz"
+    scan.parent.mkdir()
+    nib.save(nib.Nifti2Image(np.asarray(src.dataobj), src.affine), str(scan))
+    r = run_sub(["texture", "predict", "-m", trained / "model.pt", scan, "--out", tmp_path / "o"])
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    seg = nib.load(str(tmp_path / "o" / "n2_seg.nii.gz"))
+    assert isinstance(seg, nib.Nifti2Image) and seg.shape == src.shape
+    assert np.allclose(seg.affine, src.affine)

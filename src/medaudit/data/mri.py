@@ -620,7 +620,10 @@ def load_cases(cases: Sequence[VolumeCase], **kwargs: Any) -> list[dict[str, Any
 def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | Path, header: Any = None) -> Path:
     """Write a NIfTI file atomically (``.nii`` or ``.nii.gz`` by extension)."""
     path = Path(path)
-    img = nib.Nifti1Image(data, affine, header=header)
+    # a NIfTI-2 input's header gives a NIfTI-2 label map (as a NIfTI-1 image nibabel logged a line and
+    # dropped the format; NIfTI-1 cannot hold a dimension over 32767)
+    kind = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    img = kind(data, affine, header=header)
     if header is not None:
         img.set_data_dtype(data.dtype)
         img.header.set_slope_inter(1.0, 0.0)
