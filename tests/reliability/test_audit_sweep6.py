@@ -167,3 +167,25 @@ def test_identical_reports_give_no_numpy_warning(cli, audit_args, work, tmp_path
         warnings.simplefilter("error", RuntimeWarning)
         rc, err = cli(*args)
     assert rc == 0, err
+
+
+# -- 5. --slicer kmeans with fewer misclassified cases than slices -------------------------------------
+
+
+@pytest.mark.parametrize("n_wrong", [0, 1])
+def test_kmeans_with_too_few_errors_is_one_line_before_embedding(cli, audit_args, work, n_wrong, monkeypatch):
+    """It embedded every case first, then printed two lines (the 'makes no error' warning, then
+    'only 0 misclassified cases; need at least n_slices=2', naming neither the table nor the flag)."""
+    import medaudit.audit.pipeline as pipeline
+
+    def never(*a, **k):
+        raise AssertionError("the embedding started")
+
+    monkeypatch.setattr(pipeline, "_encode_table", never)
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t)
+    df["prob"] = df["label"] * 0.8 + 0.1  # every case right ...
+    df.loc[: n_wrong - 1, "prob"] = 1 - df.loc[: n_wrong - 1, "prob"]  # ... but the first n_wrong
+    df.to_csv(t, index=False)
+    args = audit_args(t, work / "out", "--slicer", "kmeans")
+    _refused(cli, args, [work], "cases.csv", f"only {n_wrong} misclassified", "--slicer kmeans", "--n-slices")

@@ -556,6 +556,12 @@ def _prepare_table(
     elif "metadata" in modalities and table.meta.shape[1] == 0:
         raise InputError("the metadata modality needs at least one metadata column (--meta)")
     claim.check_inputs([table.source, *table.df["image"].dropna().tolist()], "input file")
+    n_errors = int(table.errors.sum())
+    if family == "kmeans" and n_errors < config.n_slices:  # before any image is embedded
+        raise InputError(
+            f"{table.source or 'table'}: only {n_errors} misclassified cases; --slicer kmeans clusters "
+            f"them and needs at least --n-slices ({config.n_slices})"
+        )
     _warn_if_no_errors(table, audit_warnings)
     return table, modalities
 
