@@ -141,3 +141,28 @@ def test_predict_keeps_a_nifti2_input_as_nifti2_without_a_stray_line(trained, vo
     seg = nib.load(str(tmp_path / "o" / "n2_seg.nii.gz"))
     assert isinstance(seg, nib.Nifti2Image) and seg.shape == src.shape
     assert np.allclose(seg.affine, src.affine)
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"{not json", "not valid JSON"),  # these four were 'internal error: ...', exit 1
+        (b"\xff\xfe{}", "not UTF-8 text"),
+        (b'{"test": "abc"}', "split 'test': expected a list of cases"),
+        (
+            b'{"test": [{"image": "x.nii.gz"}]}',
+            "split 'test', case 0: expected an object with text 'case_id'",
+        ),
+        (b'{"test": [], "test": []}', "duplicate key 'test'"),
+    ],
+)
+def test_eval_damaged_split_json_is_one_line_naming_it(cli, trained, tmp_path, content, what):
+    """``texture eval -m RUN/model.pt`` reads the test split from RUN/split.json; a damaged one was
+    a JSONDecodeError, UnicodeDecodeError, TypeError or KeyError (exit 1)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained / "model.pt", run / "model.pt")
+    (run / "split.json").write_bytes(content)
+    args = ["texture", "eval", "-m", run / "model.pt", "--out", tmp_path / "o"]
+    _refused(cli, args, [tmp_path], str(run / "split.json"), what)
+    assert not (tmp_path / "o").exists()

@@ -277,13 +277,42 @@ def _cases_for_eval(models: list[Path], data: str | None, data_path: str | None,
     sp = models[0].parent / "split.json"
     if not sp.is_file():
         raise InputError(f"{sp}: no split.json next to the model; pass --data/--data-path")
-    splits = json.loads(sp.read_text())
+    splits = _read_split_json(sp)
     if split not in splits:
         raise InputError(f"--split {split!r}: {sp} has the splits {', '.join(map(repr, splits))}")
     cases = [_split_case(sp, d) for d in splits[split]]
     if not cases:
         raise InputError(f"{sp}: the '{split}' split is empty")
     return cases
+
+
+def _read_split_json(sp: Path) -> dict[str, list[dict[str, Any]]]:
+    """``split.json``: an object of splits, each a list of cases with a text ``case_id`` and ``image``
+    (and optional text ``label`` / ``mask``); one line naming the file and the entry otherwise."""
+    from medaudit.configfile import load_json_strict
+
+    try:
+        splits = load_json_strict(sp.read_text(encoding="utf-8"), str(sp))
+    except InputError:  # a duplicate key, named
+        raise
+    except UnicodeDecodeError:
+        raise InputError(f"{sp}: not UTF-8 text (expected the split.json written by train)") from None
+    except ValueError as exc:
+        raise InputError(f"{sp}: not valid JSON ({exc})") from None
+    if not isinstance(splits, dict):
+        raise InputError(f'{sp}: expected an object of splits like {{"test": [...]}}')
+    for name, cases in splits.items():
+        if not isinstance(cases, list):
+            raise InputError(f"{sp}: split '{name}': expected a list of cases")
+        for i, d in enumerate(cases):
+            ok = isinstance(d, dict) and isinstance(d.get("case_id"), str) and isinstance(d.get("image"), str)
+            ok = ok and all(d.get(k) is None or isinstance(d[k], str) for k in ("label", "mask"))
+            if not ok or not isinstance(d.get("meta") or {}, dict):
+                raise InputError(
+                    f"{sp}: split '{name}', case {i}: expected an object with text 'case_id' and 'image' "
+                    "(and text 'label' / 'mask', an object 'meta')"
+                )
+    return splits
 
 
 def _split_case(split_json: Path, d: dict[str, Any]) -> Any:
