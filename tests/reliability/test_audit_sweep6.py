@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -189,3 +190,16 @@ def test_kmeans_with_too_few_errors_is_one_line_before_embedding(cli, audit_args
     df.to_csv(t, index=False)
     args = audit_args(t, work / "out", "--slicer", "kmeans")
     _refused(cli, args, [work], "cases.csv", f"only {n_wrong} misclassified", "--slicer kmeans", "--n-slices")
+
+
+# -- 6. precomputed embeddings ------------------------------------------------------------------------
+
+
+def test_npy_embeddings_without_a_column_are_refused(cli, audit_args, work):
+    """An ``(n, 0)`` array was accepted: the report modality entered the audit with no feature at all
+    (a Parquet file without vector columns was refused already)."""
+    e = work / "emb.npy"
+    np.save(e, np.zeros((40, 0), np.float32))
+    (work / "emb.ids.txt").write_text("".join(f"c{i:03d}\n" for i in range(40)))
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}")
+    _refused(cli, args, [work], "emb.npy", "at least one column", "(40, 0)")

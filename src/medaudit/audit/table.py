@@ -864,8 +864,10 @@ def _read_npy_embeddings(p: Path, ids_path: str | os.PathLike[str] | None) -> tu
     emb_ids = [line.strip() for line in text.splitlines() if line.strip()]
     if emb_ids and ip.suffix == ".csv" and emb_ids[0].lower() == "id":
         emb_ids = emb_ids[1:]
-    if mat.ndim != 2:
-        raise InputError(f"{p}: embeddings must be a 2-D array, got shape {mat.shape}")
+    if mat.ndim != 2 or mat.shape[1] == 0:  # (n, 0): no feature at all
+        raise InputError(
+            f"{p}: embeddings must be a 2-D array with at least one column, got shape {mat.shape}"
+        )
     if len(emb_ids) != mat.shape[0]:
         raise InputError(f"{p}: {mat.shape[0]} rows but {len(emb_ids)} ids in {ip}")
     return mat, emb_ids
