@@ -166,3 +166,12 @@ def test_eval_damaged_split_json_is_one_line_naming_it(cli, trained, tmp_path, c
     args = ["texture", "eval", "-m", run / "model.pt", "--out", tmp_path / "o"]
     _refused(cli, args, [tmp_path], str(run / "split.json"), what)
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_models_trained_at_different_spacings_are_refused(cli, trained, tmp_path):
+    """The test scans are loaded at the first model's working spacing: a second model trained at 4 mm
+    was silently scored on native-spacing scans (exit 0, misleading Dice)."""
+    other = _with_spacing(trained, tmp_path / "run4", 4.0)
+    args = ["texture", "eval", "-m", trained / "model.pt", "-m", other, "--out", tmp_path / "o"]
+    _refused(cli, args, [tmp_path], str(other), "working spacing 4 mm differs", "separately")
+    assert not (tmp_path / "o").exists()

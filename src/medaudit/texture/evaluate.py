@@ -65,7 +65,19 @@ def _load_models(
     for _, _, meta in models[1:]:
         if meta["label_set"] != first["label_set"] or meta["n_classes"] != first["n_classes"]:
             raise InputError(f"{meta['path']}: label set '{meta['label_set']}' differs from {first['path']}")
+        # the test scans are loaded once, at the first model's working spacing: another spacing would
+        # be scored on scans it was not trained at
+        sp, sp0 = meta["config"].spacing, first["config"].spacing
+        if sp != sp0:
+            raise InputError(
+                f"{meta['path']}: working spacing {_mm(sp)} differs from {_mm(sp0)} of {first['path']}; "
+                "evaluate them separately"
+            )
     return models
+
+
+def _mm(spacing: float | None) -> str:
+    return "native (none)" if spacing is None else f"{spacing:g} mm"
 
 
 def _distinct_names(
