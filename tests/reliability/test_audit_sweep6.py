@@ -203,3 +203,13 @@ def test_npy_embeddings_without_a_column_are_refused(cli, audit_args, work):
     (work / "emb.ids.txt").write_text("".join(f"c{i:03d}\n" for i in range(40)))
     args = audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}")
     _refused(cli, args, [work], "emb.npy", "at least one column", "(40, 0)")
+
+
+def test_ids_file_with_a_byte_order_mark_matches_the_table(cli, audit_args, work):
+    """An ids file saved with a UTF-8 byte-order mark (Windows Notepad) failed: '1 embedding rows do not
+    match the case table, e.g. id '\\ufeffc000'', an id that prints like one of the table's."""
+    e = work / "emb.npy"
+    np.save(e, np.random.default_rng(0).random((40, 4)).astype(np.float32))
+    (work / "emb.ids.txt").write_text("\ufeff" + "".join(f"c{i:03d}\r\n" for i in range(40)))
+    rc, err = cli(*audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}"))
+    assert rc == 0, err

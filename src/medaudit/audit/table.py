@@ -856,7 +856,7 @@ def _read_npy_embeddings(p: Path, ids_path: str | os.PathLike[str] | None) -> tu
     if ip is None or not ip.is_file():
         raise InputError(f"{p}: ids file not found (expected {p.with_suffix('.ids.txt')}, one id per line)")
     try:
-        text = ip.read_text(encoding="utf-8")
+        text = ip.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad) is not part of an id
     except UnicodeDecodeError as exc:
         raise InputError(f"{ip}: line {_bad_utf8_line(ip)} is not UTF-8 text ({exc.reason})") from exc
     except OSError as exc:
