@@ -213,3 +213,25 @@ def test_ids_file_with_a_byte_order_mark_matches_the_table(cli, audit_args, work
     (work / "emb.ids.txt").write_text("\ufeff" + "".join(f"c{i:03d}\r\n" for i in range(40)))
     rc, err = cli(*audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}"))
     assert rc == 0, err
+
+
+# -- 7. JSON Lines tables without a case object -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("", ["has no column", "empty"]),
+        ("\n  \n", ["has no column"]),
+        ('"one case"\n', ["line 1 is not a JSON object"]),
+        ("[1, 2]\n[3, 4]\n", ["line 1 is not a JSON object"]),
+    ],
+    ids=["empty", "blank-lines", "a-string", "arrays"],
+)
+def test_jsonl_table_without_objects_says_so(cli, audit_args, work, text, names):
+    """pandas reads these as a table with no column or with columns 0, 1: the line was 'unknown column
+    'id' (for id); available columns: ' (nothing, or 0), not what is wrong with the file."""
+    t = work / "data" / "cases.jsonl"
+    t.write_text(text)
+    line = _refused(cli, audit_args(t, work / "out"), [work], "cases.jsonl", *names)
+    assert "unknown column" not in line, line

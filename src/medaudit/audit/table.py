@@ -147,11 +147,15 @@ def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -
             return pd.read_parquet(p)
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz", ".json"):
             try:
-                return pd.read_json(p, lines=suffix != ".json")
+                df = pd.read_json(p, lines=suffix != ".json")
             except Exception:
                 if suffix != ".json":
                     _check_json_lines(p)  # names the first bad line
                 raise
+            if suffix != ".json" and (df.shape[1] == 0 or not all(isinstance(c, str) for c in df.columns)):
+                _check_json_lines(p)  # a line that is a list, a number or a string (columns 0, 1 ...)
+                raise InputError(f"{p}: the table has no column (the file is empty, or each line is {{}})")
+            return df
     except InputError:
         raise
     except pd.errors.EmptyDataError as exc:
