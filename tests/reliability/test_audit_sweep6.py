@@ -235,3 +235,16 @@ def test_jsonl_table_without_objects_says_so(cli, audit_args, work, text, names)
     t.write_text(text)
     line = _refused(cli, audit_args(t, work / "out"), [work], "cases.jsonl", *names)
     assert "unknown column" not in line, line
+
+
+# -- 8. --seed outside numpy's range ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "why"), [("-1", "greater than or equal to 0"), ("4294967296", "less than")]
+)
+def test_seed_outside_numpys_range_names_the_flag(cli, audit_args, work, value, why):
+    """numpy seeds are unsigned 32-bit: a negative or larger seed was an internal error ('Seed must be
+    between 0 and 2**32 - 1', 'Overflow when unpacking long long') after the table was read."""
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--seed", value)
+    _refused(cli, args, [work], f"--seed {value}", why)

@@ -235,7 +235,7 @@ class AuditConfig(_Model):
     cache_content: Literal["stat", "bytes"] = "stat"
     ray_address: str | None = None
     skip_bad: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch seeds are unsigned 32-bit
     device: str | None = None
     embeddings: dict[str, Path] = Field(default_factory=dict)
     top_ngrams: int = Field(10, ge=1)
