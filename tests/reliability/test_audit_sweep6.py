@@ -248,3 +248,27 @@ def test_seed_outside_numpys_range_names_the_flag(cli, audit_args, work, value, 
     between 0 and 2**32 - 1', 'Overflow when unpacking long long') after the table was read."""
     args = audit_args(work / "data" / "cases.csv", work / "out", "--seed", value)
     _refused(cli, args, [work], f"--seed {value}", why)
+
+
+@pytest.mark.parametrize("target", ["edema", "all"])
+def test_dataset_findings_without_any_prediction_fail_before_embedding(cli, tmp_path, monkeypatch, target):
+    """A predictions column blank in every row failed after every image was embedded, with a line
+    ('finding 'edema': every prediction is blank') that named neither the predictions file nor its
+    column."""
+    import medaudit.audit.multitarget as multitarget
+    from test_dataset_audit import FAST, _mimic_n, _predictions
+
+    def never(*a, **k):
+        raise AssertionError("the embedding started")
+
+    monkeypatch.setattr(multitarget, "shared_embeddings", never)
+    root, reports = _mimic_n(tmp_path, n_studies=6)
+    pred = _predictions(root, tmp_path / "pred.csv")
+    df = pd.read_csv(pred)
+    df["Edema"] = np.nan
+    if target == "all":
+        df["cardiomegaly"] = np.nan
+    df.to_csv(pred, index=False)
+    args = ["audit", "--dataset", f"mimic-cxr:{root}", "--dataset-reports", reports, "--predictions", pred]
+    args += ["--target", target, "--out", tmp_path / "out", *FAST, "--cache-dir", tmp_path / "cache"]
+    _refused(cli, args, [tmp_path], "pred.csv: column 'Edema': every prediction is blank")

@@ -377,7 +377,10 @@ def target_frame(
     pcol = PROB_PREFIX + col
     has_prob = df[pcol].notna()
     if not has_prob.any():
-        raise InputError(f"finding '{col}': every prediction is blank")
+        src = next((k for k, v in joined.report.findings.items() if v == col), col)
+        raise InputError(
+            f"{joined.report.predictions_file}: column '{src}': every prediction is blank (finding '{col}')"
+        )
     sub = df.loc[has_prob].reset_index(drop=True)
     sel = select_target(sub, col, joined.label_columns, uncertain=uncertain)
     drops = {"no prediction": int((~has_prob).sum()), "uncertain label (ignored)": len(sub) - len(sel)}

@@ -227,6 +227,16 @@ def audit_dataset(
     if not findings:
         raise InputError("no finding has both labels and a predictions column")
     many = isinstance(targets, str) and targets.strip().lower() == "all"
+    bad: dict[str, str] = {}  # findings without labels or predictions: found before any image is embedded
+    for f in findings:
+        try:
+            target_frame(joined, f, uncertain)
+        except InputError as exc:
+            if not many:
+                raise
+            bad[f] = str(exc)
+    if len(bad) == len(findings):
+        raise InputError("no finding could be audited: " + "; ".join(f"{k}: {v}" for k, v in bad.items()))
     from medaudit.device import seed_everything
 
     seed_everything(config.seed)  # encoders with random weights (tests) build the same model every run
