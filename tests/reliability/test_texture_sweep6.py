@@ -175,3 +175,22 @@ def test_eval_models_trained_at_different_spacings_are_refused(cli, trained, tmp
     args = ["texture", "eval", "-m", trained / "model.pt", "-m", other, "--out", tmp_path / "o"]
     _refused(cli, args, [tmp_path], str(other), "working spacing 4 mm differs", "separately")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "options", "what"),
+    [
+        ("bigaug", '{"k": 2.5}', "k must be an integer"),  # was trained with k = 2
+        ("bigaug", '{"k": true}', "k must be an integer"),  # was trained with k = 1
+        ("mixed", '{"severity": [1.5, 3]}', "severity must be a level"),  # was levels 1..3
+        ("mixed", '{"families": []}', "option 'families' must be a non-empty list"),  # was the default pool
+        ("mixed", '{"filters": []}', "option 'filters' must be a non-empty list"),  # was the default pool
+        ("gin", '{"alpha": [2, 3]}', "option 'alpha' must lie in [0, 1]"),  # was a mixing weight of 2..3
+        ("mixed", '{"severity": [5, 1]}', "severity must be a level"),  # was named 'training config:'
+    ],
+)
+def test_recipe_options_out_of_their_domain_name_the_flag(cli, tconfig, tmp_path, recipe, options, what):
+    args = ["texture", "train", "--config", tconfig, "--out", tmp_path / "o", "--recipe", recipe]
+    line = _refused(cli, [*args, "--recipe-options", options], [tmp_path], what)
+    assert line.startswith(f"error: --recipe-options: recipe '{recipe}'"), line
+    assert not (tmp_path / "o").exists()

@@ -228,6 +228,9 @@ def _train_config(
         and base.get("recipe") is None
     ):
         base["mode"] = "filtered"
+    if over["recipe_options"] is not None:  # the rest first: an error left is the flag's, named so
+        TrainConfig.from_dict({**base, "recipe_options": {}})
+        return TrainConfig.from_dict(base, "--recipe-options")
     return TrainConfig.from_dict(base)
 
 

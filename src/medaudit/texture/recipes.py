@@ -174,6 +174,13 @@ class _PoolRecipe(Recipe):
         super().__init__(options, **kw)
         from medaudit.texture import filters
 
+        for key in ("filters", "families"):
+            v = self.options.get(key)
+            if v is not None and (not isinstance(v, list) or not v or not all(isinstance(n, str) for n in v)):
+                raise InputError(
+                    f"recipe '{self.name}': option '{key}' must be a non-empty list of names (leave it out "
+                    f"for the default pool), got {v!r}"
+                )
         names = self.options.get("filters")
         if names:
             unknown = [n for n in names if n not in filters.FILTERS]
@@ -188,9 +195,16 @@ class _PoolRecipe(Recipe):
         if not self.pool:
             raise InputError(f"recipe '{self.name}': no corruption left in the pool after exclusions")
         sev = self.options.get("severity", [1, 5])
-        sev = [sev, sev] if isinstance(sev, int) else list(sev)
-        if len(sev) != 2 or not 1 <= int(sev[0]) <= int(sev[1]) <= 5:
-            raise InputError(f"recipe '{self.name}': severity must be a level or [lo, hi] in 1..5, got {sev}")
+        sev = [sev, sev] if isinstance(sev, int) and not isinstance(sev, bool) else sev
+        if (
+            not isinstance(sev, list | tuple)
+            or len(sev) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in sev)
+            or not 1 <= sev[0] <= sev[1] <= 5
+        ):
+            raise InputError(
+                f"recipe '{self.name}': severity must be a level or [lo, hi] in 1..5, got {sev!r}"
+            )
         self.levels = (int(sev[0]), int(sev[1]))
 
     def train_families(self) -> list[str]:
@@ -243,11 +257,13 @@ class BigAug(_PoolRecipe):
         self.by_family: dict[str, list[str]] = {}
         for n in self.pool:
             self.by_family.setdefault(family_of(n), []).append(n)
-        self.k = int(self.options.get("k", 3))
-        if not 1 <= self.k <= len(self.by_family):
+        k = self.options.get("k", 3)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.by_family):
             raise InputError(
-                f"recipe 'bigaug': k must be in 1..{len(self.by_family)} (families in the pool), got {self.k}"
+                f"recipe 'bigaug': k must be an integer in 1..{len(self.by_family)} (families in the pool), "
+                f"got {k!r}"
             )
+        self.k = k
 
     def plan(self, g: torch.Generator) -> list[tuple[str, int, int]]:
         fams = sorted(self.by_family)
@@ -308,7 +324,10 @@ class GIN(Recipe):
 
     def __init__(self, options: Mapping[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(options, **kw)
-        self.range_option("alpha", [0.0, 1.0])
+        if self.range_option("alpha", [0.0, 1.0])[1] > 1.0:  # a mixing weight
+            raise InputError(
+                f"recipe 'gin': option 'alpha' must lie in [0, 1], got {self.options['alpha']!r}"
+            )
         for key in ("layers", "hidden"):
             v = self.options.get(key, 4)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
