@@ -194,3 +194,11 @@ def test_recipe_options_out_of_their_domain_name_the_flag(cli, tconfig, tmp_path
     line = _refused(cli, [*args, "--recipe-options", options], [tmp_path], what)
     assert line.startswith(f"error: --recipe-options: recipe '{recipe}'"), line
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("size", ["0", "7", "-5", "1024"])
+def test_train_patch_size_flag_out_of_range_names_the_flag(cli, tconfig, tmp_path, size):
+    """``--patch-size 7`` said 'training config: patch_size must be three sizes >= 8, got [7, 7, 7]'."""
+    args = ["texture", "train", "--config", tconfig, "--out", tmp_path / "o", "--patch-size", size]
+    line = _refused(cli, args, [tmp_path], f"--patch-size {size}", "8..512")
+    assert "training config" not in line

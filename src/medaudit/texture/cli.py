@@ -202,7 +202,7 @@ def _train_config(
     ``--filter`` without ``--mode`` turns a clean, recipe-less config into ``mode="filtered"``.
     """
     from medaudit.texture.severity import check_version
-    from medaudit.texture.train import TrainConfig, check_field, load_config
+    from medaudit.texture.train import MAX_PATCH, TrainConfig, check_field, load_config
 
     base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
     over = {**over, "recipe_options": _json_mapping(over["recipe_options"], "recipe-options")}
@@ -212,6 +212,8 @@ def _train_config(
         sv = _ints(severity, "severity", lo=0, hi=5, unique=True)
         over["filter_severity"] = sv[0] if len(sv) == 1 else [min(sv), max(sv)]
     if patch_size is not None:
+        if not 8 <= patch_size <= MAX_PATCH:  # named here: the merged config's error named no flag
+            raise InputError(f"--patch-size {patch_size}: must lie in 8..{MAX_PATCH} (voxels per side)")
         over["patch_size"] = [patch_size] * 3
     if channels is not None:
         over["channels"] = _ints(channels, "channels", lo=1, ranges=False)
