@@ -272,3 +272,15 @@ def test_dataset_findings_without_any_prediction_fail_before_embedding(cli, tmp_
     args = ["audit", "--dataset", f"mimic-cxr:{root}", "--dataset-reports", reports, "--predictions", pred]
     args += ["--target", target, "--out", tmp_path / "out", *FAST, "--cache-dir", tmp_path / "cache"]
     _refused(cli, args, [tmp_path], "pred.csv: column 'Edema': every prediction is blank")
+
+
+# -- 9. reports that hold a single term in all --------------------------------------------------------
+
+
+def test_reports_with_a_single_term_name_the_table_and_column(cli, audit_args, work, tmp_path):
+    """Every report 'effusion' (one tf-idf feature): an internal error from scikit-learn ('Found array
+    with 1 feature(s) ... while a minimum of 2 is required by TruncatedSVD')."""
+    t = work / "data" / "cases.csv"
+    pd.read_csv(t).assign(report="Effusion.").to_csv(t, index=False)
+    args = audit_args(t, work / "out", "--cache-dir", tmp_path / "fresh-cache", "--slicer", "mixture")
+    _refused(cli, args, [work], "cases.csv: column 'report'", "1 distinct term", "--modalities")

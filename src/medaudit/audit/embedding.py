@@ -90,10 +90,16 @@ def _encode_modality(
     def _on_batch(done: int, total: int) -> None:
         progress.update(task, completed=done, total=total)
 
-    with _cache_errors(config.resolved_cache_dir()):
-        return _embed_cached(
-            encoder, m, table.ids, inputs, table, config, memmap_dir, audit_warnings, _on_batch
-        )
+    from medaudit.audit.encoders.report import ReportVocabularyError
+
+    try:
+        with _cache_errors(config.resolved_cache_dir()):
+            return _embed_cached(
+                encoder, m, table.ids, inputs, table, config, memmap_dir, audit_warnings, _on_batch
+            )
+    except ReportVocabularyError as exc:  # about the whole column: name the table and the column
+        col = config.columns.report_path or config.columns.report
+        raise InputError(f"{table.source or 'table'}: column '{col}': {exc}") from exc
 
 
 def _build_encoder(m: str, config: AuditConfig) -> Any:

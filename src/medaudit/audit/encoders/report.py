@@ -145,6 +145,10 @@ class _TextEncoder:
         return self
 
 
+class ReportVocabularyError(InputError):
+    """The reports, all together, have too few distinct terms to embed (the caller names the column)."""
+
+
 @register_encoder("report", "tfidf-svd")
 class TfidfSVDEncoder(_TextEncoder):
     """TF-IDF over word 1-2-grams followed by truncated SVD (latent semantic analysis) to ``dim``.
@@ -202,7 +206,12 @@ class TfidfSVDEncoder(_TextEncoder):
         try:
             x = vec.fit_transform(texts)
         except ValueError as exc:  # empty vocabulary
-            raise InputError(f"tfidf-svd: cannot fit on these reports ({exc})") from exc
+            raise ReportVocabularyError(f"tfidf-svd: cannot fit on these reports ({exc})") from exc
+        if x.shape[1] < 2:  # TruncatedSVD needs two features
+            raise ReportVocabularyError(
+                f"tfidf-svd: the reports hold {x.shape[1]} distinct term(s) in all; at least 2 are needed "
+                "(leave 'report' out of --modalities)"
+            )
         k = max(1, min(self.n_components, x.shape[1] - 1, x.shape[0] - 1))
         svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=self.random_state)
         with np.errstate(divide="ignore", invalid="ignore"):  # identical reports: explained variance 0/0
