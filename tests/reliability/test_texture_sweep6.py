@@ -202,3 +202,12 @@ def test_train_patch_size_flag_out_of_range_names_the_flag(cli, tconfig, tmp_pat
     args = ["texture", "train", "--config", tconfig, "--out", tmp_path / "o", "--patch-size", size]
     line = _refused(cli, args, [tmp_path], f"--patch-size {size}", "8..512")
     assert "training config" not in line
+
+
+def test_unknown_shipped_study_name_lists_the_shipped_configs(cli, tmp_path, monkeypatch):
+    """``texture study study_smal`` said only 'study config not found'."""
+    monkeypatch.chdir(tmp_path)
+    line = _refused(
+        cli, ["texture", "study", "study_smal", "--out", tmp_path / "o"], [tmp_path], "study_smal"
+    )
+    assert "not found; shipped configs: " in line and "study_small" in line and "study_full" in line

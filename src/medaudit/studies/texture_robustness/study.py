@@ -174,7 +174,9 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     if not p.exists() and not p.suffix and (_CONFIG_DIR / f"{p.name}.yaml").exists():
         p = _CONFIG_DIR / f"{p.name}.yaml"
     if not p.exists():
-        raise InputError(f"{p}: {missing_reason(p, 'study config')}")
+        shipped = ", ".join(sorted(c.stem for c in _CONFIG_DIR.glob("*.yaml")))
+        hint = f"; shipped configs: {shipped}" if not p.suffix and len(p.parts) == 1 else ""
+        raise InputError(f"{p}: {missing_reason(p, 'study config')}{hint}")
     try:
         raw = load_yaml_strict(p.read_text(encoding="utf-8"), str(p))
     except (OSError, UnicodeDecodeError) as exc:  # a folder, a binary file, an unreadable file
