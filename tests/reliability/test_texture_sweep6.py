@@ -211,3 +211,32 @@ def test_unknown_shipped_study_name_lists_the_shipped_configs(cli, tmp_path, mon
         cli, ["texture", "study", "study_smal", "--out", tmp_path / "o"], [tmp_path], "study_smal"
     )
     assert "not found; shipped configs: " in line and "study_small" in line and "study_full" in line
+
+
+@pytest.mark.parametrize("damage", ["part", "marker"])
+def test_study_resumes_past_a_damaged_result_part_or_train_marker(cli, volumes, tmp_path, damage):
+    """A study folder whose result part is damaged (a truncated parquet) was 'internal error:
+    ArrowInvalid' (exit 1) on every rerun; a train marker holding a JSON list was 'internal error:
+    TypeError'. Now the damaged part is removed (a warning says so) and its evaluation, or the
+    training, runs again: exit 0 with the same results."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        f"data: {{source: folder, path: {volumes}, label_set: tissue4}}\n"
+        "train: {iterations: 1, channels: [4, 8], patch_size: [16, 16, 16], num_res_units: 0, device: cpu}\n"
+        "train_filters: [none]\ntest: {corruptions: [gaussian_noise], severities: [1]}\nreport: {bootstrap: 5}\n"
+    )
+    out = tmp_path / "st"
+    rc, err = cli("texture", "study", cfg, "--out", out)
+    assert rc == 0, err
+    before = pd.read_parquet(out / "results.parquet")
+    if damage == "part":
+        (part,) = (out / "parts").glob("*.parquet")
+        part.write_bytes(part.read_bytes()[:100])
+    else:
+        (marker,) = (out / "train").glob("*/done.json")
+        marker.write_text("[1]")
+    rc, err = cli("texture", "study", cfg, "--out", out)
+    assert rc == 0, err
+    if damage == "part":
+        assert "damaged result part removed" in err and str(part) in err
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), before)

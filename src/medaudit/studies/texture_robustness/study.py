@@ -520,10 +520,26 @@ def _is_done(task: Task, out_dir: Path, store: ResultStore) -> bool:
             return False
         try:
             rel = json.loads(marker.read_text())["checkpoint"]
-        except (ValueError, KeyError):
+            return (_train_dir(out_dir, task.key) / rel).exists()
+        except (ValueError, KeyError, TypeError):  # a damaged marker: the task is run again
             return False
-        return (_train_dir(out_dir, task.key) / rel).exists()
     return store.has(task.key)
+
+
+def _drop_damaged_parts(store: ResultStore, keys: Sequence[str]) -> None:
+    """Remove the result parts of ``keys`` that cannot be read (a damaged file in medaudit's own
+    ``parts`` folder), so that their evaluations run again instead of failing every compaction."""
+    import pyarrow.parquet as pq
+
+    for key in keys:
+        part = store.part_path(key)
+        if not part.is_file():
+            continue
+        try:
+            pq.read_metadata(part)
+        except Exception:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+            part.unlink()
+            typer.secho(f"warning: {part}: damaged result part removed; its evaluation runs again", err=True)
 
 
 def _checkpoint_of(out_dir: Path, train_key: str) -> Path:
@@ -584,6 +600,7 @@ def _run_study(
     store = ResultStore(out)
     _write_study_json(out, config, tasks)
     eval_keys = [t.key for t in tasks if t.kind == "eval"]
+    _drop_damaged_parts(store, eval_keys)
     store.compact(eval_keys)  # heal an interrupted append; keep only this study's parts
     threads = worker_threads(workers, ray_address, config.cpus_per_task)
 
