@@ -240,3 +240,20 @@ def test_study_resumes_past_a_damaged_result_part_or_train_marker(cli, volumes, 
     if damage == "part":
         assert "damaged result part removed" in err and str(part) in err
     pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), before)
+
+
+def test_train_rerun_rebuilds_a_damaged_model_from_its_checkpoint(cli, trained, tconfig, tmp_path):
+    """A finished run folder whose model.pt was truncated could not be rerun: every ``texture train``
+    on it said 'not a medaudit model, or unsafe to load: RUN/model.pt' (exit 2), although the run's
+    final checkpoint was intact. It is now written again from the checkpoint, with the same weights."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "model.pt").write_bytes((trained / "model.pt").read_bytes()[:500])
+    with pytest.warns(UserWarning, match="model.pt: damaged; it is written again from the run"):
+        rc, err = cli("texture", "train", "--config", tconfig, "--out", run)
+    assert rc == 0, err
+    a = torch.load(trained / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -663,7 +663,11 @@ def train(
     key = config.key()
     keys = {key, *_relative_path_key(config, out_dir)}  # a run written with a relative data_path
     if resume and model_path.is_file():
-        meta = load_checkpoint(model_path)
+        try:
+            meta = load_checkpoint(model_path)
+        except InputError:  # the run's own model.pt, damaged: rebuilt from the checkpoint (or retrained)
+            warnings.warn(f"{model_path}: damaged; it is written again from the run", stacklevel=2)
+            meta = {}
         if meta.get("config_key") in keys:
             return model_path
     run = _setup_run(config, out_dir)
