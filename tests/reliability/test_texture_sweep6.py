@@ -257,3 +257,18 @@ def test_train_rerun_rebuilds_a_damaged_model_from_its_checkpoint(cli, trained, 
     a = torch.load(trained / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(run / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_case_volumes_over_the_memory_budget_are_read_again_with_the_same_results(trained, volumes):
+    """The fallback of :class:`CaseVolumes`: volumes beyond ``keep_bytes`` are not kept but read again
+    when used; the scores do not change."""
+    from medaudit.data import mri
+    from medaudit.texture.evaluate import CaseVolumes, evaluate
+
+    cases = mri.get_cases("folder", volumes)[:2]
+    args = (["none", "gaussian_noise"], [1], 0, "cpu")
+    kept = evaluate([trained / "model.pt"], CaseVolumes(cases), *args, progress=False)
+    dropped = CaseVolumes(cases, keep_bytes=0)
+    again = evaluate([trained / "model.pt"], dropped, *args, progress=False)
+    assert dropped._kept == [None, None]
+    pd.testing.assert_frame_equal(kept, again)
