@@ -272,3 +272,14 @@ def test_case_volumes_over_the_memory_budget_are_read_again_with_the_same_result
     again = evaluate([trained / "model.pt"], dropped, *args, progress=False)
     assert dropped._kept == [None, None]
     pd.testing.assert_frame_equal(kept, again)
+
+
+def test_train_too_few_cases_for_the_fractions_names_the_data(cli, volumes, tmp_path):
+    """'only 5 case(s): not enough for the requested val/test fractions' named neither the data nor
+    the fractions."""
+    from .conftest import train_config, write_config
+
+    cfg = write_config(tmp_path / "t.json", train_config(volumes, val_fraction=0.6, test_fraction=0.4))
+    args = ["texture", "train", "--config", cfg, "--out", tmp_path / "o"]
+    _refused(cli, args, [tmp_path], str(volumes), "only 5 case(s)", "val_fraction 0.6, test_fraction 0.4")
+    assert not (tmp_path / "o").exists()

@@ -729,7 +729,13 @@ def _setup_run(config: TrainConfig, out_dir: Path) -> _Run:
     seed_everything(config.seed)
     cases = load_data(config)
     ls = tdata.get_label_set(config.label_set)
-    split = split_cases(cases, config.val_fraction, config.test_fraction, config.split_seed)
+    try:
+        split = split_cases(cases, config.val_fraction, config.test_fraction, config.split_seed)
+    except InputError as exc:  # name the data the cases came from
+        where = config.data_path or config.data_source
+        raise InputError(
+            f"{where}: {exc} (val_fraction {config.val_fraction}, test_fraction {config.test_fraction})"
+        ) from None
     train_vols = _prepare_volumes(config, split["train"], training=True)
     val_vols = _prepare_volumes(config, split["val"], training=False)
     check_test_cases(config, split["test"])  # every case of every split, before anything is written
