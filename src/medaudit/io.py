@@ -40,6 +40,8 @@ def missing_reason(path: str | os.PathLike[str], what: str = "file") -> str:
     p = os.fspath(path)
     try:
         os.stat(p)
+    except ValueError:  # "embedded null byte": no file can have such a name
+        return f"{what} name contains a NUL character"
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return f"{what} is a symlink loop (the link leads back to itself; unreadable)"

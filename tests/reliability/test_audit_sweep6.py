@@ -284,3 +284,52 @@ def test_reports_with_a_single_term_name_the_table_and_column(cli, audit_args, w
     pd.read_csv(t).assign(report="Effusion.").to_csv(t, index=False)
     args = audit_args(t, work / "out", "--cache-dir", tmp_path / "fresh-cache", "--slicer", "mixture")
     _refused(cli, args, [work], "cases.csv: column 'report'", "1 distinct term", "--modalities")
+
+
+# -- 10. image and report paths no file can have --------------------------------------------------------
+
+
+def _with_images(work: Path) -> pd.DataFrame:
+    from PIL import Image
+
+    df = pd.read_csv(work / "data" / "cases.csv")
+    (work / "imgs").mkdir()
+    for i in df.index:
+        Image.fromarray(np.full((16, 16), i, np.uint8)).save(work / "imgs" / f"{i}.png")
+    df["image"] = [str(work / "imgs" / f"{i}.png") for i in df.index]
+    return df
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("imgs/a\x00b.png", "contains a NUL character"), ("imgs/" + "a" * 300 + ".png", "name is too long")],
+    ids=["nul", "name-too-long"],
+)
+def test_image_path_no_file_can_have_is_a_bad_row(cli, audit_args, work, value, why):
+    """A NUL character was an internal error ('ValueError: embedded null byte', with --skip-bad too); a
+    file name over 255 bytes a line naming the path alone ('File name too long'), not table and row."""
+    df = _with_images(work)
+    df.loc[3, "image"] = str(work / value)  # in a folder that exists
+    t = work / "data" / "cases.csv"
+    df.to_csv(t, index=False)
+    args = audit_args(
+        t, work / "out", "--modalities", "report,metadata,image", "--encoder-opt", "image.size=32"
+    )
+    _refused(cli, args, [work], "cases.csv: column 'image' row 4 (id 'c003')", why)
+    rc, err = cli(*args, "--skip-bad")
+    assert rc == 0, err
+    assert json.loads((work / "out" / "slices.json").read_text())["counts"]["skipped_rows"] == 1
+
+
+def test_report_path_with_a_nul_character_is_a_bad_row(cli, work, audit_cache):
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t)
+    (work / "data" / "r").mkdir()
+    for i, text in zip(df["id"], df["report"], strict=True):
+        (work / "data" / "r" / f"{i}.txt").write_text(text)
+    df["rpath"] = [f"r/{i}.txt" for i in df["id"]]
+    df.loc[2, "rpath"] = "r/a\x00b.txt"
+    df.drop(columns=["report"]).to_csv(t, index=False)
+    args = ["audit", "--table", t, "--out", work / "out", *RULES, "--cache-dir", audit_cache]
+    args += ["--report-path-col", "rpath"]
+    _refused(cli, args, [work], "cases.csv: column 'rpath' row 3", "NUL character")

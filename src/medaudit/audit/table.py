@@ -699,6 +699,8 @@ def _parse_reports(
                 # a named pipe would block the read, a device such as /dev/zero never end it
                 if rp.exists() and not rp.is_file() and not rp.is_dir():
                     raise OSError(0, "not a regular file: a device, pipe or socket")
+                if "\x00" in str(rp):  # open() would raise ValueError: embedded null byte
+                    raise OSError(0, "its name contains a NUL character")
                 text = rp.read_text(encoding="utf-8", errors="replace")
             except OSError as exc:
                 if need_report:
@@ -737,7 +739,11 @@ def _parse_images(
             continue
         ip = Path(str(v).strip())
         ip = ip if ip.is_absolute() else base / ip
-        if not ip.is_file() or not os.access(ip, os.R_OK):
+        try:
+            usable = ip.is_file() and os.access(ip, os.R_OK)
+        except (OSError, ValueError):  # a name too long, or holding a NUL character
+            usable = False
+        if not usable:
             if need_image:  # not found, a folder, unreadable, a broken link ... (missing_reason)
                 probs.add(
                     i,
