@@ -331,3 +331,34 @@ def test_chexpert_image_that_cannot_be_decoded_names_its_row_in_valid_csv(tmp_pa
         )
     assert "patient00099/study1/view1_frontal" not in ids and len(ids) == 3
     assert embs["image"].shape[0] == embs["metadata"].shape[0] == 3
+
+
+def test_images_with_an_empty_dataset_report_are_left_out_and_counted(tmp_path, capsys):
+    """About 40 Open-i images have no report text in the dataset itself; the default audit (report
+    modality) stopped at the first ('empty report', row 29) instead of leaving them out and counting them."""
+    root, reports = _mimic_n(tmp_path)
+    for p in reports.rglob("s50000000.txt"):  # study 0: its two images have an empty report
+        p.write_text("")
+    pred = _predictions(root, tmp_path / "pred.csv")
+    out = tmp_path / "out"
+    args = ["--dataset", f"mimic-cxr:{root}", "--dataset-reports", str(reports), "--predictions", str(pred)]
+    rc = _run([*args, "--target", "cardiomegaly", "--out", str(out), *FAST])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "2 of 30 joined images have an empty report in the dataset (e.g. 'd0000')" in captured.err
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["empty_reports"] == 2 and summary["findings"]["cardiomegaly"]["cases"] == 28
+    assert "report" in summary["modalities"]
+
+
+def test_every_dataset_report_empty_with_the_report_modality_is_refused(tmp_path, capsys):
+    root, reports = _mimic_n(tmp_path, n_studies=8)
+    for p in reports.rglob("*.txt"):
+        p.write_text("")
+    pred = _predictions(root, tmp_path / "pred.csv")
+    out = tmp_path / "out"
+    args = ["--dataset", f"mimic-cxr:{root}", "--dataset-reports", str(reports), "--predictions", str(pred)]
+    rc = _run([*args, "--target", "cardiomegaly", "--out", str(out), "--modalities", "report", *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "every one of the 14 joined images has an empty report" in err, err
+    assert not out.exists()

@@ -210,6 +210,7 @@ class JoinedDataset:
         report: the join counts.
         origins: case id -> where the dataset lists it (``"row 3 of /data/valid.csv"``), when the
             reader records it (for errors found while embedding).
+        empty_reports: joined images left out because their dataset report is empty (report modality).
     """
 
     df: pd.DataFrame
@@ -219,6 +220,7 @@ class JoinedDataset:
     report: JoinReport
     kind: str
     origins: dict[str, str] = field(default_factory=dict)
+    empty_reports: int = 0
 
 
 def _finding_for(column: str, labels: list[str]) -> str | None:

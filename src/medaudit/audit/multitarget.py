@@ -20,7 +20,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,34 @@ def _modalities(joined: JoinedDataset, config: AuditConfig) -> tuple[str, ...]:
     if not mods:
         raise InputError("the dataset has neither images, reports nor metadata to embed")
     return tuple(mods)
+
+
+def without_empty_reports(joined: JoinedDataset, modalities: Sequence[str]) -> JoinedDataset:
+    """The joined rows whose dataset report is not empty, when the report modality is audited.
+
+    Some images have no report text in the dataset itself (about 40 in Open-i): they cannot be embedded
+    as reports, and they are not a fault of the user's predictions. They are left out with one warning
+    (count and first ids) and counted in ``dataset.json`` (``empty_reports``), like prediction rows that
+    match no image; ``--modalities image,metadata`` keeps them.
+    """
+    if "report" not in modalities:
+        return joined
+    empty = ~joined.df["report"].fillna("").astype(str).str.strip().astype(bool)
+    if not empty.any():
+        return joined
+    ids = joined.df.loc[empty, "id"].astype(str).tolist()
+    if empty.all():
+        raise InputError(
+            f"every one of the {len(ids)} joined images has an empty report in the dataset; "
+            "audit it with --modalities image,metadata"
+        )
+    warnings.warn(
+        f"{len(ids)} of {len(joined.df)} joined images have an empty report in the dataset "
+        f"(e.g. '{ids[0]}'); they are left out of the audit (--modalities without report keeps them)",
+        stacklevel=3,
+    )
+    df = joined.df.loc[~empty].reset_index(drop=True)
+    return replace(joined, df=df, empty_reports=len(ids))
 
 
 def shared_embeddings(
@@ -223,6 +251,7 @@ def audit_dataset(
     check_output(out_dir, "audit-dataset", inputs=inputs, force=force)
     config = (config or AuditConfig()).model_copy(update={"meta": list(joined.meta)})
     config = config.model_copy(update={"modalities": _modalities(joined, config)})
+    joined = without_empty_reports(joined, config.resolved_modalities())
     findings = _targets(joined, targets)
     if not findings:
         raise InputError("no finding has both labels and a predictions column")
@@ -331,6 +360,7 @@ def _summary(
         "modalities": list(config.resolved_modalities()),
         "embedded_rows": n_embedded,
         "unreadable_images": len(joined.df) - n_embedded,
+        "empty_reports": joined.empty_reports,
         "join": joined.report.to_dict(),
         "findings": per,
         "skipped": skipped,
