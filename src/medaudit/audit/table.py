@@ -144,16 +144,15 @@ def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -
             _check_delimited(p, "\t")
             return pd.read_csv(p, sep="\t", dtype=text_dtype)
         if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            check_unique_header(p, pq.read_schema(p).names)  # pyarrow: 'Multiple matches for FieldRef'
             return pd.read_parquet(p)
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz", ".json"):
-            try:
-                df = pd.read_json(p, lines=suffix != ".json")
-            except Exception:
-                if suffix != ".json":
-                    _check_json_lines(p)  # names the first bad line
-                raise
+            if suffix != ".json":
+                _check_json_lines(p)  # names the first bad line (pandas keeps the last of a repeated key)
+            df = pd.read_json(p, lines=suffix != ".json")
             if suffix != ".json" and (df.shape[1] == 0 or not all(isinstance(c, str) for c in df.columns)):
-                _check_json_lines(p)  # a line that is a list, a number or a string (columns 0, 1 ...)
                 raise InputError(f"{p}: the table has no column (the file is empty, or each line is {{}})")
             return df
     except InputError:
@@ -215,12 +214,14 @@ def _check_delimited(p: Path, sep: str) -> None:
             if header is None:
                 return  # an empty file: pandas names it
             check_unique_header(p, header)
-            n = len(header)
+            n, line = len(header), reader.line_num
             for row in reader:
-                line = reader.line_num
+                start, line = line + 1, reader.line_num
                 if len(row) == n or not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank lines are skipped, as pandas does
-                raise InputError(f"{p}: line {line} has {len(row)} fields, the header has {n}")
+                raise InputError(
+                    f"{p}: line {start} has {len(row)} fields, the header has {n}" + _runs_on(row, n, line)
+                )
     except UnicodeDecodeError as exc:
         raise InputError(f"{p}: line {_bad_utf8_line(p)} is not UTF-8 text ({exc.reason})") from exc
     except csv.Error as exc:
@@ -231,8 +232,32 @@ def _check_delimited(p: Path, sep: str) -> None:
         csv.field_size_limit(old_limit)
 
 
+def _runs_on(row: list[str], n: int, end: int) -> str:
+    """A hint for a row of fewer than ``n`` fields whose last field spans lines (up to line ``end``): a
+    quote that is never closed swallows the following lines, to the end of the file, into one field."""
+    if len(row) < n and "\n" in row[-1]:
+        return f" (its last field runs on to line {end}: is a '\"' not closed?)"
+    return ""
+
+
+class _RepeatedKey(Exception):
+    """A JSON object names a key twice (raised by :func:`_unique_keys`)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``json.loads``'s ``object_pairs_hook``: the object as a dict, refusing a repeated key (``json``
+    and pandas keep the last of ``{"label": 1, "label": 0}`` silently)."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
+
+
 def _check_json_lines(p: Path) -> None:
-    """Raise an InputError naming the first line of ``p`` that is not a JSON object (no-op if none is)."""
+    """Raise an InputError naming the first line of ``p`` that is not a JSON object, or that names a key
+    twice (no-op if none does)."""
     import json
 
     try:
@@ -241,11 +266,13 @@ def _check_json_lines(p: Path) -> None:
                 if not text.strip():
                     continue
                 try:
-                    obj = json.loads(text)
+                    obj = json.loads(text, object_pairs_hook=_unique_keys)
                 except json.JSONDecodeError as exc:
                     raise InputError(
                         f"{p}: line {n} is not valid JSON ({exc.msg}, character {exc.pos + 1})"
                     ) from None
+                except _RepeatedKey as exc:
+                    raise InputError(f"{p}: line {n} names the key '{exc.args[0]}' twice") from None
                 if not isinstance(obj, dict):
                     raise InputError(f"{p}: line {n} is not a JSON object ({{...}}), one case per line")
     except UnicodeDecodeError as exc:
@@ -330,10 +357,10 @@ def _warn_mostly_numeric(meta: pd.DataFrame, where: str, share: float = 0.9) -> 
         num = pd.to_numeric(s.where(present), errors="coerce").notna()
         n, bad = int(present.sum()), present & ~num
         if n >= 5 and 0 < int(bad.sum()) <= max(1.0, (1 - share) * n):
-            i = int(np.flatnonzero(bad.to_numpy())[0])
+            i = int(bad[bad].index[0])  # the raw table's row (its index is 0 .. n-1)
             warnings.warn(
                 f"{where}: column '{col}' is numeric except {int(bad.sum())} value(s), first row {i + 1} "
-                f"({str(s.iloc[i])!r}); it is read as categorical: fix or blank those values",
+                f"({str(s.loc[i])!r}); it is read as categorical: fix or blank those values",
                 UserWarning,
                 stacklevel=3,
             )
@@ -452,7 +479,7 @@ def load_case_table(
     df = _case_frame(ids, labels, prob, pred, images, reports)
     meta_df = raw[meta].copy() if meta else pd.DataFrame(index=raw.index)
     _check_meta_values(meta_df, probs, ids)
-    _warn_mostly_numeric(meta_df, where)
+    _warn_mostly_numeric(meta_df[~probs.bad], where)  # the rows kept (a bad value is named above)
     table = _keep_good(df, meta_df, probs, ids, where, min_cases, source)
     if "metadata" in require:
         _check_meta_not_empty(table, meta, where)
@@ -485,6 +512,24 @@ def _check_meta_values(meta_df: pd.DataFrame, probs: _RowProblems, ids: list[str
                     "bad metadata value",
                     f"column '{col}' {_row(i, ids[i])}: metadata value {float(v)} is not finite",
                 )
+            elif _beyond_float(v):
+                probs.add(
+                    i,
+                    "bad metadata value",
+                    f"column '{col}' {_row(i, ids[i])}: metadata value {str(v)[:12]}... "
+                    f"({len(str(v).lstrip('-'))} digits) is too large to be a number",
+                )
+
+
+def _beyond_float(v: object) -> bool:
+    """True for a whole number no float can hold (a CSV cell of 400 digits is read as a Python int)."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        return False
+    try:
+        float(v)
+    except OverflowError:
+        return True
+    return False
 
 
 def _parse_inputs(
@@ -701,7 +746,7 @@ def _parse_reports(
                     raise OSError(0, "not a regular file: a device, pipe or socket")
                 if "\x00" in str(rp):  # open() would raise ValueError: embedded null byte
                     raise OSError(0, "its name contains a NUL character")
-                text = rp.read_text(encoding="utf-8", errors="replace")
+                text = _report_text(rp.read_bytes())
             except OSError as exc:
                 if need_report:
                     probs.add(
@@ -721,6 +766,17 @@ def _parse_reports(
         reports[i] = text
 
     return reports
+
+
+def _report_text(data: bytes) -> str:
+    """A report file's text: UTF-16 when it starts with a UTF-16 byte-order mark (Notepad's "Unicode";
+    read as UTF-8 it was letters between NUL characters), else UTF-8 without its byte-order mark, an
+    undecodable byte shown as U+FFFD."""
+    import codecs
+
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
 
 
 def _parse_images(

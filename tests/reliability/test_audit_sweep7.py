@@ -1,0 +1,116 @@
+"""A seventh adversarial sweep of ``medaudit audit``: inputs that gave an internal error, a misleading
+line or a silently wrong audit; each case failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from medaudit.audit.config import ColumnMap
+from medaudit.audit.table import load_case_table
+
+from .conftest import make_table
+from .conftest import refused as _refused
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    make_table(tmp_path / "data")
+    return tmp_path
+
+
+def _never(*a: object, **k: object) -> None:
+    raise AssertionError("the embedding started")
+
+
+# -- 1. a whole number in a metadata column that no float can hold ---------------------------------------
+
+
+def test_metadata_number_beyond_float_range_is_a_bad_row(cli, audit_args, work):
+    """pandas reads a 400-digit CSV cell as a Python int; the numeric check after the table was read
+    raised 'OverflowError: int too large to convert to float' (internal error, exit 1)."""
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t).astype({"age": object})
+    df.loc[3, "age"] = "1" + "0" * 400
+    df.to_csv(t, index=False)
+    line = _refused(
+        cli, audit_args(t, work / "out"), [work], "cases.csv", "column 'age'", "row 4 (id 'c003')"
+    )
+    assert "401 digits" in line and "too large" in line, line
+    rc, err = cli(*audit_args(t, work / "out", "--skip-bad"))
+    assert rc == 0, err
+    counts = json.loads((work / "out" / "slices.json").read_text())["counts"]
+    assert counts["skipped_reasons"] == {"bad metadata value": 1} and counts["cases"] == 39
+
+
+# -- 2. a JSON Lines row that names a key twice ------------------------------------------------------------
+
+
+def test_jsonl_row_naming_a_key_twice_is_refused(cli, audit_args, work):
+    """pandas kept the last of ``"label": 1, ..., "label": 0`` silently: the audit ran on a flipped
+    label (exit 0, another error rate)."""
+    rows = pd.read_csv(work / "data" / "cases.csv").to_dict("records")
+    lines = [json.dumps(r) for r in rows]
+    lines[2] = lines[2][:-1] + ', "label": ' + str(1 - rows[2]["label"]) + "}"
+    t = work / "data" / "cases.jsonl"
+    t.write_text("\n".join(lines) + "\n")
+    _refused(cli, audit_args(t, work / "out"), [work], "cases.jsonl: line 3", "'label' twice")
+
+
+# -- 3. a Parquet file with a repeated column name ---------------------------------------------------------
+
+
+def test_parquet_with_a_repeated_column_names_it(cli, audit_args, work):
+    """pyarrow's 'Multiple matches for FieldRef.Name(label) in id: large_string ...' was the message."""
+    df = pd.read_csv(work / "data" / "cases.csv")
+    cols = [pa.array(df[c]) for c in df.columns] + [pa.array(1 - df["label"])]
+    t = work / "data" / "cases.parquet"
+    pq.write_table(pa.table(cols, names=[*df.columns, "label"]), t)
+    line = _refused(cli, audit_args(t, work / "out"), [work], "cases.parquet", "column 'label'", "2 times")
+    assert "FieldRef" not in line, line
+
+
+# -- 4. a CSV quote that is never closed ---------------------------------------------------------------------
+
+
+def test_csv_quote_never_closed_names_the_line_it_opens_on(cli, audit_args, work):
+    """A stray '"' at the start of line 5 swallows the rest of the file into one field: the line named
+    was the file's last (41), far from the quote."""
+    t = work / "data" / "cases.csv"
+    lines = t.read_text().splitlines(keepends=True)
+    lines[4] = '"' + lines[4]
+    t.write_text("".join(lines))
+    line = _refused(cli, audit_args(t, work / "out"), [work], "cases.csv: line 5 has 1 fields")
+    assert "runs on to line 41" in line and "not closed" in line, line
+
+
+def test_csv_row_with_a_closed_multiline_field_gets_no_quote_hint(tmp_path):
+    t = tmp_path / "t.csv"
+    t.write_text('id,label,prob,report\nc1,1,0.5,"two\nlines",extra\n')
+    with pytest.raises(Exception, match=r"line 2 has 5 fields, the header has 4$"):
+        load_case_table(t, require=("report",))
+
+
+# -- 5. a report file saved as UTF-16 (Notepad's "Unicode") or with a UTF-8 byte-order mark ---------------
+
+
+def test_report_files_in_utf16_or_with_a_bom_are_read_as_their_text(work):
+    """A UTF-16 report was read as UTF-8 with errors replaced: '\\ufffd\\ufffde\\x00f\\x00f...', letters
+    between NUL characters, audited without a word (silently); a UTF-8 BOM stayed in the text."""
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t)
+    (work / "data" / "r").mkdir()
+    for i, text in zip(df["id"], df["report"], strict=True):
+        (work / "data" / "r" / f"{i}.txt").write_text(text)
+    (work / "data" / "r" / "c001.txt").write_bytes("pleural effusion".encode("utf-16"))
+    (work / "data" / "r" / "c002.txt").write_bytes("chest tube".encode("utf-8-sig"))
+    df["rpath"] = [f"r/{i}.txt" for i in df["id"]]
+    df.drop(columns=["report"]).to_csv(t, index=False)
+    table = load_case_table(t, ColumnMap(report=None, report_path="rpath"), require=("report",))
+    assert table.df["report"][1] == "pleural effusion"
+    assert table.df["report"][2] == "chest tube"
