@@ -114,3 +114,47 @@ def test_report_files_in_utf16_or_with_a_bom_are_read_as_their_text(work):
     table = load_case_table(t, ColumnMap(report=None, report_path="rpath"), require=("report",))
     assert table.df["report"][1] == "pleural effusion"
     assert table.df["report"][2] == "chest tube"
+
+
+# -- 6. config: a misspelt encoder modality, fusion weights that cannot apply --------------------------------
+
+
+def test_encoder_for_a_misspelt_modality_in_a_config_is_refused(cli, audit_args, work):
+    """``encoders: {reports: minilm}`` was ignored: the default report encoder ran (exit 0)."""
+    cfg = work / "a.yaml"
+    cfg.write_text("encoders: {reports: minilm}\n")
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--config", cfg)
+    _refused(cli, args, [work], "a.yaml", "key 'encoders'", "'reports'", "not a modality")
+
+
+@pytest.mark.parametrize(
+    ("yaml", "names"),
+    [
+        ("fusion_weights: {image: 2}\n", ["fusion_weights", "'image'", "not among the selected"]),
+        ("fusion_weights: {report: 0, metadata: 0}\n", ["fusion_weights", "every selected modality", "0"]),
+    ],
+    ids=["unselected-modality", "all-zero"],
+)
+def test_fusion_weights_that_cannot_apply_are_refused_before_embedding(
+    cli, audit_args, work, monkeypatch, yaml, names
+):
+    """A weight for a modality not selected failed after every case was embedded, as 'fuse: weight given
+    for 'image' ...' (no key named); weights of 0 for every modality ran (exit 0) on a fused space of
+    zeros, the slices fitted on labels and predictions alone."""
+    import medaudit.audit.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_encode_table", _never)
+    cfg = work / "a.yaml"
+    cfg.write_text(yaml)
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--config", cfg, "--slicer", "mixture")
+    _refused(cli, args, [work], *names)
+
+
+def test_fusion_weights_do_not_stop_the_rule_slicer(cli, audit_args, work):
+    """The rule search fuses nothing: a shared config's weights are no reason to refuse it."""
+    cfg = work / "a.yaml"
+    cfg.write_text("fusion_weights: {image: 2}\n")
+    rc, err = cli(
+        *audit_args(work / "data" / "cases.csv", work / "out", "--config", cfg, "--slicer", "rules")
+    )
+    assert rc == 0, err

@@ -251,6 +251,14 @@ class AuditConfig(_Model):
                 raise ValueError(f"weight for '{k}', which is not a modality ({', '.join(MODALITIES)})")
         return v
 
+    @field_validator("encoders")
+    @classmethod
+    def _encoder_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:  # a misspelt modality ('reports') was ignored: the default encoder ran silently
+            if k not in MODALITIES:
+                raise ValueError(f"encoder for '{k}', which is not a modality ({', '.join(MODALITIES)})")
+        return v
+
     @field_validator("encoder_kwargs")
     @classmethod
     def _encoder_opts(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -296,7 +304,23 @@ class AuditConfig(_Model):
                 raise InputError(
                     f"--embeddings: modality '{m}' is not among the selected modalities {','.join(mods)}"
                 )
+        if str(self.slicer) != SlicerName.rules:  # the rule search fuses nothing
+            self._check_fusion_weights(mods)
         return mods
+
+    def _check_fusion_weights(self, mods: tuple[str, ...]) -> None:
+        """Weights only for selected modalities (fusion refused the others after every case was
+        embedded), and not 0 for all of them (the fused space would hold nothing but zeros)."""
+        weights = self.fusion_weights or {}
+        for m in weights:
+            if m not in mods:
+                raise InputError(
+                    f"fusion_weights: modality '{m}' is not among the selected modalities {','.join(mods)}"
+                )
+        if weights and all(weights.get(m, 1.0) == 0 for m in mods):
+            raise InputError(
+                "fusion_weights: every selected modality has weight 0 (the slices would see no embedding)"
+            )
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
