@@ -158,3 +158,26 @@ def test_fusion_weights_do_not_stop_the_rule_slicer(cli, audit_args, work):
         *audit_args(work / "data" / "cases.csv", work / "out", "--config", cfg, "--slicer", "rules")
     )
     assert rc == 0, err
+
+
+# -- 7. precomputed embeddings beyond float32's range ----------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_embedding_value_beyond_float32_is_named_as_such(cli, audit_args, work, suffix):
+    """A finite float64 value of 1e300 became infinite in the cast to float32: numpy printed 'overflow
+    encountered in cast' on stderr and the line said 'non-finite values', which the file does not hold."""
+    import numpy as np
+
+    ids = pd.read_csv(work / "data" / "cases.csv")["id"].tolist()
+    emb = np.random.default_rng(0).normal(size=(len(ids), 6))
+    emb[5, 2] = 1e300
+    e = work / "data" / f"emb{suffix}"
+    if suffix == ".npy":
+        np.save(e, emb)
+        (work / "data" / "emb.ids.txt").write_text("\n".join(ids) + "\n")
+    else:
+        pd.DataFrame(emb, columns=[f"f{i}" for i in range(6)]).assign(id=ids).to_parquet(e)
+    args = audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}")
+    line = _refused(cli, args, [work], f"emb{suffix}", "id 'c005'", "1e+300", "beyond float32")
+    assert "non-finite" not in line, line

@@ -896,7 +896,23 @@ def load_embeddings(
         mat, emb_ids = _read_parquet_embeddings(p)
     else:
         raise InputError(f"{p}: unknown embeddings format '{p.suffix}' (use .npy + ids file, or .parquet)")
-    return _align_embeddings(p, np.asarray(mat, dtype=np.float32), emb_ids, ids, ignore_ids)
+    return _align_embeddings(p, mat, emb_ids, ids, ignore_ids)
+
+
+def _as_float32(p: Path, mat: np.ndarray, emb_ids: list[str]) -> np.ndarray:
+    """``mat`` as float32; a finite value beyond float32's range is named (the cast made it infinite,
+    with numpy's 'overflow encountered in cast' on stderr, and the row was called non-finite)."""
+    with np.errstate(over="ignore"):
+        out = np.asarray(mat, dtype=np.float32)
+    if np.isinf(out).any():
+        big = np.isinf(out) & np.isfinite(mat)
+        if big.any():
+            r = int(np.flatnonzero(big.any(axis=1))[0])
+            raise InputError(
+                f"{p}: the embedding of id '{emb_ids[r]}' holds {float(mat[r][big[r]][0]):.3g}, beyond "
+                f"float32's range (±{float(np.finfo(np.float32).max):.2g}); scale the vectors"
+            )
+    return out
 
 
 def _read_npy_embeddings(p: Path, ids_path: str | os.PathLike[str] | None) -> tuple[np.ndarray, list[str]]:
@@ -951,14 +967,14 @@ def _read_parquet_embeddings(p: Path) -> tuple[np.ndarray, list[str]]:
     rest = edf.drop(columns=["id"])
     if rest.shape[1] == 1 and rest.iloc[:, 0].dtype == object:
         try:
-            mat = np.stack([np.asarray(v, dtype=np.float32) for v in rest.iloc[:, 0]])
+            mat = np.stack([np.asarray(v, dtype=np.float64) for v in rest.iloc[:, 0]])
         except (ValueError, TypeError) as exc:
             raise InputError(f"{p}: column '{rest.columns[0]}' is not a vector column") from exc
     else:
         bad = [c for c in rest.columns if not pd.api.types.is_numeric_dtype(rest[c])]
         if bad:
             raise InputError(f"{p}: column '{bad[0]}' is not numeric")
-        mat = rest.to_numpy(dtype=np.float32)
+        mat = rest.to_numpy(dtype=np.float64)
     if mat.ndim != 2 or mat.shape[1] == 0:
         raise InputError(f"{p}: no vector columns besides 'id'")
     return mat, emb_ids
@@ -967,7 +983,8 @@ def _read_parquet_embeddings(p: Path) -> tuple[np.ndarray, list[str]]:
 def _align_embeddings(
     p: Path, mat: np.ndarray, emb_ids: list[str], ids: Sequence[str], ignore_ids: Iterable[str]
 ) -> np.ndarray:
-    """Rows of ``mat`` in the order of ``ids``; duplicate, unmatched, missing or non-finite rows raise."""
+    """Rows of ``mat`` in the order of ``ids`` (float32); duplicate, unmatched, missing, non-finite rows
+    or values beyond float32 raise."""
     index: dict[str, int] = {}
     for j, e in enumerate(emb_ids):
         if e in index:
@@ -983,7 +1000,7 @@ def _align_embeddings(
     missing = [i for i in ids if i not in index]
     if missing:
         raise InputError(f"{p}: no embedding for {len(missing)} cases of the table, e.g. id '{missing[0]}'")
-    out = mat[[index[i] for i in ids]]
+    out = _as_float32(p, mat[[index[i] for i in ids]], list(ids))
     if not np.isfinite(out).all():
         r = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
         raise InputError(f"{p}: non-finite values in the embedding of id '{ids[r]}'")
