@@ -181,3 +181,15 @@ def test_embedding_value_beyond_float32_is_named_as_such(cli, audit_args, work, 
     args = audit_args(work / "data" / "cases.csv", work / "out", "--embeddings", f"report={e}")
     line = _refused(cli, args, [work], f"emb{suffix}", "id 'c005'", "1e+300", "beyond float32")
     assert "non-finite" not in line, line
+
+
+# -- 8. a header whose column differs only by spaces or case -----------------------------------------------
+
+
+@pytest.mark.parametrize(("header", "shown"), [(" id ,label", "' id '"), ("id,Label", "'Label'")])
+def test_column_differing_only_by_spaces_or_case_is_pointed_out(cli, audit_args, work, header, shown):
+    """'unknown column 'id'; available columns: id , label, ...': the list seemed to hold the column."""
+    t = work / "data" / "cases.csv"
+    t.write_text(t.read_text().replace("id,label", header, 1))
+    line = _refused(cli, audit_args(t, work / "out"), [work], "cases.csv: unknown column")
+    assert f"column {shown} differs only by spaces or case" in line, line

@@ -415,7 +415,15 @@ def _check_columns(raw: pd.DataFrame, where: str, wanted: Iterable[tuple[str, st
             raise InputError(
                 f"{where}: unknown column '{col}' (for {role}); available columns: {', '.join(available)}"
                 + _delimiter_hint(available, where)
+                + _near_miss(col, available)
             )
+
+
+def _near_miss(col: str, available: list[str]) -> str:
+    """A hint naming a column that differs from ``col`` only by surrounding spaces or case (``' id '``
+    printed in the list of available columns looks like ``id``)."""
+    near = [a for a in available if a != col and a.strip().casefold() == col.strip().casefold()]
+    return f" (column {near[0]!r} differs only by spaces or case)" if near else ""
 
 
 def _delimiter_hint(available: list[str], where: str) -> str:
