@@ -205,6 +205,7 @@ def _train_config(
     from medaudit.texture.train import MAX_PATCH, TrainConfig, check_field, load_config
 
     base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
+    _check_filter_flag(over["filter_name"])
     over = {**over, "recipe_options": _json_mapping(over["recipe_options"], "recipe-options")}
     if severity is not None:
         if "," in severity:  # training draws a severity from one range; a list would read as one
@@ -234,6 +235,14 @@ def _train_config(
         TrainConfig.from_dict({**base, "recipe_options": {}})
         return TrainConfig.from_dict(base, "--recipe-options")
     return TrainConfig.from_dict(base)
+
+
+def _check_filter_flag(name: str | None) -> None:
+    """``--filter`` names a registered filter (the merged config's error named no flag)."""
+    from medaudit.texture.filters.registry import FILTERS, is_clean
+
+    if name is not None and not is_clean(name) and name not in FILTERS:
+        raise InputError(f"--filter {name!r}: unknown filter; known: {', '.join(sorted(FILTERS))}")
 
 
 def _run_train(cfg: TrainConfig, out: Path, config: Path | None, resume: bool, force: bool) -> None:

@@ -155,6 +155,16 @@ class Filtered(Recipe):
     name = "filtered"
     _OPTIONS = frozenset({"filter", "severity"})
 
+    def __init__(self, options: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(options, **kw)
+        from medaudit.texture.filters import FILTERS
+
+        f, sev = self.options.get("filter"), self.options.get("severity", [0, 0])
+        if f is not None and f not in FILTERS:  # 'none' too: a filtered copy needs a filter
+            raise InputError(f"filter_name {f!r}: unknown filter; known: {', '.join(sorted(FILTERS))}")
+        if not (isinstance(sev, list) and len(sev) == 2 and 0 <= sev[0] <= sev[1] <= 5):
+            raise InputError(f"filter_severity {sev!r}: give a level 0..5 or a range [lo, hi] with lo <= hi")
+
     def train_families(self) -> list[str]:
         from medaudit.texture.filters import family_of
 

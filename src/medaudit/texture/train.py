@@ -50,6 +50,16 @@ from medaudit.texture.severity import SEVERITY_VERSION, wm_label_of
 MODES = ("clean", "filtered", "online")
 
 
+def refuse_bool_number(value: Any, annotation: Any) -> Any:
+    """``value`` unless it is true / false (or a list holding one) for a field of numbers: pydantic
+    reads ``iterations: yes`` as 1 and ``severity_version: true`` as the old table."""
+    kind = str(annotation)
+    items = value if isinstance(value, list) else [value]
+    if ("int" in kind or "float" in kind) and any(isinstance(x, bool) for x in items):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
 class TrainConfig(Config):
     """Everything that defines a training run (JSON/YAML-serialisable; validated by pydantic).
 
@@ -98,6 +108,11 @@ class TrainConfig(Config):
     sw_batch_size: int = Field(2, ge=1)
     inference_roi: list[PositiveInt] | None = Field(None, min_length=3, max_length=3)  # default: patch_size
     device: str | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: Any) -> Any:
+        return refuse_bool_number(v, cls.model_fields[info.field_name].annotation)
 
     @field_validator("data_source", "label_set", "small_policy")
     @classmethod
@@ -174,7 +189,9 @@ class TrainConfig(Config):
         if self.recipe is None and self.mode == "online":
             opts = {"filters": [self.filter_name], "severity": list(_sev_range(self)), "p": self.filter_prob}
         if self.recipe_name == "filtered":
-            opts = {"filter": self.filter_name, "severity": list(_sev_range(self)), **opts}
+            if {"filter", "severity"} & set(opts):  # training filters with the config's keys alone
+                raise InputError("recipe 'filtered': set filter_name / filter_severity, not recipe_options")
+            opts = {"filter": self.filter_name, "severity": list(_sev_range(self))}
         return make_recipe(self.recipe_name, opts, self.severity_version, spacing, wm_label)
 
     @property
@@ -227,9 +244,10 @@ def check_field(key: str, value: Any, source: str) -> Any:
     f = TrainConfig.model_fields[key]
     kind = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation  # type: ignore[valid-type]
     try:
-        return TypeAdapter(kind).validate_python(value)
-    except ValidationError as exc:
-        raise InputError(f"{source}: {exc.errors()[0]['msg']} (got {value!r:.60})") from None
+        return TypeAdapter(kind).validate_python(refuse_bool_number(value, f.annotation))
+    except (ValidationError, ValueError) as exc:
+        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise InputError(f"{source}: {msg} (got {value!r:.60})") from None
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -237,6 +255,8 @@ def load_config(path: str | Path) -> TrainConfig:
     from medaudit.configfile import read_mapping
 
     d = read_mapping(path)
+    if "train" in d and not isinstance(d["train"], dict):
+        raise InputError(f"{path}: key 'train': expected a mapping of training keys, got {d['train']!r:.60}")
     return TrainConfig.from_dict(d.get("train", d), str(path))
 
 

@@ -37,6 +37,14 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """``seed: true`` is refused, not read as 1."""
+        from medaudit.texture.train import refuse_bool_number
+
+        return refuse_bool_number(v, cls.model_fields[str(info.field_name)].annotation)
+
 
 def _known() -> set[str]:
     from medaudit.texture import filters
