@@ -80,6 +80,18 @@ def run_sub(args: list[object], env: dict[str, str] | None = None, cwd: Path | N
 # -- audit inputs -----------------------------------------------------------------------------------
 
 
+def reports_as_files(work: Path, folder: str = "reports") -> tuple[Path, pd.DataFrame]:
+    """Write each report of ``work/data/cases.csv`` to ``data/<folder>/<id>.txt``; returns the table's
+    path and the table with an ``rpath`` column in place of ``report`` (not yet written back)."""
+    t = work / "data" / "cases.csv"
+    df = pd.read_csv(t)
+    (work / "data" / folder).mkdir()
+    for i, text in zip(df["id"], df["report"], strict=True):
+        (work / "data" / folder / f"{i}.txt").write_text(text)
+    df["rpath"] = [f"{folder}/{i}.txt" for i in df["id"]]
+    return t, df.drop(columns=["report"])
+
+
 def make_table(folder: Path, n: int = 40, seed: int = 0, report_extra: str = "") -> Path:
     """A tiny case table (report text + metadata), ``folder/cases.csv``."""
     rng = np.random.default_rng(seed)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from medaudit.outdir import MARKER, claim_output
 
-from .conftest import make_table, one_line
+from .conftest import make_table, one_line, reports_as_files
 from .conftest import refused as _refused
 
 
@@ -254,15 +254,10 @@ def test_empty_report_is_refused_whatever_the_slicer(cli, audit_args, work, slic
 
 
 def test_unreadable_report_file_is_refused_by_the_rule_slicer(cli, audit_args, work):
-    t = work / "data" / "cases.csv"
-    df = pd.read_csv(t)
-    (work / "data" / "reports").mkdir()
-    for i, text in zip(df["id"], df["report"], strict=True):
-        (work / "data" / "reports" / f"{i}.txt").write_text(text)
+    t, df = reports_as_files(work)
     (work / "data" / "reports" / "c002.txt").unlink()
     (work / "data" / "reports" / "c002.txt").mkdir()  # a folder where a report file should be
-    df["rpath"] = [f"reports/{i}.txt" for i in df["id"]]
-    df.drop(columns=["report"]).to_csv(t, index=False)
+    df.to_csv(t, index=False)
     args = audit_args(t, work / "out", "--slicer", "rules", "--report-path-col", "rpath")
     _refused(cli, args, [work], "cases.csv", "column 'rpath'", "row 3", "c002.txt", "unreadable")
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import make_table
+from .conftest import make_table, reports_as_files
 from .conftest import refused as _refused
 
 RULES = ["--slicer", "rules", "--n-slices", "2", "--no-report"]
@@ -64,13 +64,8 @@ def feeding(fifo: Path, text: str, seconds: float = 20.0) -> Iterator[None]:
 def test_report_file_that_is_a_pipe_is_refused_not_read(cli, work, audit_cache):
     """A report path naming a FIFO (or a link to /dev/zero) was opened and read: the run blocked until
     something wrote to the pipe (forever, from a terminal), or read /dev/zero until memory ran out."""
-    t = work / "data" / "cases.csv"
-    df = pd.read_csv(t)
-    (work / "data" / "reports").mkdir()
-    for i, text in zip(df["id"], df["report"], strict=True):
-        (work / "data" / "reports" / f"{i}.txt").write_text(text)
-    df["rpath"] = [f"reports/{i}.txt" for i in df["id"]]
-    df.drop(columns=["report"]).to_csv(t, index=False)
+    t, df = reports_as_files(work)
+    df.to_csv(t, index=False)
     pipe = work / "data" / "reports" / "c002.txt"
     pipe.unlink()
     args = ["audit", "--table", t, "--out", work / "out", *RULES, "--cache-dir", audit_cache]
@@ -322,14 +317,9 @@ def test_image_path_no_file_can_have_is_a_bad_row(cli, audit_args, work, value, 
 
 
 def test_report_path_with_a_nul_character_is_a_bad_row(cli, work, audit_cache):
-    t = work / "data" / "cases.csv"
-    df = pd.read_csv(t)
-    (work / "data" / "r").mkdir()
-    for i, text in zip(df["id"], df["report"], strict=True):
-        (work / "data" / "r" / f"{i}.txt").write_text(text)
-    df["rpath"] = [f"r/{i}.txt" for i in df["id"]]
+    t, df = reports_as_files(work, "r")
     df.loc[2, "rpath"] = "r/a\x00b.txt"
-    df.drop(columns=["report"]).to_csv(t, index=False)
+    df.to_csv(t, index=False)
     args = ["audit", "--table", t, "--out", work / "out", *RULES, "--cache-dir", audit_cache]
     args += ["--report-path-col", "rpath"]
     _refused(cli, args, [work], "cases.csv: column 'rpath' row 3", "NUL character")

@@ -14,7 +14,7 @@ import pytest
 from medaudit.audit.config import ColumnMap
 from medaudit.audit.table import load_case_table
 
-from .conftest import make_table
+from .conftest import make_table, reports_as_files
 from .conftest import refused as _refused
 
 
@@ -102,15 +102,10 @@ def test_csv_row_with_a_closed_multiline_field_gets_no_quote_hint(tmp_path):
 def test_report_files_in_utf16_or_with_a_bom_are_read_as_their_text(work):
     """A UTF-16 report was read as UTF-8 with errors replaced: '\\ufffd\\ufffde\\x00f\\x00f...', letters
     between NUL characters, audited without a word (silently); a UTF-8 BOM stayed in the text."""
-    t = work / "data" / "cases.csv"
-    df = pd.read_csv(t)
-    (work / "data" / "r").mkdir()
-    for i, text in zip(df["id"], df["report"], strict=True):
-        (work / "data" / "r" / f"{i}.txt").write_text(text)
+    t, df = reports_as_files(work, "r")
     (work / "data" / "r" / "c001.txt").write_bytes("pleural effusion".encode("utf-16"))
     (work / "data" / "r" / "c002.txt").write_bytes("chest tube".encode("utf-8-sig"))
-    df["rpath"] = [f"r/{i}.txt" for i in df["id"]]
-    df.drop(columns=["report"]).to_csv(t, index=False)
+    df.to_csv(t, index=False)
     table = load_case_table(t, ColumnMap(report=None, report_path="rpath"), require=("report",))
     assert table.df["report"][1] == "pleural effusion"
     assert table.df["report"][2] == "chest tube"
