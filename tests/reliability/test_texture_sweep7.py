@@ -4,7 +4,14 @@ now exit 2 with one line naming the file, key or flag, and nothing written."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
 import pytest
+
+from medaudit.errors import InputError
 
 from .conftest import refused as _refused
 from .conftest import train_config, write_config
@@ -72,3 +79,70 @@ def test_study_config_true_for_a_number_is_refused(cli, tmp_path, setting, key):
     cfg.write_text("\n".join([*blocks.values(), "train_filters: [{name: none}]"]) + "\n")
     args = ["texture", "study", cfg, "--out", tmp_path / "st", "--dry-run"]
     _refused(cli, args, [tmp_path], "s.yaml", f"key '{key}'", "not true/false")
+
+
+def _copy(volumes: Path, dst: Path) -> Path:
+    shutil.copytree(volumes, dst)
+    return dst
+
+
+def test_constant_scan_is_refused_by_train_and_eval(cli, volumes, trained, tmp_path):
+    """An all-zero scan (a failed export) was trained on, and scored by eval with a meaningless Dice
+    (predict alone refused it); both now refuse it naming the file, before anything is written."""
+    data = _copy(volumes, tmp_path / "data")
+    img = nib.load(data / "images" / "s1.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), data / "images" / "s1.nii.gz")
+    cfg = write_config(tmp_path / "t.json", train_config(data))
+    train = ["texture", "train", "--config", cfg, "--out", tmp_path / "run"]
+    _refused(cli, train, [tmp_path], "s1.nii.gz", "image is constant (every voxel 0)")
+    evaluate = ["texture", "eval", "-m", trained / "model.pt", "--data", "folder", "--data-path", data]
+    evaluate += ["--corruptions", "gaussian_noise", "--severities", "1", "--out", tmp_path / "e"]
+    _refused(cli, evaluate, [tmp_path], "s1.nii.gz", "image is constant")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "e").exists()
+
+
+def test_folder_case_ids_with_glob_characters_find_their_labels(cli, volumes, tmp_path):
+    """A case named 'scan[1]' was 'no label matching labels/scan[1].nii.gz' (its id was read as a glob
+    pattern, [1] a character class); its label map is now found by name."""
+    from medaudit.data.mri import read_nifti_folder
+
+    data = _copy(volumes, tmp_path / "data")
+    for sub in ("images", "labels"):
+        (data / sub / "s1.nii.gz").rename(data / sub / "scan[1] é.nii.gz")
+        (data / sub / "s2.nii.gz").rename(data / sub / "a*b?.nii.gz")
+    cases = {c.case_id: c for c in read_nifti_folder(data)}
+    assert cases["scan[1] é"].label == data / "labels" / "scan[1] é.nii.gz"
+    assert cases["a*b?"].label == data / "labels" / "a*b?.nii.gz"
+    (data / "labels" / "scan[1] é.nii.gz").rename(data / "labels" / "scan1 é.nii.gz")  # not a match
+    with pytest.raises(InputError, match=r"no label matching 'labels/scan\[1\] é.nii.gz'"):
+        read_nifti_folder(data)
+
+
+@pytest.mark.parametrize("header", ["id,image,label", "image,label,id"])
+def test_csv_pairs_with_a_byte_order_mark(volumes, tmp_path, header):
+    """A CSV saved by Excel starts with a UTF-8 byte-order mark: its first column was '\\ufeffid' (the
+    ids silently replaced by file stems, the id kept as metadata) or '\\ufeffimage' ('missing column
+    'image'', a name that printed like the header's)."""
+    from medaudit.data.mri import read_csv_pairs
+
+    cells = {"id": "A", "image": str(volumes / "images" / "s0.nii.gz")}
+    cells["label"] = str(volumes / "labels" / "s0.nii.gz")
+    row = ",".join(cells[c] for c in header.split(","))
+    (tmp_path / "p.csv").write_bytes(b"\xef\xbb\xbf" + f"{header}\n{row}\n".encode())
+    (case,) = read_csv_pairs(tmp_path / "p.csv")
+    assert (case.case_id, case.meta) == ("A", {})
+
+
+def test_study_name_with_a_path_separator_needs_out(cli, tmp_path, monkeypatch):
+    """Without --out a study named '../x' was written to ./study-../x (a folder 'study-..' created on the
+    way) and 'a/b' to ./study-a/b; the name is refused naming the key, and --out still works."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        "name: ../x\ndata: {source: mni-phantom}\ntrain: {iterations: 2}\n"
+        "train_filters: [{name: none}]\ntest: {corruptions: [gaussian_noise], severities: [1]}\n"
+    )
+    line = _refused(cli, ["texture", "study", cfg, "--dry-run"], [tmp_path], "key 'name'", "--out")
+    assert "'../x'" in line
+    rc, err = cli("texture", "study", cfg, "--dry-run", "--out", tmp_path / "st")
+    assert rc == 0, err

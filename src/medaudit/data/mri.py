@@ -15,6 +15,7 @@ resolution, and given mild seeded intensity variation (global gamma and per-tiss
 from __future__ import annotations
 
 import csv
+import glob
 import gzip
 import hashlib
 import inspect
@@ -147,7 +148,7 @@ class VolumeCase:
 
 def _read_tsv(path: Path) -> list[dict[str, str]]:
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM (Excel) is not a name
             return list(csv.DictReader(fh, delimiter="\t"))
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read TSV ({exc})") from None
@@ -276,15 +277,15 @@ def read_nifti_folder(
         raise InputError(f"{folder}: {missing_reason(folder, 'NIfTI folder')}")
     rx = _pattern_regex(image_pattern)
     _pattern_regex(label_pattern)
-    glob = image_pattern.replace("{id}", "*")
+    image_glob = image_pattern.replace("{id}", "*")
     cases = []
-    for p in sorted(folder.glob(glob)):
+    for p in sorted(folder.glob(image_glob)):
         m = rx.match(p.relative_to(folder).as_posix())
         if not m:
             continue
         cid = m.group("id")
         lab_glob = label_pattern.replace("{id}", cid)
-        labs = sorted(folder.glob(lab_glob))
+        labs = sorted(folder.glob(label_pattern.replace("{id}", glob.escape(cid))))  # 'scan[1]' is a name
         if not labs and require_label:
             raise InputError(f"{p}: no label matching '{lab_glob}' in {folder}")
         cases.append(VolumeCase(cid, p, labs[0] if labs else None))
@@ -308,7 +309,7 @@ def read_csv_pairs(
     if not path.is_file():
         raise InputError(f"{path}: {missing_reason(path, 'CSV file')}")
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM (Excel) is not a name
             reader = csv.DictReader(fh)
             rows, lines = [], []
             for row in reader:  # the physical line each record ends on (blank and multi-line rows counted)
@@ -513,6 +514,10 @@ def load_case(
     image = _read_data(img, case.image).astype(np.float32)
     if not np.all(np.isfinite(image)):
         raise InputError(f"{case.image}: image contains NaN or infinite values")
+    if np.ptp(image) == 0:  # an empty scan (a failed export): scored or trained on, it is noise
+        raise InputError(
+            f"{case.image}: image is constant (every voxel {image.flat[0]:g}); nothing to segment"
+        )
     affine = np.asarray(img.affine, dtype=np.float64)
     label = None
     if case.label is not None:

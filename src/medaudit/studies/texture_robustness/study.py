@@ -679,6 +679,17 @@ def _annotate(rows: Any, task: Task) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
+def _default_out(cfg: StudyConfig, config: Path) -> Path:
+    """``study-<name>`` in the current folder: a name holding a path separator (``a/b``, ``../x``) would
+    make it a folder elsewhere (``study-..`` created on the way), so it needs ``--out``."""
+    if "/" in cfg.name or "\\" in cfg.name or any(ord(c) < 32 for c in cfg.name):
+        raise InputError(
+            f"{config}: key 'name': {cfg.name!r} holds a path separator or a control character, and "
+            "names the default output folder study-<name>; change it, or give --out"
+        )
+    return Path(f"study-{cfg.name}")
+
+
 def study_command(
     config: Annotated[Path, typer.Argument(help="Study YAML (or a shipped name: study_small, study_full).")],
     out: Annotated[
@@ -713,7 +724,7 @@ def study_command(
         from medaudit.device import check_device
 
         check_device(cfg.train["device"], flag=f"{config}: key 'train.device'")
-    out_dir = out or Path(f"study-{cfg.name}")
+    out_dir = out or _default_out(cfg, config)
     tasks = build_tasks(cfg)
     console = Console()
     if dry_run:
