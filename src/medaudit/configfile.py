@@ -25,6 +25,7 @@ __all__ = [
     "read_config",
     "read_mapping",
     "validation_error",
+    "yaml_error_text",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -129,6 +130,17 @@ def _strict_loader() -> type:
     return StrictLoader
 
 
+def yaml_error_text(exc: BaseException) -> str:
+    """A YAML error as ``line 3, column 1: found character '\\t' that cannot start any token`` (the
+    line of its problem mark, 1-based); any other error (or one without a mark) as its first line."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
+    hint = "; indent YAML with spaces, not TABs" if "\\t" in problem else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}{hint}"
+
+
 def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML or JSON file whose top level is a mapping; bad files give one line naming them."""
     import yaml
@@ -144,8 +156,7 @@ def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     except InputError:
         raise
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{p}: not a readable YAML/JSON config ({first})") from None
+        raise InputError(f"{p}: not a readable YAML/JSON config ({yaml_error_text(exc)})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -143,6 +143,11 @@ def _option_error(exc: Any) -> InputError:
     loc = tuple(err.get("loc", ()))
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     msg = msg.replace("Input should be", "must be")
+    inner = getattr((err.get("ctx") or {}).get("error"), "validation", None)
+    if loc == ("columns",) and inner is not None:  # a rule over several column flags: the line names them
+        from medaudit.configfile import validation_error
+
+        return validation_error(inner, "command line")
     if loc and loc[0] == "encoder_kwargs":  # the message names MODALITY.KEY
         return InputError(f"--encoder-opt {msg}")
     value = err.get("input")

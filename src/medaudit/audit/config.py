@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from medaudit.configfile import Config
 from medaudit.errors import InputError
@@ -115,6 +115,14 @@ def _check_encoder_opt(mod: str, key: str, value: Any) -> None:
         raise ValueError(f"{where}: choose one of {', '.join(_RESIZE_MODES)}, got {value!r}")
 
 
+#: pairs of column roles that may read the same column
+_SHAREABLE_ROLES = (frozenset(("id", "image")), frozenset(("id", "report_path")), frozenset(("prob", "pred")))
+
+
+def _role_flag(role: str) -> str:
+    return f"--{role.replace('_', '-')}-col"
+
+
 class ColumnMap(_Model):
     """Names of the user's columns for each role. ``None`` means the role is absent.
 
@@ -131,6 +139,23 @@ class ColumnMap(_Model):
     image: str | None = "image"
     report: str | None = "report"
     report_path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_role_per_column(self) -> ColumnMap:
+        """Refuse one table column given two roles (``prob: label`` audits a classifier that makes no
+        error). A path may be the id, and a hard 0/1 column may be read as both prob and pred."""
+        seen: dict[str, str] = {}
+        for role in ("id", "label", "prob", "pred", "image", "report", "report_path"):
+            col = getattr(self, role)
+            if col is None or (role == "report" and self.report_path is not None):
+                continue  # no such role, or the report text is read from the files in report_path
+            first = seen.setdefault(col, role)
+            if first != role and frozenset((first, role)) not in _SHAREABLE_ROLES:
+                raise ValueError(
+                    f"columns {first} and {role} ({_role_flag(first)}, {_role_flag(role)}) both name "
+                    f"table column '{col}': give each role its own column"
+                )
+        return self
 
 
 #: the column roles a metadata column may not take: (ColumnMap field, what it is, its flag, why)

@@ -165,6 +165,8 @@ def read_predictions(path: str | os.PathLike[str], id_col: str | None = None) ->
                 f"columns: {', '.join(map(str, cols))}"
             )
     df = read_table(p, text_columns=[id_col])
+    if df.empty:  # a header alone: the join would say that no row matches an image
+        raise InputError(f"{p}: holds no prediction rows, only the column names")
     if id_col not in df.columns:
         raise InputError(f"{p}: missing id column '{id_col}'; columns: {', '.join(map(str, df.columns))}")
     return df, str(id_col)

@@ -149,12 +149,7 @@ def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -
             check_unique_header(p, pq.read_schema(p).names)  # pyarrow: 'Multiple matches for FieldRef'
             return pd.read_parquet(p)
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz", ".json"):
-            if suffix != ".json":
-                _check_json_lines(p)  # names the first bad line (pandas keeps the last of a repeated key)
-            df = pd.read_json(p, lines=suffix != ".json")
-            if suffix != ".json" and (df.shape[1] == 0 or not all(isinstance(c, str) for c in df.columns)):
-                raise InputError(f"{p}: the table has no column (the file is empty, or each line is {{}})")
-            return df
+            return _read_json(p, lines=suffix != ".json")
     except InputError:
         raise
     except pd.errors.EmptyDataError as exc:
@@ -279,6 +274,71 @@ def _check_json_lines(p: Path) -> None:
         raise InputError(f"{p}: line {_bad_utf8_line(p)} is not UTF-8 text ({exc.reason})") from exc
     except (OSError, EOFError) as exc:
         raise InputError(f"{p}: cannot read table ({exc})") from exc
+
+
+def _read_json(p: Path, lines: bool) -> pd.DataFrame:
+    """A JSON Lines (or, with ``lines=False``, a JSON) table; a bad line is named."""
+    if lines:
+        _check_json_lines(p)  # names the first bad line (pandas keeps the last of a repeated key)
+    try:
+        df = pd.read_json(p, lines=lines)
+    except ValueError as exc:  # ujson: 'Value is too big! at position 232', a place in no line
+        where = _big_number(p) if lines and str(exc).startswith("Value is too") else None
+        if where is None:
+            raise
+        raise InputError(f"{p}: {where}") from None
+    if lines and (df.shape[1] == 0 or not all(isinstance(c, str) for c in df.columns)):
+        raise InputError(f"{p}: the table has no column (the file is empty, or each line is {{}})")
+    return df
+
+
+#: the whole part of a JSON number that pandas' JSON reader holds: from int64's least to uint64's most
+_JSON_WHOLE_RANGE = (-(2**63), 2**64 - 1)
+
+
+class _BigNumber(str):
+    """A JSON number (its text) whose whole part is beyond :data:`_JSON_WHOLE_RANGE`."""
+
+
+def _number(text: str) -> object:
+    """``json.loads``'s ``parse_int`` / ``parse_float``: a :class:`_BigNumber` for a number pandas
+    cannot read, else ``None`` (the scan needs no value)."""
+    whole = text.split(".")[0].split("e")[0].split("E")[0]
+    if len(whole.lstrip("-").lstrip("0")) > 20:  # int() of 5000 digits is refused by Python itself
+        return _BigNumber(text)
+    low, high = _JSON_WHOLE_RANGE
+    return None if low <= int(whole) <= high else _BigNumber(text)
+
+
+def _big_number(p: Path) -> str | None:
+    """``line N, key 'K': the number 12345… (401 digits) is too large ...`` for the first number of the
+    JSON Lines file ``p`` that pandas cannot read, or ``None`` (its lines were checked to be objects)."""
+    import json
+
+    with _open_text(p) as fh:
+        for n, text in enumerate(fh, start=1):
+            obj = json.loads(text, parse_int=_number, parse_float=_number) if text.strip() else {}
+            big = [(k, b) for k, v in obj.items() for b in _bigs(v)]
+            if big:
+                key, num = big[0]
+                shown = num if len(num) <= 24 else f"{num[:12]}… ({len(num)} characters)"
+                low, high = _JSON_WHOLE_RANGE
+                return (
+                    f"line {n}, key '{key}': the number {shown} is out of range (readable: {low} to {high})"
+                )
+    return None
+
+
+def _bigs(value: object) -> Iterable[_BigNumber]:
+    """The :class:`_BigNumber` values in a parsed JSON value, nested lists and objects included."""
+    if isinstance(value, _BigNumber):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _bigs(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _bigs(v)
 
 
 def _bad_utf8_line(p: Path) -> int | str:

@@ -7,6 +7,7 @@ JPEG and PNG (8- and 16-bit) are read with Pillow.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -44,8 +45,10 @@ def max_image_pixels() -> int:
 
 def declared_pixels(path: str | os.PathLike[str]) -> int:
     """Pixels an image file declares in its header (DICOM: rows x columns x frames), read without
-    decoding the pixel data. Raises InputError if the header cannot be read."""
+    decoding the pixel data. Raises InputError if the header cannot be read or the file is empty."""
     p = Path(path)
+    if p.is_file() and p.stat().st_size == 0:  # Pillow's line would be 'cannot identify image file'
+        raise InputError(f"{p}: empty file (0 bytes)")
     try:
         if is_dicom(p):
             import pydicom
@@ -104,9 +107,9 @@ def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as a 2-D float32 array in [0, 1] (higher = brighter).
 
     DICOM: Modality LUT / rescale, then the VOI LUT sequence or Window Center/Width when present
-    (otherwise min-max), MONOCHROME1 inverted; multi-frame files give their first frame, colour files
-    their luminance. JPEG/PNG/other Pillow formats: 8-bit divided by 255, 16-bit by 65535, colour
-    converted to luminance.
+    (otherwise, or with a Window Width of 0 or less, min-max), MONOCHROME1 inverted; multi-frame files
+    give their first frame, colour files their luminance. JPEG/PNG/other Pillow formats: 8-bit divided
+    by 255, 16-bit by 65535, colour converted to luminance.
 
     Raises:
         InputError: the file is missing, unreadable, empty or corrupt (the message names the path).
@@ -153,6 +156,21 @@ def _window_output_range(ds) -> tuple[float, float]:
     return y_min, y_max
 
 
+def _usable_window(ds) -> bool:
+    """Whether the file has a Window Center and a first Window Width that the VOI function can use:
+    at least 1 for LINEAR (the default), above 0 otherwise. Real files carry a width of 0 or none;
+    those are shown min-max scaled, as a file without a window."""
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return False
+    elem = ds["WindowWidth"]
+    try:
+        width = float(elem.value[0] if elem.VM > 1 else elem.value)
+    except (TypeError, ValueError, IndexError):
+        return False
+    func = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    return math.isfinite(width) and (width >= 1 if func == "LINEAR" else width > 0)
+
+
 def _read_dicom(p: Path) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -182,7 +200,7 @@ def _read_dicom(p: Path) -> np.ndarray:
     has_lut = bool(ds.get("VOILUTSequence")) and all(
         ds.VOILUTSequence[0].get(k) is not None for k in ("LUTDescriptor", "LUTData")
     )
-    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    has_window = _usable_window(ds)
     if has_lut:
         out = apply_voi_lut(arr, ds)
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])

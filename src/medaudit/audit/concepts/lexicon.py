@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from medaudit.configfile import load_yaml_strict
+from medaudit.configfile import load_yaml_strict, yaml_error_text
 from medaudit.errors import InputError
 from medaudit.io import missing_reason
 
@@ -186,7 +186,7 @@ def load_lexicon(path: str | Path) -> Lexicon:
     try:
         data = load_yaml_strict(text, str(p), "lexicon")
     except yaml.YAMLError as exc:
-        raise InputError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from exc
+        raise InputError(f"{p}: not valid YAML ({yaml_error_text(exc)})") from None
     return parse_lexicon(data, str(p))
 
 
