@@ -146,3 +146,17 @@ def test_study_name_with_a_path_separator_needs_out(cli, tmp_path, monkeypatch):
     assert "'../x'" in line
     rc, err = cli("texture", "study", cfg, "--dry-run", "--out", tmp_path / "st")
     assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--recipe", "nope"], "error: --recipe nope: unknown training recipe 'nope'"),
+        (["--recipe-options", '{"p": 2}'], "error: --recipe bigaug --recipe-options: recipe 'bigaug': p"),
+    ],
+)
+def test_demo_recipe_errors_name_the_flags(cli, tmp_path, flags, named):
+    """The demo's recipe errors said 'TrainConfig: ...', a name the user never typed."""
+    args = ["texture", "demo", "--out", tmp_path / "d", "--cache-dir", tmp_path / "c", *flags]
+    line = _refused(cli, args, [tmp_path])
+    assert line.startswith(named), line

@@ -82,7 +82,8 @@ def demo_command(
     held_out = sorted({family_of(c) for c in _names(corruptions)})
     opts = dict(DEMO_RECIPE_OPTIONS.get(recipe, {})) | (_json_mapping(recipe_options, "recipe-options") or {})
     opts["exclude_families"] = sorted({*opts.get("exclude_families", []), *held_out})
-    robust = TrainConfig(recipe=recipe, recipe_options=opts, **common)
+    flags = f"--recipe {recipe}" + (" --recipe-options" if recipe_options else "")  # named, not TrainConfig
+    robust = TrainConfig.from_dict({"recipe": recipe, "recipe_options": opts, **common}, flags)
     typer.echo(f"robust model: recipe '{recipe}' {json.dumps(opts)} (test families held out: {held_out})")
     runs = {"none": TrainConfig(mode="clean", **common), recipe: robust}
     from medaudit.outdir import claim_output
