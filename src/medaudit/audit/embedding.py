@@ -55,7 +55,9 @@ def encode_table(
         if precomputed is not None and m in precomputed:
             out[m] = np.asarray(precomputed[m], dtype=np.float32)
         elif m in config.embeddings:
-            out[m] = load_embeddings(config.embeddings[m], table.ids, ignore_ids=table.skipped_ids)
+            out[m] = load_embeddings(
+                config.embeddings[m], table.ids, ignore_ids=table.skipped_ids, columns=config.columns
+            )
         else:
             emb = _encode_modality(m, table, config, progress, task, memmap_dir, audit_warnings)
             if isinstance(emb, tuple):  # --skip-bad dropped images that cannot be decoded

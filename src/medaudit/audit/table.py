@@ -938,6 +938,7 @@ def load_embeddings(
     ids: Sequence[str],
     ids_path: str | os.PathLike[str] | None = None,
     ignore_ids: Iterable[str] = (),
+    columns: ColumnMap | None = None,
 ) -> np.ndarray:
     """Load precomputed embeddings and align them to ``ids``.
 
@@ -949,7 +950,8 @@ def load_embeddings(
 
     Every id in ``ids`` must have exactly one row; a row whose id is not in ``ids`` (other than
     ``ignore_ids``, e.g. rows dropped by ``skip_bad``) raises an InputError, as do duplicate ids and
-    non-finite values.
+    non-finite values. A parquet column named ``label``, ``prob`` or ``pred``, or as the label,
+    probability or prediction column of ``columns``, is refused: it would leak the answer into the slices.
 
     Returns:
         float32 array of shape ``(len(ids), d)`` in the order of ``ids``.
@@ -961,7 +963,7 @@ def load_embeddings(
     if suffix == ".npy":
         mat, emb_ids = _read_npy_embeddings(p, ids_path)
     elif suffix in (".parquet", ".pq"):
-        mat, emb_ids = _read_parquet_embeddings(p)
+        mat, emb_ids = _read_parquet_embeddings(p, columns or ColumnMap())
     else:
         raise InputError(f"{p}: unknown embeddings format '{p.suffix}' (use .npy + ids file, or .parquet)")
     return _align_embeddings(p, mat, emb_ids, ids, ignore_ids)
@@ -1023,8 +1025,33 @@ def _read_npy_embeddings(p: Path, ids_path: str | os.PathLike[str] | None) -> tu
     return mat, emb_ids
 
 
-def _read_parquet_embeddings(p: Path) -> tuple[np.ndarray, list[str]]:
-    """The matrix (numeric columns, or one list-valued column) and ``id`` column of a parquet file."""
+#: the column roles whose values are the answer: (ColumnMap field, what it is, its flag)
+_ANSWER_ROLES = (
+    ("label", "label", "--label-col"),
+    ("prob", "probability", "--prob-col"),
+    ("pred", "prediction", "--pred-col"),
+)
+
+
+def _check_answer_columns(p: Path, names: Iterable[object], columns: ColumnMap) -> None:
+    """Refuse an embeddings column named ``label``, ``prob`` or ``pred``, or as the table's label,
+    probability or prediction column: read as a feature, it leaks the answer into the slices."""
+    roles = {field_name: (what, flag) for field_name, what, flag in _ANSWER_ROLES}
+    for field_name, what, flag in _ANSWER_ROLES:
+        if (col := getattr(columns, field_name)) is not None:
+            roles[col] = (what, flag)
+    for name in map(str, names):
+        if name in roles:
+            what, flag = roles[name]
+            raise InputError(
+                f"{p}: column '{name}' is named as the {what} column ({flag}); read as an embedding "
+                f"feature it would leak the {what} into the slices: drop it (keep 'id' and the vector)"
+            )
+
+
+def _read_parquet_embeddings(p: Path, columns: ColumnMap) -> tuple[np.ndarray, list[str]]:
+    """The matrix (numeric columns, or one list-valued column) and ``id`` column of a parquet file; a
+    column named as a label, probability or prediction column is refused."""
     try:
         edf = pd.read_parquet(p)
     except Exception as exc:
@@ -1033,6 +1060,7 @@ def _read_parquet_embeddings(p: Path) -> tuple[np.ndarray, list[str]]:
         raise InputError(f"{p}: no 'id' column; available columns: {', '.join(map(str, edf.columns))}")
     emb_ids = [str(v) for v in edf["id"].tolist()]
     rest = edf.drop(columns=["id"])
+    _check_answer_columns(p, rest.columns, columns)
     if rest.shape[1] == 1 and rest.iloc[:, 0].dtype == object:
         try:
             mat = np.stack([np.asarray(v, dtype=np.float64) for v in rest.iloc[:, 0]])

@@ -14,17 +14,19 @@ resolution, and given mild seeded intensity variation (global gamma and per-tiss
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import gzip
 import hashlib
 import inspect
 import json
+import logging
 import math
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -418,7 +420,8 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
             f"{path}: {'a folder, not a NIfTI file' if path.is_dir() else missing_reason(path, 'file')}"
         )
     try:
-        img = nib.load(str(path))
+        with _quiet_negative_pixdims():
+            img = nib.load(str(path))
         _ = img.shape  # header access
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from None
@@ -426,6 +429,26 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
         raise InputError(f"{path}: not a NIfTI image")
     _check_affine(np.asarray(img.affine, dtype=np.float64), path)
     return img
+
+
+#: what nibabel logs (on stderr, each time such a file is read) for a header whose voxel sizes are
+#: negative; it takes their absolute values, and the affine comes from the sform/qform either way
+_NEGATIVE_PIXDIM_MESSAGE = "pixdim[1,2,3] should be positive; setting to abs of pixdim values"
+
+
+def _drop_negative_pixdim_record(record: logging.LogRecord) -> bool:
+    return record.getMessage() != _NEGATIVE_PIXDIM_MESSAGE
+
+
+@contextlib.contextmanager
+def _quiet_negative_pixdims() -> Iterator[None]:
+    """Drop nibabel's negative-pixdim log record (only that one) while a scan's header is read."""
+    logger = logging.getLogger("nibabel.global")
+    logger.addFilter(_drop_negative_pixdim_record)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_drop_negative_pixdim_record)
 
 
 def _check_affine(affine: np.ndarray, path: Path) -> None:
@@ -477,6 +500,19 @@ def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     return data
 
 
+def check_image_values(data: np.ndarray, path: Path) -> None:
+    """Refuse NaN or infinite voxels, and finite ones beyond the float32 range that medaudit computes
+    in (float64 data such as 1e300: the cast made them infinite, and they were called NaN or infinite)."""
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: image contains non-finite values (NaN or infinite)")
+    limit = float(np.finfo(np.float32).max)
+    if data.dtype.kind == "f" and data.size and (top := float(np.max(np.abs(data)))) > limit:
+        raise InputError(
+            f"{path}: image values reach {top:.3g}, beyond the float32 range (±{limit:.2g}) that "
+            "medaudit computes in; rescale the image"
+        )
+
+
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel spacing (mm) from an affine's column norms."""
     return tuple(float(x) for x in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
@@ -511,9 +547,9 @@ def load_case(
     """
     ls = get_label_set(label_set)
     img = load_nifti(case.image)
-    image = _read_data(img, case.image).astype(np.float32)
-    if not np.all(np.isfinite(image)):
-        raise InputError(f"{case.image}: image contains NaN or infinite values")
+    image = _read_data(img, case.image)
+    check_image_values(image, case.image)
+    image = image.astype(np.float32)
     if np.ptp(image) == 0:  # an empty scan (a failed export): scored or trained on, it is noise
         raise InputError(
             f"{case.image}: image is constant (every voxel {image.flat[0]:g}); nothing to segment"

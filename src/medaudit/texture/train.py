@@ -690,7 +690,15 @@ def train(
             meta = {}
         if meta.get("config_key") in keys:
             return model_path
-    run = _setup_run(config, out_dir)
+    else:
+        meta = {}
+    run = _setup_run(config, out_dir)  # the data are good: a warning now is not followed by an error
+    if meta.get("config_key") is not None:  # a finished run of another config, trained over
+        warnings.warn(
+            f"{out_dir}: holds a finished run of another config ({_config_change(meta, config)}); "
+            "training again replaces its model.pt (to keep it, use another folder)",
+            stacklevel=2,
+        )
     if resume and ckpt_path.is_file():
         _resume(run, ckpt_path, keys)
     end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
@@ -722,6 +730,20 @@ def train(
         },
     )
     return model_path
+
+
+def _config_change(meta: dict[str, Any], config: TrainConfig) -> str:
+    """``differs in: iterations, lr``: the keys (but the device) in which the config stored in a finished
+    ``model.pt`` differs from ``config`` (or why they cannot be named)."""
+    try:
+        old = json.loads(meta["config"])
+    except (KeyError, TypeError, ValueError):
+        old = None
+    new = config.to_dict()
+    if not isinstance(old, dict):
+        return "its config cannot be read"
+    keys = sorted(k for k in old.keys() | new.keys() if k != "device" and old.get(k) != new.get(k))
+    return f"differs in: {', '.join(keys)}" if keys else "its config key differs"
 
 
 @dataclass
