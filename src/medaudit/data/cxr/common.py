@@ -150,7 +150,7 @@ def read_csv(path: Path, **kw: object) -> pd.DataFrame:
     A trailing comma on *every* line, header included (the NIH ``Data_Entry_2017.csv`` has one), is an
     empty last column: it is read and dropped, so the table is the one without the commas.
     """
-    from medaudit.audit.table import _check_delimited  # the audit table reader's line check
+    from medaudit.audit.table_read import _check_delimited  # the audit table reader's line check
 
     sep = str(kw.get("sep", ","))
     try:
