@@ -191,7 +191,7 @@ class TrainConfig(Config):
         if self.recipe_name == "filtered":
             if {"filter", "severity"} & set(opts):  # training filters with the config's keys alone
                 raise InputError("recipe 'filtered': set filter_name / filter_severity, not recipe_options")
-            opts = {"filter": self.filter_name, "severity": list(_sev_range(self))}
+            opts = {"filter": self.filter_name, "severity": list(_sev_range(self)), **opts}  # others checked
         return make_recipe(self.recipe_name, opts, self.severity_version, spacing, wm_label)
 
     @property
