@@ -501,8 +501,9 @@ def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
 
 
 def check_image_values(data: np.ndarray, path: Path) -> None:
-    """Refuse NaN or infinite voxels, and finite ones beyond the float32 range that medaudit computes
-    in (float64 data such as 1e300: the cast made them infinite, and they were called NaN or infinite)."""
+    """Refuse NaN or infinite voxels, finite ones beyond the float32 range that medaudit computes in
+    (float64 data such as 1e300: the cast made them infinite, and they were called NaN or infinite),
+    and a constant scan (a failed export: scored or trained on, it is noise)."""
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: image contains non-finite values (NaN or infinite)")
     limit = float(np.finfo(np.float32).max)
@@ -511,6 +512,8 @@ def check_image_values(data: np.ndarray, path: Path) -> None:
             f"{path}: image values reach {top:.3g}, beyond the float32 range (±{limit:.2g}) that "
             "medaudit computes in; rescale the image"
         )
+    if data.size and np.ptp(data) == 0:
+        raise InputError(f"{path}: image is constant (every voxel {data.flat[0]:g}); nothing to segment")
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
@@ -550,10 +553,6 @@ def load_case(
     image = _read_data(img, case.image)
     check_image_values(image, case.image)
     image = image.astype(np.float32)
-    if np.ptp(image) == 0:  # an empty scan (a failed export): scored or trained on, it is noise
-        raise InputError(
-            f"{case.image}: image is constant (every voxel {image.flat[0]:g}); nothing to segment"
-        )
     affine = np.asarray(img.affine, dtype=np.float64)
     label = None
     if case.label is not None:

@@ -61,9 +61,7 @@ def validate_inputs(inputs: Sequence[str | Path]) -> list[str]:
             raise InputError(f"{p}: same file name as {names[name]}; their outputs would collide")
         names[name] = p
         data = tdata._read_data(tdata.load_nifti(p), p)
-        tdata.check_image_values(data, p)  # NaN, infinite, or beyond float32: named
-        if data.size and np.ptp(data) == 0:
-            raise InputError(f"{p}: image is constant (every voxel {data.flat[0]}); nothing to segment")
+        tdata.check_image_values(data, p)  # NaN, infinite, beyond float32, or constant: named
     return list(names)
 
 
