@@ -362,3 +362,32 @@ def test_every_dataset_report_empty_with_the_report_modality_is_refused(tmp_path
     err = capsys.readouterr().err
     assert rc == 2 and "every one of the 14 joined images has an empty report" in err, err
     assert not out.exists()
+
+
+def test_findings_share_one_concept_extraction(tmp_path, monkeypatch):
+    """`--target all` extracts the reports' concepts once (like the embeddings), and each finding's
+    rule search sees the same concept codes a separate audit of its rows would."""
+    import medaudit.audit.rule_audit as ra
+
+    root, reports = _mimic_n(tmp_path, n_studies=8)
+    pred = _predictions(root, tmp_path / "pred.csv")
+    joined = join_predictions(load_dataset(parse_dataset(f"mimic-cxr:{root}"), reports), pred)
+    calls: list[int] = []
+    real = ra.report_concepts
+
+    def counting(reports_, *a, **k):
+        calls.append(len(reports_))
+        return real(reports_, *a, **k)
+
+    monkeypatch.setattr(ra, "report_concepts", counting)
+    cfg = AuditConfig(
+        n_slices=2, n_components=4, pca=4, cache_dir=tmp_path / "cache", modalities=("report", "metadata"),
+        rule_min_support=1,
+    )  # fmt: skip
+    res = audit_dataset(joined, ["edema", "Cardiomegaly"], cfg, tmp_path / "o", uncertain="ignore")
+    assert calls == [14]  # once, over every embedded row; not once per finding
+    for finding, r in res.results.items():
+        own, _ = real(r.table.df["report"].tolist(), qualified=True, min_reports=1)
+        got = json.loads((r.out_dir / "slices.json").read_text())["concepts"]["mentioned"]
+        mentioned = {c: n for c, n in got.items() if n}
+        assert mentioned == {c: int((own[c] == 1).sum()) for c in own.columns if (own[c] == 1).any()}, finding

@@ -203,6 +203,9 @@ class AuditConfig(_Model):
             needed) or ``both`` (default: mixture and rules in one ranked list,
             :mod:`medaudit.audit.rule_audit`; see docs/concepts.md for the evidence).
         concepts: a YAML concept lexicon (default: the built-in one, docs/concepts.md).
+        concept_qualifiers: also read side, site and severity qualifiers of affirmed mentions
+            (``atelectasis (left)``, ``cardiomegaly (mild)``) as concepts, each kept when at least
+            ``rule_min_support`` reports carry it (docs/concepts.md).
         rule_max_level / rule_min_support: rule length (1-3) and smallest rule slice.
         rule_ngrams: open-vocabulary n-gram predicates offered to the rule search, at most (0: none;
             each in at least ``max(rule_min_support, 0.5%)`` of the reports; the most frequent
@@ -242,6 +245,7 @@ class AuditConfig(_Model):
     fusion_dim: int = Field(64, ge=1)
     slicer: SlicerName = SlicerName.both
     concepts: Path | None = None
+    concept_qualifiers: bool = True
     rule_max_level: int = Field(3, ge=1, le=3)
     rule_min_support: int = Field(10, ge=1)
     rule_ngrams: int = Field(1000, ge=0)

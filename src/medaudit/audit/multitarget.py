@@ -151,11 +151,12 @@ def _audit_one(
     joined: JoinedDataset,
     finding: str,
     config: AuditConfig,
-    embs: dict[str, np.ndarray],
+    shared: tuple[dict[str, np.ndarray], tuple[pd.DataFrame | None, str | None]],
     row_of: dict[str, int],
     uncertain: UncertainPolicy,
     out: Path,
 ) -> tuple[AuditResult, dict[str, Any]]:
+    embs, (concepts, concept_msg) = shared
     frame, drops = target_frame(joined, finding, uncertain)
     mods = config.resolved_modalities()
     min_cases = max(config.n_components if config.slicer in ("mixture", "domino") else 0, config.n_slices, 2)
@@ -177,7 +178,8 @@ def _audit_one(
                 f"at least {min_cases} are needed"
             )
     pos = np.fromiter((row_of[i] for i in table.ids), dtype=np.int64, count=len(table))
-    result = run_audit(table, config, out, precomputed={m: e[pos] for m, e in embs.items()})
+    given = (None if concepts is None else concepts.iloc[pos].reset_index(drop=True), concept_msg)
+    result = run_audit(table, config, out, precomputed={m: e[pos] for m, e in embs.items()}, concepts=given)
     info = {
         "cases": len(table),
         "positives": int(table.df["label"].sum()),
@@ -273,9 +275,26 @@ def audit_dataset(
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".shared-embeddings-") as tmp:
         embs, ids = shared_embeddings(joined, config, config.resolved_modalities(), Path(tmp))
+        concepts = shared_concepts(joined, ids, config)
         return _audit_all(
-            joined, findings, many, config, (embs, ids), uncertain, out_dir, dataset, inputs, force
+            joined, findings, many, config, (embs, ids, concepts), uncertain, out_dir, dataset, inputs, force
         )
+
+
+def shared_concepts(
+    joined: JoinedDataset, ids: list[str], config: AuditConfig
+) -> tuple[pd.DataFrame | None, str | None]:
+    """The concept codes of the embedded rows' reports (``ids`` order), extracted once for every
+    finding (:func:`medaudit.audit.rule_audit.report_concepts`; ``(None, warning)`` without usable text)."""
+    from medaudit.audit.concepts import load_lexicon
+    from medaudit.audit.rule_audit import report_concepts
+
+    reports = joined.df.set_index(joined.df["id"].astype(str))["report"]
+    texts = reports.reindex(ids).fillna("").astype(str).tolist()
+    lexicon = load_lexicon(config.concepts) if config.concepts else None
+    return report_concepts(
+        texts, lexicon, qualified=config.concept_qualifiers, min_reports=config.rule_min_support
+    )
 
 
 def _audit_all(
@@ -283,19 +302,19 @@ def _audit_all(
     findings: list[str],
     many: bool,
     config: AuditConfig,
-    embedded: tuple[dict[str, np.ndarray], list[str]],
+    embedded: tuple[dict[str, np.ndarray], list[str], tuple[pd.DataFrame | None, str | None]],
     uncertain: UncertainPolicy,
     out_dir: str | os.PathLike[str],
     dataset: str,
     inputs: Sequence[str | os.PathLike[str] | None] = (),
     force: bool = False,
 ) -> DatasetAuditResult:
-    embs, ids = embedded  # the ids of the embedded rows (without images skipped as unreadable)
+    embs, ids, concepts = embedded  # ids of the embedded rows (without images skipped as unreadable)
     row_of = {str(i): k for k, i in enumerate(ids)}
     out = Path(out_dir).absolute()
     with atomic_output_dir(out, kind="audit-dataset", inputs=inputs, force=force) as stage:
         results, per, skipped = _audit_findings(
-            joined, findings, many, config, embs, row_of, uncertain, out, stage
+            joined, findings, many, config, (embs, concepts), row_of, uncertain, out, stage
         )
         for f in joined.label_columns:
             if many and f not in joined.predicted:
@@ -313,7 +332,7 @@ def _audit_findings(
     findings: list[str],
     many: bool,
     config: AuditConfig,
-    embs: dict[str, np.ndarray],
+    shared: tuple[dict[str, np.ndarray], tuple[pd.DataFrame | None, str | None]],
     row_of: dict[str, int],
     uncertain: UncertainPolicy,
     out: Path,
@@ -326,7 +345,7 @@ def _audit_findings(
     skipped: dict[str, str] = {}
     for f in findings:
         try:
-            res, info = _audit_one(joined, f, config, embs, row_of, uncertain, stage / snake(f))
+            res, info = _audit_one(joined, f, config, shared, row_of, uncertain, stage / snake(f))
         except InputError as exc:
             if not many:
                 raise

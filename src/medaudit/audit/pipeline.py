@@ -381,6 +381,7 @@ def run_audit(
     out_dir: str | os.PathLike[str] = "audit_out",
     force: bool = False,
     precomputed: dict[str, np.ndarray] | None = None,
+    concepts: tuple[pd.DataFrame | None, str | None] | None = None,
 ) -> AuditResult:
     """Run the whole audit and write ``slices.json``, ``membership.parquet`` and ``report.html``.
 
@@ -393,6 +394,9 @@ def run_audit(
         force: also replace a folder medaudit did not write (never one holding an input).
         precomputed: embeddings per modality already aligned with the table's rows (e.g. shared by
             the findings of :func:`medaudit.audit.multitarget.audit_dataset`); they replace the encoder.
+        concepts: the reports' concept codes already aligned with the table's rows, as
+            :func:`medaudit.audit.rule_audit.report_concepts` returns them (codes or ``None``, and its
+            warning); extracted from the reports when not given.
 
     Returns:
         An :class:`AuditResult`.
@@ -406,7 +410,7 @@ def run_audit(
     source = None if isinstance(table, (CaseTable, pd.DataFrame)) else table
     inputs = [source, config.resolved_cache_dir(), config.concepts, *config.embeddings.values()]
     with claim_output(out_dir, "audit", inputs=inputs, force=force) as claim:
-        return _run_audit(table, config, claim, precomputed)
+        return _run_audit(table, config, claim, precomputed, concepts)
 
 
 def _write_outputs(
@@ -443,10 +447,25 @@ def _warn_if_no_errors(table: CaseTable, audit_warnings: list[str]) -> None:
 
 
 def _table_concepts(
-    table: CaseTable, lexicon: Lexicon | None, audit_warnings: list[str]
+    table: CaseTable,
+    lexicon: Lexicon | None,
+    config: AuditConfig,
+    audit_warnings: list[str],
+    given: tuple[pd.DataFrame | None, str | None] | None = None,
 ) -> pd.DataFrame | None:
-    """The reports' concept codes (``None`` with a warning when no report text can be used)."""
-    concepts, msg = report_concepts(table.df["report"].tolist(), lexicon)
+    """The reports' concept codes (``None`` with a warning when no report text can be used); ``given``
+    (codes aligned with the table's rows, and their warning) is used as it is."""
+    if given is not None:
+        concepts, msg = given
+        if concepts is not None and len(concepts) != len(table):
+            raise ValueError(f"concepts has {len(concepts)} rows for a case table of {len(table)}")
+    else:
+        concepts, msg = report_concepts(
+            table.df["report"].tolist(),
+            lexicon,
+            qualified=config.concept_qualifiers,
+            min_reports=config.rule_min_support,
+        )
     if msg:
         audit_warnings.append(msg)
         rule_audit.warn(msg)
@@ -491,6 +510,7 @@ def _run_audit(
     config: AuditConfig,
     claim: OutputClaim,
     precomputed: dict[str, np.ndarray] | None = None,
+    given_concepts: tuple[pd.DataFrame | None, str | None] | None = None,
 ) -> AuditResult:
     from medaudit.device import seed_everything
 
@@ -502,7 +522,7 @@ def _run_audit(
     audit_warnings: list[str] = []
     with make_progress() as progress:
         table, modalities = _prepare_table(table, config, modalities, family, claim, progress, audit_warnings)
-        concepts = _table_concepts(table, lexicon, audit_warnings)
+        concepts = _table_concepts(table, lexicon, config, audit_warnings, given_concepts)
         found = _discover(table, config, family, modalities, concepts, progress, precomputed, audit_warnings)
         table, concepts = found.table, found.concepts
         slices = _explain_slices(

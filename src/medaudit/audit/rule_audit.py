@@ -59,22 +59,35 @@ _STATE = {1: "mentioned", -1: "denied", 2: "uncertain", 0: "not mentioned"}
 
 
 def report_concepts(
-    reports: Sequence[Any], lexicon: Lexicon | None = None, where: str = "reports"
+    reports: Sequence[Any],
+    lexicon: Lexicon | None = None,
+    where: str = "reports",
+    *,
+    qualified: bool = False,
+    min_reports: int = 10,
 ) -> tuple[pd.DataFrame | None, str | None]:
-    """Concept codes of the reports, or ``(None, warning)`` when no report text can be used."""
+    """Concept codes of the reports, or ``(None, warning)`` when no report text can be used.
+
+    ``qualified``: add the side/site/severity-qualified concepts (``atelectasis (left)``) that at
+    least ``min_reports`` reports carry (rarer ones cannot make a rule slice, and would only widen
+    the multiple-testing correction of the enrichment table)."""
     texts = [r if isinstance(r, str) else "" for r in reports]
     n_text = sum(bool(t.strip()) for t in texts)
     if n_text == 0:
         return None, f"{where}: every report is empty; concepts and report rules are skipped"
     lex = lexicon or default_lexicon()
-    codes = extract_concepts(texts, lex)
-    covered = int((codes != 0).any(axis=1).sum())
+    codes = extract_concepts(texts, lex, qualified=qualified)
+    plain = codes.iloc[:, : len(lex)]
+    covered = int((plain != 0).any(axis=1).sum())
     if covered < MIN_COVERAGE * n_text:
         return None, (
             f"{where}: the concept lexicon ({lex.name or 'custom'}, language '{lex.language}') matches "
             f"only {covered} of {n_text} reports; they may be in another language. Concepts are skipped; "
             "the audit uses the other modalities and open-vocabulary n-grams"
         )
+    if codes.shape[1] > len(lex):
+        counts = (codes.iloc[:, len(lex) :] != 0).sum()
+        codes = pd.concat([plain, codes[counts.index[counts >= min_reports]]], axis=1)
     return codes, None
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from medaudit.audit.concepts.lexicon import Lexicon, default_lexicon
+from medaudit.audit.concepts.lexicon import Lexicon, Qualifier, default_lexicon
 from medaudit.audit.explain import negation_flags, sentence_tokens
 
 __all__ = [
@@ -134,30 +134,45 @@ def _mask(text: str, rx: re.Pattern[str] | None) -> str:
     return rx.sub(lambda m: "#" * (m.end() - m.start() - 1) + " ", text) if rx is not None else text
 
 
+#: Words either side of an affirmed mention searched for its qualifiers (within the clause).
+QUALIFIER_WINDOW = 6
+_CLAUSE_STOP = _SCOPE_STOP | {"and", "|"}
+
+
+def _tokens_and_flags(text: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The report's tokens (sentences joined by ``|``), and per token: hedged; negated or a trigger."""
+    tokens: list[str] = []
+    neg: list[np.ndarray] = []
+    unc: list[np.ndarray] = []
+    for toks in sentence_tokens(text):
+        negated, trigger = negation_flags(toks)
+        neg.append(np.append(negated | trigger, False))
+        unc.append(np.append(uncertainty_flags(toks), False))
+        tokens.extend([*toks, "|"])
+    if not tokens:
+        return tokens, np.zeros(0, bool), np.zeros(0, bool)
+    return tokens, np.concatenate(unc), np.concatenate(neg)
+
+
 def _report_codes(
     text: str,
     patterns: list[re.Pattern[str]],
     negatable: list[bool],
     excludes: list[re.Pattern[str] | None],
     first_words: list[tuple[frozenset[str], tuple[str, ...]]],
-) -> list[int]:
-    """Codes of one report for the lexicon's own synonyms (before ``includes``)."""
+    qualifiers: _QualifierIndex | None = None,
+) -> tuple[list[int], list[dict[int, int]]]:
+    """Codes of one report for the lexicon's own synonyms (before ``includes``), and per concept the
+    ``qualifiers`` (index -> code) found around its affirmed (1) or hedged (2) mentions."""
     codes = [NOT_MENTIONED] * len(patterns)
-    sentences = sentence_tokens(text)
-    if not sentences:
-        return codes
-    tokens: list[str] = []
-    neg: list[np.ndarray] = []
-    unc: list[np.ndarray] = []
-    for toks in sentences:
-        negated, _ = negation_flags(toks)
-        neg.append(np.append(negated, False))
-        unc.append(np.append(uncertainty_flags(toks), False))
-        tokens.extend([*toks, "|"])
-    negated_all, uncertain_all = np.concatenate(neg), np.concatenate(unc)
+    quals: list[dict[int, int]] = [{} for _ in patterns]
+    tokens, uncertain_all, negated_all = _tokens_and_flags(text)
+    if not tokens:
+        return codes, quals
     joined = " ".join(tokens) + " "
     starts = np.cumsum([0] + [len(t) + 1 for t in tokens[:-1]])
     words = set(tokens)
+    mentions: list[list[tuple[int, int, int]]] = [[] for _ in patterns]  # not negated
     for k, rx in enumerate(patterns):
         exact, prefixes = first_words[k]
         if words.isdisjoint(exact) and not (prefixes and any(t.startswith(prefixes) for t in words)):
@@ -172,12 +187,55 @@ def _report_codes(
                 code = NEGATIVE
             else:
                 code = POSITIVE
+            if code != NEGATIVE:
+                mentions[k].append((a, b, code))
             if _PRIORITY[code] > _PRIORITY[best]:
                 best = code
-            if best == POSITIVE:
+            if best == POSITIVE and not qualifiers:
                 break
         codes[k] = best
-    return codes
+    if qualifiers and any(mentions):
+        token_quals = [qualifiers(t) for t in tokens]
+        stop = np.fromiter((t in _CLAUSE_STOP for t in tokens), dtype=bool, count=len(tokens))
+        stop |= negated_all
+        for k, spans in enumerate(mentions):
+            for a, b, code in spans:
+                blocked = stop | uncertain_all if code == POSITIVE else stop
+                for q in _span_qualifiers(token_quals, a, b, blocked):
+                    if _PRIORITY[code] > _PRIORITY[quals[k].get(q, NOT_MENTIONED)]:
+                        quals[k][q] = code
+    return codes, quals
+
+
+class _QualifierIndex:
+    """Qualifier indices of a word, memoised (a report's words repeat across reports)."""
+
+    def __init__(self, qualifiers: Sequence[Qualifier]) -> None:
+        self.qualifiers = tuple(qualifiers)
+        self._memo: dict[str, tuple[int, ...]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.qualifiers)
+
+    def __call__(self, word: str) -> tuple[int, ...]:
+        hit = self._memo.get(word)
+        if hit is None:
+            hit = self._memo[word] = tuple(q for q, qual in enumerate(self.qualifiers) if qual.matches(word))
+        return hit
+
+
+def _span_qualifiers(token_quals: Sequence[tuple[int, ...]], a: int, b: int, blocked: np.ndarray) -> set[int]:
+    """Qualifiers among the mention's own words ``[a, b)`` and its clause: up to
+    :data:`QUALIFIER_WINDOW` words either side, stopping at a sentence end, ``and`` / ``but`` /
+    ``which`` ... or a negated word (and, for an affirmed mention, a hedged one). Concepts of one
+    clause share its qualifiers: "left basilar opacity, likely atelectasis" qualifies both."""
+    found = {q for j in range(a, b) for q in token_quals[j]}
+    for step, j in ((-1, a - 1), (1, b)):
+        count = 0
+        while 0 <= j < len(token_quals) and count < QUALIFIER_WINDOW and not blocked[j]:
+            found.update(token_quals[j])
+            j, count = j + step, count + 1
+    return found
 
 
 def _apply_includes(codes: np.ndarray, lexicon: Lexicon) -> np.ndarray:
@@ -192,27 +250,59 @@ def _apply_includes(codes: np.ndarray, lexicon: Lexicon) -> np.ndarray:
     return codes
 
 
-def extract_concepts(texts: Sequence[str] | pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame:
+def extract_concepts(
+    texts: Sequence[str] | pd.Series, lexicon: Lexicon | None = None, *, qualified: bool = False
+) -> pd.DataFrame:
     """Concept codes of each report: one row per text, one int8 column per concept.
 
     Args:
         texts: report texts (``None`` / NaN / non-strings count as empty).
         lexicon: concepts to extract (default: :func:`default_lexicon`).
+        qualified: also return one column ``"<concept> (<qualifier>)"`` per concept and lexicon
+            qualifier found on at least one report: ``atelectasis (left)``, ``cardiomegaly (mild)``;
+            1 when an affirmed mention of the concept has the qualifier in its clause, 2 when only a
+            hedged one has, else 0. An umbrella concept takes the qualifiers of the concepts it
+            includes.
 
     Returns:
-        DataFrame (index of ``texts`` when it is a Series), columns = concept names in lexicon order,
-        values 1 positive, -1 negative, 2 uncertain, 0 not mentioned.
+        DataFrame (index of ``texts`` when it is a Series), columns = concept names in lexicon order
+        (then the qualified columns, concept by concept), values 1 positive, -1 negative,
+        2 uncertain, 0 not mentioned.
     """
     lex = lexicon or default_lexicon()
     patterns = [re.compile(c.pattern()) for c in lex.concepts]
     negatable = [c.negatable for c in lex.concepts]
     excludes = [re.compile(p) if (p := c.exclude_pattern()) else None for c in lex.concepts]
     first_words = [c.first_words() for c in lex.concepts]
+    quals = lex.qualifiers if qualified else ()
+    qindex = _QualifierIndex(quals)
     values = list(texts)
     codes = np.zeros((len(values), len(lex)), dtype=np.int8)
+    qual_codes = np.zeros((len(values), len(lex), len(quals)), dtype=np.int8)
     for i, t in enumerate(values):
         if isinstance(t, str) and t.strip():
-            codes[i] = _report_codes(t, patterns, negatable, excludes, first_words)
+            codes[i], found = _report_codes(t, patterns, negatable, excludes, first_words, qindex)
+            for k, qs in enumerate(found):
+                for q, code in qs.items():
+                    qual_codes[i, k, q] = _PRIORITY[code]
     codes = _apply_includes(codes, lex)
     index = texts.index if isinstance(texts, pd.Series) else None
-    return pd.DataFrame(codes, columns=lex.names, index=index)
+    out = pd.DataFrame(codes, columns=lex.names, index=index)
+    if quals:
+        out = pd.concat([out, _qualified_frame(qual_codes, lex, index)], axis=1)
+    return out
+
+
+def _qualified_frame(qual_codes: np.ndarray, lex: Lexicon, index: pd.Index | None) -> pd.DataFrame:
+    """The qualified columns that occur at least once, from priorities (positive > uncertain);
+    umbrella concepts take the strongest of their own and their parts' qualified mentions."""
+    pos = {c.name.lower(): j for j, c in enumerate(lex.concepts)}
+    inv = np.array([0, -1, 2, 1], dtype=np.int8)  # priority -> code
+    cols: dict[str, np.ndarray] = {}
+    for j, c in enumerate(lex.concepts):
+        parts = [j, *(pos[i.lower()] for i in c.includes)]
+        merged = qual_codes[:, parts, :].max(axis=1)
+        for q, qual in enumerate(lex.qualifiers):
+            if merged[:, q].any():
+                cols[f"{c.name} ({qual.name})"] = inv[merged[:, q]]
+    return pd.DataFrame(cols, index=index, dtype=np.int8)

@@ -11,6 +11,10 @@ YAML format (see ``default_lexicon.yaml`` and docs/concepts.md)::
         includes: [tube]      # optional: other concepts whose mentions count for this one
         negatable: true       # optional (false for phrases that carry their own negation)
         exclude: [chest tube removal]   # optional: phrases that never count as a mention
+    qualifiers:               # optional: side, site and severity words that qualify a mention
+      - name: left
+        words: [left]         # single words; "foo*" matches any word starting with "foo"
+        group: side           # optional, free text
 
 A synonym is a phrase of lower-case words matched within one sentence; ``foo*`` matches any word
 starting with ``foo`` and ``~`` stands for up to two arbitrary words.
@@ -31,9 +35,10 @@ from medaudit.configfile import load_yaml_strict, yaml_error_text
 from medaudit.errors import InputError
 from medaudit.io import missing_reason
 
-__all__ = ["Concept", "Lexicon", "default_lexicon", "load_lexicon", "parse_lexicon"]
+__all__ = ["Concept", "Lexicon", "Qualifier", "default_lexicon", "load_lexicon", "parse_lexicon"]
 
-_TOP_KEYS = frozenset({"name", "language", "concepts", "description"})
+_TOP_KEYS = frozenset({"name", "language", "concepts", "description", "qualifiers"})
+_QUALIFIER_KEYS = frozenset({"name", "words", "group", "description"})
 _CONCEPT_KEYS = frozenset({"name", "synonyms", "group", "includes", "negatable", "exclude", "description"})
 _WORD = re.compile(r"[a-z0-9]+\*?|~")
 
@@ -85,12 +90,27 @@ def _phrases_pattern(phrases: tuple[str, ...]) -> str:
 
 
 @dataclass(frozen=True)
+class Qualifier:
+    """A side, site or severity qualifier (``left``, ``base``, ``mild`` ...) of a concept mention:
+    one of its single ``words`` (``foo*`` = any word starting with ``foo``) near the mention."""
+
+    name: str
+    words: tuple[str, ...]
+    group: str = ""
+
+    def matches(self, token: str) -> bool:
+        return any(token.startswith(w[:-1]) if w.endswith("*") else token == w for w in self.words)
+
+
+@dataclass(frozen=True)
 class Lexicon:
-    """An ordered set of concepts (order = column order of :func:`extract_concepts`)."""
+    """An ordered set of concepts (order = column order of :func:`extract_concepts`) and the
+    qualifiers that can narrow a mention (``atelectasis (left)``)."""
 
     concepts: tuple[Concept, ...]
     name: str = ""
     language: str = "en"
+    qualifiers: tuple[Qualifier, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -149,6 +169,42 @@ def _parse_concept(item: Any, where: str, i: int) -> Concept:
     return Concept(name, synonyms, _text(item.get("group"), at, "group"), includes, neg, exclude)
 
 
+def _parse_qualifier(item: Any, where: str, i: int) -> Qualifier:
+    if not isinstance(item, dict):
+        raise InputError(f"{where}: qualifiers[{i}] must be a mapping with 'name' and 'words'")
+    name = " ".join(_text(item.get("name"), f"{where}: qualifiers[{i}]", "name").split())
+    at = f"{where}: qualifier '{name}'" if name else f"{where}: qualifiers[{i}]"
+    unknown = sorted(set(map(str, item)) - _QUALIFIER_KEYS)
+    if unknown:
+        raise InputError(f"{at}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(_QUALIFIER_KEYS))})")
+    if not name:
+        raise InputError(f"{where}: qualifiers[{i}]: key 'name' is missing or empty")
+    words = _str_list(item.get("words", []), at, "words")
+    if not words:
+        raise InputError(f"{at}: key 'words' is missing or empty")
+    for j, w in enumerate(words):
+        if not re.fullmatch(r"[a-z0-9]+\*?", w.lower()):
+            raise InputError(
+                f"{at}: key 'words' item {j + 1} ({w!r}) must be one word (letters/digits, optional *)"
+            )
+    _text(item.get("description"), at, "description")
+    return Qualifier(name, tuple(w.lower() for w in words), _text(item.get("group"), at, "group"))
+
+
+def _parse_qualifiers(value: Any, where: str) -> tuple[Qualifier, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InputError(f"{where}: key 'qualifiers' must be a list of mappings with 'name' and 'words'")
+    quals = [_parse_qualifier(it, where, i) for i, it in enumerate(value)]
+    seen: set[str] = set()
+    for q in quals:
+        if q.name.lower() in seen:
+            raise InputError(f"{where}: duplicate qualifier name '{q.name}'")
+        seen.add(q.name.lower())
+    return tuple(quals)
+
+
 def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
     """Validate a lexicon given as parsed YAML (``where`` names its source in error messages)."""
     if not isinstance(data, dict):
@@ -171,7 +227,15 @@ def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
                 raise InputError(f"{where}: concept '{c.name}': key 'includes' names unknown concept '{inc}'")
     _text(data.get("description"), where, "description")
     name, language = _text(data.get("name"), where, "name"), _text(data.get("language"), where, "language")
-    return Lexicon(tuple(concepts), name, language or "en")
+    qualifiers = _parse_qualifiers(data.get("qualifiers"), where)
+    for c in concepts:
+        for q in qualifiers:
+            if f"{c.name} ({q.name})".lower() in seen:
+                raise InputError(
+                    f"{where}: concept '{c.name} ({q.name})' has the name of concept '{c.name}' "
+                    f"qualified by '{q.name}'; rename one"
+                )
+    return Lexicon(tuple(concepts), name, language or "en", qualifiers)
 
 
 def load_lexicon(path: str | Path) -> Lexicon:
