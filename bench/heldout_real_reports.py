@@ -154,6 +154,24 @@ FAILURES: tuple[Failure, ...] = (
     Failure("elevated right diaphragm", "fresh8", mesh_full=("Diaphragm/right/elevated",)),
     Failure("pleural effusion & age>=70", "fresh8", mesh=("Pleural Effusion",), age_min=70),
     Failure("female age<40 & no finding", "fresh8", sex="F", age_max=40, label=0),
+    # fresh9: defined on 2026-12-03 (eighth session) after the concept qualifiers (888f3ad) and before
+    # any run of it, mechanically: every MeSH tag with a subheading carried by >= 25 of the 3,825
+    # reports that no earlier split's group used (all 15 of them, none chosen or dropped)
+    Failure("atherosclerosis/aorta", "fresh9", mesh_full=("Atherosclerosis/aorta",)),
+    Failure("markings/bronchovascular", "fresh9", mesh_full=("Markings/bronchovascular",)),
+    Failure("calcinosis/aorta", "fresh9", mesh_full=("Calcinosis/aorta",)),
+    Failure("indwelling catheter/right", "fresh9", mesh_full=("Catheters, Indwelling/right",)),
+    Failure("spondylosis/thoracic vertebrae", "fresh9", mesh_full=("Spondylosis/thoracic vertebrae",)),
+    Failure("atelectasis/base/bilateral", "fresh9", mesh_full=("Pulmonary Atelectasis/base/bilateral",)),
+    Failure("opacity/lung/base/left", "fresh9", mesh_full=("Opacity/lung/base/left",)),
+    Failure("indwelling catheter/left", "fresh9", mesh_full=("Catheters, Indwelling/left",)),
+    Failure("pleural effusion/bilateral/small", "fresh9", mesh_full=("Pleural Effusion/bilateral/small",)),
+    Failure("opacity/lung/base/bilateral", "fresh9", mesh_full=("Opacity/lung/base/bilateral",)),
+    Failure("diaphragm/bilateral/flattened", "fresh9", mesh_full=("Diaphragm/bilateral/flattened",)),
+    Failure("cicatrix/lung/base/left", "fresh9", mesh_full=("Cicatrix/lung/base/left",)),
+    Failure("cardiac shadow/enlarged", "fresh9", mesh_full=("Cardiac Shadow/enlarged",)),
+    Failure("atelectasis/base/right", "fresh9", mesh_full=("Pulmonary Atelectasis/base/right",)),
+    Failure("osteophyte/thoracic vertebrae/multiple", "fresh9", mesh_full=("Osteophyte/thoracic vertebrae/multiple",)),
 )  # fmt: skip
 
 
