@@ -132,3 +132,11 @@ def test_qualifier_validation(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(InputError, match=match) as info:
         load_lexicon(_write(tmp_path, body))
     assert "\n" not in str(info.value)
+
+
+def test_a_synonym_that_is_a_negation_trigger_stays_affirmed() -> None:
+    """"excluded" is a NegEx trigger and a `limited technique` synonym: the trigger blocks a qualifier
+    window, but the mention itself stays affirmed, with or without qualifiers (as before them)."""
+    text = "The costophrenic angles are excluded from the image."
+    for qualified in (False, True):
+        assert extract_concepts([text], qualified=qualified).loc[0, "limited technique"] == 1

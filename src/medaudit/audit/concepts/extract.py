@@ -139,19 +139,21 @@ QUALIFIER_WINDOW = 6
 _CLAUSE_STOP = _SCOPE_STOP | {"and", "|"}
 
 
-def _tokens_and_flags(text: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The report's tokens (sentences joined by ``|``), and per token: hedged; negated or a trigger."""
+def _tokens_and_flags(text: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The report's tokens (sentences joined by ``|``) and, per token: hedged; negated; a negation
+    trigger ("no", "without" ...)."""
     tokens: list[str] = []
-    neg: list[np.ndarray] = []
-    unc: list[np.ndarray] = []
+    flags: list[list[np.ndarray]] = [[], [], []]
     for toks in sentence_tokens(text):
         negated, trigger = negation_flags(toks)
-        neg.append(np.append(negated | trigger, False))
-        unc.append(np.append(uncertainty_flags(toks), False))
+        for out, f in zip(flags, (uncertainty_flags(toks), negated, trigger), strict=True):
+            out.append(np.append(f, False))
         tokens.extend([*toks, "|"])
     if not tokens:
-        return tokens, np.zeros(0, bool), np.zeros(0, bool)
-    return tokens, np.concatenate(unc), np.concatenate(neg)
+        empty = np.zeros(0, bool)
+        return tokens, empty, empty, empty
+    unc, neg, trig = (np.concatenate(f) for f in flags)
+    return tokens, unc, neg, trig
 
 
 def _report_codes(
@@ -166,7 +168,7 @@ def _report_codes(
     ``qualifiers`` (index -> code) found around its affirmed (1) or hedged (2) mentions."""
     codes = [NOT_MENTIONED] * len(patterns)
     quals: list[dict[int, int]] = [{} for _ in patterns]
-    tokens, uncertain_all, negated_all = _tokens_and_flags(text)
+    tokens, uncertain_all, negated_all, trigger_all = _tokens_and_flags(text)
     if not tokens:
         return codes, quals
     joined = " ".join(tokens) + " "
@@ -197,7 +199,7 @@ def _report_codes(
     if qualifiers and any(mentions):
         token_quals = [qualifiers(t) for t in tokens]
         stop = np.fromiter((t in _CLAUSE_STOP for t in tokens), dtype=bool, count=len(tokens))
-        stop |= negated_all
+        stop |= negated_all | trigger_all
         for k, spans in enumerate(mentions):
             for a, b, code in spans:
                 blocked = stop | uncertain_all if code == POSITIVE else stop
