@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         for k in ("a", "b"):
             times[k].append(_once(getattr(args, k), args))
     ma, mb = statistics.median(times["a"]), statistics.median(times["b"])
-    print(f"A {ma:.2f} s {[round(x, 2) for x in times['a']]}; B {mb:.2f} s {[round(x, 2) for x in times['b']]}; B/A {mb / ma:.2f}")
+    print(
+        f"A {ma:.2f} s {[round(x, 2) for x in times['a']]}; B {mb:.2f} s {[round(x, 2) for x in times['b']]}; B/A {mb / ma:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def test_qualifier_validation(tmp_path: Path, text: str, match: str) -> None:
 
 
 def test_a_synonym_that_is_a_negation_trigger_stays_affirmed() -> None:
-    """"excluded" is a NegEx trigger and a `limited technique` synonym: the trigger blocks a qualifier
+    """ "excluded" is a NegEx trigger and a `limited technique` synonym: the trigger blocks a qualifier
     window, but the mention itself stays affirmed, with or without qualifiers (as before them)."""
     text = "The costophrenic angles are excluded from the image."
     for qualified in (False, True):
