@@ -62,11 +62,14 @@ def names_attribute(terms: Sequence[str], attribute: str) -> bool:
 
 
 def cohort_concepts(df: pd.DataFrame) -> pd.DataFrame:
-    """Concept codes of every report of the cohort (extracted once; empty frame without reports)."""
+    """Concept codes of every report of the cohort, with the audit's default qualifiers (extracted
+    once; empty frame without reports)."""
+    from medaudit.audit.pipeline import AuditConfig
     from medaudit.audit.rule_audit import report_concepts
 
+    cfg = AuditConfig()
     reports = df["report"].tolist() if "report" in df else [""] * len(df)
-    codes, _ = report_concepts(reports)
+    codes, _ = report_concepts(reports, qualified=cfg.concept_qualifiers, min_reports=cfg.rule_min_support)
     return codes.reset_index(drop=True) if codes is not None else pd.DataFrame(index=range(len(df)))
 
 
