@@ -147,16 +147,22 @@ def _str_list(value: Any, where: str, key: str) -> tuple[str, ...]:
     return tuple(str(v).strip() for v in value)
 
 
-def _parse_concept(item: Any, where: str, i: int) -> Concept:
+def _entry(item: Any, where: str, kind: str, i: int, keys: frozenset[str], needs: str) -> tuple[str, str]:
+    """Check one ``concepts`` / ``qualifiers`` list item's shape and name: (name, where-prefix)."""
     if not isinstance(item, dict):
-        raise InputError(f"{where}: concepts[{i}] must be a mapping with 'name' and 'synonyms'")
-    name = " ".join(_text(item.get("name"), f"{where}: concepts[{i}]", "name").split())
-    at = f"{where}: concept '{name}'" if name else f"{where}: concepts[{i}]"
-    unknown = sorted(set(map(str, item)) - _CONCEPT_KEYS)
+        raise InputError(f"{where}: {kind}s[{i}] must be a mapping with 'name' and '{needs}'")
+    name = " ".join(_text(item.get("name"), f"{where}: {kind}s[{i}]", "name").split())
+    at = f"{where}: {kind} '{name}'" if name else f"{where}: {kind}s[{i}]"
+    unknown = sorted(set(map(str, item)) - keys)
     if unknown:
-        raise InputError(f"{at}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(_CONCEPT_KEYS))})")
+        raise InputError(f"{at}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(keys))})")
     if not name:
-        raise InputError(f"{where}: concepts[{i}]: key 'name' is missing or empty")
+        raise InputError(f"{where}: {kind}s[{i}]: key 'name' is missing or empty")
+    return name, at
+
+
+def _parse_concept(item: Any, where: str, i: int) -> Concept:
+    name, at = _entry(item, where, "concept", i, _CONCEPT_KEYS, "synonyms")
     synonyms = _str_list(item.get("synonyms", []), at, "synonyms")
     includes = _str_list(item.get("includes", []), at, "includes")
     exclude = _str_list(item.get("exclude", []), at, "exclude")
@@ -170,15 +176,7 @@ def _parse_concept(item: Any, where: str, i: int) -> Concept:
 
 
 def _parse_qualifier(item: Any, where: str, i: int) -> Qualifier:
-    if not isinstance(item, dict):
-        raise InputError(f"{where}: qualifiers[{i}] must be a mapping with 'name' and 'words'")
-    name = " ".join(_text(item.get("name"), f"{where}: qualifiers[{i}]", "name").split())
-    at = f"{where}: qualifier '{name}'" if name else f"{where}: qualifiers[{i}]"
-    unknown = sorted(set(map(str, item)) - _QUALIFIER_KEYS)
-    if unknown:
-        raise InputError(f"{at}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(_QUALIFIER_KEYS))})")
-    if not name:
-        raise InputError(f"{where}: qualifiers[{i}]: key 'name' is missing or empty")
+    name, at = _entry(item, where, "qualifier", i, _QUALIFIER_KEYS, "words")
     words = _str_list(item.get("words", []), at, "words")
     if not words:
         raise InputError(f"{at}: key 'words' is missing or empty")
