@@ -195,12 +195,18 @@ def _parse_qualifiers(value: Any, where: str) -> tuple[Qualifier, ...]:
     if not isinstance(value, list):
         raise InputError(f"{where}: key 'qualifiers' must be a list of mappings with 'name' and 'words'")
     quals = [_parse_qualifier(it, where, i) for i, it in enumerate(value)]
-    seen: set[str] = set()
-    for q in quals:
-        if q.name.lower() in seen:
-            raise InputError(f"{where}: duplicate qualifier name '{q.name}'")
-        seen.add(q.name.lower())
+    _unique_names([q.name for q in quals], where, "qualifier")
     return tuple(quals)
+
+
+def _unique_names(names: list[str], where: str, kind: str) -> set[str]:
+    """The lower-cased names; a duplicate (case-insensitive) is an :class:`InputError`."""
+    seen: set[str] = set()
+    for name in names:
+        if name.lower() in seen:
+            raise InputError(f"{where}: duplicate {kind} name '{name}'")
+        seen.add(name.lower())
+    return seen
 
 
 def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
@@ -214,11 +220,7 @@ def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
     if not isinstance(items, list) or not items:
         raise InputError(f"{where}: key 'concepts' is missing or empty")
     concepts = [_parse_concept(it, where, i) for i, it in enumerate(items)]
-    seen: set[str] = set()
-    for c in concepts:
-        if c.name.lower() in seen:
-            raise InputError(f"{where}: duplicate concept name '{c.name}'")
-        seen.add(c.name.lower())
+    seen = _unique_names([c.name for c in concepts], where, "concept")
     for c in concepts:
         for inc in c.includes:
             if inc.lower() not in seen:
