@@ -189,7 +189,7 @@ def _report_codes(
                 code = NEGATIVE
             else:
                 code = POSITIVE
-            if code != NEGATIVE:
+            if qualifiers and code != NEGATIVE:
                 mentions[k].append((a, b, code))
             if _PRIORITY[code] > _PRIORITY[best]:
                 best = code
@@ -240,15 +240,21 @@ def _span_qualifiers(token_quals: Sequence[tuple[int, ...]], a: int, b: int, blo
     return found
 
 
+_CODE_OF_PRIORITY = np.array([NOT_MENTIONED, NEGATIVE, UNCERTAIN, POSITIVE], dtype=np.int8)
+
+
+def _parts(lexicon: Lexicon) -> list[list[int]]:
+    """Per concept, its own column and those of the concepts it includes."""
+    index = {c.name.lower(): j for j, c in enumerate(lexicon.concepts)}
+    return [[j, *(index[i.lower()] for i in c.includes)] for j, c in enumerate(lexicon.concepts)]
+
+
 def _apply_includes(codes: np.ndarray, lexicon: Lexicon) -> np.ndarray:
     """Umbrella concepts take the strongest code of themselves and the concepts they include."""
-    index = {c.name.lower(): j for j, c in enumerate(lexicon.concepts)}
     prio = np.vectorize(_PRIORITY.get, otypes=[np.int8])(codes) if codes.size else codes
-    inv = np.array([0, -1, 2, 1], dtype=np.int8)  # priority -> code
-    for j, c in enumerate(lexicon.concepts):
-        if c.includes:
-            cols = [j, *(index[i.lower()] for i in c.includes)]
-            codes[:, j] = inv[prio[:, cols].max(axis=1)]
+    for j, cols in enumerate(_parts(lexicon)):
+        if len(cols) > 1:
+            codes[:, j] = _CODE_OF_PRIORITY[prio[:, cols].max(axis=1)]
     return codes
 
 
@@ -298,13 +304,10 @@ def extract_concepts(
 def _qualified_frame(qual_codes: np.ndarray, lex: Lexicon, index: pd.Index | None) -> pd.DataFrame:
     """The qualified columns that occur at least once, from priorities (positive > uncertain);
     umbrella concepts take the strongest of their own and their parts' qualified mentions."""
-    pos = {c.name.lower(): j for j, c in enumerate(lex.concepts)}
-    inv = np.array([0, -1, 2, 1], dtype=np.int8)  # priority -> code
     cols: dict[str, np.ndarray] = {}
-    for j, c in enumerate(lex.concepts):
-        parts = [j, *(pos[i.lower()] for i in c.includes)]
+    for c, parts in zip(lex.concepts, _parts(lex), strict=True):
         merged = qual_codes[:, parts, :].max(axis=1)
         for q, qual in enumerate(lex.qualifiers):
             if merged[:, q].any():
-                cols[f"{c.name} ({qual.name})"] = inv[merged[:, q]]
+                cols[f"{c.name} ({qual.name})"] = _CODE_OF_PRIORITY[merged[:, q]]
     return pd.DataFrame(cols, index=index, dtype=np.int8)
