@@ -56,6 +56,23 @@ def test_one_clause_shares_its_qualifiers() -> None:
     assert {"lung opacity (left)", "atelectasis (left)", "atelectasis (base)"} <= got
 
 
+def test_anatomical_sites_qualify_findings_outside_the_lung() -> None:
+    assert "calcification (aorta)" in _quals("Aortic calcification is noted.")
+    got = _quals("Small T-spine osteophytes.")  # "t-spine" is two tokens: t, spine
+    assert {
+        "degenerative change (thoracic)",
+        "degenerative change (spine)",
+        "degenerative change (mild)",
+    } <= got
+    assert "degenerative change (lumbar)" not in got
+    got = _quals("Calcified right hilar lymph nodes.")
+    assert {"calcification (right)", "calcification (hilar)", "calcification (lymph node)"} <= got
+    assert "sternotomy wires or clips (mediastinum)" in _quals("Surgical clips overlying the mediastinum.")
+    # a site in a negated sentence qualifies nothing, and a site never crosses into the next sentence
+    got = _quals("No mediastinal widening. Calcified granuloma.")
+    assert "granuloma (mediastinum)" not in got and "calcification (mediastinum)" not in got
+
+
 def test_umbrella_concept_takes_its_parts_qualifiers() -> None:
     got = _quals("Left chest tube in place.")
     assert "tube (left)" in got and "support device (left)" in got

@@ -5,7 +5,9 @@ error come back without importing torch. This module also owns the exit status o
 
 * 0 success; 2 bad input (one line naming the file, column or row; also usage errors);
 * 130 interrupted (Ctrl-C / SIGTERM), with one line saying what was kept;
-* 1 an internal error, summarised on one line (``-v`` or ``MEDAUDIT_TRACEBACK=1`` shows the traceback).
+* 1 an internal error, summarised on one line (``-v`` or ``MEDAUDIT_TRACEBACK=1`` shows the traceback);
+* 141 the reader of standard output closed it early (``| head``), as for a shell tool ended by SIGPIPE;
+  files the command wrote are complete.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def _root(
 def list_command(
     what: str = typer.Argument(..., help="encoders | filters | corruptions | slicers | recipes"),
 ) -> None:
-    """List what is available: encoders, filters, corruptions, slicers."""
+    """List what is available: encoders, filters, corruptions, slicers, training recipes."""
     from medaudit.registry import available
 
     for line in available(what):
@@ -272,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted()
     except typer.Exit as exc:
         rc = int(exc.exit_code or 0)
+    except SystemExit:
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # click's exit on a closed stdout (EPIPE)
+            return 141
+        raise
     except Exception as exc:
         if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
             from medaudit.configfile import validation_error

@@ -266,9 +266,14 @@ def _lock(path: Path, flag: str) -> Iterator[None]:
     lock = path.parent / f".{path.name}.lock"
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InputError(f"{flag} {path}: {lock} is a link, not a medaudit lock; move it") from None
             raise InputError(f"{flag} {path}: cannot write in {path.parent} ({exc.strerror})") from None
+        if os.fstat(fd).st_size > 0:  # medaudit's locks are empty: this is someone's file
+            os.close(fd)
+            raise InputError(f"{flag} {path}: {lock} holds data, so it is not a medaudit lock; move it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -1,4 +1,5 @@
-"""What is available by name: encoders, slicers, filters, corruptions (``medaudit list WHAT``)."""
+"""What is available by name: encoders, slicers, filters, corruptions, training recipes
+(``medaudit list WHAT``)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,18 @@ def _filters(test_only: bool) -> list[str]:
     ]
 
 
+def _recipes() -> list[str]:
+    from medaudit.texture.recipes import RECIPES
+
+    return [f"{name}\t{cls.__name__}" for name, cls in RECIPES.items()]
+
+
 LISTS: dict[str, Callable[[], list[str]]] = {
     "encoders": _encoders,
     "slicers": _slicers,
     "filters": lambda: _filters(test_only=False),
     "corruptions": lambda: _filters(test_only=True),
+    "recipes": _recipes,
 }
 
 

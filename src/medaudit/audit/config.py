@@ -185,6 +185,11 @@ def check_meta_columns(meta: list[str] | tuple[str, ...], columns: ColumnMap) ->
             continue  # the report text is read from the files named by report_path
         if col is not None and col in seen:
             raise InputError(f"--meta '{col}': the {what} column ({flag}) cannot also be metadata{why}")
+    if "label" in seen:  # the rule predicates "label = 0/1" are the ground truth's
+        raise InputError(
+            "--meta 'label': the name 'label' is reserved for the ground-truth predicates (label = 0 / 1); "
+            "rename that metadata column"
+        )
 
 
 class AuditConfig(_Model):

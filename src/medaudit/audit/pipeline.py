@@ -135,12 +135,25 @@ def _make_slicer(config: AuditConfig, n_cases: int) -> Any:
             f"{n_cases} cases, fewer than the slicer needs ({need}: n_slices={params.get('n_slices')}, "
             f"mixture components={params.get('n_mixture_components', '-')}); lower --n-components / --n-slices"
         )
+    _check_confusion_init(slicer, params)
     from medaudit.audit.slicers.mixture import RANK_RULES
 
     if "rank_by" in params and params["rank_by"] not in RANK_RULES:  # fail before the slow encoding
         raise InputError(f"rank_by '{params['rank_by']}': choose one of {', '.join(RANK_RULES)}")
     slicer.set_params(**params)
     return slicer
+
+
+def _check_confusion_init(slicer: Any, params: dict[str, Any]) -> None:
+    """The mixture's confusion-matrix initialisation needs a component per (label, prediction) cell of
+    the binary task: refuse fewer before any case is embedded, naming the flag."""
+    init = params.get("init", getattr(slicer, "init", None))
+    k = params.get("n_mixture_components")
+    if init == "confusion" and isinstance(k, int) and k < 4:
+        raise InputError(
+            f"--n-components {k}: the mixture's confusion initialisation needs at least 4 components "
+            "(2 labels x 2 predictions); use 4 or more, or slicer_kwargs init: kmeans in --config"
+        )
 
 
 _RANKING_NOTE = {
@@ -231,13 +244,14 @@ def _fit_mixture(
 def _fit_rules(predicates: pd.DataFrame, config: AuditConfig, targets: np.ndarray, probs: np.ndarray) -> Any:
     from medaudit.audit.slicers.rules import RuleSlicer
 
-    params = {k: v for k, v in config.slicer_kwargs.items() if k in RuleSlicer().get_params()}
-    rs = RuleSlicer(
-        n_slices=config.n_slices,
-        max_level=config.rule_max_level,
-        min_support=config.rule_min_support,
-        **{"exploratory": config.rule_exploratory, **params},
-    )
+    params: dict[str, Any] = {
+        "n_slices": config.n_slices,
+        "max_level": config.rule_max_level,
+        "min_support": config.rule_min_support,
+        "exploratory": config.rule_exploratory,
+    }
+    params.update({k: v for k, v in config.slicer_kwargs.items() if k in _rule_params()})
+    rs = RuleSlicer(**params)
     return rs.fit(predicates, targets, probs)
 
 
@@ -636,9 +650,31 @@ def _min_cases(config: AuditConfig, family: str) -> int:
 
 
 def _slicer_for(config: AuditConfig, family: str, n: int) -> Any:
-    """The embedding slicer of ``family`` for ``n`` cases (``both``: the mixture; ``rules``: none)."""
-    slicer = _make_slicer(config.model_copy(update={"slicer": "mixture"}), n) if family == "both" else None
-    return slicer or (_make_slicer(config, n) if family != "rules" else None)
+    """The embedding slicer of ``family`` for ``n`` cases (``both``: the mixture; ``rules``: none).
+    ``slicer_kwargs`` go to the slicer that accepts them; a key no slicer of the family accepts is
+    refused here, before any case is embedded."""
+    from medaudit.audit.slicers import get_slicer
+
+    if family not in ("rules", "both"):
+        return _make_slicer(config, n)
+    rule_keys = _rule_params()
+    mix_keys = set(get_slicer("mixture").get_params(deep=False)) if family == "both" else set()
+    unknown = sorted(set(config.slicer_kwargs) - rule_keys - mix_keys)
+    if unknown:
+        raise InputError(
+            f"slicer_kwargs '{unknown[0]}': slicer '{family}' has no such parameter "
+            f"(accepted: {', '.join(sorted(rule_keys | mix_keys))})"
+        )
+    if family == "rules":
+        return None
+    mix_kwargs = {k: v for k, v in config.slicer_kwargs.items() if k in mix_keys}
+    return _make_slicer(config.model_copy(update={"slicer": "mixture", "slicer_kwargs": mix_kwargs}), n)
+
+
+def _rule_params() -> set[str]:
+    from medaudit.audit.slicers.rules import RuleSlicer
+
+    return set(RuleSlicer().get_params(deep=False))
 
 
 def _search_rules(

@@ -152,7 +152,12 @@ def build_predicates(
         if n is not None and len(y) != n:
             raise ValueError("label must have one entry per row")
         for v in np.unique(y):
-            cols[f"label = {int(v)}"] = y == v
+            name = f"label = {int(v)}"
+            if name in cols:
+                raise ValueError(
+                    f"a metadata column named 'label' would hide the ground-truth predicate {name!r}"
+                )
+            cols[name] = y == v
     if extra is not None:
         for c in extra.columns:
             cols.setdefault(str(c), np.asarray(extra[c].to_numpy(dtype=bool)))

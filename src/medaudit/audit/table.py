@@ -378,9 +378,14 @@ def _case_frame(
     )
 
 
+def _blank(col: pd.Series) -> pd.Series:
+    """Missing values and blank strings (a JSON table writes an absent value as ``""``)."""
+    return col.isna() | col.map(lambda v: isinstance(v, str) and not v.strip())
+
+
 def _check_meta_not_empty(table: CaseTable, meta: list[str], where: str) -> None:
     """The metadata encoder cannot scale a column that has no value at all."""
-    empty = next((m for m in meta if len(table.meta) and table.meta[m].isna().all()), None)
+    empty = next((m for m in meta if len(table.meta) and _blank(table.meta[m]).all()), None)
     if empty is not None:
         kept = " of the rows kept" if table.n_skipped else ""
         raise InputError(

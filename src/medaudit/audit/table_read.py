@@ -29,7 +29,7 @@ def _suffix(p: Path) -> str:
 def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Read a CSV / TSV, Parquet or JSON Lines file into a DataFrame (no validation beyond parsing).
 
-    ``text_columns`` (e.g. the id column) are read from CSV / TSV as text, so ``007`` stays ``007``.
+    ``text_columns`` (e.g. the id column) are read from CSV / TSV / JSON as text, so ``007`` stays ``007``.
     A CSV / TSV header must name each column once and every data line must have as many fields as the
     header (pandas would otherwise rename a repeated column, or shift a longer line into a phantom row);
     a bad JSON Lines file is named with its first bad line.
@@ -57,7 +57,7 @@ def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -
             check_unique_header(p, pq.read_schema(p).names)  # pyarrow: 'Multiple matches for FieldRef'
             return pd.read_parquet(p)
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz", ".json"):
-            return _read_json(p, lines=suffix != ".json")
+            return _read_json(p, lines=suffix != ".json", text_columns=text_columns)
     except InputError:
         raise
     except pd.errors.EmptyDataError as exc:
@@ -184,12 +184,13 @@ def _check_json_lines(p: Path) -> None:
         raise InputError(f"{p}: cannot read table ({exc})") from exc
 
 
-def _read_json(p: Path, lines: bool) -> pd.DataFrame:
-    """A JSON Lines (or, with ``lines=False``, a JSON) table; a bad line is named."""
+def _read_json(p: Path, lines: bool, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """A JSON Lines (or, with ``lines=False``, a JSON) table; a bad line is named; ``text_columns``
+    stay text (``"007"`` is not the number 7)."""
     if lines:
         _check_json_lines(p)  # names the first bad line (pandas keeps the last of a repeated key)
     try:
-        df = pd.read_json(p, lines=lines)
+        df = pd.read_json(p, lines=lines, dtype=dict.fromkeys(text_columns, str) or True)
     except ValueError as exc:  # ujson: 'Value is too big! at position 232', a place in no line
         where = _big_number(p) if lines and str(exc).startswith("Value is too") else None
         if where is None:

@@ -209,6 +209,28 @@ def _unique_names(names: list[str], where: str, kind: str) -> set[str]:
     return seen
 
 
+def _check_qualified_names(
+    concepts: list[Concept], qualifiers: tuple[Qualifier, ...], seen: set[str], where: str
+) -> None:
+    """Every qualified column name (``"<concept> (<qualifier>)"``) is new: neither a concept's name nor
+    another concept-qualifier pair's (``a`` + ``b (c)`` and ``a (b`` + ``c)`` would share one)."""
+    pairs: dict[str, tuple[str, str]] = {}
+    for c in concepts:
+        for q in qualifiers:
+            col = f"{c.name} ({q.name})"
+            if col.lower() in seen:
+                raise InputError(
+                    f"{where}: concept '{col}' has the name of concept '{c.name}' "
+                    f"qualified by '{q.name}'; rename one"
+                )
+            other = pairs.setdefault(col.lower(), (c.name, q.name))
+            if other != (c.name, q.name):
+                raise InputError(
+                    f"{where}: concept '{c.name}' qualified by '{q.name}' and concept '{other[0]}' qualified "
+                    f"by '{other[1]}' would both be column '{col}'; rename one"
+                )
+
+
 def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
     """Validate a lexicon given as parsed YAML (``where`` names its source in error messages)."""
     if not isinstance(data, dict):
@@ -228,13 +250,7 @@ def parse_lexicon(data: Any, where: str = "<lexicon>") -> Lexicon:
     _text(data.get("description"), where, "description")
     name, language = _text(data.get("name"), where, "name"), _text(data.get("language"), where, "language")
     qualifiers = _parse_qualifiers(data.get("qualifiers"), where)
-    for c in concepts:
-        for q in qualifiers:
-            if f"{c.name} ({q.name})".lower() in seen:
-                raise InputError(
-                    f"{where}: concept '{c.name} ({q.name})' has the name of concept '{c.name}' "
-                    f"qualified by '{q.name}'; rename one"
-                )
+    _check_qualified_names(concepts, qualifiers, seen, where)
     return Lexicon(tuple(concepts), name, language or "en", qualifiers)
 
 

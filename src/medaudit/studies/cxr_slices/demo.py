@@ -22,6 +22,7 @@ failure that is larger than the baked-in one, so a size-aware ranking correctly 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ def run_demo(
     from medaudit.device import seed_everything
 
     quiet = _check_args(out_dir, cache_dir, views, force, quiet)
+    _check_settings(seed, corr, (epochs, n_train, n_test, n_slices), rank_by, slicer, device)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -148,6 +150,28 @@ def _check_args(
     if quiet is None:
         quiet = os.environ.get("MEDAUDIT_QUIET", "") == "1"
     return quiet
+
+
+def _check_settings(
+    seed: int, corr: float, sizes: tuple[int | None, ...], rank_by: str, slicer: str, device: str | None
+) -> None:
+    """The demo's numbers and names, before the cohort is built: one line naming the option.
+    ``sizes``: epochs, training and test cases, slices (``None``: the default)."""
+    from medaudit.audit.slicers.mixture import RANK_RULES
+    from medaudit.device import check_device
+
+    if seed < 0:
+        raise InputError(f"--seed {seed}: must be >= 0")
+    if not math.isfinite(corr) or not -1.0 <= corr <= 1.0:
+        raise InputError(f"--corr {corr}: must be a Pearson correlation in [-1, 1]")
+    for flag, v in zip(("--epochs", "--n-train", "--n-test", "--n-slices"), sizes, strict=True):
+        if v is not None and v < 1:
+            raise InputError(f"{flag} {v}: must be at least 1")
+    if rank_by not in RANK_RULES:
+        raise InputError(f"--rank-by '{rank_by}': choose one of {', '.join(RANK_RULES)}")
+    if slicer not in ("both", "mixture", "rules"):
+        raise InputError(f"--slicer '{slicer}': choose both, mixture or rules")
+    check_device(device)
 
 
 def _sizes(
