@@ -208,7 +208,9 @@ class TfidfSVDEncoder(_TextEncoder):
         except ValueError as exc:  # empty vocabulary
             raise ReportVocabularyError(f"tfidf-svd: cannot fit on these reports ({exc})") from exc
         if self.max_features is not None and self.max_features < 2:
-            raise InputError(f"tfidf-svd: max_features={self.max_features}; the encoder needs at least 2 terms")
+            raise InputError(
+                f"tfidf-svd: max_features={self.max_features}; the encoder needs at least 2 terms"
+            )
         if x.shape[1] < 2:  # TruncatedSVD needs two features
             raise ReportVocabularyError(
                 f"tfidf-svd: the reports hold {x.shape[1]} distinct term(s) in all; at least 2 are needed "
