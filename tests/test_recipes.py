@@ -36,7 +36,9 @@ def test_registry_and_validation():
         make_recipe("synthseg", {"blur": [2, 1]})
     with pytest.raises(InputError, match="layers"):
         make_recipe("gin", {"layers": 0})
-    assert make_recipe("mixed", {"exclude_families": "noise"}).exclude == ("noise",)
+    with pytest.raises(InputError, match="list of family names"):  # a string was split into letters
+        make_recipe("mixed", {"exclude_families": "noise"})
+    assert make_recipe("mixed", {"exclude_families": ["noise"]}).exclude == ("noise",)
     with pytest.raises(InputError, match="k must be"):
         make_recipe("bigaug", {"families": ["noise", "blur"], "k": 3})
     with pytest.raises(InputError, match="recipe"):

@@ -281,6 +281,7 @@ def read_nifti_folder(
     _pattern_regex(label_pattern)
     image_glob = image_pattern.replace("{id}", "*")
     cases = []
+    scans: dict[str, str] = {}  # resolved image path -> case id (a symlink to another image of the folder)
     for p in sorted(folder.glob(image_glob)):
         m = rx.match(p.relative_to(folder).as_posix())
         if not m:
@@ -290,6 +291,12 @@ def read_nifti_folder(
         labs = sorted(folder.glob(label_pattern.replace("{id}", glob.escape(cid))))  # 'scan[1]' is a name
         if not labs and require_label:
             raise InputError(f"{p}: no label matching '{lab_glob}' in {folder}")
+        real = os.path.realpath(p)
+        if real in scans:
+            raise InputError(
+                f"{p}: case '{cid}' is the same scan as case '{scans[real]}' ({real}); list each scan once"
+            )
+        scans[real] = cid
         cases.append(VolumeCase(cid, p, labs[0] if labs else None))
     if not cases:
         raise InputError(f"{folder}: no image matches '{image_pattern}'")
@@ -327,6 +334,7 @@ def read_csv_pairs(
     if require_label and label_col not in cols:
         raise InputError(f"{path}: missing column '{label_col}'")
     cases, seen = [], set()
+    scans: dict[str, tuple[int, str]] = {}  # resolved image path -> (line, case id)
     for i, row in zip(lines, rows, strict=True):
         if None in row:  # more fields than the header (a trailing comma the header lacks, a shifted line)
             n = len(row) - 1 + len(row[None])  # type: ignore[arg-type]
@@ -347,6 +355,14 @@ def read_csv_pairs(
         if cid in seen:
             raise InputError(f"{path}: line {i}: duplicate case id '{cid}'")
         seen.add(cid)
+        real = os.path.realpath(img_p)
+        if real in scans:  # one scan under two ids could land in both the training and the test split
+            j, other = scans[real]
+            raise InputError(
+                f"{path}: line {i}: case '{cid}' has the same image as case '{other}' (line {j}): {real}; "
+                "list each scan once"
+            )
+        scans[real] = (i, cid)
         meta = {k: v for k, v in row.items() if k not in {image_col, label_col, id_col}}
         cases.append(VolumeCase(cid, img_p, lab_p, None, meta))
     return cases
@@ -582,7 +598,9 @@ def load_case(
         image = normalise_intensity(image)
     if spacing is not None:
         _check_resampled_size(image.shape, affine, spacing, case.image)
+        shape, native = image.shape, affine
         image, label, affine = _resample(image, label, affine, spacing)
+        _check_min_resampled(shape, image.shape, native, spacing_of(affine), case.image)  # as made
     if min_shape is not None:
         image, label = _ensure_min_shape(
             image, label, tuple(int(s) for s in min_shape), small_policy, case.image
@@ -605,6 +623,12 @@ def _check_resampled_size(
     header with voxels of metres (or a unit error) would otherwise ask for terabytes when resampled."""
     sp = (float(spacing),) * 3 if np.isscalar(spacing) else tuple(float(s) for s in spacing)  # type: ignore[arg-type]
     new = [math.ceil(n * old / s) for n, old, s in zip(shape, spacing_of(affine), sp, strict=True)]
+    # TorchIO keeps floor(n * old / new) voxels per axis (an axis of one voxel stays one)
+    kept = [
+        1 if n == 1 else math.floor(n * old / s)
+        for n, old, s in zip(shape, spacing_of(affine), sp, strict=True)
+    ]
+    _check_min_resampled(shape, kept, affine, sp, path)
     limit = max_volume_voxels()
     if math.prod(new) > limit:
         size, work = ("x".join(f"{v:.4g}" for v in vs) for vs in (spacing_of(affine), sp))
@@ -612,6 +636,20 @@ def _check_resampled_size(
             f"{path}: voxels of {size} mm resampled to the working spacing {work} mm would make "
             f"{math.prod(new):,} voxels, over the limit of {limit:,} (check the header's voxel size; "
             "raise MEDAUDIT_MAX_VOLUME_VOXELS to allow it)"
+        )
+
+
+def _check_min_resampled(
+    shape: Sequence[int], new: Sequence[int], affine: np.ndarray, sp: Sequence[float], path: Path
+) -> None:
+    """A volume resampled to the working spacing keeps at least two voxels along each axis that had
+    them: an empty (or one-voxel) volume would be trained on padding, or segmented as background."""
+    if any(m < 1 or (m < 2 <= n) for n, m in zip(shape, new, strict=True)):
+        size, work = ("x".join(f"{v:.4g}" for v in vs) for vs in (spacing_of(affine), sp))
+        raise InputError(
+            f"{path}: shape {tuple(int(n) for n in shape)} with voxels of {size} mm resampled to the working "
+            f"spacing {work} mm would leave shape {tuple(int(m) for m in new)}, too few voxels (check the "
+            "header's voxel size, or the working spacing)"
         )
 
 

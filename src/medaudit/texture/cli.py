@@ -210,7 +210,7 @@ def _train_config(
     if severity is not None:
         if "," in severity:  # training draws a severity from one range; a list would read as one
             raise InputError(f"--severity {severity!r}: give one level (3) or one range (1-3), not a list")
-        sv = _ints(severity, "severity", lo=0, hi=5, unique=True)
+        sv = _ints(severity, "severity", lo=1, hi=5, unique=True)  # 0 would train on the clean scans
         over["filter_severity"] = sv[0] if len(sv) == 1 else [min(sv), max(sv)]
     if patch_size is not None:
         if not 8 <= patch_size <= MAX_PATCH:  # named here: the merged config's error named no flag
@@ -266,7 +266,7 @@ def _run_train(cfg: TrainConfig, out: Path, config: Path | None, resume: bool, f
 
 def _check_models(models: list[Path]) -> None:
     """Fail with one line naming the model file before anything else is read."""
-    from medaudit.texture.train import load_checkpoint
+    from medaudit.texture.train import check_model_meta, load_checkpoint
 
     if not models:
         raise InputError("--model: give at least one model.pt")
@@ -280,11 +280,22 @@ def _check_models(models: list[Path]) -> None:
             raise InputError(
                 f"not a medaudit model, or unsafe to load: {m} (use the model.pt written by train)"
             )
+        try:
+            check_model_meta(st)
+        except ValueError:
+            raise InputError(
+                f"not a medaudit model, or unsafe to load: {m} (inconsistent contents)"
+            ) from None
 
 
 def _cases_for_eval(models: list[Path], data: str | None, data_path: str | None, split: str) -> list[Any]:
     from medaudit.data import mri as tdata
 
+    if data is None and data_path is not None:  # it was ignored: split.json's cases were evaluated
+        raise InputError(
+            f"--data-path {data_path}: give --data too (folder, csv or dhcp); without --data the run's "
+            "split.json is evaluated"
+        )
     _check_models(models)
     if data is not None:
         return tdata.get_cases(data, data_path)

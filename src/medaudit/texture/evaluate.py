@@ -121,13 +121,19 @@ class CaseVolumes:
     def load(self, label_set: str, spacing: Any) -> CaseVolumes:
         """Read and check every case with ``label_set`` and working ``spacing`` (once for these)."""
         if self._how != (label_set, spacing):
-            self._how, self._kept, used = None, [], 0
+            self._how, self._kept, used, foreground = None, [], 0, False
             for case in self.cases:
                 vol = _load_labelled_case(case, label_set, spacing)
+                foreground = foreground or bool((vol["label"] > 0).any())
                 size = vol["image"].nbytes + vol["label"].nbytes
                 keep = used + size <= self.keep_bytes
                 self._kept.append(vol if keep else None)
                 used += size if keep else 0
+            if self.cases and not foreground:  # every Dice and HD95 would be undefined (NaN)
+                raise InputError(
+                    f"{self.cases[0].label}: every label map of the {len(self.cases)} test case(s) is all "
+                    f"background (no '{label_set}' foreground label); nothing to score"
+                )
             self._how = (label_set, spacing)
         return self
 

@@ -81,8 +81,14 @@ class Recipe:
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) <= 1.0:
             raise InputError(f"recipe '{self.name}': p must be a number in [0, 1], got {p!r}")
         self.p = float(p)
-        excl = opts.get("exclude_families") or ()
-        self.exclude = (excl,) if isinstance(excl, str) else tuple(str(f) for f in excl)
+        excl = opts.get("exclude_families")
+        excl = [] if excl is None else excl
+        if not isinstance(excl, list | tuple) or not all(isinstance(f, str) for f in excl):
+            raise InputError(
+                f"recipe '{self.name}': option 'exclude_families' must be a list of family names "
+                f'(e.g. ["noise"]), got {excl!r:.60}'
+            )
+        self.exclude = tuple(excl)
         _check_families(self.exclude, f"recipe '{self.name}': exclude_families")
         self.options = opts
         self.severity_version = check_version(severity_version)
@@ -164,6 +170,10 @@ class Filtered(Recipe):
             raise InputError(f"filter_name {f!r}: unknown filter; known: {', '.join(sorted(FILTERS))}")
         if not (isinstance(sev, list) and len(sev) == 2 and 0 <= sev[0] <= sev[1] <= 5):
             raise InputError(f"filter_severity {sev!r}: give a level 0..5 or a range [lo, hi] with lo <= hi")
+        if f is not None and sev[0] < 1:  # level 0 is the identity: a 'filtered' copy that is the clean one
+            raise InputError(
+                f"filter_severity {sev!r}: a filter's levels are 1..5 (0 would leave the scans clean)"
+            )
 
     def train_families(self) -> list[str]:
         from medaudit.texture.filters import family_of
@@ -342,10 +352,13 @@ class GIN(Recipe):
             v = self.options.get(key, 4)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"recipe 'gin': option '{key}' must be an integer >= 1, got {v!r}")
+        if "texture" in self.exclude:  # its only family: every sample would stay clean
+            raise InputError(
+                "recipe 'gin': no corruption left after exclusions (exclude_families removes 'texture', "
+                "its only family; that is the clean baseline)"
+            )
 
     def transform(self, x: Tensor, y: Tensor, g: torch.Generator) -> Tensor:
-        if "texture" in self.exclude:
-            return x
         from medaudit.texture.filters.randomization import _match_moments
 
         n, c = x.shape[0], x.shape[1]

@@ -146,6 +146,11 @@ class TrainConfig(Config):
         levels = [sev] if isinstance(sev, int) else list(sev)
         if not levels or any(not (0 <= int(s) <= 5) for s in levels) or len(levels) > 2:
             raise InputError(f"filter_severity must be a level 0..5 or a [lo, hi] range, got {sev!r}")
+        uses_filter = self.recipe == "filtered" or (self.recipe is None and self.mode != "clean")
+        if uses_filter and any(int(s) < 1 for s in levels):  # level 0 is the identity: a clean model
+            raise InputError(
+                f"filter_severity must be a level 1..5 (or a [lo, hi] range of them) with a filter, got {sev!r}"
+            )
         if len(self.patch_size) != 3 or any(int(p) < 8 for p in self.patch_size):
             raise InputError(f"patch_size must be three sizes >= 8, got {self.patch_size!r}")
         _check_unet_sizes(self.patch_size, self.inference_roi, len(self.channels))
@@ -479,6 +484,13 @@ def _prepare_volumes(
     for v, c in zip(vols, cases, strict=True):
         if v["label"] is None:
             raise InputError(f"{c.image}: training and validation need a label map")
+    if vols and not any(bool((v["label"] > 0).any()) for v in vols):  # Dice is undefined (MONAI says 0.0)
+        where = config.data_path or config.data_source
+        split = "training" if training else "validation"
+        raise InputError(
+            f"{where}: every label map of the {len(vols)} {split} case(s) is all background (no "
+            f"'{config.label_set}' foreground label), e.g. {cases[0].label}; check the label files"
+        )
     if training and config.recipe_name == "filtered":
         lo, hi = _sev_range(config)
         for v in vols:
@@ -893,6 +905,23 @@ def _usable_device(spec: str | None) -> str | None:
         return None
 
 
+def check_model_meta(st: dict[str, Any]) -> None:
+    """The metadata evaluation reads: a text ``train_filter`` (and, when present, text ``filter_name`` /
+    ``train_mode``, a level ``train_severity`` 0..5 and a list of family names ``train_families``);
+    ``ValueError`` otherwise."""
+    if not isinstance(st.get("train_filter"), str):
+        raise ValueError("train_filter: missing or not text")
+    for key in ("filter_name", "train_mode"):
+        if key in st and not isinstance(st[key], str):
+            raise ValueError(f"{key}: not text")
+    sev = st.get("train_severity", 0)
+    if isinstance(sev, bool) or not isinstance(sev, int) or not 0 <= sev <= 5:
+        raise ValueError("train_severity: not a level 0..5")
+    fams = st.get("train_families", [])
+    if not isinstance(fams, list) or not all(isinstance(f, str) for f in fams):
+        raise ValueError("train_families: not a list of names")
+
+
 def load_model(
     path: str | Path, device: str | torch.device | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -916,6 +945,7 @@ def load_model(
             ls.class_names
         ):
             raise ValueError("label set, n_classes and class_names disagree")
+        check_model_meta(st)
     except Exception:  # a dict that looks like ours but is not: wrong keys, shapes, config or labels
         raise InputError(f"not a medaudit model, or unsafe to load: {path} (inconsistent contents)") from None
     if not all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point()):

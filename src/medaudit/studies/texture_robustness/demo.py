@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from medaudit.errors import InputError
 from medaudit.texture.cli import _json_mapping, _names, eval_command
 
 __all__ = ["DEMO_INPUT_NORM", "DEMO_RECIPE", "demo_command", "unseen_verdict"]
@@ -81,7 +82,10 @@ def demo_command(
     }
     held_out = sorted({family_of(c) for c in _names(corruptions)})
     opts = dict(DEMO_RECIPE_OPTIONS.get(recipe, {})) | (_json_mapping(recipe_options, "recipe-options") or {})
-    opts["exclude_families"] = sorted({*opts.get("exclude_families", []), *held_out})
+    excl = opts.get("exclude_families", [])
+    if not isinstance(excl, list) or not all(isinstance(f, str) for f in excl):
+        raise InputError(f"--recipe-options: 'exclude_families' must be a list of family names, got {excl!r}")
+    opts["exclude_families"] = sorted({*excl, *held_out})
     flags = f"--recipe {recipe}" + (" --recipe-options" if recipe_options else "")  # named, not TrainConfig
     robust = TrainConfig.from_dict({"recipe": recipe, "recipe_options": opts, **common}, flags)
     typer.echo(f"robust model: recipe '{recipe}' {json.dumps(opts)} (test families held out: {held_out})")

@@ -55,16 +55,21 @@ def parse_recipes(raw: Any, source: str) -> tuple[RecipeEntry, ...]:
             raise InputError(
                 f"{source}: key '{key}.{bad[0]}': unknown key; allowed: name, options, leave_one_family_out"
             )
-        name, opts = str(item["name"]), dict(item.get("options") or {})
+        name, raw_opts = str(item["name"]), item.get("options")
+        if raw_opts is not None and not isinstance(raw_opts, Mapping):
+            raise InputError(
+                f"{source}: key '{key}.options': expected a mapping of recipe options, got {raw_opts!r:.60}"
+            )
+        opts = dict(raw_opts or {})
         if name in ("clean", "filtered"):
             raise InputError(f"{source}: key '{key}.name': '{name}' is set through train_filters")
         try:
-            fams = _families_of(name, opts)
+            fams = _families_of(name, opts)  # validates the options (exclude_families a list of names)
         except InputError as exc:
             raise InputError(f"{source}: key '{key}': {exc}") from None
         lofo = item.get("leave_one_family_out", False)
         if lofo is False or lofo is None:
-            out.append(RecipeEntry(_label(name, opts), name, opts))
+            out.append(_entry(name, opts, None, source, key))
             continue
         left = fams if lofo is True else lofo
         if not isinstance(left, list) or not left or any(f not in fams for f in left):
@@ -72,13 +77,23 @@ def parse_recipes(raw: Any, source: str) -> tuple[RecipeEntry, ...]:
                 f"{source}: key '{key}.leave_one_family_out': expected true or a list of the recipe's families {fams}"
             )
         for fam in left:
-            o = {**opts, "exclude_families": sorted({*opts.get("exclude_families", []), fam})}
-            out.append(RecipeEntry(_label(name, o), name, o, fam))
+            o = {**opts, "exclude_families": sorted({*(opts.get("exclude_families") or []), fam})}
+            out.append(_entry(name, o, fam, source, key))
     labels = [e.label for e in out]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise InputError(f"{source}: key 'recipes': the same recipe is listed twice ({dup[0]})")
     return tuple(out)
+
+
+def _entry(name: str, options: dict[str, Any], left_out: str | None, source: str, key: str) -> RecipeEntry:
+    """The entry of ``name`` with ``options``; an error (e.g. nothing left to apply once ``left_out`` is
+    excluded) is one line naming ``source`` and ``key``."""
+    try:
+        return RecipeEntry(_label(name, options), name, options, left_out)
+    except InputError as exc:
+        where = f"{key}.leave_one_family_out ({left_out})" if left_out is not None else key
+        raise InputError(f"{source}: key '{where}': {exc}") from None
 
 
 def _label(name: str, options: Mapping[str, Any]) -> str:
