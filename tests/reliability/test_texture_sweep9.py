@@ -236,3 +236,35 @@ def test_label_maps_without_foreground_are_refused(cli, trained, volumes, tmp_pa
     _refused(cli, evaluate, [tmp_path], "labels/s0.nii.gz", "all background", "test case")
     assert not (tmp_path / "e").exists()
     assert json.loads((trained / "history.json").read_text())["val_dice"]  # the good run is untouched
+
+
+# -- user files in an interrupted run folder ----------------------------------------------------------
+
+
+def _interrupted(volumes: Path, out: Path):
+    from medaudit.texture.train import TrainConfig, train
+
+    config = TrainConfig.from_dict(train_config(volumes, iterations=4))
+    train(config, out, stop_after=1, progress=False)  # a checkpoint, no model: as after Ctrl-C
+    assert (out / "checkpoint.pt").is_file() and not (out / "model.pt").exists()
+    return config, train
+
+
+def test_a_user_history_json_in_an_interrupted_run_is_kept(volumes, tmp_path):
+    """The rerun replaced it at the end without a word (medaudit writes history.json only with model.pt)."""
+    config, train = _interrupted(volumes, tmp_path / "run")
+    mine = tmp_path / "run" / "history.json"
+    mine.write_text("my notes\n")
+    with pytest.raises(InputError, match=r"history\.json that medaudit did not write"):
+        train(config, tmp_path / "run", progress=False)
+    assert mine.read_text() == "my notes\n" and not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_an_unreadable_model_pt_in_a_run_folder_is_kept_aside(volumes, tmp_path):
+    """It was overwritten ("damaged; it is written again"): now it is renamed, never lost."""
+    config, train = _interrupted(volumes, tmp_path / "run")
+    (tmp_path / "run" / "model.pt").write_text("my own model\n")
+    with pytest.warns(UserWarning, match=r"kept as model\.pt\.unreadable-1"):
+        train(config, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "model.pt.unreadable-1").read_text() == "my own model\n"
+    assert (tmp_path / "run" / "model.pt").read_bytes()[:2] == b"PK"  # a torch archive, the run's model

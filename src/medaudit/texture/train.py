@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import random
 import time
 import warnings
@@ -694,11 +695,17 @@ def train(
     config = absolute_data_path(config)  # config.json and model.pt name the data from any folder
     key = config.key()
     keys = {key, *_relative_path_key(config, out_dir)}  # a run written with a relative data_path
+    _check_no_foreign_history(out_dir, model_path)
     if resume and model_path.is_file():
         try:
             meta = load_checkpoint(model_path)
-        except InputError:  # the run's own model.pt, damaged: rebuilt from the checkpoint (or retrained)
-            warnings.warn(f"{model_path}: damaged; it is written again from the run", stacklevel=2)
+        except InputError:  # damaged, or not this run's: kept under another name, rebuilt from the run
+            kept = _set_aside(model_path)
+            warnings.warn(
+                f"{model_path}: damaged; it is written again from the run (the unreadable file is kept as "
+                f"{kept.name})",
+                stacklevel=2,
+            )
             meta = {}
         if meta.get("config_key") in keys:
             return model_path
@@ -742,6 +749,27 @@ def train(
         },
     )
     return model_path
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to the first free ``NAME.unreadable-N`` beside it (a file medaudit may not have
+    written is never overwritten or deleted); returns the new path."""
+    i = 1
+    while (kept := path.with_name(f"{path.name}.unreadable-{i}")).exists() or kept.is_symlink():
+        i += 1
+    os.replace(path, kept)
+    return kept
+
+
+def _check_no_foreign_history(out_dir: Path, model_path: Path) -> None:
+    """``history.json`` is written only after ``model.pt``: one in a run folder without a model was put
+    there by someone else, and the run would replace it when it ends."""
+    history = out_dir / "history.json"
+    if (history.exists() or history.is_symlink()) and not model_path.exists():
+        raise InputError(
+            f"{history}: a run folder without model.pt holds a history.json that medaudit did not write "
+            "(it writes one only with the model); move it away, or use another --out"
+        )
 
 
 def _config_change(meta: dict[str, Any], config: TrainConfig) -> str:
