@@ -57,6 +57,19 @@ def _u(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64))
 
 
+def excluded_families(options: Mapping[str, Any], who: str) -> tuple[str, ...]:
+    """The ``exclude_families`` option: a list of family names (none when absent); a number, mapping or
+    plain string (which would be read letter by letter) is an :class:`InputError` naming ``who``."""
+    excl = options.get("exclude_families")
+    excl = [] if excl is None else excl
+    if not isinstance(excl, list | tuple) or not all(isinstance(f, str) for f in excl):
+        raise InputError(
+            f"{who}: option 'exclude_families' must be a list of family names "
+            f'(e.g. ["noise"]), got {excl!r:.60}'
+        )
+    return tuple(excl)
+
+
 class Recipe:
     """Base recipe: ``recipe(x, y, seed)`` on a patch batch ``x (B,1,D,H,W)`` float, ``y (B,1,D,H,W)`` int."""
 
@@ -81,14 +94,7 @@ class Recipe:
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) <= 1.0:
             raise InputError(f"recipe '{self.name}': p must be a number in [0, 1], got {p!r}")
         self.p = float(p)
-        excl = opts.get("exclude_families")
-        excl = [] if excl is None else excl
-        if not isinstance(excl, list | tuple) or not all(isinstance(f, str) for f in excl):
-            raise InputError(
-                f"recipe '{self.name}': option 'exclude_families' must be a list of family names "
-                f'(e.g. ["noise"]), got {excl!r:.60}'
-            )
-        self.exclude = tuple(excl)
+        self.exclude = excluded_families(opts, f"recipe '{self.name}'")
         _check_families(self.exclude, f"recipe '{self.name}': exclude_families")
         self.options = opts
         self.severity_version = check_version(severity_version)

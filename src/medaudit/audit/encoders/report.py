@@ -192,6 +192,10 @@ class TfidfSVDEncoder(_TextEncoder):
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
 
+        if self.max_features is not None and self.max_features < 2:  # before any text is read
+            raise InputError(
+                f"tfidf-svd: max_features={self.max_features}; the encoder needs at least 2 terms"
+            )
         texts = self._prepare(inputs)
         if len(texts) < 2:
             raise InputError("tfidf-svd: need at least 2 reports to fit")
@@ -207,10 +211,6 @@ class TfidfSVDEncoder(_TextEncoder):
             x = vec.fit_transform(texts)
         except ValueError as exc:  # empty vocabulary
             raise ReportVocabularyError(f"tfidf-svd: cannot fit on these reports ({exc})") from exc
-        if self.max_features is not None and self.max_features < 2:
-            raise InputError(
-                f"tfidf-svd: max_features={self.max_features}; the encoder needs at least 2 terms"
-            )
         if x.shape[1] < 2:  # TruncatedSVD needs two features
             raise ReportVocabularyError(
                 f"tfidf-svd: the reports hold {x.shape[1]} distinct term(s) in all; at least 2 are needed "

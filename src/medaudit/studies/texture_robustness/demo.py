@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 
-from medaudit.errors import InputError
 from medaudit.texture.cli import _json_mapping, _names, eval_command
 
 __all__ = ["DEMO_INPUT_NORM", "DEMO_RECIPE", "demo_command", "unseen_verdict"]
@@ -57,6 +56,7 @@ def demo_command(
 ) -> None:
     """Small end-to-end run on the simulated mni-phantom cohort: clean baseline vs a training recipe."""
     from medaudit.device import check_device
+    from medaudit.texture.recipes import excluded_families
     from medaudit.texture.train import TrainConfig, family_of
 
     device = check_device(device, flag="--device")  # first: before the cohort is built or loaded
@@ -82,9 +82,7 @@ def demo_command(
     }
     held_out = sorted({family_of(c) for c in _names(corruptions)})
     opts = dict(DEMO_RECIPE_OPTIONS.get(recipe, {})) | (_json_mapping(recipe_options, "recipe-options") or {})
-    excl = opts.get("exclude_families", [])
-    if not isinstance(excl, list) or not all(isinstance(f, str) for f in excl):
-        raise InputError(f"--recipe-options: 'exclude_families' must be a list of family names, got {excl!r}")
+    excl = excluded_families(opts, "--recipe-options")
     opts["exclude_families"] = sorted({*excl, *held_out})
     flags = f"--recipe {recipe}" + (" --recipe-options" if recipe_options else "")  # named, not TrainConfig
     robust = TrainConfig.from_dict({"recipe": recipe, "recipe_options": opts, **common}, flags)
