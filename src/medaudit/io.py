@@ -113,6 +113,9 @@ def _write_error(exc: BaseException, path: Path) -> OSError | None:
 
 
 def _mkstemp(path: Path) -> tuple[int, str]:
+    from medaudit.outdir import note_write
+
+    note_write(path)  # listed in a run folder's marker before it exists (see medaudit.outdir)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

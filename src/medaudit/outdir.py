@@ -22,6 +22,13 @@ Every command that writes an output folder claims it with :func:`claim_output` b
 - **Nothing half-made.** On failure the staging folder, and any parent folders this run created, are
   removed. In-place outputs (resumable run folders) are removed on failure only if this run created them
   and they hold nothing to resume from.
+- **A run folder lists what medaudit wrote.** A resumable (in-place) run's marker lists every top-level
+  entry medaudit writes there, *before* it writes it (:func:`note_write`, called by every atomic write in
+  :mod:`medaudit.io`), so even a killed run leaves a true list. An entry the list does not name (a
+  user's ``config.json`` dropped into an interrupted run) is kept and never written: a run that would
+  write it fails with one line naming it, at the start when the command declares the names it writes.
+  Empty folders and medaudit's own hidden ``.<listed name>.*`` leftovers (temporary files, locks) are not
+  counted as the user's.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ __all__ = [
     "clear_interrupt_note",
     "foreign_entries",
     "interrupt_note",
+    "note_write",
     "read_marker",
 ]
 
@@ -57,6 +65,9 @@ MARKER = ".medaudit-output"
 _STAGING = ".staging-"
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk (or a quota, or a file size limit) is full
 _OLD = ".old-"
+
+# In-place claims being written by this process: what they write is listed in their markers.
+_ACTIVE: list[OutputClaim] = []
 
 # What the most recent claim left behind when it was interrupted; ``cli.main`` prints it on Ctrl-C.
 _NOTES: list[str] = []
@@ -109,10 +120,11 @@ def _entries(folder: Path) -> list[str]:
         return []
 
 
-def foreign_entries(folder: Path) -> list[str]:
+def foreign_entries(folder: Path, in_place: bool = False) -> list[str]:
     """Top-level entries of ``folder`` that medaudit did not write: every entry when it has no
     marker; with one, those its ``files`` list does not name (a marker from before the list existed
-    names all of them)."""
+    names all of them). ``in_place`` (a run folder, which medaudit writes into and never clears) does
+    not count empty folders and medaudit's hidden ``.<listed name>.*`` leftovers."""
     names = _entries(folder)
     mark = read_marker(folder)
     if mark is None:
@@ -121,7 +133,41 @@ def foreign_entries(folder: Path) -> list[str]:
     if not isinstance(files, list):
         return []
     ours = {str(f) for f in files} | {MARKER}
-    return [n for n in names if n not in ours]
+    return [n for n in names if n not in ours and not (in_place and _leftover(folder, n, ours))]
+
+
+def _leftover(folder: Path, name: str, ours: set[str]) -> bool:
+    """An entry that holds nothing (an empty folder) or is medaudit's hidden ``.<ours>.*`` leftover."""
+    if name.startswith(".") and any(name.startswith(f".{o}.") for o in ours):
+        return True
+    p = folder / name
+    return p.is_dir() and not p.is_symlink() and not _entries(p)
+
+
+def _clash(claim: OutputClaim, name: str) -> str:
+    return (
+        f"{claim.flag} {claim.path}: holds '{name}', which medaudit did not write and this run would "
+        "write; move it (a run folder is written in place, so --force does not apply)"
+    )
+
+
+def note_write(path: str | os.PathLike[str]) -> None:
+    """Record that medaudit is about to write ``path``: inside a resumable run folder this process is
+    writing, its top-level entry joins the marker's list of medaudit's files (before it exists). An
+    entry of that folder that medaudit did not write is never written: one line names it."""
+    if not _ACTIVE:
+        return
+    p = Path(os.path.abspath(path))
+    for claim in _ACTIVE:
+        try:
+            top = p.relative_to(claim.path).parts[0]
+        except (ValueError, IndexError):
+            continue
+        if top in claim.foreign:
+            raise InputError(_clash(claim, top))
+        if top != MARKER and top not in claim.files:
+            claim.files.add(top)
+            _write_marker(claim.path, claim.kind, "running", sorted(claim.files))
 
 
 def _resolve(p: str | os.PathLike[str], what: str = "path") -> Path:
@@ -169,6 +215,8 @@ class OutputClaim:
     in_place: bool = False
     inputs: list[Path] = field(default_factory=list)
     marked: bool = False  # this run wrote the marker of an in-place folder that had none
+    files: set[str] = field(default_factory=set)  # in place: the top-level entries medaudit wrote
+    foreign: set[str] = field(default_factory=set)  # in place: entries found there that it did not
 
     def check_inputs(self, paths: Iterable[str | os.PathLike[str] | None], what: str = "input") -> None:
         """Refuse (one line) if any input lies inside the output; call it as soon as inputs are known."""
@@ -204,7 +252,7 @@ def _refusal(path: Path, kind: str, force: bool, in_place: bool) -> str | None:
     mark = read_marker(path)
     foreign = [] if in_place or mark is None else foreign_entries(path)
     if mark is not None and mark["kind"] == kind and not foreign:
-        return None
+        return None  # in place, entries its marker does not list are kept, and guarded by note_write
     if in_place and mark is None:  # written in place: a user's model.pt or config.json would be lost
         return (
             "holds files medaudit did not write, and a run folder is written in place (--force does not "
@@ -366,15 +414,32 @@ def _publish_beside(claim: OutputClaim, names: list[str], foreign: list[str]) ->
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _open(claim: OutputClaim) -> bool:
+def _take_stock(claim: OutputClaim, owns: tuple[str, ...], writes: tuple[str, ...]) -> None:
+    """In place: what the folder's marker lists as medaudit's, and what else it holds (refused at once
+    if this run would write it)."""
+    mark = read_marker(claim.path)
+    claim.marked = mark is None
+    claim.foreign = set(foreign_entries(claim.path, in_place=True)) if mark is not None else set()
+    clash = sorted(claim.foreign & {*owns, *writes})
+    if clash:
+        raise InputError(_clash(claim, clash[0]))
+    listed = mark.get("files") if mark is not None else []
+    files = {str(f) for f in listed} if isinstance(listed, list) else set(_entries(claim.path))
+    claim.files = (files | set(owns)) - {MARKER}
+
+
+def _open(claim: OutputClaim, owns: tuple[str, ...] = (), writes: tuple[str, ...] = ()) -> bool:
     """Create the staging folder (or, in place, the output folder); True if the output folder was created."""
     path, flag = claim.path, claim.flag
     try:
         if claim.in_place:
             created = not path.exists()
+            if created:
+                claim.files, claim.marked = set(owns), True
+            else:
+                _take_stock(claim, owns, writes)
             path.mkdir(exist_ok=True)
-            claim.marked = read_marker(path) is None
-            _write_marker(path, claim.kind, "running")
+            _write_marker(path, claim.kind, "running", sorted(claim.files))
             return created
         stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_STAGING}"))
     except OSError as exc:  # the folder that refused: --out's parent, or --out itself (in place)
@@ -398,9 +463,18 @@ def _abandon(claim: OutputClaim, created: bool, keep_if: tuple[str, ...], exc: B
         (path / MARKER).unlink()  # an empty folder we only marked: give it back as it was
         kept = f"nothing was written to {path}"
     else:
+        _write_marker(path, claim.kind, "interrupted", _written(claim))
         kept = f"{path} was kept; rerun the same command to resume"
     if isinstance(exc, KeyboardInterrupt):
         _NOTES.append(kept)
+
+
+def _written(claim: OutputClaim) -> list[str]:
+    """The entries of an in-place run folder that this run wrote or found listed: those noted, and the
+    visible ones it found no user's file under (a run writes some entries without :func:`note_write`,
+    e.g. a folder it creates)."""
+    made = {n for n in _entries(claim.path) if not n.startswith(".")}
+    return sorted((claim.files | made) - claim.foreign - {MARKER})
 
 
 @contextlib.contextmanager
@@ -413,12 +487,18 @@ def claim_output(
     flag: str = "--out",
     in_place: bool = False,
     keep_if: tuple[str, ...] = (),
+    owns: tuple[str, ...] = (),
+    writes: tuple[str, ...] = (),
 ) -> Iterator[OutputClaim]:
     """Claim the output ``path`` for a run of ``kind``; yield an :class:`OutputClaim` to write into.
 
     Write into ``claim.stage``: on success it replaces ``path`` atomically (``in_place=False``), or, for a
     resumable run folder (``in_place=True``), ``claim.stage`` is ``path`` itself. ``keep_if`` names files
-    whose presence keeps a newly created in-place folder after a failure (e.g. a checkpoint). All checks
+    whose presence keeps a newly created in-place folder after a failure (e.g. a checkpoint); ``owns``
+    names the subfolders of an in-place folder that worker processes write into (listed as medaudit's
+    from the start, since :func:`note_write` sees only this process's writes); ``writes`` names the
+    top-level files an in-place run writes, so that a user's file of that name is refused at once rather
+    than when the run reaches it. All checks
     run before the block starts; errors are one-line :class:`InputError` naming ``flag`` and the path.
     """
     started = time.time()
@@ -426,6 +506,7 @@ def claim_output(
     claim = OutputClaim(out, kind, out, flag, force, in_place)
     claim.check_inputs(inputs)
     _check(out, kind, claim.inputs, force, flag, in_place)
+    note_write(out)  # an output inside a run folder being written belongs to that run
     parents = _make_parents(out, flag)
     try:
         with _lock(out, flag):
@@ -433,11 +514,13 @@ def claim_output(
                 out, kind, claim.inputs, force, flag, in_place
             )  # again, now that no other run can change it
             _clean_stale(out, started)
-            created = _open(claim)
+            created = _open(claim, owns, writes)
+            if in_place:
+                _ACTIVE.append(claim)
             try:
                 yield claim
                 if in_place:
-                    _write_marker(out, kind, "complete")
+                    _write_marker(out, kind, "complete", _written(claim))
                 else:
                     _publish(claim)
             except BaseException as exc:
@@ -446,6 +529,8 @@ def claim_output(
                     # a write straight into the output (df.to_csv) says ENOSPC without a file: name --out
                     raise OSError(exc.errno, os.strerror(exc.errno), str(out)) from exc
                 raise
+            finally:
+                _ACTIVE[:] = [c for c in _ACTIVE if c is not claim]
     except BaseException:
         if not os.path.lexists(out):
             _remove_empty(parents)

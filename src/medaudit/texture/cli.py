@@ -259,6 +259,7 @@ def _run_train(cfg: TrainConfig, out: Path, config: Path | None, resume: bool, f
         force=force,
         in_place=True,
         keep_if=("checkpoint.pt", "model.pt"),
+        writes=("split.json", "config.json", "checkpoint.pt", "history.json", "model.pt"),
     ) as claim:
         path = train(cfg, claim.path, resume=resume)
     typer.echo(f"model: {path} ({time.perf_counter() - t0:.1f} s)")

@@ -757,6 +757,9 @@ def _set_aside(path: Path) -> Path:
     i = 1
     while (kept := path.with_name(f"{path.name}.unreadable-{i}")).exists() or kept.is_symlink():
         i += 1
+    from medaudit.outdir import note_write
+
+    note_write(kept)  # kept in the run folder, and listed so that a resume does not refuse it
     os.replace(path, kept)
     return kept
 

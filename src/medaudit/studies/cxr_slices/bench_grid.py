@@ -138,7 +138,12 @@ def run_benchmark(
         peers_dir=peers_dir,
     )
     with claim_output(
-        out_dir, "bench-scenarios", force=force, in_place=True, keep_if=("runs", "cache")
+        out_dir,
+        "bench-scenarios",
+        force=force,
+        in_place=True,
+        keep_if=("runs", "cache"),
+        owns=("runs", "cache"),
     ) as claim:
         return _run_benchmark(config, claim.path, opts)
 

@@ -562,7 +562,15 @@ def run_study(
     accepts a folder medaudit did not write), then run :func:`_run_study` in it."""
     from medaudit.outdir import claim_output
 
-    with claim_output(out_dir, "texture-study", force=force, in_place=True, keep_if=("parts", "train")) as c:
+    with claim_output(
+        out_dir,
+        "texture-study",
+        force=force,
+        in_place=True,
+        keep_if=("parts", "train"),
+        owns=("parts", "train"),
+        writes=("study.json", "results.parquet", "texture_bias.csv", "report.html"),
+    ) as c:
         return _run_study(
             config,
             c.path,
