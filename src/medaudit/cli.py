@@ -246,6 +246,18 @@ def _one_line_warning(
     return "warning: " + " ".join(str(message).split()) + "\n"
 
 
+def _cwd_gone(args: list[str]) -> bool:
+    """The current folder was deleted: relative paths cannot be resolved, and importing torch aborts
+    the process with an MKL error (``--help`` still works)."""
+    if "--help" in args or "-h" in args:
+        return False
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit status (see the module docstring)."""
     import warnings
@@ -260,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_before = os.environ.get("MEDAUDIT_QUIET")
     with contextlib.suppress(ValueError):  # not in the main thread: keep the default
         signal.signal(signal.SIGTERM, _on_sigterm)
+    if _cwd_gone(args):
+        _say("error: the current folder no longer exists (deleted or moved); cd to another folder")
+        return 2
     try:
         rc: Any = app(args=args, standalone_mode=False)
     except InputError as exc:

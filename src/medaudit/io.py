@@ -16,6 +16,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MEDAUDIT_CACHE", Path.home() / ".cache" / "medaudit"))
 
 
+def cache_flag(cache: Path) -> str:
+    """How the user named the cache folder ``cache``, for error messages: ``$MEDAUDIT_CACHE`` when
+    that variable chose it, else ``--cache-dir``."""
+    env = os.environ.get("MEDAUDIT_CACHE")
+    if env and Path(os.path.expanduser(env)).absolute() == Path(cache).absolute():
+        return "$MEDAUDIT_CACHE"
+    return "--cache-dir"
+
+
 def check_unique_header(path: str | os.PathLike[str], names: Iterable[object]) -> None:
     """Refuse a table header that names a column twice (pandas would rename the second ``label`` to
     ``label.1`` and carry on): one :class:`~medaudit.errors.InputError` line naming file and column."""

@@ -128,7 +128,9 @@ def _cache_errors(cache: Path) -> Iterator[None]:
         name = exc.filename
         if name is None or not _is_under(Path(str(name)), cache):
             raise
-        raise InputError(f"--cache-dir {cache}: {name}: {exc.strerror or exc}") from exc
+        from medaudit.io import cache_flag
+
+        raise InputError(f"{cache_flag(cache)} {cache}: {name}: {exc.strerror or exc}") from exc
 
 
 def _is_under(path: Path, folder: Path) -> bool:
