@@ -18,10 +18,13 @@ def default_cache_dir() -> Path:
 
 def cache_flag(cache: Path) -> str:
     """How the user named the cache folder ``cache``, for error messages: ``$MEDAUDIT_CACHE`` when
-    that variable chose it, else ``--cache-dir``."""
+    that variable chose it, the default (``~/.cache/medaudit``) when nothing did, else ``--cache-dir``."""
     env = os.environ.get("MEDAUDIT_CACHE")
-    if env and Path(os.path.expanduser(env)).absolute() == Path(cache).absolute():
+    here = Path(cache).absolute()
+    if env and Path(os.path.expanduser(env)).absolute() == here:
         return "$MEDAUDIT_CACHE"
+    if not env and here == (Path.home() / ".cache" / "medaudit").absolute():
+        return "the default cache folder (choose one with --cache-dir)"
     return "--cache-dir"
 
 

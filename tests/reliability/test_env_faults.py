@@ -43,3 +43,14 @@ def test_a_cache_variable_naming_a_file_is_named_as_the_variable(cli, tmp_path, 
     assert rc == 2 and line.startswith(f"error: $MEDAUDIT_CACHE {tmp_path / 'afile'}"), line
     assert (tmp_path / "afile").read_text() == "not a folder"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_default_cache_that_cannot_be_created_is_named_as_the_cache(cli, tmp_path, monkeypatch):
+    """HOME where no folder can be made: the error said '/proc/...: file not found', naming no cache."""
+    table = make_table(tmp_path / "data")
+    monkeypatch.delenv("MEDAUDIT_CACHE", raising=False)
+    monkeypatch.setenv("HOME", "/proc/medaudit-no-home")
+    rc, err = cli("audit", "--table", table, "--out", tmp_path / "out", *AUDIT_FAST, "--no-report")
+    line = one_line(err)
+    assert rc == 2 and "the default cache folder" in line and "--cache-dir" in line, line
+    assert not (tmp_path / "out").exists()

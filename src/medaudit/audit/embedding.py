@@ -126,7 +126,8 @@ def _cache_errors(cache: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         name = exc.filename
-        if name is None or not _is_under(Path(str(name)), cache):
+        where = Path(str(name)) if name is not None else None
+        if where is None or not (_is_under(where, cache) or _is_under(cache, where)):  # or a parent
             raise
         from medaudit.io import cache_flag
 
