@@ -13,7 +13,8 @@ from typing import Any
 
 def default_cache_dir() -> Path:
     """The cache for cohorts, embeddings and models: ``$MEDAUDIT_CACHE`` or ``~/.cache/medaudit``."""
-    return Path(os.environ.get("MEDAUDIT_CACHE", Path.home() / ".cache" / "medaudit"))
+    env = os.environ.get("MEDAUDIT_CACHE")  # '~/cache' set without a shell is the home folder's
+    return Path(os.path.expanduser(env)) if env else Path.home() / ".cache" / "medaudit"
 
 
 def cache_flag(cache: Path) -> str:

@@ -359,6 +359,7 @@ def audit_command(
     params = dict(locals())
     values = {k: v for k, v in params.items() if k not in ("ctx", "config", "force", *_DATASET_FLAGS)}
     _check_table_or_dataset(table, dataset)
+    _check_mode_flags(ctx, dataset is not None)
     cfg = _audit_config(ctx, config, values, workers)
     if dataset is not None:
         return _run_dataset(cfg, params)
@@ -377,6 +378,26 @@ def _check_table_or_dataset(table: Path | None, dataset: str | None) -> None:
         raise InputError(f"--table {table}: is a folder, not a table file")
     if table is not None and not table.is_file():
         raise InputError(f"{table}: {missing_reason(table, 'table file')}")
+
+
+#: flags of one mode that the other ignores: given there, they were dropped without a word
+_TABLE_ONLY = ("id_col", "label_col", "prob_col", "pred_col", "image_col", "report_col", "report_path_col")
+_DATASET_ONLY = ("predictions", "target", "uncertain", "dataset_reports", "pred_id")
+
+
+def _check_mode_flags(ctx: typer.Context, with_dataset: bool) -> None:
+    """Refuse a flag given on the command line that the chosen mode would ignore: a column flag with
+    ``--dataset`` (its columns are the dataset's own), a ``--dataset`` flag with ``--table``."""
+    for name in _TABLE_ONLY if with_dataset else _DATASET_ONLY:
+        if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT"):
+            flag = "--" + name.replace("_", "-")
+            if with_dataset:
+                raise InputError(
+                    f"{flag}: a column of --table, not used with --dataset (its columns are known)"
+                )
+            raise InputError(
+                f"{flag}: used only with --dataset; a --table holds its own labels and predictions"
+            )
 
 
 def _audit_config(

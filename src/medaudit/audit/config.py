@@ -277,6 +277,18 @@ class AuditConfig(_Model):
     membership_threshold: float = Field(0.5, ge=0.0, le=1.0)
     write_report: bool = True
 
+    @field_validator("concepts", "cache_dir")
+    @classmethod
+    def _home_path(cls, v: Path | None) -> Path | None:
+        """``~`` is the home folder in a config file too (only the shell expands it, on the command line:
+        ``cache_dir: ~/cache`` in a YAML file made a folder named ``~`` in the current one)."""
+        return v.expanduser() if v is not None else None
+
+    @field_validator("embeddings")
+    @classmethod
+    def _home_paths(cls, v: dict[str, Path]) -> dict[str, Path]:
+        return {m: p.expanduser() for m, p in v.items()}
+
     @field_validator("fusion_weights")
     @classmethod
     def _fusion_weight_keys(cls, v: dict[str, float] | None) -> dict[str, float] | None:
@@ -361,7 +373,7 @@ class AuditConfig(_Model):
             return Path(self.cache_dir)
         from medaudit.io import default_cache_dir
 
-        return default_cache_dir()
+        return default_cache_dir().expanduser()  # MEDAUDIT_CACHE='~/cache' set without a shell
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written into slices.json (modalities and cache folder resolved)."""

@@ -81,7 +81,7 @@ def parse_dataset(value: str) -> DatasetSpec:
         if kind != "openi":
             raise InputError(f"--dataset '{value}': give the dataset folder, e.g. {kind}:/data/{kind}")
         return DatasetSpec(kind, None)
-    return DatasetSpec(kind, Path(root.strip()))
+    return DatasetSpec(kind, Path(root.strip()).expanduser())  # the shell leaves 'nih:~/data' as it is
 
 
 def _openi_reports(root: Path | None, reports: Path | None) -> Path | None:

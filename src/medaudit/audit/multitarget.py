@@ -68,6 +68,28 @@ def _targets(joined: JoinedDataset, targets: str | list[str]) -> list[str]:
     return found
 
 
+def config_inputs(config: AuditConfig) -> list[Path | None]:
+    """The inputs a configuration names: the embedding cache, the lexicon and embeddings files. An
+    ``--out`` holding one is refused before any work (a cache made inside ``--out`` was left behind)."""
+    return [config.resolved_cache_dir(), config.concepts, *config.embeddings.values()]
+
+
+def check_dataset_meta(meta: Sequence[str], findings: Sequence[str]) -> None:
+    """A metadata column may be neither a prediction (``prob__<finding>``, added by the join) nor the
+    label of a finding being audited: read as metadata, either leaks the answer into the slices
+    (``prob__edema >= 0.64 ∧ label = 0``)."""
+    from medaudit.audit.datasets import PROB_PREFIX
+
+    for m in meta:
+        if m.startswith(PROB_PREFIX):
+            raise InputError(f"--meta '{m}': the predictions of a finding cannot also be metadata")
+        if m in findings:
+            raise InputError(
+                f"--meta '{m}': the label of finding '{m}', which is audited (--target), cannot also be "
+                "metadata"
+            )
+
+
 def _modalities(joined: JoinedDataset, config: AuditConfig) -> tuple[str, ...]:
     if config.modalities is not None:
         return config.resolved_modalities()
@@ -246,10 +268,12 @@ def audit_dataset(
 ) -> DatasetAuditResult:
     """Audit ``targets`` (finding names, or ``"all"``) of a joined dataset; see the module docstring.
 
-    ``out_dir`` follows :mod:`medaudit.outdir` (``inputs``: the dataset root and predictions table).
+    ``out_dir`` follows :mod:`medaudit.outdir` (``inputs``: the dataset root and predictions table; the
+    configuration's cache, lexicon and embeddings files are added).
     """
     from medaudit.outdir import check_output
 
+    inputs = [*inputs, *config_inputs(config or AuditConfig())]
     check_output(out_dir, "audit-dataset", inputs=inputs, force=force)
     config = (config or AuditConfig()).model_copy(update={"meta": list(joined.meta)})
     config = config.model_copy(update={"modalities": _modalities(joined, config)})
@@ -257,6 +281,7 @@ def audit_dataset(
     findings = _targets(joined, targets)
     if not findings:
         raise InputError("no finding has both labels and a predictions column")
+    check_dataset_meta(joined.meta, findings)
     many = isinstance(targets, str) and targets.strip().lower() == "all"
     bad: dict[str, str] = {}  # findings without labels or predictions: found before any image is embedded
     for f in findings:

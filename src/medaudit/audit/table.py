@@ -283,7 +283,7 @@ def load_case_table(
     prob, pred = _parse_predictions(raw, columns, probs, ids, use_prob, use_pred, threshold)
     reports, images = _parse_inputs(raw, columns, probs, ids, base, require)
     df = _case_frame(ids, labels, prob, pred, images, reports)
-    meta_df = raw[meta].copy() if meta else pd.DataFrame(index=raw.index)
+    meta_df = _plain_meta(raw[meta]) if meta else pd.DataFrame(index=raw.index)
     _check_meta_values(meta_df, probs, ids)
     _warn_mostly_numeric(meta_df[~probs.bad], where)  # the rows kept (a bad value is named above)
     table = _keep_good(df, meta_df, probs, ids, where, min_cases, source)
@@ -296,6 +296,21 @@ def load_case_table(
         and table.df["report"].map(lambda r: bool(r and str(r).strip())).all()
     )
     return table
+
+
+def _plain_meta(meta: pd.DataFrame) -> pd.DataFrame:
+    """The metadata columns, those of a pandas nullable dtype whose missing value is ``pd.NA`` (``string``,
+    ``Int64``, ``boolean``: a Parquet file or DataFrame after ``convert_dtypes()``) as NumPy ones: the
+    rule search, the encoders and the enrichment tests compare values, and ``pd.NA == x`` cannot be a
+    truth value. Numbers become float64 (missing: NaN), anything else object (missing: None)."""
+    out = meta.copy()
+    for col in out.columns:
+        s = out[col]
+        if getattr(s.dtype, "na_value", None) is not pd.NA:
+            continue
+        numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+        out[col] = s.astype("float64") if numeric else s.astype(object).where(s.notna(), None)
+    return out
 
 
 def _check_meta_values(meta_df: pd.DataFrame, probs: _RowProblems, ids: list[str]) -> None:

@@ -113,17 +113,19 @@ def _check_delimited(p: Path, sep: str) -> None:
     try:
         with _open_text(p) as fh:
             reader = csv.reader(fh, delimiter=sep)
-            header = next(reader, None)
+            header = next((r for r in reader if not _blank_row(r)), None)  # pandas skips blank lines
             if header is None:
                 return  # an empty file: pandas names it
             check_unique_header(p, header)
             n, line = len(header), reader.line_num
             for row in reader:
                 start, line = line + 1, reader.line_num
-                if len(row) == n or not row or (len(row) == 1 and not row[0].strip()):
+                if len(row) == n or _blank_row(row):
                     continue  # blank lines are skipped, as pandas does
                 raise InputError(
-                    f"{p}: line {start} has {len(row)} fields, the header has {n}" + _runs_on(row, n, line)
+                    f"{p}: line {start} has {len(row)} fields, the header has {n}"
+                    + _runs_on(row, n, line)
+                    + _excel_sep_hint(header)
                 )
     except UnicodeDecodeError as exc:
         raise InputError(f"{p}: line {_bad_utf8_line(p)} is not UTF-8 text ({exc.reason})") from exc
@@ -133,6 +135,18 @@ def _check_delimited(p: Path, sep: str) -> None:
         raise InputError(f"{p}: cannot read table ({exc})") from exc
     finally:
         csv.field_size_limit(old_limit)
+
+
+def _blank_row(row: list[str]) -> bool:
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
+def _excel_sep_hint(header: list[str]) -> str:
+    """A hint when the header line is Excel's delimiter line (``sep=;``), which is not a header."""
+    first = ",".join(header).strip()
+    if first.lower().startswith("sep=") and len(first) <= 6:
+        return f" (the first line '{first}' is Excel's delimiter line, not a header: delete it)"
+    return ""
 
 
 def _runs_on(row: list[str], n: int, end: int) -> str:
@@ -184,11 +198,27 @@ def _check_json_lines(p: Path) -> None:
         raise InputError(f"{p}: cannot read table ({exc})") from exc
 
 
+def _check_json_keys(p: Path) -> None:
+    """Raise an InputError naming the key of a ``.json`` table's object that names a key twice (pandas
+    keeps the last of ``{"label": 1, "label": 0}``); a file that is not JSON is left to pandas' reader."""
+    import json
+
+    try:
+        with _open_text(p) as fh:
+            json.load(fh, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        raise InputError(f"{p}: a JSON object names the key '{exc.args[0]}' twice") from None
+    except (ValueError, OSError, EOFError, RecursionError):
+        return  # not JSON, not UTF-8, nested too deeply ...: pandas' reader names it
+
+
 def _read_json(p: Path, lines: bool, text_columns: Sequence[str] = ()) -> pd.DataFrame:
     """A JSON Lines (or, with ``lines=False``, a JSON) table; a bad line is named; ``text_columns``
     stay text (``"007"`` is not the number 7)."""
     if lines:
         _check_json_lines(p)  # names the first bad line (pandas keeps the last of a repeated key)
+    else:
+        _check_json_keys(p)
     try:
         df = pd.read_json(p, lines=lines, dtype=dict.fromkeys(text_columns, str) or True)
     except ValueError as exc:  # ujson: 'Value is too big! at position 232', a place in no line
