@@ -391,3 +391,22 @@ def test_findings_share_one_concept_extraction(tmp_path, monkeypatch):
         got = json.loads((r.out_dir / "slices.json").read_text())["concepts"]["mentioned"]
         mentioned = {c: n for c, n in got.items() if n}
         assert mentioned == {c: int((own[c] == 1).sum()) for c in own.columns if (own[c] == 1).any()}, finding
+
+
+def test_too_few_joined_cases_are_named_with_the_predictions_file(tmp_path, capsys):
+    """One joined row failed in the shared report encoder ('tfidf-svd: need at least 2 reports to fit'),
+    naming neither the predictions file nor the count."""
+    root, reports = _mimic_n(tmp_path, n_studies=4)
+    pred = tmp_path / "pred.csv"
+    first = sorted(p.stem for p in (root / "files").rglob("*.jpg"))[0]
+    pd.DataFrame({"dicom_id": [first, "nope"], "Edema": [0.3, 0.6]}).to_csv(pred, index=False)
+    out = tmp_path / "out"
+    args = ["--dataset", f"mimic-cxr:{root}", "--dataset-reports", str(reports), "--predictions", str(pred)]
+    rc = _run([*args, "--target", "edema", "--out", str(out), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.splitlines()[-1] == (
+        f"error: {pred}: 1 of its 2 predictions joined the dataset's cases (by dicom_id); at least 4 are "
+        "needed to audit"
+    )
+    assert not out.exists()

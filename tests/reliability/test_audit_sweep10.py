@@ -16,7 +16,7 @@ from medaudit.audit.pipeline import run_audit
 from medaudit.audit.table import load_case_table, read_table
 from medaudit.errors import InputError
 
-from .conftest import make_table
+from .conftest import make_table, one_line
 from .conftest import refused as _refused
 
 
@@ -247,3 +247,18 @@ def test_dataset_out_holding_the_cache_or_lexicon_is_refused_and_left_absent(cli
         args += ["--cache-dir", tmp_path / "cache", "--concepts", out / "lex.yaml", "--force"]
     _refused(cli, args, [tmp_path], f"--out {out}", "contains the input")
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == ["lex.yaml"]
+
+
+def test_a_utf16_table_is_named_utf16(cli, tmp_path, audit_args):
+    """Excel's 'Unicode Text' (UTF-16 with a byte-order mark) was 'line 1 is not UTF-8 text (invalid
+    start byte)'."""
+    src = make_table(tmp_path / "data")
+    table = tmp_path / "data" / "u16.csv"
+    table.write_bytes(src.read_text().encode("utf-16"))
+    rc, err = cli(*audit_args(table, tmp_path / "out"))
+    line = one_line(err)
+    assert (
+        rc == 2
+        and line == f"error: {table}: is UTF-16 text, not UTF-8; save it as UTF-8 (Excel: 'CSV UTF-8')"
+    )
+    assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from medaudit.audit.config import ColumnMap
-from medaudit.audit.table_read import _bad_utf8_line
+from medaudit.audit.table_read import not_utf8
 from medaudit.errors import InputError
 from medaudit.io import missing_reason
 
@@ -111,7 +111,7 @@ def _read_npy_embeddings(p: Path, ids_path: str | os.PathLike[str] | None) -> tu
     try:
         text = ip.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad) is not part of an id
     except UnicodeDecodeError as exc:
-        raise InputError(f"{ip}: line {_bad_utf8_line(ip)} is not UTF-8 text ({exc.reason})") from exc
+        raise InputError(not_utf8(ip, exc)) from exc
     except OSError as exc:
         raise InputError(f"{ip}: cannot read ids file ({exc.strerror or type(exc).__name__})") from exc
     emb_ids = [line.strip() for line in text.splitlines() if line.strip()]

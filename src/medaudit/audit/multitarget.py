@@ -90,6 +90,20 @@ def check_dataset_meta(meta: Sequence[str], findings: Sequence[str]) -> None:
             )
 
 
+def _check_enough_joined(joined: JoinedDataset, config: AuditConfig) -> None:
+    """Too few joined cases to audit is named with the predictions file, before any embedding (the
+    shared report encoder failed first: 'tfidf-svd: need at least 2 reports to fit')."""
+    from medaudit.audit.pipeline import _min_cases
+
+    need, n = _min_cases(config, config.slicer), len(joined.df)
+    if n < need:
+        rep = joined.report
+        raise InputError(
+            f"{rep.predictions_file}: {n} of its {rep.n_predictions} predictions joined the dataset's "
+            f"cases (by {rep.id_column}); at least {need} are needed to audit"
+        )
+
+
 def _modalities(joined: JoinedDataset, config: AuditConfig) -> tuple[str, ...]:
     if config.modalities is not None:
         return config.resolved_modalities()
@@ -282,6 +296,7 @@ def audit_dataset(
     if not findings:
         raise InputError("no finding has both labels and a predictions column")
     check_dataset_meta(joined.meta, findings)
+    _check_enough_joined(joined, config)
     many = isinstance(targets, str) and targets.strip().lower() == "all"
     bad: dict[str, str] = {}  # findings without labels or predictions: found before any image is embedded
     for f in findings:

@@ -128,7 +128,7 @@ def _check_delimited(p: Path, sep: str) -> None:
                     + _excel_sep_hint(header)
                 )
     except UnicodeDecodeError as exc:
-        raise InputError(f"{p}: line {_bad_utf8_line(p)} is not UTF-8 text ({exc.reason})") from exc
+        raise InputError(not_utf8(p, exc)) from exc
     except csv.Error as exc:
         raise InputError(f"{p}: line {line + 1}: {exc}") from exc
     except (OSError, EOFError) as exc:
@@ -193,7 +193,7 @@ def _check_json_lines(p: Path) -> None:
                 if not isinstance(obj, dict):
                     raise InputError(f"{p}: line {n} is not a JSON object ({{...}}), one case per line")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{p}: line {_bad_utf8_line(p)} is not UTF-8 text ({exc.reason})") from exc
+        raise InputError(not_utf8(p, exc)) from exc
     except (OSError, EOFError) as exc:
         raise InputError(f"{p}: cannot read table ({exc})") from exc
 
@@ -278,6 +278,21 @@ def _bigs(value: object) -> Iterable[_BigNumber]:
     elif isinstance(value, list):
         for v in value:
             yield from _bigs(v)
+
+
+def not_utf8(p: Path, exc: UnicodeDecodeError) -> str:
+    """One line for a text file that is not UTF-8: UTF-16 (it starts with a byte-order mark, as Excel's
+    "Unicode Text" does) is said to be, else the first line that is not UTF-8 is named."""
+    import gzip
+
+    try:
+        with gzip.open(p, "rb") if p.suffix.lower() == ".gz" else open(p, "rb") as fh:
+            head = fh.read(2)
+    except (OSError, EOFError):
+        head = b""
+    if head in (b"\xff\xfe", b"\xfe\xff"):
+        return f"{p}: is UTF-16 text, not UTF-8; save it as UTF-8 (Excel: 'CSV UTF-8')"
+    return f"{p}: line {_bad_utf8_line(p)} is not UTF-8 text ({exc.reason})"
 
 
 def _bad_utf8_line(p: Path) -> int | str:
