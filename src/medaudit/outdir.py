@@ -429,8 +429,10 @@ def _take_stock(claim: OutputClaim, owns: tuple[str, ...], writes: tuple[str, ..
 
 
 def _open(claim: OutputClaim, owns: tuple[str, ...] = (), writes: tuple[str, ...] = ()) -> bool:
-    """Create the staging folder (or, in place, the output folder); True if the output folder was created."""
+    """Create the staging folder (or, in place, the output folder) and its marker; True if the output
+    folder was created. If the marker cannot be written (a full disk), what was just made is removed."""
     path, flag = claim.path, claim.flag
+    made: Path | None = None
     try:
         if claim.in_place:
             created = not path.exists()
@@ -439,15 +441,20 @@ def _open(claim: OutputClaim, owns: tuple[str, ...] = (), writes: tuple[str, ...
             else:
                 _take_stock(claim, owns, writes)
             path.mkdir(exist_ok=True)
+            made = path if created else None
             _write_marker(path, claim.kind, "running", sorted(claim.files))
             return created
-        stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_STAGING}"))
+        made = claim.stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_STAGING}"))
+        _write_marker(claim.stage, claim.kind, "staging")
+        return False
     except OSError as exc:  # the folder that refused: --out's parent, or --out itself (in place)
-        where = Path(exc.filename).parent if exc.filename else path.parent
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        if made is not None:  # its marker could not be written
+            where = path if claim.in_place else path.parent
+        else:
+            where = Path(exc.filename).parent if exc.filename else path.parent
         raise InputError(f"{flag} {path}: cannot write in {where} ({exc.strerror})") from None
-    claim.stage = stage
-    _write_marker(stage, claim.kind, "staging")
-    return False
 
 
 def _abandon(claim: OutputClaim, created: bool, keep_if: tuple[str, ...], exc: BaseException) -> None:

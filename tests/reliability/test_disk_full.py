@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 import medaudit.io as mio
+from medaudit.errors import InputError
 from medaudit.io import atomic_save, atomic_write_bytes
 from medaudit.outdir import claim_output
 
@@ -98,3 +99,16 @@ def test_memmapped_embeddings_reserve_their_blocks_so_a_full_disk_is_one_error(t
     with pytest.raises(InputError, match=r"emb\.npy: No space left on device \(the embeddings need 0 MiB\)"):
         encode_cached(enc, ids, texts, tmp_path / "c", progress=False, out=out)
     assert not out.exists() and not list(tmp_path.glob(".emb.npy*"))
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_disk_full_when_the_output_is_claimed_leaves_nothing(tmp_path, monkeypatch, in_place):
+    """The marker write failed after the folder (in place) or the staging folder was made: an empty
+    '--out' or '.out.staging-XXXX' was left behind, and the message named the staging marker."""
+    monkeypatch.setattr(mio.os, "fsync", _enospc)
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as err, claim_output(out, "k", in_place=in_place):
+        pytest.fail("the run must not start")
+    assert str(err.value).startswith(f"--out {out}: cannot write in ")
+    assert "No space left on device" in str(err.value) and ".staging-" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []

@@ -202,7 +202,7 @@ def _train_config(
     ``--filter`` without ``--mode`` turns a clean, recipe-less config into ``mode="filtered"``.
     """
     from medaudit.texture.severity import check_version
-    from medaudit.texture.train import MAX_PATCH, TrainConfig, check_field, load_config
+    from medaudit.texture.train import MAX_CHANNELS, MAX_PATCH, TrainConfig, check_field, load_config
 
     base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
     _check_filter_flag(over["filter_name"])
@@ -218,6 +218,8 @@ def _train_config(
         over["patch_size"] = [patch_size] * 3
     if channels is not None:
         over["channels"] = _ints(channels, "channels", lo=1, ranges=False)
+        if max(over["channels"]) > MAX_CHANNELS:  # a U-Net of that width fails inside torch (exit 1)
+            raise InputError(f"--channels {channels!r}: {max(over['channels'])} is above {MAX_CHANNELS}")
     for key, flag in _NUMERIC_FLAGS.items():  # a bad number names its flag, not the merged config
         if over.get(key) is not None:
             over[key] = check_field(key, over[key], flag)

@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -49,6 +49,10 @@ from medaudit.texture.preprocess import INPUT_NORMS, normalise_input
 from medaudit.texture.severity import SEVERITY_VERSION, wm_label_of
 
 MODES = ("clean", "filtered", "online")
+
+#: most feature channels of one U-Net level: a 3D convolution between two levels of ``c`` channels holds
+#: ``27 c^2`` weights, so ``channels: [4, 2**34]`` asked for terabytes and failed inside torch (exit 1)
+MAX_CHANNELS = 1024
 
 
 def refuse_bool_number(value: Any, annotation: Any) -> Any:
@@ -92,7 +96,9 @@ class TrainConfig(Config):
     severity_version: int = 2  # severity table of filter_severity / recipe levels (1 = the old table)
     input_norm: str = "none"  # none | zscore | percentile: per-patch / per-window input normalisation
     # model
-    channels: list[PositiveInt] = Field(default_factory=lambda: [8, 16, 32, 64], min_length=2)
+    channels: list[Annotated[int, Field(ge=1, le=MAX_CHANNELS)]] = Field(
+        default_factory=lambda: [8, 16, 32, 64], min_length=2
+    )
     num_res_units: int = Field(1, ge=0)
     dropout: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
     # optimisation
@@ -711,6 +717,7 @@ def train(
             return model_path
     else:
         meta = {}
+    previous = _read_text(out_dir / "config.json")  # before the run writes its own
     run = _setup_run(config, out_dir)  # the data are good: a warning now is not followed by an error
     if meta.get("config_key") is not None:  # a finished run of another config, trained over
         warnings.warn(
@@ -718,8 +725,13 @@ def train(
             "training again replaces its model.pt (to keep it, use another folder)",
             stacklevel=2,
         )
-    if resume and ckpt_path.is_file():
-        _resume(run, ckpt_path, keys)
+    if resume and ckpt_path.is_file() and not _resume(run, ckpt_path, keys) and not meta:
+        warnings.warn(  # an interrupted run of another config: its progress is not silently lost
+            f"{out_dir}: holds an interrupted run of another config "
+            f"({_config_change({'config': previous}, config)}); training starts over and replaces its "
+            "checkpoint.pt (to keep it, use another folder)",
+            stacklevel=2,
+        )
     end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
     t0 = time.perf_counter()
     with make_progress(disable=None if progress is None else not progress) as prog:
@@ -852,8 +864,17 @@ def _setup_run(config: TrainConfig, out_dir: Path) -> _Run:
     )
 
 
-def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> None:
-    """Continue from a checkpoint of the same config (weights, optimiser, scaler, RNG states, history)."""
+def _read_text(path: Path) -> str | None:
+    """The text of ``path``, or ``None`` when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> bool:
+    """Continue from a checkpoint of the same config (weights, optimiser, scaler, RNG states, history);
+    ``False`` when the checkpoint is of another config (the run starts over)."""
     try:
         st = load_checkpoint(ckpt_path)
     except InputError:  # truncated, garbled, not a dict: the run's own file, damaged
@@ -863,7 +884,7 @@ def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> None:
             f"{ckpt_path}: a damaged checkpoint (it cannot be loaded); delete it to start the run over"
         ) from None
     if st.get("config_key") not in keys:
-        return
+        return False
     try:
         run.model.load_state_dict(st["model"])
         run.opt.load_state_dict(st["optimizer"])
@@ -875,6 +896,7 @@ def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> None:
         raise InputError(
             f"{ckpt_path}: a damaged checkpoint (inconsistent contents); delete it to start the run over"
         ) from None
+    return True
 
 
 def _iteration(run: _Run, config: TrainConfig, it: int) -> float:
@@ -882,8 +904,21 @@ def _iteration(run: _Run, config: TrainConfig, it: int) -> float:
     x, y = training_batch(config, run.recipe, run.train_vols, it, run.device)
     loss = train_step(run.model, run.opt, run.scaler, run.loss_fn, x, y, run.device, run.use_amp)
     lv = float(loss.detach().cpu())
+    _check_finite_weights(run.model, config, it, lv)
     run.history["loss"].append(lv)
     return lv
+
+
+def _check_finite_weights(model: torch.nn.Module, config: TrainConfig, it: int, loss: float) -> None:
+    """Stop a diverged run before it is checkpointed: NaN or infinite weights make a model that eval and
+    predict refuse, and it was saved as a finished model.pt (exit 0). Under AMP the scaler skips a step
+    whose gradients overflow, so a non-finite loss alone is not a divergence."""
+    if bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+        return
+    raise InputError(
+        f"training diverged at iteration {it + 1}: the weights became NaN or infinite (loss {loss:.3g}); "
+        f"lower 'lr' ({config.lr:g}) or 'weight_decay' ({config.weight_decay:g})"
+    )
 
 
 def _checkpoint(run: _Run, ckpt_path: Path, it: int, key: str) -> None:

@@ -153,8 +153,13 @@ class TestModel(Config):
         return _levels(v, 1, 5)
 
 
+#: most bootstrap resamples of the report's intervals: each resample's mean is kept, so 10**12 asked for
+#: terabytes after every model of the study was trained and evaluated
+MAX_BOOTSTRAP = 1_000_000
+
+
 class ReportModel(Config):
-    bootstrap: int = Field(2000, ge=1)
+    bootstrap: int = Field(2000, ge=1, le=MAX_BOOTSTRAP)
 
 
 class ResourcesModel(Config):
