@@ -222,7 +222,8 @@ def evaluate_texture_bias(
 
     ``cases`` may be :class:`medaudit.texture.evaluate.CaseVolumes`, to reuse the volumes it read."""
     from medaudit.texture.evaluate import _load_models, case_volumes
-    from medaudit.texture.train import derive_seed, sliding_window_predict
+    from medaudit.texture.train import derive_seed
+    from medaudit.texture.unet import sliding_window_predict
 
     models = _load_models(checkpoints, device)
     meta0 = models[0][2]

@@ -17,7 +17,7 @@ from medaudit.io import missing_reason
 from medaudit.texture.options import DataSource, InputNorm, RecipeName, TrainMode
 
 if TYPE_CHECKING:
-    from medaudit.texture.train import TrainConfig
+    from medaudit.texture.train_config import TrainConfig
 
 app = typer.Typer(
     help="Texture robustness of 3D segmentation: train on filtered scans, evaluate under corruptions.",
@@ -202,7 +202,7 @@ def _train_config(
     ``--filter`` without ``--mode`` turns a clean, recipe-less config into ``mode="filtered"``.
     """
     from medaudit.texture.severity import check_version
-    from medaudit.texture.train import MAX_CHANNELS, MAX_PATCH, TrainConfig, check_field, load_config
+    from medaudit.texture.train_config import MAX_CHANNELS, MAX_PATCH, TrainConfig, check_field, load_config
 
     base = load_config(config).to_dict() if config is not None else TrainConfig().to_dict()
     _check_filter_flag(over["filter_name"])
@@ -269,7 +269,7 @@ def _run_train(cfg: TrainConfig, out: Path, config: Path | None, resume: bool, f
 
 def _check_models(models: list[Path]) -> None:
     """Fail with one line naming the model file before anything else is read."""
-    from medaudit.texture.train import check_model_meta, load_checkpoint
+    from medaudit.texture.checkpoint import check_model_meta, load_checkpoint
 
     if not models:
         raise InputError("--model: give at least one model.pt")

@@ -18,16 +18,12 @@ import torch
 from medaudit.data import mri as tdata
 from medaudit.errors import InputError
 from medaudit.progress import make_progress
+from medaudit.texture.checkpoint import load_model
 from medaudit.texture.filters.registry import is_clean
 from medaudit.texture.metrics import segmentation_scores
 from medaudit.texture.severity import SEVERITY_VERSION, check_version, wm_label_of
-from medaudit.texture.train import (
-    apply_corruption,
-    derive_seed,
-    family_of,
-    load_model,
-    sliding_window_predict,
-)
+from medaudit.texture.train import apply_corruption, derive_seed, family_of
+from medaudit.texture.unet import sliding_window_predict
 
 COLUMNS = [
     "model",

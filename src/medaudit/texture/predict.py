@@ -17,7 +17,8 @@ import torch
 from medaudit.data import mri as tdata
 from medaudit.errors import InputError
 from medaudit.progress import make_progress
-from medaudit.texture.train import load_model, sliding_window_predict
+from medaudit.texture.checkpoint import load_model
+from medaudit.texture.unet import sliding_window_predict
 
 
 def _out_name(path: Path) -> str:

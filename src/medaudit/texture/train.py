@@ -25,251 +25,72 @@ import hashlib
 import inspect
 import json
 import os
-import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from medaudit.configfile import Config
 from medaudit.data import mri as tdata
 from medaudit.device import default_device, seed_everything
 from medaudit.errors import InputError
 from medaudit.faults import fault_point
-from medaudit.io import atomic_save, atomic_write_json, missing_reason
+from medaudit.io import atomic_write_json
 from medaudit.progress import make_progress
+from medaudit.texture.checkpoint import (
+    check_model_meta,
+    load_checkpoint,
+    load_model,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from medaudit.texture.filters.registry import is_clean
-from medaudit.texture.preprocess import INPUT_NORMS, normalise_input
+from medaudit.texture.preprocess import normalise_input
 from medaudit.texture.severity import SEVERITY_VERSION, wm_label_of
+from medaudit.texture.train_config import (
+    MAX_CHANNELS,
+    MAX_PATCH,
+    MODES,
+    TrainConfig,
+    check_field,
+    load_config,
+    refuse_bool_number,
+    severity_range,
+)
+from medaudit.texture.unet import build_model, sliding_window_predict
 
-MODES = ("clean", "filtered", "online")
-
-#: most feature channels of one U-Net level: a 3D convolution between two levels of ``c`` channels holds
-#: ``27 c^2`` weights, so ``channels: [4, 2**34]`` asked for terabytes and failed inside torch (exit 1)
-MAX_CHANNELS = 1024
-
-
-def refuse_bool_number(value: Any, annotation: Any) -> Any:
-    """``value`` unless it is true / false (or a list holding one) for a field of numbers: pydantic
-    reads ``iterations: yes`` as 1 and ``severity_version: true`` as the old table."""
-    kind = str(annotation)
-    items = value if isinstance(value, list) else [value]
-    if ("int" in kind or "float" in kind) and any(isinstance(x, bool) for x in items):
-        raise ValueError("expected a number, not true/false")
-    return value
-
-
-class TrainConfig(Config):
-    """Everything that defines a training run (JSON/YAML-serialisable; validated by pydantic).
-
-    Values are coerced where unambiguous (``iterations: "500"`` is 500, ``lr: 3e-3`` is 0.003) and
-    refused otherwise, with one line naming the key; numbers must be finite (no NaN or inf) and in range
-    (``lr > 0``, fractions in ``[0, 1)``, counts ``>= 1``).
-    """
-
-    # data
-    data_source: str = "mni-phantom"  # mni-phantom | dhcp | folder | csv
-    data_path: str | None = None
-    data_options: dict[str, Any] = Field(default_factory=dict)  # passed to the reader
-    label_set: str = "tissue4"
-    spacing: float | None = Field(None, gt=0, allow_inf_nan=False)  # resample on load (mm); None: native
-    n_subjects: int = Field(8, ge=1)  # mni-phantom only
-    phantom_spacing: float = Field(2.5, gt=0, allow_inf_nan=False)  # mni-phantom only
-    cache_dir: str | None = None
-    val_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
-    test_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
-    split_seed: int = Field(0, ge=0, lt=2**64)  # numpy's generators take no negative seed
-    small_policy: str = "pad"  # pad | error
-    # training filter
-    mode: str = "clean"
-    filter_name: str | None = None
-    filter_severity: int | list[int] = 3  # a level 1..5, or [lo, hi] sampled uniformly (inclusive)
-    filter_prob: float = Field(0.5, ge=0, le=1, allow_inf_nan=False)  # online mode only
-    recipe: str | None = None  # clean | filtered | mixed | bigaug | synthseg | gin (None: from ``mode``)
-    recipe_options: dict[str, Any] = Field(default_factory=dict)
-    severity_version: int = 2  # severity table of filter_severity / recipe levels (1 = the old table)
-    input_norm: str = "none"  # none | zscore | percentile: per-patch / per-window input normalisation
-    # model
-    channels: list[Annotated[int, Field(ge=1, le=MAX_CHANNELS)]] = Field(
-        default_factory=lambda: [8, 16, 32, 64], min_length=2
-    )
-    num_res_units: int = Field(1, ge=0)
-    dropout: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
-    # optimisation
-    patch_size: list[int] = Field(default_factory=lambda: [48, 48, 48])
-    batch_size: int = Field(2, ge=1)
-    pos_neg_ratio: float = Field(2.0, ge=0, allow_inf_nan=False)  # RandCropByPosNegLabeld pos:neg
-    iterations: int = Field(300, ge=1)
-    lr: float = Field(2e-3, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(1e-5, ge=0, allow_inf_nan=False)
-    seed: int = Field(0, ge=-(2**63), lt=2**64)  # the range torch.manual_seed takes
-    amp: bool = True  # used on CUDA only
-    val_every: int = Field(100, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
-    sw_batch_size: int = Field(2, ge=1)
-    inference_roi: list[PositiveInt] | None = Field(None, min_length=3, max_length=3)  # default: patch_size
-    device: str | None = None
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, v: Any, info: Any) -> Any:
-        return refuse_bool_number(v, cls.model_fields[info.field_name].annotation)
-
-    @field_validator("data_source", "label_set", "small_policy")
-    @classmethod
-    def _known_name(cls, v: str, info: Any) -> str:
-        """A data source, label set or small-volume policy medaudit knows (named by its key here, not
-        only once the data are read)."""
-        from medaudit.texture.options import DataSource
-
-        if info.field_name == "label_set":
-            tdata.get_label_set(v)
-        known = {"data_source": [d.value for d in DataSource], "small_policy": ["pad", "error"]}
-        if v not in known.get(info.field_name, [v]):
-            raise InputError(f"unknown value '{v}'; choose one of {known[info.field_name]}")
-        return v
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if self.mode not in MODES:
-            raise InputError(f"unknown training mode '{self.mode}'; choose one of {list(MODES)}")
-        if self.mode != "clean" and not self.filter_name:
-            raise InputError(f"training mode '{self.mode}' needs a filter_name")
-        if self.recipe is not None and self.mode not in ("clean", self.recipe):
-            raise InputError(
-                f"set either recipe ('{self.recipe}') or the legacy mode ('{self.mode}'), not both"
-            )
-        if self.recipe == "filtered" and not self.filter_name:
-            raise InputError("recipe 'filtered' needs a filter_name")
-        if self.input_norm not in INPUT_NORMS:
-            raise InputError(f"unknown input_norm '{self.input_norm}'; choose one of {list(INPUT_NORMS)}")
-        sev = self.filter_severity
-        levels = [sev] if isinstance(sev, int) else list(sev)
-        if not levels or any(not (0 <= int(s) <= 5) for s in levels) or len(levels) > 2:
-            raise InputError(f"filter_severity must be a level 0..5 or a [lo, hi] range, got {sev!r}")
-        uses_filter = self.recipe == "filtered" or (self.recipe is None and self.mode != "clean")
-        if uses_filter and any(int(s) < 1 for s in levels):  # level 0 is the identity: a clean model
-            raise InputError(
-                f"filter_severity must be a level 1..5 (or a [lo, hi] range of them) with a filter, got {sev!r}"
-            )
-        if len(self.patch_size) != 3 or any(int(p) < 8 for p in self.patch_size):
-            raise InputError(f"patch_size must be three sizes >= 8, got {self.patch_size!r}")
-        _check_unet_sizes(self.patch_size, self.inference_roi, len(self.channels))
-        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
-            raise InputError("val_fraction and test_fraction must lie in [0, 1)")
-        if self.iterations < 1 or self.batch_size < 1:
-            raise InputError("iterations and batch_size must be >= 1")
-        self.make_recipe()  # validates the recipe name and options
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
-
-    @property
-    def roi(self) -> list[int]:
-        """Sliding-window size used at inference."""
-        return list(self.inference_roi or self.patch_size)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "training config") -> TrainConfig:
-        """Validate a mapping; a bad key or value is one :class:`InputError` line naming ``source``."""
-        from medaudit.configfile import validation_error
-
-        try:
-            return cls.model_validate(d)
-        except ValidationError as exc:
-            raise validation_error(exc, source) from None
-
-    @property
-    def recipe_name(self) -> str:
-        """The recipe this config trains with (legacy ``mode`` mapped: ``online`` -> ``mixed``)."""
-        if self.recipe is not None:
-            return self.recipe
-        return {"clean": "clean", "filtered": "filtered", "online": "mixed"}[self.mode]
-
-    def make_recipe(self, spacing: Sequence[float] | None = None, wm_label: int | None = None) -> Any:
-        """The :class:`~medaudit.texture.recipes.Recipe` of this config."""
-        from medaudit.texture.recipes import make_recipe
-
-        opts = dict(self.recipe_options)
-        if self.recipe is None and self.mode == "online":
-            opts = {"filters": [self.filter_name], "severity": list(_sev_range(self)), "p": self.filter_prob}
-        if self.recipe_name == "filtered":
-            if {"filter", "severity"} & set(opts):  # training filters with the config's keys alone
-                raise InputError("recipe 'filtered': set filter_name / filter_severity, not recipe_options")
-            opts = {"filter": self.filter_name, "severity": list(_sev_range(self)), **opts}  # others checked
-        return make_recipe(self.recipe_name, opts, self.severity_version, spacing, wm_label)
-
-    @property
-    def train_filter(self) -> str:
-        """Label for reports: ``none`` (clean baseline), ``<filter>@<severity>`` or the recipe's label."""
-        if self.recipe is not None and self.recipe not in ("clean", "filtered"):
-            return str(self.make_recipe().describe())
-        if self.recipe_name == "clean":
-            return "none"
-        sev = self.filter_severity
-        s = str(sev) if isinstance(sev, int) else f"{sev[0]}-{sev[-1]}"
-        return f"{self.filter_name}@{s}" + ("(online)" if self.mode == "online" else "")
-
-    def key(self) -> str:
-        """Content key of the run (excludes the device)."""
-        d = self.to_dict()
-        d.pop("device", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-#: largest side of a training patch or inference window: 512^3 float32 voxels are 512 MiB per sample
-MAX_PATCH = 512
-
-
-def _check_unet_sizes(patch: Sequence[int], roi: Sequence[int] | None, levels: int) -> None:
-    """The U-Net halves its input ``levels - 1`` times and joins each level to its skip connection:
-    every side of the patch (and of the inference window) must be a multiple of ``2**(levels - 1)``,
-    leave more than one voxel at the bottom (instance norm), and stay within :data:`MAX_PATCH` (a huge
-    patch pads every volume up to it). A size that breaks this failed only inside the first step."""
-    step = 2 ** (levels - 1)
-    for key, sizes in (("patch_size", patch), ("inference_roi", roi)):
-        sides = [int(s) for s in sizes or ()]
-        if any(s > MAX_PATCH for s in sides):
-            raise InputError(f"{key} {sides}: each size must be at most {MAX_PATCH}")
-        if sides and (any(s % step for s in sides) or np.prod([s // step for s in sides]) < 2):
-            raise InputError(
-                f"{key} {sides}: with {levels} channel levels the U-Net halves it {levels - 1} times; "
-                f"each size must be a multiple of {step} with more than one voxel left at the bottom"
-            )
-
-
-def check_field(key: str, value: Any, source: str) -> Any:
-    """``value`` validated (and coerced) as the :class:`TrainConfig` field ``key``, with the field's
-    constraints (finite, in range); otherwise one :class:`InputError` line naming ``source`` (a flag
-    such as ``--lr``, or a config key)."""
-    from typing import Annotated
-
-    from pydantic import TypeAdapter
-
-    f = TrainConfig.model_fields[key]
-    kind = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation  # type: ignore[valid-type]
-    try:
-        return TypeAdapter(kind).validate_python(refuse_bool_number(value, f.annotation))
-    except (ValidationError, ValueError) as exc:
-        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        raise InputError(f"{source}: {msg} (got {value!r:.60})") from None
-
-
-def load_config(path: str | Path) -> TrainConfig:
-    """A :class:`TrainConfig` from a YAML or JSON file (its ``train:`` block, or the whole mapping)."""
-    from medaudit.configfile import read_mapping
-
-    d = read_mapping(path)
-    if "train" in d and not isinstance(d["train"], dict):
-        raise InputError(f"{path}: key 'train': expected a mapping of training keys, got {d['train']!r:.60}")
-    return TrainConfig.from_dict(d.get("train", d), str(path))
+__all__ = [
+    "MAX_CHANNELS",
+    "MAX_PATCH",
+    "MODES",
+    "TrainConfig",
+    "absolute_case",
+    "absolute_data_path",
+    "apply_corruption",
+    "build_model",
+    "check_field",
+    "check_model_meta",
+    "check_test_cases",
+    "derive_seed",
+    "family_of",
+    "load_checkpoint",
+    "load_config",
+    "load_data",
+    "load_model",
+    "refuse_bool_number",
+    "save_checkpoint",
+    "sliding_window_predict",
+    "split_cases",
+    "train",
+    "train_step",
+    "training_batch",
+    "validate",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,56 +174,6 @@ def split_cases(
     return {"test": perm[:n_test], "val": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
 
 
-def build_model(
-    n_classes: int,
-    channels: Sequence[int],
-    num_res_units: int = 1,
-    dropout: float = 0.0,
-    input_norm: str = "none",
-) -> torch.nn.Module:
-    """MONAI 3D ``UNet`` (instance norm), one input channel; ``model.input_norm`` is its pre-processing."""
-    from monai.networks.nets import UNet
-
-    ch = tuple(int(c) for c in channels)
-    model = UNet(
-        spatial_dims=3,
-        in_channels=1,
-        out_channels=n_classes,
-        channels=ch,
-        strides=(2,) * (len(ch) - 1),
-        num_res_units=num_res_units,
-        dropout=dropout,
-    )
-    model.input_norm = input_norm
-    return model
-
-
-def sliding_window_predict(
-    model: torch.nn.Module,
-    image: torch.Tensor,
-    roi_size: Sequence[int],
-    device: torch.device,
-    sw_batch_size: int = 2,
-    amp: bool = True,
-) -> torch.Tensor:
-    """Arg-max labels ``(D,H,W)`` int64 for an image ``(1,D,H,W)`` with sliding-window inference."""
-    from monai.inferers import sliding_window_inference
-
-    model.eval()
-    norm = str(getattr(model, "input_norm", "none"))
-    predictor = model if norm == "none" else (lambda w: model(normalise_input(w, norm)))
-    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
-        logits = sliding_window_inference(
-            image[None].to(device),
-            tuple(int(r) for r in roi_size),
-            sw_batch_size,
-            predictor,
-            overlap=0.25,
-            mode="gaussian",
-        )
-    return logits.argmax(1)[0].to("cpu")
-
-
 def load_data(config: TrainConfig) -> list[tdata.VolumeCase]:
     """Cases of the configured data source."""
     if config.data_source == "mni-phantom":
@@ -413,65 +184,6 @@ def load_data(config: TrainConfig) -> list[tdata.VolumeCase]:
             seed=config.split_seed,
         )
     return tdata.get_cases(config.data_source, config.data_path, **config.data_options)
-
-
-# --------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    st: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-        "numpy_pos": torch.tensor([int(np_state[2]), int(np_state[3])], dtype=torch.int64),
-        "numpy_gauss": torch.tensor([float(np_state[4])], dtype=torch.float64),
-        "python": torch.tensor([int(x) for x in py_state[1]], dtype=torch.int64),
-        "python_version": torch.tensor([int(py_state[0])], dtype=torch.int64),
-    }
-    if torch.cuda.is_available():
-        st["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    return st
-
-
-def _set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    pos = st["numpy_pos"].tolist()
-    np.random.set_state(
-        ("MT19937", st["numpy_keys"].numpy().astype(np.uint32), pos[0], pos[1], float(st["numpy_gauss"][0]))
-    )
-    random.setstate((int(st["python_version"][0]), tuple(int(x) for x in st["python"].tolist()), None))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(st["cuda"]))
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic ``torch.save``."""
-    with atomic_save(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with a one-line InputError naming the file if it is not ours.
-
-    Anything ``weights_only`` refuses (a pickle that would run code), and anything that is not a torch
-    file at all, gets the same line; unsafe loading is never suggested.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: {missing_reason(p, 'model file')}")
-    if not p.is_file():
-        raise InputError(f"{p}: is not a file (expected a model.pt written by medaudit texture train)")
-    try:
-        with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it
-            warnings.simplefilter("ignore")
-            st = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:
-        raise InputError(f"not a medaudit model, or unsafe to load: {p}") from None
-    if not isinstance(st, dict):
-        raise InputError(f"not a medaudit model, or unsafe to load: {p}")
-    return st
 
 
 # --------------------------------------------------------------------------------------------------
@@ -499,7 +211,7 @@ def _prepare_volumes(
             f"'{config.label_set}' foreground label), e.g. {cases[0].label}; check the label files"
         )
     if training and config.recipe_name == "filtered":
-        lo, hi = _sev_range(config)
+        lo, hi = severity_range(config)
         for v in vols:
             rng = np.random.default_rng(derive_seed(config.seed, "filtered", v["case_id"]))
             sev = int(rng.integers(lo, hi + 1))
@@ -580,13 +292,6 @@ def _relative_path_key(config: TrainConfig, out_dir: Path) -> list[str]:
         return [TrainConfig.from_dict(old).key()]
     except (OSError, RuntimeError, InputError):
         return []
-
-
-def _sev_range(config: TrainConfig) -> tuple[int, int]:
-    s = config.filter_severity
-    if isinstance(s, int):
-        return s, s
-    return int(s[0]), int(s[-1])
 
 
 def _sample_batch(
@@ -889,7 +594,7 @@ def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> bool:
         run.model.load_state_dict(st["model"])
         run.opt.load_state_dict(st["optimizer"])
         run.scaler.load_state_dict(st["scaler"])
-        _set_rng_state(st["rng"])
+        set_rng_state(st["rng"])
         run.start = int(st["iteration"])
         run.history = {"loss": list(st["history_loss"]), "val_dice": [list(x) for x in st["history_val"]]}
     except Exception:  # a torch file of this config with missing keys, wrong shapes or wrong types
@@ -928,7 +633,7 @@ def _checkpoint(run: _Run, ckpt_path: Path, it: int, key: str) -> None:
             "model": run.model.state_dict(),
             "optimizer": run.opt.state_dict(),
             "scaler": run.scaler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "iteration": it,
             "config_key": key,
             "history_loss": [float(x) for x in run.history["loss"]],
@@ -953,73 +658,8 @@ def _save_final(run: _Run, config: TrainConfig, key: str, model_path: Path) -> N
         "severity_version": int(config.severity_version),
         "filter_name": config.filter_name
         or ("none" if config.recipe_name == "clean" else config.train_filter),
-        "train_severity": _sev_range(config)[1] if config.filter_name else 0,
+        "train_severity": severity_range(config)[1] if config.filter_name else 0,
         "train_families": list(run.recipe.train_families()),
         "val_dice": [[float(a), float(b)] for a, b in run.history["val_dice"]],
     }
     save_checkpoint(model_path, final)
-
-
-def _usable_device(spec: str | None) -> str | None:
-    """The device a model was trained on when this machine has it, else ``None`` (pick one): a model
-    trained with ``device: cuda`` stays usable on a CPU-only machine."""
-    from medaudit.device import check_device
-
-    try:
-        return check_device(spec)
-    except InputError:
-        return None
-
-
-def check_model_meta(st: dict[str, Any]) -> None:
-    """The metadata evaluation reads: a text ``train_filter`` (and, when present, text ``filter_name`` /
-    ``train_mode``, a level ``train_severity`` 0..5 and a list of family names ``train_families``);
-    ``ValueError`` otherwise."""
-    if not isinstance(st.get("train_filter"), str):
-        raise ValueError("train_filter: missing or not text")
-    for key in ("filter_name", "train_mode"):
-        if key in st and not isinstance(st[key], str):
-            raise ValueError(f"{key}: not text")
-    sev = st.get("train_severity", 0)
-    if isinstance(sev, bool) or not isinstance(sev, int) or not 0 <= sev <= 5:
-        raise ValueError("train_severity: not a level 0..5")
-    fams = st.get("train_families", [])
-    if not isinstance(fams, list) or not all(isinstance(f, str) for f in fams):
-        raise ValueError("train_families: not a list of names")
-
-
-def load_model(
-    path: str | Path, device: str | torch.device | None = None
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from ``model.pt``; returns ``(model in eval mode, metadata)``."""
-    st = load_checkpoint(path)
-    if "state_dict" not in st or "config" not in st:
-        raise InputError(
-            f"not a medaudit model, or unsafe to load: {path} (use the model.pt written by train)"
-        )
-    try:
-        stored = json.loads(st["config"])
-        stored.setdefault("severity_version", 1)  # models trained before severity tables were versioned
-        config = TrainConfig.from_dict(stored)
-        model = build_model(
-            int(st["n_classes"]), config.channels, config.num_res_units, config.dropout, config.input_norm
-        )
-        model.load_state_dict(st["state_dict"])
-        # what evaluation and prediction read: a known label set with these classes
-        ls = tdata.get_label_set(st["label_set"])
-        if ls.n_classes != int(st["n_classes"]) or [str(c) for c in st["class_names"]] != list(
-            ls.class_names
-        ):
-            raise ValueError("label set, n_classes and class_names disagree")
-        check_model_meta(st)
-    except Exception:  # a dict that looks like ours but is not: wrong keys, shapes, config or labels
-        raise InputError(f"not a medaudit model, or unsafe to load: {path} (inconsistent contents)") from None
-    if not all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point()):
-        raise InputError(f"{path}: the model's weights hold NaN or infinity (a diverged training run?)")
-    dev = default_device(str(device) if device is not None else _usable_device(config.device))
-    model.to(dev).eval()
-    meta = {k: v for k, v in st.items() if k != "state_dict"}
-    meta["config"] = config
-    meta["device"] = dev
-    meta["path"] = str(path)
-    return model, meta

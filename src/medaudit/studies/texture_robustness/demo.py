@@ -57,7 +57,8 @@ def demo_command(
     """Small end-to-end run on the simulated mni-phantom cohort: clean baseline vs a training recipe."""
     from medaudit.device import check_device
     from medaudit.texture.recipes import excluded_families
-    from medaudit.texture.train import TrainConfig, family_of
+    from medaudit.texture.train import family_of
+    from medaudit.texture.train_config import TrainConfig
 
     device = check_device(device, flag="--device")  # first: before the cohort is built or loaded
     _check_demo_flags(n_subjects, corruptions, {"iterations": iterations, "seed": seed})
@@ -104,7 +105,7 @@ def _check_demo_flags(n_subjects: int, corruptions: str, numbers: dict[str, int]
     out of its TrainConfig field's range (named by its flag, not as ``TrainConfig: key``)."""
     from medaudit.errors import InputError
     from medaudit.texture.cli import _eval_corruptions
-    from medaudit.texture.train import check_field
+    from medaudit.texture.train_config import check_field
 
     for key, value in numbers.items():
         check_field(key, value, f"--{key}")

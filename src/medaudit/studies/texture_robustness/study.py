@@ -195,13 +195,13 @@ def _err(source: str, key: str, msg: str) -> InputError:
 def _typed_train(train: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The study's ``train`` block with every value validated (and coerced) by its TrainConfig field,
     constraints included (a NaN or negative ``lr`` is refused here, naming ``train.lr``)."""
-    from medaudit.texture.train import check_field
+    from medaudit.texture.train_config import check_field
 
     return {k: check_field(k, v, f"{source}: key 'train.{k}'") for k, v in train.items()}
 
 
 def _train_config_fields() -> set[str]:
-    from medaudit.texture.train import TrainConfig
+    from medaudit.texture.train_config import TrainConfig
 
     return set(TrainConfig.model_fields)
 
@@ -419,7 +419,7 @@ def _train_marker(out_dir: Path, key: str) -> Path:
 
 def _make_train_config(spec: Mapping[str, Any]) -> Any:
     """The :class:`~medaudit.texture.train.TrainConfig` of a training task's spec."""
-    from medaudit.texture.train import TrainConfig
+    from medaudit.texture.train_config import TrainConfig
 
     d = dict(spec["data"])
     train = dict(spec["train"])
