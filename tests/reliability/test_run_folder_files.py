@@ -93,7 +93,7 @@ def test_a_new_run_folder_lists_what_it_wrote_and_an_interrupted_one_too(tmp_pat
     assert MARKER not in mark["files"]
 
 
-def test_texture_train_resume_never_writes_a_users_model(tconfig, tmp_path):
+def test_texture_train_resume_never_writes_a_users_model(cli, tconfig, tmp_path):
     """A real run killed after its first checkpoint; the user drops a model.pt into its folder."""
     run = tmp_path / "run"
     r = run_sub(
@@ -104,13 +104,13 @@ def test_texture_train_resume_never_writes_a_users_model(tconfig, tmp_path):
     (run / "model.pt").write_bytes(b"the user's model")
     (run / "notes.txt").write_text("the user's notes")
     before = snapshot(run)
-    r = run_sub(["texture", "train", "-o", run, "--config", tconfig])
-    line = one_line(r.stderr)
-    assert r.returncode == 2 and "model.pt" in line and "did not write" in line, r.stderr
+    rc, err = cli("texture", "train", "-o", run, "--config", tconfig)
+    line = one_line(err)
+    assert rc == 2 and "model.pt" in line and "did not write" in line, err
     assert snapshot(run) == before
     (run / "model.pt").rename(tmp_path / "users-model.pt")
-    r = run_sub(["texture", "train", "-o", run, "--config", tconfig])
-    assert r.returncode == 0, r.stderr
+    rc, err = cli("texture", "train", "-o", run, "--config", tconfig)
+    assert rc == 0, err
     assert (run / "notes.txt").read_text() == "the user's notes"
     assert (tmp_path / "users-model.pt").read_bytes() == b"the user's model"
     files = read_marker(run)["files"]
