@@ -4,7 +4,7 @@ Commands are registered by name and loaded only when invoked, so ``medaudit --he
 error come back without importing torch. This module also owns the exit status of every command:
 
 * 0 success; 2 bad input (one line naming the file, column or row; also usage errors);
-* 130 interrupted (Ctrl-C / SIGTERM), with one line saying what was kept;
+* 130 interrupted (Ctrl-C / SIGTERM / SIGHUP, a closed terminal), with one line saying what was kept;
 * 1 an internal error, summarised on one line (``-v`` or ``MEDAUDIT_TRACEBACK=1`` shows the traceback);
 * 141 the reader of standard output closed it early (``| head``), as for a shell tool ended by SIGPIPE;
   files the command wrote are complete.
@@ -213,11 +213,27 @@ def _usage_error(exc: BaseException) -> tuple[str, int] | None:
 
 
 def _say(msg: str) -> None:
-    typer.secho(" ".join(msg.split()), err=True, fg="red")
+    with contextlib.suppress(OSError):  # stderr gone with its terminal (SIGHUP): the status still counts
+        typer.secho(" ".join(msg.split()), err=True, fg="red")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # unwinds like Ctrl-C: staging folders are removed, the lock released
+
+
+def _catch_stop_signals() -> dict[int, Any]:
+    """SIGTERM and SIGHUP (the terminal closed) unwind like Ctrl-C; a SIGHUP ignored by ``nohup`` stays
+    ignored. Returns the handlers to restore (none when not in the main thread)."""
+    old: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            before = signal.getsignal(sig)
+            if not (sig == signal.SIGHUP and before == signal.SIG_IGN):
+                signal.signal(sig, _on_sigterm)
+        except ValueError:  # not in the main thread: keep the default
+            return old
+        old[sig] = before
+    return old
 
 
 def _interrupted() -> int:
@@ -268,10 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     warnings.formatwarning = _one_line_warning
     args = rewrite_deprecated(list(sys.argv[1:] if argv is None else argv))
-    old = signal.getsignal(signal.SIGTERM)
     quiet_before = os.environ.get("MEDAUDIT_QUIET")
-    with contextlib.suppress(ValueError):  # not in the main thread: keep the default
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    old = _catch_stop_signals()
     if _cwd_gone(args):
         _say("error: the current folder no longer exists (deleted or moved); cd to another folder")
         return 2
@@ -308,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _internal(exc)
     finally:
-        with contextlib.suppress(ValueError, TypeError):
-            signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
         if quiet_before is None:  # -q sets it for this run only
             os.environ.pop("MEDAUDIT_QUIET", None)
         else:

@@ -17,8 +17,9 @@ Every command that writes an output folder claims it with :func:`claim_output` b
   output at the start (so an unwritable place fails at once) and renamed onto it at the end.
 - **One writer.** An exclusive ``fcntl.flock`` on ``.<name>.lock`` beside the output is held for the
   whole run; a second concurrent run fails at once. The lock file is removed when the run ends.
-- **Stale staging is cleaned.** Staging folders of this output that carry the marker and are older than
-  this run's start (left by a killed run) are removed.
+- **Stale staging is cleaned.** Staging folders of this output that carry the marker (left by a killed
+  run) are removed while the lock is held, so none can belong to a live run; their times are not
+  trusted (a clock set back would keep them).
 - **Nothing half-made.** On failure the staging folder, and any parent folders this run created, are
   removed. In-place outputs (resumable run folders) are removed on failure only if this run created them
   and they hold nothing to resume from.
@@ -38,9 +39,9 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -346,18 +347,24 @@ def _lock(path: Path, flag: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _clean_stale(path: Path, started: float) -> None:
-    """Remove staging / old folders of ``path`` left by killed runs (marker present, older than us)."""
+def _clean_stale(path: Path) -> None:
+    """Remove staging / old folders of ``path`` left by killed runs (marker present). Called with the
+    lock held: a live run of ``path`` would hold it, so every such folder is a dead run's, whatever its
+    modification time says. Only names ``tempfile`` made for ``path`` match: a live run of ``--out
+    NAME.old-1`` stages in ``.NAME.old-1.staging-XXXXXXXX``, which is not ``NAME``'s. A run killed
+    between the two renames of a publish left the earlier output only in ``.NAME.old-*/x``: it is put
+    back in place when ``NAME`` is absent."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(staging|old)-[a-z0-9_]+")
     with contextlib.suppress(OSError):
         for e in os.scandir(path.parent):
-            if not e.name.startswith(f".{path.name}."):
-                continue
-            rest = e.name[len(path.name) + 2 :]
-            if not (rest.startswith(_STAGING[1:]) or rest.startswith(_OLD[1:])) or not e.is_dir():
+            if not pattern.fullmatch(e.name) or not e.is_dir():
                 continue
             p = Path(e.path)
-            marked = read_marker(p) is not None or read_marker(p / "x") is not None
-            if marked and e.stat(follow_symlinks=False).st_mtime < started:
+            ours = read_marker(p) is not None or read_marker(p / "x") is not None
+            if ours and read_marker(p / "x") is not None and not os.path.lexists(path):
+                with contextlib.suppress(OSError):  # killed between the two renames of a publish
+                    os.replace(p / "x", path)  # the earlier output goes back in place
+            if ours:
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -508,7 +515,6 @@ def claim_output(
     than when the run reaches it. All checks
     run before the block starts; errors are one-line :class:`InputError` naming ``flag`` and the path.
     """
-    started = time.time()
     out = _resolve(path, f"{flag} folder")
     claim = OutputClaim(out, kind, out, flag, force, in_place)
     claim.check_inputs(inputs)
@@ -520,7 +526,7 @@ def claim_output(
             _check(
                 out, kind, claim.inputs, force, flag, in_place
             )  # again, now that no other run can change it
-            _clean_stale(out, started)
+            _clean_stale(out)
             created = _open(claim, owns, writes)
             if in_place:
                 _ACTIVE.append(claim)

@@ -11,15 +11,21 @@ reusing those embeddings. Output layout (the whole folder is replaced atomically
 
 With ``targets="all"`` a finding that cannot be audited (no labels, no predictions, too few cases) is
 skipped with a warning and recorded in ``dataset.json``; a single named finding raises instead.
-An interrupted run resumes from the embedding cache; its outputs equal an uninterrupted run's.
+An interrupted run resumes from the embedding cache; its outputs equal an uninterrupted run's. The
+shared embeddings are memory-mapped from a scratch folder ``.shared-embeddings-*`` in the cache, which
+its run holds under an ``flock`` and removes at the end; one that a killed run (SIGKILL) left behind is
+removed by the next dataset audit on that cache, never one a live run holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -313,12 +319,47 @@ def audit_dataset(
     seed_everything(config.seed)  # encoders with random weights (tests) build the same model every run
     cache = config.resolved_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".shared-embeddings-") as tmp:
-        embs, ids = shared_embeddings(joined, config, config.resolved_modalities(), Path(tmp))
+    with _scratch(cache) as tmp:
+        embs, ids = shared_embeddings(joined, config, config.resolved_modalities(), tmp)
         concepts = shared_concepts(joined, ids, config)
         return _audit_all(
             joined, findings, many, config, (embs, ids, concepts), uncertain, out_dir, dataset, inputs, force
         )
+
+
+_SCRATCH = ".shared-embeddings-"
+
+
+@contextlib.contextmanager
+def _scratch(cache: Path) -> Iterator[Path]:
+    """A scratch folder ``cache/.shared-embeddings-*`` for the memory-mapped shared embeddings, locked
+    (``flock``) while this run uses it and removed at the end; scratch folders no run holds (left by a
+    killed run) are removed first. It is made under another name and renamed once locked, so that a
+    concurrent run's clean-up never sees it unlocked."""
+    for old in cache.glob(f"{_SCRATCH}*"):
+        with contextlib.suppress(OSError), _locked(old, wait=False):
+            shutil.rmtree(old)
+    new = Path(tempfile.mkdtemp(dir=cache, prefix=f".new{_SCRATCH}"))
+    try:
+        with _locked(new, wait=True):
+            tmp = cache / new.name.removeprefix(".new")
+            os.rename(new, tmp)
+            new = tmp
+            yield tmp
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path, wait: bool) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (not a link); without ``wait``, ``OSError`` if another
+    process holds it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
 
 
 def shared_concepts(

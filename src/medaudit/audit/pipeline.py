@@ -19,6 +19,7 @@ cases its rule matches, scored worst-first (:func:`medaudit.audit.rule_audit.mem
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -396,6 +397,8 @@ def run_audit(
     force: bool = False,
     precomputed: dict[str, np.ndarray] | None = None,
     concepts: tuple[pd.DataFrame | None, str | None] | None = None,
+    *,
+    extra: Callable[[AuditResult, Path], None] | None = None,
 ) -> AuditResult:
     """Run the whole audit and write ``slices.json``, ``membership.parquet`` and ``report.html``.
 
@@ -411,6 +414,9 @@ def run_audit(
         concepts: the reports' concept codes already aligned with the table's rows, as
             :func:`medaudit.audit.rule_audit.report_concepts` returns them (codes or ``None``, and its
             warning); extracted from the reports when not given.
+        extra: called with the result and the staging folder before the output is published, to add
+            files of the caller's to it (``medaudit demo``: ``demo.json``); they are published with the
+            audit's, atomically, and listed as medaudit's.
 
     Returns:
         An :class:`AuditResult`.
@@ -424,7 +430,10 @@ def run_audit(
     source = None if isinstance(table, (CaseTable, pd.DataFrame)) else table
     inputs = [source, config.resolved_cache_dir(), config.concepts, *config.embeddings.values()]
     with claim_output(out_dir, "audit", inputs=inputs, force=force) as claim:
-        return _run_audit(table, config, claim, precomputed, concepts)
+        result = _run_audit(table, config, claim, precomputed, concepts)
+        if extra is not None:
+            extra(result, claim.stage)
+        return result
 
 
 def _write_outputs(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,13 +125,17 @@ def run_demo(
     encoders = {"image": image_encoder, "report": report_encoder, "metadata": "tabular"}
     cfg_kw = _audit_settings(encoders, quick, device, cache, seed)
     cfg_kw |= {"n_slices": n_slices, "rank_by": rank_by, "slicer": slicer}
-    res, table = _audit(test, scen, prob, out_dir, force, cfg_kw)
-    timings["audit_s"] = time.perf_counter() - t
-    measured = _measure(res, table, scen, pred, acc, gap, attribute)
-    timings["total_s"] = time.perf_counter() - t0
     settings = {"seed": seed, "image_size": image_size, "epochs": epochs, "n_slices": n_slices}
     settings |= {"rank_by": rank_by, "views": views, "slicer": slicer}
-    return _finish(res, _demo_summary(scen, measured, timings, settings), attribute, quiet)
+
+    def summarise(res: Any, table: pd.DataFrame) -> dict[str, Any]:
+        timings["audit_s"] = time.perf_counter() - t
+        measured = _measure(res, table, scen, pred, acc, gap, attribute)
+        timings["total_s"] = time.perf_counter() - t0
+        return _demo_summary(scen, measured, timings, settings)
+
+    res, summary = _audit(test, scen, prob, out_dir, force, cfg_kw, summarise)
+    return _finish(res, summary, attribute, quiet)
 
 
 def _check_args(
@@ -209,8 +214,7 @@ def _demo_summary(
 
 
 def _finish(res: Any, summary: dict[str, Any], attribute: str, quiet: bool) -> DemoResult:
-    """Write ``demo.json`` beside the audit output and print the closing summary (unless ``quiet``)."""
-    atomic_write_json(res.out_dir / "demo.json", summary)
+    """The demo's result; prints the closing summary (unless ``quiet``)."""
     result = DemoResult(out_dir=res.out_dir, report=res.paths.get("report"), summary=summary)
     if not quiet:
         for line in summary_lines(result, attribute):
@@ -301,9 +305,17 @@ def _classify(
 
 
 def _audit(
-    test: pd.DataFrame, scen: Any, prob: np.ndarray, out_dir: Any, force: bool, cfg_kw: dict[str, Any]
-) -> tuple[Any, pd.DataFrame]:
-    """Run the image + report + metadata audit on the test split; keep the audited cases beside it."""
+    test: pd.DataFrame,
+    scen: Any,
+    prob: np.ndarray,
+    out_dir: Any,
+    force: bool,
+    cfg_kw: dict[str, Any],
+    summarise: Callable[[Any, pd.DataFrame], dict[str, Any]],
+) -> tuple[Any, dict[str, Any]]:
+    """Run the image + report + metadata audit on the test split; the audited cases (``cases.parquet``)
+    and ``summarise``'s summary (``demo.json``) are staged with its output, so that the folder is
+    published whole (and lists them as medaudit's), or not at all. Returns the result and the summary."""
     from medaudit.audit.pipeline import AuditConfig, run_audit
 
     table = pd.DataFrame(
@@ -317,12 +329,18 @@ def _audit(
         }
     )
     cfg = AuditConfig(meta=list(DEMO_META), modalities=("image", "report", "metadata"), **cfg_kw)
-    res = run_audit(table, cfg, out_dir, force=force)
-    with atomic_save(res.out_dir / "cases.parquet") as tmp_cases:  # the audited table, for `medaudit audit`
-        table.assign(in_baked_slice=scen.test_slice, attribute=scen.test_attribute).to_parquet(
-            tmp_cases, index=False
-        )
-    return res, table
+    summary: dict[str, Any] = {}
+
+    def stage(res: Any, folder: Path) -> None:
+        with atomic_save(folder / "cases.parquet") as tmp_cases:  # the audited table, for `medaudit audit`
+            table.assign(in_baked_slice=scen.test_slice, attribute=scen.test_attribute).to_parquet(
+                tmp_cases, index=False
+            )
+        summary.update(summarise(res, table))
+        atomic_write_json(folder / "demo.json", summary)
+
+    res = run_audit(table, cfg, out_dir, force=force, extra=stage)
+    return res, summary
 
 
 def _measure(
