@@ -219,15 +219,32 @@ class SerialBackend(Backend):
             return [(h, None, exc)]
 
 
+def _init_worker(one_line_warnings: bool) -> None:
+    """A pool worker (spawned: a fresh interpreter) prints warnings as the command line does, on one line."""
+    if one_line_warnings:
+        import warnings
+
+        from medaudit.cli import _one_line_warning
+
+        warnings.formatwarning = _one_line_warning
+
+
 class PoolBackend(Backend):
     """A local process pool (spawn: torch and forked OpenMP thread pools do not mix)."""
 
     def __init__(self, workers: int) -> None:
         import multiprocessing as mp
+        import warnings
         from concurrent.futures import ProcessPoolExecutor
 
         self._workers = workers
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        one_line = getattr(warnings.formatwarning, "__name__", "") == "_one_line_warning"
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(one_line,),
+        )
 
     @property
     def slots(self) -> int:
