@@ -23,12 +23,19 @@ __all__ = [
     "load_json_strict",
     "load_yaml_strict",
     "read_config",
+    "read_config_text",
     "read_mapping",
     "validation_error",
     "yaml_error_text",
 ]
 
 M = TypeVar("M", bound=BaseModel)
+
+#: largest config file read (configs are kilobytes; a device such as ``/dev/zero`` never ends)
+MAX_CONFIG_BYTES = 16 * 2**20
+#: most values a YAML config may hold once its aliases are expanded: nine lines of ``&a [*b, *b, ...]``
+#: (a "billion laughs") stand for 10**9 values, which validating and hashing the config expanded
+MAX_CONFIG_VALUES = 1_000_000
 
 
 class Config(BaseModel):
@@ -84,11 +91,46 @@ def load_yaml_strict(text: str, name: str, what: str = "config") -> Any:
     loader = _strict_loader()(text)
     loader.name = name
     try:
-        return loader.get_single_data()
+        data = loader.get_single_data()
+        if _expanded_size(data) > MAX_CONFIG_VALUES:
+            raise InputError(
+                f"{name}: not a {what}: more than {MAX_CONFIG_VALUES:,} values (an alias *name counts "
+                "as many values as it stands for)"
+            )
+        return data
     except RecursionError:
         raise InputError(f"{name}: not a {what} (lists or mappings nested too deeply)") from None
     finally:
         loader.dispose()
+
+
+def _expanded_size(data: Any) -> int:
+    """How many values ``data`` holds with every shared list or mapping counted once per use (as
+    validating, copying or hashing it counts them), computed once per distinct object."""
+    sizes: dict[int, int] = {}
+
+    def size(obj: Any) -> int:
+        if not isinstance(obj, (list, dict)):
+            return 1
+        if id(obj) not in sizes:
+            items = [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj
+            sizes[id(obj)] = 1 + sum(size(x) for x in items)
+        return sizes[id(obj)]
+
+    return size(data)
+
+
+def read_config_text(path: Path, what: str = "config file") -> str:
+    """The UTF-8 text of a config file; a path that is not a regular file (a device such as
+    ``/dev/zero``, a pipe) or holds more than :data:`MAX_CONFIG_BYTES` is refused naming it before it
+    is read (reading either would not end, or fill the memory)."""
+    if path.is_file():
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise InputError(f"{path}: not a {what}: {size:,} bytes, more than {MAX_CONFIG_BYTES:,}")
+    elif path.exists() and not path.is_dir():  # a folder fails to read as one
+        raise InputError(f"{path}: not a {what} (not a regular file)")
+    return path.read_text(encoding="utf-8")
 
 
 def load_json_strict(text: str, name: str) -> Any:
@@ -149,7 +191,7 @@ def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise InputError(f"{p}: {missing_reason(p, 'config file')}")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_config_text(p)
         raw = (
             load_json_strict(text, str(p)) if p.suffix.lower() == ".json" else load_yaml_strict(text, str(p))
         )

@@ -134,6 +134,8 @@ class TrainConfig(Config):
             raise InputError("val_fraction and test_fraction must lie in [0, 1)")
         if self.iterations < 1 or self.batch_size < 1:
             raise InputError("iterations and batch_size must be >= 1")
+        _check_batch_voxels("batch_size", self.batch_size, "patch_size", self.patch_size)
+        _check_batch_voxels("sw_batch_size", self.sw_batch_size, "inference_roi", self.roi)
         self.make_recipe()  # validates the recipe name and options
         return self
 
@@ -220,6 +222,22 @@ def _check_unet_sizes(patch: Sequence[int], roi: Sequence[int] | None, levels: i
                 f"{key} {sides}: with {levels} channel levels the U-Net halves it {levels - 1} times; "
                 f"each size must be a multiple of {step} with more than one voxel left at the bottom"
             )
+
+
+#: most voxels of one batch of patches (or of sliding windows): two patches of the largest size. Each
+#: patch is cropped, stacked and sent through the U-Net at once, so ``batch_size: 1000000`` asked for
+#: tens of GB on the first iteration, after the data were read
+MAX_BATCH_VOXELS = 2 * MAX_PATCH**3
+
+
+def _check_batch_voxels(key: str, count: int, size_key: str, size: Sequence[int]) -> None:
+    """``count`` patches of ``size`` in one batch hold at most :data:`MAX_BATCH_VOXELS` voxels."""
+    voxels = count * int(np.prod([int(s) for s in size], dtype=object))
+    if voxels > MAX_BATCH_VOXELS:
+        raise InputError(
+            f"{key} {count} x {size_key} {'x'.join(str(int(s)) for s in size)} = {voxels:,} voxels per "
+            f"batch, more than {MAX_BATCH_VOXELS:,}; lower {key}"
+        )
 
 
 def check_field(key: str, value: Any, source: str) -> Any:

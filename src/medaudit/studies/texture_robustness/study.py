@@ -168,7 +168,7 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     """
     import yaml
 
-    from medaudit.configfile import load_yaml_strict
+    from medaudit.configfile import load_yaml_strict, read_config_text
 
     p = Path(path)
     if not p.exists() and not p.suffix and (_CONFIG_DIR / f"{p.name}.yaml").exists():
@@ -178,7 +178,7 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
         hint = f"; shipped configs: {shipped}" if not p.suffix and len(p.parts) == 1 else ""
         raise InputError(f"{p}: {missing_reason(p, 'study config')}{hint}")
     try:
-        raw = load_yaml_strict(p.read_text(encoding="utf-8"), str(p))
+        raw = load_yaml_strict(read_config_text(p, "study config"), str(p))
     except (OSError, UnicodeDecodeError) as exc:  # a folder, a binary file, an unreadable file
         raise InputError(f"{p}: not a readable YAML file ({type(exc).__name__}: {exc})") from None
     except yaml.YAMLError as exc:
@@ -520,10 +520,22 @@ def _is_done(task: Task, out_dir: Path, store: ResultStore) -> bool:
             return False
         try:
             rel = json.loads(marker.read_text())["checkpoint"]
-            return (_train_dir(out_dir, task.key) / rel).exists()
+            return _loadable(_train_dir(out_dir, task.key) / rel)
         except (ValueError, KeyError, TypeError):  # a damaged marker: the task is run again
             return False
     return store.has(task.key)
+
+
+def _loadable(model: Path) -> bool:
+    """Whether a finished training's model loads: a damaged one (truncated, garbled) makes its task run
+    again, and training rebuilds it from the run's checkpoint (its evaluations failed on every rerun)."""
+    from medaudit.texture.checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(model)
+    except InputError:
+        return False
+    return True
 
 
 def _drop_damaged_parts(store: ResultStore, keys: Sequence[str]) -> None:
