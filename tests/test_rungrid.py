@@ -5,6 +5,7 @@ Both grids (``bench-scenarios`` and ``texture study``) run on it, so resuming is
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -147,3 +148,38 @@ def test_make_backend_choice():
     finally:
         pool.close()
     assert rg.worker_threads(1, "auto", 3.0) == 3
+
+
+def _sleep(payload):
+    import time
+
+    time.sleep(payload["s"])
+    return {"y": 0}
+
+
+def test_an_interrupted_pool_run_stops_its_workers_at_once(tmp_path):
+    """A SIGTERM to the driver alone (a job scheduler) waited for every running task to finish."""
+    import signal
+    import threading
+    import time
+
+    tasks = [rg.Task("s", rg.task_key("s", {"i": i}, (), code="t"), {"i": i}, (), f"i={i}") for i in range(2)]
+    backend = rg.PoolBackend(2)
+    timer = threading.Timer(8.0, lambda: os.kill(os.getpid(), signal.SIGINT))  # once the workers run
+    timer.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            rg.run_grid(
+                tasks,
+                _sleep,
+                lambda t: {"s": 120},
+                lambda t, r: None,
+                is_done=lambda t: False,
+                backend=backend,
+            )
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - t0 < 60
+    procs = getattr(backend._pool, "_processes", None) or {}
+    assert not any(p.is_alive() for p in procs.values())

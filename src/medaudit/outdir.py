@@ -166,7 +166,9 @@ def note_write(path: str | os.PathLike[str]) -> None:
             continue
         if top in claim.foreign:
             raise InputError(_clash(claim, top))
-        if top != MARKER and top not in claim.files:
+        if top.startswith("."):  # a staging or temporary name (its real name is listed), or the marker
+            continue
+        if top not in claim.files:
             claim.files.add(top)
             _write_marker(claim.path, claim.kind, "running", sorted(claim.files))
 
@@ -421,6 +423,21 @@ def _publish_beside(claim: OutputClaim, names: list[str], foreign: list[str]) ->
     shutil.rmtree(old, ignore_errors=True)
 
 
+#: the name of a temporary file of :func:`medaudit.io.atomic_write_bytes` (``tempfile.mkstemp``)
+_TEMP_FILE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def _sweep_temp_files(folder: Path) -> None:
+    """Remove the temporary files of atomic writes that a killed run (or a worker it lost) left in the
+    run folder ``folder``; called with its lock held, so no live run of it is writing them."""
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            p = Path(dirpath) / name
+            if _TEMP_FILE.fullmatch(name) and p.is_file() and not p.is_symlink():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
 def _take_stock(claim: OutputClaim, owns: tuple[str, ...], writes: tuple[str, ...]) -> None:
     """In place: what the folder's marker lists as medaudit's, and what else it holds (refused at once
     if this run would write it)."""
@@ -447,6 +464,7 @@ def _open(claim: OutputClaim, owns: tuple[str, ...] = (), writes: tuple[str, ...
                 claim.files, claim.marked = set(owns), True
             else:
                 _take_stock(claim, owns, writes)
+                _sweep_temp_files(path)
             path.mkdir(exist_ok=True)
             made = path if created else None
             _write_marker(path, claim.kind, "running", sorted(claim.files))

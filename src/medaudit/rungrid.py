@@ -16,6 +16,7 @@ Every grid in medaudit (``medaudit bench-scenarios``, ``medaudit texture study``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -197,6 +198,10 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release workers (the default holds none)."""
 
+    def abort(self) -> None:
+        """Stop the tasks in flight at once (the run was interrupted), then release the workers."""
+        self.close()
+
 
 class _Deferred:
     """A call to make later (hashable by identity)."""
@@ -266,6 +271,15 @@ class PoolBackend(Backend):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        """Terminate the workers: a SIGTERM sent to the driver alone (a job scheduler) waited for every
+        running training to finish. Their checkpoints stay, for the next run to resume from."""
+        procs = getattr(self._pool, "_processes", None) or {}  # no public way before Python 3.14
+        for proc in list(procs.values()):
+            with contextlib.suppress(OSError, AttributeError):
+                proc.terminate()
+        self.close()
 
 
 class RayBackend(Backend):
@@ -394,8 +408,10 @@ def run_grid(
                         done.add(t.key)
                         run.executed.append(t.key)
                     progress.update(bar, advance=1, description=f"{label}: {t.label}")
-    finally:
-        backend.close()
+    except BaseException:
+        backend.abort()
+        raise
+    backend.close()
     return run
 
 

@@ -115,3 +115,17 @@ def test_texture_train_resume_never_writes_a_users_model(cli, tconfig, tmp_path)
     assert (tmp_path / "users-model.pt").read_bytes() == b"the user's model"
     files = read_marker(run)["files"]
     assert "model.pt" in files and "notes.txt" not in files
+
+
+def test_a_resumed_run_folder_loses_the_temporary_files_of_killed_writes(tmp_path):
+    """'.NAME.XXXXXXXX.tmp' files of writes a kill cut short stayed in run folders for ever."""
+    out = tmp_path / "run"
+    _killed_run(out)
+    (out / ".a.json.abcd1234.tmp").write_text("half")
+    (out / "sub" / ".b.json.efgh_567.tmp").write_text("half")
+    (out / "mine.tmp").write_text("a user's")
+    with claim_output(out, "k", in_place=True):
+        pass
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert ".a.json.abcd1234.tmp" not in left and "sub/.b.json.efgh_567.tmp" not in left
+    assert "mine.tmp" in left and "sub/b.json" in left
