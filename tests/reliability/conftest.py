@@ -239,3 +239,17 @@ def refused(cli, args, roots, *names: str) -> str:
         assert n in line, line
     assert snapshot(*roots) == before, "something was written, moved or deleted"
     return line
+
+
+def finished_tiny_study(cli, volumes: Path, tmp_path: Path) -> tuple[Path, Path, pd.DataFrame]:
+    """A one-model, one-corruption ``texture study`` run to the end: (config, folder, results)."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        f"data: {{source: folder, path: {volumes}, label_set: tissue4}}\n"
+        "train: {iterations: 1, channels: [4, 8], patch_size: [16, 16, 16], num_res_units: 0, device: cpu}\n"
+        "train_filters: [none]\ntest: {corruptions: [gaussian_noise], severities: [1]}\nreport: {bootstrap: 5}\n"
+    )
+    out = tmp_path / "st"
+    rc, err = cli("texture", "study", cfg, "--out", out)
+    assert rc == 0, err
+    return cfg, out, pd.read_parquet(out / "results.parquet")

@@ -14,7 +14,7 @@ import sys
 
 import pandas as pd
 
-from .conftest import SRC, one_line, refused, train_config, write_config
+from .conftest import SRC, finished_tiny_study, one_line, refused, train_config, write_config
 
 
 def _bomb(width: int, depth: int) -> str:
@@ -86,16 +86,7 @@ def test_a_study_rebuilds_a_damaged_model_of_a_finished_training(cli, volumes, t
     """A finished training whose ``model.pt`` was damaged (truncated) counted as done, so its evaluation
     failed on every rerun ('not a medaudit model', exit 1) and the study never finished. Its training
     now runs again, rebuilding the model from the run's checkpoint: the same results."""
-    cfg = tmp_path / "s.yaml"
-    cfg.write_text(
-        f"data: {{source: folder, path: {volumes}, label_set: tissue4}}\n"
-        "train: {iterations: 1, channels: [4, 8], patch_size: [16, 16, 16], num_res_units: 0, device: cpu}\n"
-        "train_filters: [none]\ntest: {corruptions: [gaussian_noise], severities: [1]}\nreport: {bootstrap: 5}\n"
-    )
-    out = tmp_path / "st"
-    rc, err = cli("texture", "study", cfg, "--out", out)
-    assert rc == 0, err
-    before = pd.read_parquet(out / "results.parquet")
+    cfg, out, before = finished_tiny_study(cli, volumes, tmp_path)
     (model,) = (out / "train").glob("*/model.pt")
     model.write_bytes(model.read_bytes()[:500])
     for part in (out / "parts").glob("*.parquet"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from .conftest import finished_tiny_study
 from .conftest import refused as _refused
 
 
@@ -219,16 +220,7 @@ def test_study_resumes_past_a_damaged_result_part_or_train_marker(cli, volumes, 
     ArrowInvalid' (exit 1) on every rerun; a train marker holding a JSON list was 'internal error:
     TypeError'. Now the damaged part is removed (a warning says so) and its evaluation, or the
     training, runs again: exit 0 with the same results."""
-    cfg = tmp_path / "s.yaml"
-    cfg.write_text(
-        f"data: {{source: folder, path: {volumes}, label_set: tissue4}}\n"
-        "train: {iterations: 1, channels: [4, 8], patch_size: [16, 16, 16], num_res_units: 0, device: cpu}\n"
-        "train_filters: [none]\ntest: {corruptions: [gaussian_noise], severities: [1]}\nreport: {bootstrap: 5}\n"
-    )
-    out = tmp_path / "st"
-    rc, err = cli("texture", "study", cfg, "--out", out)
-    assert rc == 0, err
-    before = pd.read_parquet(out / "results.parquet")
+    cfg, out, before = finished_tiny_study(cli, volumes, tmp_path)
     if damage == "part":
         (part,) = (out / "parts").glob("*.parquet")
         part.write_bytes(part.read_bytes()[:100])
