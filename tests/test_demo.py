@@ -8,6 +8,7 @@ import pytest
 
 from medaudit.cli import main
 from medaudit.errors import InputError
+from medaudit.outdir import MARKER
 from medaudit.studies.cxr_slices.demo import run_demo
 
 
@@ -48,11 +49,15 @@ def test_demo_quick_end_to_end_and_deterministic(tmp_path, capsys):
     assert keys == sorted(keys) and summ["slicer"] == "both"
     best = summ["best_matching_slice"]
     assert best["family"] in ("mixture", "rules") and isinstance(best["rule"], str) and best["rule"]
-    # the CLI entry point, on the same (now warm) cache, reproduces the same figures
-    rc = main(["demo", "--quick", "--out", str(tmp_path / "out2"), "--cache-dir", str(cache)])
+    # the CLI entry point, on the same (now warm) cache and the same folder, replaces it with the same
+    # figures: demo.json and cases.parquet are published with the audit, and listed as medaudit's (a
+    # rerun into the folder was refused: "holds 'cases.parquet', which medaudit did not write")
+    assert {"demo.json", "cases.parquet"} <= set(json.loads((res.out_dir / MARKER).read_text())["files"])
+    rc = main(["demo", "--quick", "--out", str(tmp_path / "out"), "--cache-dir", str(cache)])
     assert rc == 0
-    summ2 = json.loads((tmp_path / "out2" / "demo.json").read_text())
+    summ2 = json.loads((tmp_path / "out" / "demo.json").read_text())
     assert summ2["figures"] == fig
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out"]  # no staging, lock or old folder
     err = capsys.readouterr()
     assert "precision@10" in err.err + err.out
 

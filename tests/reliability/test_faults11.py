@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from medaudit.cli import main
 from medaudit.outdir import MARKER
 
 from .conftest import AUDIT_FAST, SRC, make_table, one_line, run_sub
@@ -123,23 +122,6 @@ def test_stale_staging_is_removed_even_when_the_clock_was_set_back(cli, audit_ar
     os.utime(stale, (future, future))
     rc, err = cli(*audit_args(table, tmp_path / "out"))
     assert rc == 0, err
-    assert _leftovers(tmp_path, "out") == []
-
-
-def test_demo_files_are_published_with_the_audit_and_a_rerun_replaces_them(tmp_path, capsys):
-    """``demo.json`` and ``cases.parquet`` were written into the folder after the audit had published it,
-    so its marker did not list them: a killed demo left an audit without them, and rerunning the same
-    demo was refused ("holds 'cases.parquet', which medaudit did not write")."""
-    out = tmp_path / "out"
-    args = ["-q", "demo", "--quick", "--epochs", "1", "--n", "200", "--n-train", "60", "--n-test", "40"]
-    args += ["--n-slices", "2", "--device", "cpu", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
-    assert main(args) == 0, capsys.readouterr().err
-    mark = json.loads((out / MARKER).read_text())
-    assert {"demo.json", "cases.parquet"} <= set(mark["files"])
-    first = json.loads((out / "demo.json").read_text())
-    assert main(args) == 0, capsys.readouterr().err
-    second = json.loads((out / "demo.json").read_text())
-    assert first["figures"] == second["figures"]
     assert _leftovers(tmp_path, "out") == []
 
 
