@@ -375,6 +375,16 @@ class AuditConfig(_Model):
 
         return default_cache_dir().expanduser()  # MEDAUDIT_CACHE='~/cache' set without a shell
 
+    def input_paths(self) -> list[Path | None]:
+        """The inputs the configuration names (the embedding cache, the lexicon, embeddings files): an
+        output folder holding one is refused before any work."""
+        return [self.resolved_cache_dir(), self.concepts, *self.embeddings.values()]
+
+    def min_cases(self, family: str | None = None) -> int:
+        """The fewest cases the slicers of ``family`` (default: the configured slicer) can work with."""
+        mixture = (family or self.slicer) in ("mixture", "domino", "both")
+        return max(self.n_components if mixture else 0, self.n_slices, 2)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written into slices.json (modalities and cache folder resolved)."""
         d = self.model_dump(mode="json")

@@ -30,7 +30,7 @@ def run_dataset_audit(
 ) -> None:
     """Read the dataset, join the predictions, audit ``target`` (a finding or ``all``), print a summary."""
     from medaudit.audit.datasets import join_predictions, load_dataset, parse_dataset
-    from medaudit.audit.multitarget import audit_dataset, config_inputs
+    from medaudit.audit.multitarget import audit_dataset
 
     _check_dataset_flags(cfg, predictions, target, uncertain)
     if meta:  # the dataset's own default metadata columns never take another role
@@ -38,7 +38,7 @@ def run_dataset_audit(
     spec = parse_dataset(dataset)
     from medaudit.outdir import check_output
 
-    inputs = [spec.root, predictions, reports, *config_inputs(cfg)]
+    inputs = [spec.root, predictions, reports, *cfg.input_paths()]
     check_output(out, "audit-dataset", inputs=inputs, force=force)  # before the long work
     df = load_dataset(spec, reports=reports, skip_bad=cfg.skip_bad)
     joined = join_predictions(df, predictions, id_col=pred_id, meta=meta or None)

@@ -74,12 +74,6 @@ def _targets(joined: JoinedDataset, targets: str | list[str]) -> list[str]:
     return found
 
 
-def config_inputs(config: AuditConfig) -> list[Path | None]:
-    """The inputs a configuration names: the embedding cache, the lexicon and embeddings files. An
-    ``--out`` holding one is refused before any work (a cache made inside ``--out`` was left behind)."""
-    return [config.resolved_cache_dir(), config.concepts, *config.embeddings.values()]
-
-
 def check_dataset_meta(meta: Sequence[str], findings: Sequence[str]) -> None:
     """A metadata column may be neither a prediction (``prob__<finding>``, added by the join) nor the
     label of a finding being audited: read as metadata, either leaks the answer into the slices
@@ -99,9 +93,7 @@ def check_dataset_meta(meta: Sequence[str], findings: Sequence[str]) -> None:
 def _check_enough_joined(joined: JoinedDataset, config: AuditConfig) -> None:
     """Too few joined cases to audit is named with the predictions file, before any embedding (the
     shared report encoder failed first: 'tfidf-svd: need at least 2 reports to fit')."""
-    from medaudit.audit.pipeline import _min_cases
-
-    need, n = _min_cases(config, config.slicer), len(joined.df)
+    need, n = config.min_cases(), len(joined.df)
     if n < need:
         rep = joined.report
         raise InputError(
@@ -201,7 +193,7 @@ def _audit_one(
     embs, (concepts, concept_msg) = shared
     frame, drops = target_frame(joined, finding, uncertain)
     mods = config.resolved_modalities()
-    min_cases = max(config.n_components if config.slicer in ("mixture", "domino") else 0, config.n_slices, 2)
+    min_cases = config.min_cases()
     table = load_case_table(
         frame,
         ColumnMap(),
@@ -293,7 +285,7 @@ def audit_dataset(
     """
     from medaudit.outdir import check_output
 
-    inputs = [*inputs, *config_inputs(config or AuditConfig())]
+    inputs = [*inputs, *(config or AuditConfig()).input_paths()]
     check_output(out_dir, "audit-dataset", inputs=inputs, force=force)
     config = (config or AuditConfig()).model_copy(update={"meta": list(joined.meta)})
     config = config.model_copy(update={"modalities": _modalities(joined, config)})

@@ -428,7 +428,7 @@ def run_audit(
     if not isinstance(table, CaseTable):  # a CaseTable's metadata was chosen when it was read
         check_meta_columns(config.meta, config.columns)
     source = None if isinstance(table, (CaseTable, pd.DataFrame)) else table
-    inputs = [source, config.resolved_cache_dir(), config.concepts, *config.embeddings.values()]
+    inputs = [source, *config.input_paths()]
     with claim_output(out_dir, "audit", inputs=inputs, force=force) as claim:
         result = _run_audit(table, config, claim, precomputed, concepts)
         if extra is not None:
@@ -591,7 +591,7 @@ def _prepare_table(
 ) -> tuple[CaseTable, tuple[str, ...]]:
     """The validated case table (read when given as a path or frame) and the modalities it supports;
     refuses inputs inside the output folder."""
-    min_cases = _min_cases(config, family)
+    min_cases = config.min_cases(family)
     if not isinstance(table, CaseTable):
         task = progress.add_task("read case table", total=1)
         table, modalities = _load_table(table, config, modalities, min_cases, audit_warnings, family)
@@ -629,10 +629,10 @@ def _discover(
             table, config, modalities, progress, precomputed, None, audit_warnings
         )
         if kept is not None:  # --skip-bad dropped cases whose image cannot be decoded
-            if len(table) < _min_cases(config, family):
+            if len(table) < config.min_cases(family):
                 raise InputError(
                     f"{table.source or 'table'}: {len(table)} valid cases after skipping "
-                    f"{table.n_skipped} bad rows; at least {_min_cases(config, family)} are needed"
+                    f"{table.n_skipped} bad rows; at least {config.min_cases(family)} are needed"
                 )
             if concepts is not None:
                 concepts = concepts.iloc[kept].reset_index(drop=True)
@@ -651,11 +651,6 @@ def _discover(
     return _Found(
         embs, fused, scores, families, slicer_err, slicer_score, predicates, rule_slicer, table, concepts
     )
-
-
-def _min_cases(config: AuditConfig, family: str) -> int:
-    """The fewest cases the slicers of ``family`` can work with."""
-    return max(config.n_components if family in ("mixture", "domino", "both") else 0, config.n_slices, 2)
 
 
 def _slicer_for(config: AuditConfig, family: str, n: int) -> Any:
