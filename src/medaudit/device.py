@@ -1,10 +1,23 @@
-"""Device selection: CUDA when present, CPU otherwise."""
+"""Device selection (CUDA when present, CPU otherwise) and the one way medaudit loads torch files."""
 
 from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
 
 import torch
 
 from medaudit.errors import InputError
+
+
+def load_weights_only(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: never a pickle that runs code. torch's
+    own warning about a pickle's protocol is silenced; its errors are the caller's to word (medaudit never
+    suggests unsafe loading)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def check_device(spec: str | None, flag: str = "--device", *, here: bool = True) -> str | None:

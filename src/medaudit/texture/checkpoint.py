@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 
 from medaudit.data import mri as tdata
-from medaudit.device import default_device
+from medaudit.device import default_device, load_weights_only
 from medaudit.errors import InputError
 from medaudit.io import atomic_save, missing_reason
 from medaudit.texture.train_config import TrainConfig
@@ -67,9 +66,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise InputError(f"{p}: is not a file (expected a model.pt written by medaudit texture train)")
     try:
-        with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it
-            warnings.simplefilter("ignore")
-            st = torch.load(p, map_location="cpu", weights_only=True)
+        st = load_weights_only(p)
     except Exception:
         raise InputError(f"not a medaudit model, or unsafe to load: {p}") from None
     if not isinstance(st, dict):

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medaudit.audit.encoders.base import as_list, hash_file, hash_state_dict, register_encoder, stable_hash
 from medaudit.data.images import ResizeMode, read_grayscale, resize_square
-from medaudit.device import default_device
+from medaudit.device import default_device, load_weights_only
 from medaudit.errors import InputError, UnreadableImage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -234,9 +234,7 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise InputError(f"{p}: weights file not found")
     try:
-        with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it
-            warnings.simplefilter("ignore")
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = load_weights_only(p)
     except Exception as exc:
         raise InputError(f"{p}: cannot load weights with weights_only=True ({type(exc).__name__})") from exc
     for k in ("state_dict", "model_state_dict", "model"):
@@ -357,13 +355,11 @@ def load_xrv_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     if not p.is_file():
         raise InputError(f"{p}: torchxrayvision weights file not found")
     try:
-        with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it
-            warnings.simplefilter("ignore")
-            try:
-                obj = torch.load(p, map_location="cpu", weights_only=True)
-            except Exception:
-                with torch.serialization.safe_globals(_xrv_safe_globals()):
-                    obj = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            obj = load_weights_only(p)
+        except Exception:
+            with torch.serialization.safe_globals(_xrv_safe_globals()):
+                obj = load_weights_only(p)
     except Exception as exc:
         # torch's message suggests weights_only=False: medaudit never suggests unsafe loading
         raise InputError(f"{p}: cannot load with weights_only=True ({type(exc).__name__})") from exc

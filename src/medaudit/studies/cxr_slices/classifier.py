@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from medaudit.device import default_device
+from medaudit.device import default_device, load_weights_only
 from medaudit.errors import InputError
 from medaudit.io import atomic_save, atomic_write_json
 from medaudit.progress import make_progress
@@ -249,9 +248,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if clf.arch == "efficientnet-lite0":
             pass  # weights are overwritten below
         try:
-            with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it
-                warnings.simplefilter("ignore")
-                state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+            state = load_weights_only(folder / "model.pt")
             model.load_state_dict(state)
         except Exception:  # not a torch file, unsafe to load, truncated, or weights that do not fit
             raise InputError(f"{folder / 'model.pt'}: not a saved classifier, or unsafe to load") from None
