@@ -407,21 +407,9 @@ def train(
     key = config.key()
     keys = {key, *_relative_path_key(config, out_dir)}  # a run written with a relative data_path
     _check_no_foreign_history(out_dir, model_path)
-    if resume and model_path.is_file():
-        try:
-            meta = load_checkpoint(model_path)
-        except InputError:  # damaged, or not this run's: kept under another name, rebuilt from the run
-            kept = _set_aside(model_path)
-            warnings.warn(
-                f"{model_path}: damaged; it is written again from the run (the unreadable file is kept as "
-                f"{kept.name})",
-                stacklevel=2,
-            )
-            meta = {}
-        if meta.get("config_key") in keys:
-            return model_path
-    else:
-        meta = {}
+    meta = _finished_run(model_path) if resume else {}
+    if meta.get("config_key") in keys:
+        return model_path
     previous = _read_text(out_dir / "config.json")  # before the run writes its own
     run = _setup_run(config, out_dir)  # the data are good: a warning now is not followed by an error
     if meta.get("config_key") is not None:  # a finished run of another config, trained over
@@ -466,6 +454,23 @@ def train(
         },
     )
     return model_path
+
+
+def _finished_run(model_path: Path) -> dict[str, Any]:
+    """The contents of a run folder's ``model.pt`` (``{}`` when there is none). A damaged one, or one
+    that is not this run's, is kept under another name and rebuilt from the run, with a warning."""
+    if not model_path.is_file():
+        return {}
+    try:
+        return load_checkpoint(model_path)
+    except InputError:
+        kept = _set_aside(model_path)
+        warnings.warn(
+            f"{model_path}: damaged; it is written again from the run (the unreadable file is kept as "
+            f"{kept.name})",
+            stacklevel=3,
+        )
+        return {}
 
 
 def _set_aside(path: Path) -> Path:
