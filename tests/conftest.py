@@ -16,5 +16,6 @@ import pytest
 def _torch_threads():
     import torch
 
-    torch.set_num_threads(2)
+    # Two pytest-xdist workers share the two cores: one thread each; a serial run uses both.
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     yield
