@@ -16,10 +16,22 @@ physics, independently of ``medaudit.texture.filters`` (none of them calls the l
                        0.5 - 0.5 cos(pi c x), c = 1.3/1.6/2.0 (bright tissue folds back down)
 =====================  ==========================================================================
 
+Set 2 (``--set 2``), defined on 2026-12-03 before any model was run on it, also outside the library:
+
+=====================  ==========================================================================
+``wraparound``         phase-encode FOV 10/20/30 % too small: the head's ends fold onto the other side
+``venetian_blind``     interleaved slices with motion between passes: every other slice loses
+                       30/50/70 % of its signal
+``impulse_noise``      dead and hot voxels: 0.5/1/2 % of voxels at 0 or 2x white matter
+``dead_coil``          one element of an 8-channel array fails: smooth one-sided loss, peak 40/60/80 %
+``gamma_contrast``     monotone transfer change x^gamma (0.6/0.4/0.25) inside the head (a contrast
+                       shift: kept out of the mean, like ``sequence_contrast``)
+=====================  ==========================================================================
+
 Usage (models are ``name=path/model.pt``; cases are the test split of the first model's run)::
 
     OMP_NUM_THREADS=1 python bench/hidden_artefacts.py -m none=RUN0/model.pt -m bigaug=RUN1/model.pt \
-        --out bench/results/hidden_artefacts.md [--seed 0]
+        --out bench/results/hidden_artefacts.md [--seed 0] [--set 2]
 
 Writes a markdown table (mean foreground Dice per model x artefact, averaged over levels 1-3 and test
 cases) plus ``<out>.csv`` with every row.
@@ -113,6 +125,63 @@ def sequence_contrast(x: torch.Tensor, lab: torch.Tensor, level: int, g: torch.G
     return torch.where(head, 0.5 - 0.5 * torch.cos(math.pi * c * x), x)
 
 
+# --- set 2, defined on 2026-12-03 (eleventh session) before any model was run on it ---------------
+
+
+def wraparound(x: torch.Tensor, lab: torch.Tensor, level: int, g: torch.Generator) -> torch.Tensor:
+    """Phase-encode field of view 10/20/30 % smaller than the head: what falls outside folds in on the
+    opposite side (magnitudes add, as in a sum over the aliased k-space grid); the volume keeps its size."""
+    frac = (0.10, 0.20, 0.30)[level - 1]
+    n = x.shape[2]
+    k = max(1, round(frac * n / 2))
+    out = x.clone()
+    out[:, :, k : 2 * k] += x[:, :, n - k :]  # the far end folds onto the near side, and vice versa
+    out[:, :, n - 2 * k : n - k] += x[:, :, :k]
+    out[:, :, :k] = 0.0
+    out[:, :, n - k :] = 0.0
+    return out
+
+
+def venetian_blind(x: torch.Tensor, lab: torch.Tensor, level: int, g: torch.Generator) -> torch.Tensor:
+    """Interleaved slice acquisition with motion between the two passes: every other slice along the
+    slice axis loses 30/50/70 % of its signal (spin-history / saturation), seen as stripes."""
+    loss = (0.3, 0.5, 0.7)[level - 1]
+    start = int(torch.randint(0, 2, (), generator=g))
+    out = x.clone()
+    out[..., start::2] *= 1.0 - loss
+    return out
+
+
+def impulse_noise(x: torch.Tensor, lab: torch.Tensor, level: int, g: torch.Generator) -> torch.Tensor:
+    """Dead and hot voxels (a failing receiver / reconstruction glitch): 0.5/1/2 % of voxels set to 0 or
+    to 2x the white-matter intensity, half each."""
+    frac = (0.005, 0.01, 0.02)[level - 1]
+    u = torch.rand(x.shape, generator=g)
+    hot = torch.rand(x.shape, generator=g) < 0.5
+    return torch.where(u < frac, torch.where(hot, 2.0 * _wm_ref(x, lab), 0.0), x)
+
+
+def dead_coil(x: torch.Tensor, lab: torch.Tensor, level: int, g: torch.Generator) -> torch.Tensor:
+    """One element of an 8-channel head array fails: its sector of the head keeps only what the
+    neighbouring coils see, a smooth, strong, one-sided signal drop (peak loss 40/60/80 %)."""
+    peak = (0.4, 0.6, 0.8)[level - 1]
+    z, y, w = _grid(tuple(x.shape[1:]))
+    a = float(torch.rand((), generator=g)) * 2 * math.pi
+    d2 = (y - 1.3 * math.cos(a)) ** 2 + (w - 1.3 * math.sin(a)) ** 2 + 0.3 * z**2
+    sens = 1.0 / (1.0 + d2 / 0.8**2) ** 2
+    return x * (1.0 - peak * sens / sens.max())[None]
+
+
+def gamma_contrast(x: torch.Tensor, lab: torch.Tensor, level: int, g: torch.Generator) -> torch.Tensor:
+    """A monotone change of the intensity transfer (another scanner's windowing / T1 weighting):
+    x^gamma inside the head on intensities scaled to [0, 1], gamma 0.6/0.4/0.25."""
+    gam = (0.6, 0.4, 0.25)[level - 1]
+    head = lab > 0
+    top = float(x[head].max()) if bool(head.any()) else float(x.max())
+    y = (x.clamp_min(0) / max(top, 1e-8)) ** gam * top
+    return torch.where(head, y, x)
+
+
 ARTEFACTS: dict[str, Artefact] = {
     "laplace_noise": laplace_noise,
     "zipper": zipper,
@@ -121,10 +190,23 @@ ARTEFACTS: dict[str, Artefact] = {
     "susceptibility": susceptibility,
     "sequence_contrast": sequence_contrast,
 }
-KINDS = {"sequence_contrast": "contrast shift"}  # the others are acquisition artefacts
+SET2: dict[str, Artefact] = {
+    "wraparound": wraparound,
+    "venetian_blind": venetian_blind,
+    "impulse_noise": impulse_noise,
+    "dead_coil": dead_coil,
+    "gamma_contrast": gamma_contrast,
+}
+SETS = {"1": ARTEFACTS, "2": SET2}
+KINDS = {"sequence_contrast": "contrast shift", "gamma_contrast": "contrast shift"}  # the others: acquisition
 
 
-def run(models: dict[str, Path], seed: int = 0, levels: tuple[int, ...] = (1, 2, 3)) -> pd.DataFrame:
+def run(
+    models: dict[str, Path],
+    seed: int = 0,
+    levels: tuple[int, ...] = (1, 2, 3),
+    arts: dict[str, Artefact] = ARTEFACTS,
+) -> pd.DataFrame:
     """Dice rows: model, artefact, level (0 = clean), case."""
     from medaudit.data import mri as tdata
     from medaudit.texture.bias import mean_dice
@@ -141,7 +223,7 @@ def run(models: dict[str, Path], seed: int = 0, levels: tuple[int, ...] = (1, 2,
         vol = tdata.load_case(case, label_set=meta0["label_set"], spacing=meta0["config"].spacing)
         img, lab = vol["image"], vol["label"]
         conds = [("clean", 0, img)]
-        for name, fn in ARTEFACTS.items():
+        for name, fn in arts.items():
             for lv in levels:
                 gen = torch.Generator().manual_seed(derive_seed(seed, case.case_id, name, lv))
                 conds.append((name, lv, fn(img, lab, lv, gen).float()))
@@ -154,12 +236,12 @@ def run(models: dict[str, Path], seed: int = 0, levels: tuple[int, ...] = (1, 2,
     return pd.DataFrame(rows)
 
 
-def table(df: pd.DataFrame) -> pd.DataFrame:
+def table(df: pd.DataFrame, arts: dict[str, Artefact] = ARTEFACTS) -> pd.DataFrame:
     """Model x artefact mean Dice (levels averaged), with the mean over acquisition artefacts."""
     t = df.groupby(["model", "artefact"], sort=False)["dice"].mean().unstack("artefact")
-    arts = [a for a in ARTEFACTS if a in t.columns and a not in KINDS]
-    t["mean_artefacts"] = t[arts].mean(1)
-    return t[["clean", *ARTEFACTS.keys(), "mean_artefacts"]]
+    acq = [a for a in arts if a in t.columns and a not in KINDS]
+    t["mean_artefacts"] = t[acq].mean(axis=1)
+    return t[["clean", *arts.keys(), "mean_artefacts"]]
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -174,22 +256,27 @@ def main() -> None:
     ap.add_argument("-m", "--model", action="append", required=True, help="name=path/to/model.pt")
     ap.add_argument("--out", required=True, help="markdown output (a .csv is written beside it)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", choices=sorted(SETS), default="1", help="artefact set (2: defined 2026-12-03)")
     args = ap.parse_args()
+    arts = SETS[args.set]
     torch.set_num_threads(1)
     models = {k: Path(v) for k, v in (m.split("=", 1) for m in args.model)}
-    df = run(models, args.seed)
+    df = run(models, args.seed, arts=arts)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out.with_suffix(".csv"), index=False)
-    t = table(df)
+    t = table(df, arts)
     md = markdown(t.reset_index())
     out.write_text(md + "\n")
     print(md)
     base = next(iter(models))
     for m in list(models)[1:]:
         d = t.loc[m] - t.loc[base]
-        wins = int((d[[a for a in ARTEFACTS if a not in KINDS]] > 0).sum())
-        print(f"{m} - {base}: mean over artefacts {d['mean_artefacts']:+.3f}; higher on {wins}/5 artefacts")
+        acq = [a for a in arts if a not in KINDS]
+        wins = int((d[acq] > 0).sum())
+        print(
+            f"{m} - {base}: mean over artefacts {d['mean_artefacts']:+.3f}; higher on {wins}/{len(acq)} artefacts"
+        )
     np.set_printoptions(precision=3)
 
 
