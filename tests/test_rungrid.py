@@ -140,6 +140,20 @@ def test_run_grid_skips_dependants_of_a_failed_task():
         )
 
 
+def test_a_failed_task_is_one_unwrapped_line_whatever_it_says(capsys):
+    """A long failure message holding rich markup ("[/x]", as in a path) is printed as text, on one line
+    (rich wrapped it at 80 columns in a pipe, and "[/x]" was read as a closing tag)."""
+    tasks = _grid(1)
+    msg = "/data/[/x]/" + "very-long-folder-name/" * 6 + "scan.nii.gz: image contains non-finite values"
+
+    def fn(payload):
+        raise RuntimeError(msg)
+
+    rg.run_grid(tasks, fn, lambda t: dict(t.spec), lambda t, r: None, is_done=lambda t: False)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "failed" in ln]
+    assert len(lines) == 1 and lines[0].endswith(f"RuntimeError: {msg}"), lines
+
+
 def test_make_backend_choice():
     assert isinstance(rg.make_backend(1), rg.SerialBackend)
     pool = rg.make_backend(2)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from medaudit import __version__
 from medaudit.errors import InputError
 from medaudit.io import atomic_save
@@ -402,7 +404,10 @@ def run_grid(
                         if not keep_going:
                             raise exc
                         run.failed[t.key] = f"{type(exc).__name__}: {exc}"
-                        progress.console.print(f"[red]failed[/red] {t.label}: {type(exc).__name__}: {exc}")
+                        line = escape(" ".join(f"{t.label}: {type(exc).__name__}: {exc}".split()))
+                        # one line whatever the width (rich wraps at the terminal's, 80 columns in a pipe);
+                        # escaped: a path with "[/x]" in it is text, not markup
+                        progress.console.print(f"[red]failed[/red] {line}", soft_wrap=True)
                     else:
                         on_result(t, result)
                         done.add(t.key)
