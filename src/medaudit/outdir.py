@@ -556,9 +556,10 @@ def claim_output(
                     _publish(claim)
             except BaseException as exc:
                 _abandon(claim, created, keep_if, exc)
-                if isinstance(exc, OSError) and exc.filename is None and exc.errno in _FULL:
-                    # a write straight into the output (df.to_csv) says ENOSPC without a file: name --out
-                    raise OSError(exc.errno, os.strerror(exc.errno), str(out)) from exc
+                if isinstance(exc, OSError) and exc.errno in _FULL:
+                    # a write straight into the output (df.to_csv) says ENOSPC without a file: name --out;
+                    # a file of the staging folder (removed now) is named where it was to be published
+                    raise OSError(exc.errno, os.strerror(exc.errno), _published_name(claim, exc)) from exc
                 raise
             finally:
                 _ACTIVE[:] = [c for c in _ACTIVE if c is not claim]
@@ -566,6 +567,18 @@ def claim_output(
         if not os.path.lexists(out):
             _remove_empty(parents)
         raise
+
+
+def _published_name(claim: OutputClaim, exc: OSError) -> str:
+    """The path a full-disk error names: ``--out`` for a write without a file name, the file's place in
+    ``--out`` for one of the staging folder (``.OUT.staging-XXXX/report.html`` is ``OUT/report.html``),
+    else the file itself."""
+    if exc.filename is None:
+        return str(claim.path)
+    name = Path(os.fsdecode(exc.filename))
+    if claim.stage != claim.path and name.is_relative_to(claim.stage):
+        return str(claim.path / name.relative_to(claim.stage))
+    return str(name)
 
 
 def check_output(

@@ -143,7 +143,16 @@ class VolumeCase:
 def _read_tsv(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM (Excel) is not a name
-            return list(csv.DictReader(fh, delimiter="\t"))
+            reader = csv.DictReader(fh, delimiter="\t")
+            rows = []
+            for row in reader:
+                if None in row:  # more fields than the header: the values were kept under the key None
+                    n = len(row) - 1 + len(row[None])  # type: ignore[arg-type]
+                    raise InputError(
+                        f"{path}: line {reader.line_num} has {n} tab-separated fields, the header has {len(row) - 1}"
+                    )
+                rows.append(row)
+            return rows
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read TSV ({exc})") from None
 
@@ -291,8 +300,17 @@ def read_nifti_folder(
         scans[real] = cid
         cases.append(VolumeCase(cid, p, labs[0] if labs else None))
     if not cases:
+        if (image_pattern, label_pattern) == _FOLDER_PATTERNS and any(folder.glob("images/*.nii")):
+            # the default names, uncompressed (as many tools write them): `--data folder` has no way to
+            # give patterns, so a folder of .nii scans could not be read at all
+            return read_nifti_folder(folder, "images/{id}.nii", "labels/{id}.nii", require_label)
         raise InputError(f"{folder}: no image matches '{image_pattern}'")
     return cases
+
+
+#: the default patterns of :func:`read_nifti_folder`; a folder whose scans are all ``.nii`` is read as
+#: ``images/{id}.nii`` + ``labels/{id}.nii``
+_FOLDER_PATTERNS = ("images/{id}.nii.gz", "labels/{id}.nii.gz")
 
 
 def read_csv_pairs(
@@ -436,11 +454,35 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
             img = nib.load(str(path))
         _ = img.shape  # header access
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from None
+        hint = _extension_hint(path)
+        detail = hint or f"{type(exc).__name__}: {exc}"
+        raise InputError(f"{path}: unreadable NIfTI ({detail})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path}: not a NIfTI image")
     _check_affine(np.asarray(img.affine, dtype=np.float64), path)
     return img
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+#: the first field of an uncompressed NIfTI-1 / NIfTI-2 header, ``sizeof_hdr`` (348 / 540), either byte order
+_NIFTI_HEADS = tuple(n.to_bytes(4, order) for n in (348, 540) for order in ("little", "big"))
+
+
+def _extension_hint(path: Path) -> str | None:
+    """Why nibabel could not read a NIfTI whose name lies about its compression (it goes by the name:
+    ``Cannot work out file type`` for gzip named ``.nii``, ``not a gzip file`` for ``.nii`` named
+    ``.nii.gz``), or ``None``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return None
+    name = path.name.lower()
+    if head[:2] == _GZIP_MAGIC and name.endswith(".nii"):
+        return "the file is gzip-compressed but named .nii; rename it .nii.gz"
+    if head in _NIFTI_HEADS and name.endswith(".nii.gz"):
+        return "the file is not gzip-compressed but named .nii.gz; rename it .nii"
+    return None
 
 
 #: what nibabel logs (on stderr, each time such a file is read) for a header whose voxel sizes are
@@ -610,6 +652,22 @@ def load_case(
         "affine": affine,
         "spacing": spacing_of(affine),
     }
+
+
+def check_case(
+    case: VolumeCase, label_set: str | LabelSet = "tissue4", spacing: float | Sequence[float] | None = None
+) -> None:
+    """Read and validate one case as :func:`load_case` does (header, voxel values, label map on the same
+    grid with values in ``label_set``, and the size at the working ``spacing``), keeping nothing and
+    resampling nothing: one :class:`InputError` line naming the file otherwise. A case without a label
+    map is refused (training and scoring need one)."""
+    if case.label is None:
+        raise InputError(
+            f"{case.image}: case '{case.case_id}' has no label map (training and scoring need one)"
+        )
+    vol = load_case(case, label_set=label_set, normalise=False)
+    if spacing is not None:
+        _check_resampled_size(tuple(vol["image"].shape[1:]), vol["affine"], spacing, case.image)
 
 
 def _check_resampled_size(

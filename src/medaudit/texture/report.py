@@ -97,7 +97,8 @@ def severity_figure(results: pd.DataFrame) -> Any:
     for k in range(len(corrs), rows * cols):
         axes[k // cols][k % cols].axis("off")
     axes[0][0].set_ylabel("mean Dice")
-    axes[0][0].legend(fontsize=7)
+    if corrs:  # clean scans only: no curve, and an empty legend is a matplotlib warning on stderr
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -104,6 +104,22 @@ class TrainConfig(Config):
             raise InputError(f"unknown value '{v}'; choose one of {known[info.field_name]}")
         return v
 
+    @field_validator("data_options")
+    @classmethod
+    def _reader_options(cls, v: dict[str, Any], info: Any) -> dict[str, Any]:
+        """Options the data source's reader takes (named by this key, before any data are read); the
+        ``mni-phantom`` cohort takes none: ``load_data`` builds it from ``n_subjects``,
+        ``phantom_spacing`` and ``cache_dir``, so its options were dropped without a word."""
+        source = info.data.get("data_source")
+        if source == "mni-phantom" and v:
+            raise InputError(
+                f"the mni-phantom cohort takes no reader options (got {', '.join(map(repr, v))}); "
+                "set n_subjects, phantom_spacing or cache_dir instead"
+            )
+        if source is not None:
+            tdata.check_reader_options(source, v)
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.mode not in MODES:

@@ -56,6 +56,7 @@ def demo_command(
 ) -> None:
     """Small end-to-end run on the simulated mni-phantom cohort: clean baseline vs a training recipe."""
     from medaudit.device import check_device
+    from medaudit.texture.filters.registry import is_clean
     from medaudit.texture.recipes import excluded_families
     from medaudit.texture.train import family_of
     from medaudit.texture.train_config import TrainConfig
@@ -81,7 +82,7 @@ def demo_command(
         "device": device,
         "input_norm": DEMO_INPUT_NORM,
     }
-    held_out = sorted({family_of(c) for c in _names(corruptions)})
+    held_out = sorted({family_of(c) for c in _names(corruptions) if not is_clean(c)})  # 'none': clean scans
     opts = dict(DEMO_RECIPE_OPTIONS.get(recipe, {})) | (_json_mapping(recipe_options, "recipe-options") or {})
     excl = excluded_families(opts, "--recipe-options")
     opts["exclude_families"] = sorted({*excl, *held_out})
@@ -101,7 +102,8 @@ _DEMO_TEST_FRACTION = 0.25
 
 def _check_demo_flags(n_subjects: int, corruptions: str, numbers: dict[str, int]) -> None:
     """Refuse, before any training, a cohort too small to leave a test subject (it failed only at the
-    evaluation, after both models were trained), unknown or repeated ``--corruptions``, and a number
+    evaluation, after both models were trained), unknown or repeated ``--corruptions`` or none at all
+    (``''``, ``none``: both models were trained for a verdict on nothing), and a number
     out of its TrainConfig field's range (named by its flag, not as ``TrainConfig: key``)."""
     from medaudit.errors import InputError
     from medaudit.texture.cli import _eval_corruptions
@@ -113,7 +115,11 @@ def _check_demo_flags(n_subjects: int, corruptions: str, numbers: dict[str, int]
         raise InputError(
             f"--n-subjects {n_subjects}: the demo tests on a quarter of the subjects; give at least 3"
         )
-    _eval_corruptions(corruptions, clean=True)
+    if not _eval_corruptions(corruptions, clean=True):  # both models trained, for a verdict on nothing
+        raise InputError(
+            f"--corruptions {corruptions!r}: names no corruption; the demo tests both models on "
+            "corruptions the recipe never saw (e.g. motion,ghosting)"
+        )
 
 
 def _demo_run(
@@ -155,10 +161,13 @@ def _bias_verdict(bias: Any) -> str:
     if len(bias) < 2:
         return "texture bias: needs two models"
     b, r = bias.iloc[0], bias.iloc[1]
-    word = "LESS" if r["texture_bias"] < b["texture_bias"] else "NOT less"
+    tb, tr = round(float(b["texture_bias"]), 2), round(float(r["texture_bias"]), 2)  # as printed
+    # judged on the printed values: '0.50 vs baseline 0.50: LESS' read as a contradiction
+    word = "LESS" if tr < tb else ("about AS" if tr == tb else "NOT less")
     return (
-        f"texture bias: '{r['model']}' {r['texture_bias']:.2f} vs baseline {b['texture_bias']:.2f}: "
-        f"the recipe is {word} texture-biased than the baseline (0 = shape only, 1 = texture only)."
+        f"texture bias: '{r['model']}' {tr:.2f} vs baseline {tb:.2f}: "
+        f"the recipe is {word} texture-biased {'as' if tr == tb else 'than'} the baseline "
+        "(0 = shape only, 1 = texture only)."
     )
 
 
@@ -187,10 +196,10 @@ def unseen_verdict(results: Any) -> str:
             continue
         sel = sc[(sc["severity"] > 0) & sc["corruption"].isin(unseen)]
         per = sel.groupby(["model", "corruption"])["dice"].mean().unstack("corruption")
-        d_f, d_b = float(per.loc[m].mean()), float(per.loc[base].mean())
+        d_f, d_b = round(float(per.loc[m].mean()), 3), round(float(per.loc[base].mean()), 3)  # as printed
         wins = int((per.loc[m] > per.loc[base]).sum())
         fams = ", ".join(sorted(set(rows["family"])))
-        word = "BEAT" if d_f > d_b else "did NOT beat"
+        word = "BEAT" if d_f > d_b else ("TIED with" if d_f == d_b else "did NOT beat")
         lines.append(
             f"verdict: the model '{m}' {word} the clean baseline on unseen corruption families "
             f"({fams}): mean Dice {d_f:.3f} vs {d_b:.3f} ({d_f - d_b:+.3f}); higher on {wins} of "

@@ -273,19 +273,32 @@ def _check_reader_options(cfg: StudyConfig, source: str) -> None:
         raise _err(source, "data.options", str(exc)) from None
 
 
-def check_study_data(cfg: StudyConfig) -> None:
+def check_study_data(cfg: StudyConfig, read_volumes: bool = True) -> None:
     """List the cases of the study's data (the simulated cohort excepted: its first task builds it),
     so that a missing path, a wrong layout or a case without its label map is one line naming the
     config key, exit 2, before the output folder is claimed (it failed every training task instead:
-    exit 1, with the folder and its study.json left behind). The volumes are read by the trainings."""
-    from medaudit.data.mri import get_cases
+    exit 1, with the folder and its study.json left behind). With ``read_volumes`` (a study with tasks
+    still to run) every case is also read and checked once, one at a time, as a training reads it
+    (:func:`medaudit.data.mri.check_case`): a NaN, constant, 4D or misaligned scan failed every
+    training task the same way."""
+    from medaudit.data.mri import check_case, get_cases
 
     if cfg.data.source == "mni-phantom":
         return
     try:
-        get_cases(cfg.data.source, cfg.data.path, **cfg.data.options)
+        cases = get_cases(cfg.data.source, cfg.data.path, **cfg.data.options)
+        if read_volumes:
+            label_set = cfg.data.settings.get("label_set") or _train_config_default("label_set")
+            for case in cases:
+                check_case(case, label_set, cfg.data.settings.get("spacing"))
     except InputError as exc:
         raise _err(cfg.source, "data", str(exc)) from None
+
+
+def _train_config_default(name: str) -> Any:
+    from medaudit.texture.train_config import TrainConfig
+
+    return getattr(TrainConfig(), name)
 
 
 def _parse_train(train: Any, source: str) -> dict[str, Any]:
@@ -336,6 +349,8 @@ def _trainconfig_error(source: str, msg: str) -> InputError:
     if m is None:
         return _err(source, "train", msg)
     field = m.group(1)
+    if field == "data_options":  # the study's data.options
+        return _err(source, "data.options", m.group(2))
     return _err(source, f"{'data' if field in _DATA_FIELDS else 'train'}.{field}", m.group(2))
 
 
@@ -761,7 +776,8 @@ def study_command(
             escape(f"{n_tr} training tasks, {len(tasks) - n_tr} evaluation tasks; output folder {out_dir}")
         )
         return
-    check_study_data(cfg)
+    store = ResultStore(out_dir)
+    check_study_data(cfg, read_volumes=not all(_is_done(t, out_dir.absolute(), store) for t in tasks))
     run = run_study(cfg, out_dir, ray_address=ray_address, workers=workers, force=force)
     console.print(
         escape(
