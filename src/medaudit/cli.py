@@ -21,11 +21,26 @@ import sys
 import traceback
 from typing import Any
 
-import typer
-from typer.core import TyperGroup
 
-from medaudit import __version__
-from medaudit.errors import InputError
+def _stop_before_main(signum: int, frame: Any) -> None:
+    """Ctrl-C, SIGTERM or SIGHUP while the command line's modules load, before :func:`main` runs (a
+    KeyboardInterrupt traceback from ``import typer``, or the process killed by SIGTERM): nothing has
+    been written yet."""
+    os.write(2, b"interrupted: nothing was written\n")
+    os._exit(130)
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "medaudit":
+    for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(_sig) != signal.SIG_IGN:  # a background job, nohup: stays ignored
+            signal.signal(_sig, _stop_before_main)
+
+# after the handlers: importing typer takes a noticeable moment
+import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+from medaudit import __version__  # noqa: E402
+from medaudit.errors import InputError  # noqa: E402
 
 log = logging.getLogger("medaudit")
 
@@ -217,23 +232,70 @@ def _say(msg: str) -> None:
         typer.secho(" ".join(msg.split()), err=True, fg="red")
 
 
+#: the stop signals received during this run (cleared when :func:`main` starts)
+_STOPPED: list[int] = []
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    _STOPPED.append(signum)
     raise KeyboardInterrupt  # unwinds like Ctrl-C: staging folders are removed, the lock released
 
 
 def _catch_stop_signals() -> dict[int, Any]:
-    """SIGTERM and SIGHUP (the terminal closed) unwind like Ctrl-C; a SIGHUP ignored by ``nohup`` stays
-    ignored. Returns the handlers to restore (none when not in the main thread)."""
+    """SIGTERM and SIGHUP (the terminal closed) unwind like Ctrl-C, and Ctrl-C is recorded too; a
+    SIGINT or SIGHUP that is ignored (a background job, ``nohup``) stays ignored. Returns the handlers
+    to restore (none when not in the main thread)."""
     old: dict[int, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
             before = signal.getsignal(sig)
-            if not (sig == signal.SIGHUP and before == signal.SIG_IGN):
+            if before is _stop_before_main:  # restored to Python's own once the command is done
+                before = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            if (
+                sig == signal.SIGTERM
+                or (sig == signal.SIGHUP and before != signal.SIG_IGN)
+                or before is signal.default_int_handler  # SIGINT, unless ignored or handled by the caller
+            ):
                 signal.signal(sig, _on_sigterm)
         except ValueError:  # not in the main thread: keep the default
             return old
         old[sig] = before
     return old
+
+
+def _redeliver_swallowed_stop(default: Any) -> Any:
+    """A ``sys.unraisablehook`` that delivers a stop signal again when its KeyboardInterrupt was raised
+    where Python swallows exceptions (a weakref callback or ``__del__``, as during an import): the
+    signal was lost there, ``Exception ignored in ...`` and a traceback were printed and the run went
+    on to publish its output with exit status 0."""
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and _STOPPED:
+            import threading
+
+            # sent from another thread a moment later, so that the handler runs once this hook and the
+            # callback have returned (raised here, it would be swallowed again)
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), _STOPPED[-1]))
+            timer.daemon = True
+            timer.start()
+            return
+        default(unraisable)
+
+    return hook
+
+
+def _interrupt_in(exc: BaseException) -> bool:
+    """Whether ``exc`` stands for a stop signal: a KeyboardInterrupt turned into another exception (a C
+    extension being imported reports ``ImportError: initialization failed``), or any exception raised
+    after a stop signal arrived."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return bool(_STOPPED)
 
 
 def _interrupted() -> int:
@@ -285,10 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     args = rewrite_deprecated(list(sys.argv[1:] if argv is None else argv))
     quiet_before = os.environ.get("MEDAUDIT_QUIET")
+    _STOPPED.clear()
     old = _catch_stop_signals()
     if _cwd_gone(args):
         _say("error: the current folder no longer exists (deleted or moved); cd to another folder")
         return 2
+    unraisable_before = sys.unraisablehook
+    sys.unraisablehook = _redeliver_swallowed_stop(unraisable_before)
     try:
         rc: Any = app(args=args, standalone_mode=False)
     except InputError as exc:
@@ -308,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             return 141
         raise
     except Exception as exc:
+        if _interrupt_in(exc):
+            return _interrupted()
         if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
             from medaudit.configfile import validation_error
 
@@ -322,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _internal(exc)
     finally:
+        _forget_caught_interrupt()  # for the console script and ``python -m`` alike
+        sys.unraisablehook = unraisable_before
         for sig, handler in old.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
@@ -332,6 +401,16 @@ def main(argv: list[str] | None = None) -> int:
     if rc == 130:  # typer may turn Ctrl-C into Exit(130) itself
         return _interrupted()
     return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
+
+
+def _forget_caught_interrupt() -> None:
+    """CPython 3.11 records a KeyboardInterrupt that passed through ``exec`` of a string (a dataclass
+    being made while a command's modules are imported) as unhandled even though :func:`main` caught
+    it, and the process then ended by SIGINT (status -2) instead of returning 130."""
+    with contextlib.suppress(Exception):  # absent (other versions, other interpreters): nothing to do
+        import ctypes
+
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
 
 
 if __name__ == "__main__":

@@ -86,7 +86,30 @@ _RESIZE_MODES = ("crop", "pad", "stretch")
 _SLICER_RANGES: dict[str, tuple[float, float, bool]] = {
     "alpha": (0.0, 1.0, False),
     "max_overlap": (0.0, 1.0, True),
+    # the mixture's restarts run side by side, each with its own parameters and responsibilities:
+    # ``n_init: 100000000`` grew past 8 GB before the first EM step (docs/audit.md)
+    "n_init": (1, 1000, True),
+    "max_iter": (1, 1_000_000, True),
 }
+#: slicer_kwargs that must be whole numbers
+_SLICER_INTS = frozenset({"n_init", "max_iter"})
+#: the largest image encoder input: ``size`` x ``size`` at most the pixel limit of the images read
+#: (``medaudit.data.images.MAX_IMAGE_PIXELS``), and ``batch_size`` of them at most this many pixels
+#: (1 GiB of float32). ``image.size=50000`` asked for 10 GB per image (``MemoryError``, exit 1).
+MAX_IMAGE_INPUT_PIXELS = 64_000_000
+MAX_IMAGE_BATCH_PIXELS = 2**28
+#: the largest weight of a modality in the fused space (weights are relative; 1e300 overflowed float32)
+MAX_FUSION_WEIGHT = 1e6
+
+
+def _no_bool_number(value: Any, annotation: Any) -> Any:
+    """``value`` unless it is true / false (or a list or mapping holding one) for a field of numbers:
+    pydantic reads ``seed: true`` and ``n_slices: yes`` as 1."""
+    kind = str(annotation)
+    items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    if ("int" in kind or "float" in kind) and any(isinstance(x, bool) for x in items):
+        raise ValueError("expected a number, not true/false")
+    return value
 
 
 def _non_finite(value: Any, path: str) -> str | None:
@@ -113,6 +136,28 @@ def _check_encoder_opt(mod: str, key: str, value: Any) -> None:
             raise ValueError(f"{where}: must be {what}, got {value!r}")
     elif key == "resize_mode" and value not in _RESIZE_MODES:
         raise ValueError(f"{where}: choose one of {', '.join(_RESIZE_MODES)}, got {value!r}")
+
+
+def _check_image_input(opts: dict[str, Any]) -> None:
+    """The image encoder's input, ``size`` x ``size``, and a batch of them within the limits above
+    (checked before any image is read)."""
+    size = opts.get("size", 224)  # every image encoder's default
+    if not isinstance(size, int) or isinstance(size, bool):
+        return  # None: the model's own size
+    if size * size > MAX_IMAGE_INPUT_PIXELS:
+        raise ValueError(
+            f"image.size: {size} x {size} is over the limit of {MAX_IMAGE_INPUT_PIXELS:,} pixels per image"
+        )
+    batch = opts.get("batch_size", 32)
+    if (
+        isinstance(batch, int)
+        and not isinstance(batch, bool)
+        and batch * size * size > MAX_IMAGE_BATCH_PIXELS
+    ):
+        raise ValueError(
+            f"image.batch_size: {batch} images of {size} x {size} is over the limit of "
+            f"{MAX_IMAGE_BATCH_PIXELS:,} pixels per batch; lower image.batch_size or image.size"
+        )
 
 
 #: pairs of column roles that may read the same column
@@ -246,7 +291,7 @@ class AuditConfig(_Model):
     encoders: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENCODERS))
     encoder_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     fusion: Fusion = Fusion.concat
-    fusion_weights: dict[str, Annotated[float, Field(ge=0.0)]] | None = None
+    fusion_weights: dict[str, Annotated[float, Field(ge=0.0, le=MAX_FUSION_WEIGHT)]] | None = None
     fusion_dim: int = Field(64, ge=1)
     slicer: SlicerName = SlicerName.both
     concepts: Path | None = None
@@ -276,6 +321,11 @@ class AuditConfig(_Model):
     n_exemplars: int = Field(8, ge=1)
     membership_threshold: float = Field(0.5, ge=0.0, le=1.0)
     write_report: bool = True
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: Any) -> Any:
+        return _no_bool_number(v, cls.model_fields[info.field_name].annotation)
 
     @field_validator("concepts", "cache_dir")
     @classmethod
@@ -313,6 +363,8 @@ class AuditConfig(_Model):
                 raise ValueError(f"unknown modality '{mod}' (choose from {', '.join(MODALITIES)})")
             for key, value in opts.items():
                 _check_encoder_opt(mod, key, value)
+            if mod == "image":
+                _check_image_input(opts)
         return v
 
     @field_validator("slicer_kwargs")
@@ -323,11 +375,13 @@ class AuditConfig(_Model):
                 raise ValueError(f"{bad}: must be a finite number, got {value!r}")
             if key in _SLICER_RANGES:
                 lo, hi, lo_incl = _SLICER_RANGES[key]
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                ok = isinstance(value, int if key in _SLICER_INTS else (int, float))
+                ok = ok and not isinstance(value, bool)
                 ok = ok and (lo <= value if lo_incl else lo < value) and value <= hi
                 if not ok:
-                    span = f"{'[' if lo_incl else '('}{lo:g}, {hi:g}]"
-                    raise ValueError(f"{key}: must lie in {span}, got {value!r}")
+                    span = f"{'[' if lo_incl else '('}{lo:,}, {hi:,}]"
+                    what = "be a whole number in" if key in _SLICER_INTS else "lie in"
+                    raise ValueError(f"{key}: must {what} {span}, got {value!r}")
         return v
 
     def resolved_modalities(self) -> tuple[str, ...]:

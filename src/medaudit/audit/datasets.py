@@ -252,9 +252,12 @@ def _map_findings(pred: pd.DataFrame, id_col: str, labels: list[str], src: Path)
         boolean = pred[col].map(lambda x: isinstance(x, (bool, np.bool_)))  # True is not a probability
         bad = bad_text | boolean | ~(v.isna() | ((v >= 0) & (v <= 1)))
         if bad.any():
+            from medaudit.audit.table import percent_hint
+
             i = int(np.flatnonzero(bad.to_numpy())[0])
+            what = "is not a number" if bad_text.iloc[i] else f"is not in [0, 1]{percent_hint(v.dropna())}"
             raise InputError(
-                f"{src}: column '{col}' {_row(i)}: probability {plain(pred[col].iloc[i])} is not in [0, 1]"
+                f"{src}: column '{col}' {_row(i)}: probability {plain(pred[col].iloc[i])} {what}"
             )
         out[str(col)] = lab
     if not out:

@@ -206,6 +206,18 @@ def _as_prob(value: object) -> float | None:
     return f
 
 
+def percent_hint(values: Iterable[object]) -> str:
+    """``'; ... percentages? ...'`` when the numbers of a probability column lie in [0, 100] and more than
+    half of them exceed 1, else ``''``: a classifier's scores exported as percentages."""
+    nums = np.array(
+        [f for v in values if not isinstance(v, (bool, np.bool_)) and (f := _as_float(v)) is not None]
+    )
+    nums = nums[np.isfinite(nums)] if nums.size else nums
+    if nums.size and nums.min() >= 0 and nums.max() <= 100 and (nums > 1).mean() > 0.5:
+        return "; the column holds values up to 100: percentages? divide them by 100"
+    return ""
+
+
 def _check_columns(raw: pd.DataFrame, where: str, wanted: Iterable[tuple[str, str]]) -> None:
     available = [str(c) for c in raw.columns]
     for role, col in wanted:
@@ -514,10 +526,14 @@ def _parse_predictions(
     prob = np.zeros(n, dtype=np.float64)
     pred = np.zeros(n, dtype=np.int64)
     if use_prob:
-        for i, v in enumerate(raw[columns.prob].tolist()):  # type: ignore[index]
+        values = raw[columns.prob].tolist()  # type: ignore[index]
+        hint: str | None = None
+        for i, v in enumerate(values):
             f = _as_prob(v)
             if f is None:
-                what = "is missing (NaN)" if _missing(v) else "is not in [0, 1]"
+                if hint is None:
+                    hint = percent_hint(values)
+                what = "is missing (NaN)" if _missing(v) else f"is not in [0, 1]{hint}"
                 if not _missing(v) and _as_float(v) is None:
                     what = "is not a number"
                 if isinstance(v, (bool, np.bool_)):

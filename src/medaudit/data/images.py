@@ -11,7 +11,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -51,9 +51,7 @@ def declared_pixels(path: str | os.PathLike[str]) -> int:
         raise InputError(f"{p}: empty file (0 bytes)")
     try:
         if is_dicom(p):
-            import pydicom
-
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            ds = _dcmread(p, stop_before_pixels=True)
             frames = int(ds.get("NumberOfFrames", 1) or 1)
             return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * max(frames, 1)
         from PIL import Image
@@ -156,27 +154,67 @@ def _window_output_range(ds) -> tuple[float, float]:
     return y_min, y_max
 
 
+#: the VOI LUT Functions of PS3.3 C.11.2.1.3 (pydicom applies these and refuses any other)
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
 def _usable_window(ds) -> bool:
     """Whether the file has a Window Center and a first Window Width that the VOI function can use:
     at least 1 for LINEAR (the default), above 0 otherwise. Real files carry a width of 0 or none;
     those are shown min-max scaled, as a file without a window."""
     if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
         return False
-    elem = ds["WindowWidth"]
     try:
-        width = float(elem.value[0] if elem.VM > 1 else elem.value)
-    except (TypeError, ValueError, IndexError):
+        width, center = (
+            float(elem.value[0] if elem.VM > 1 else elem.value)
+            for elem in (ds["WindowWidth"], ds["WindowCenter"])
+        )
+    except (TypeError, ValueError, IndexError):  # a center such as 'abc' (TypeError in pydicom)
         return False
-    func = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    func = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
+    if func not in _VOI_FUNCTIONS or not math.isfinite(center):  # pydicom refuses other functions
+        return False
     return math.isfinite(width) and (width >= 1 if func == "LINEAR" else width > 0)
 
 
-def _read_dicom(p: Path) -> np.ndarray:
+def _dcmread(p: Path, stop_before_pixels: bool = False) -> Any:
+    """pydicom's dataset of ``p``. A file named as DICOM without the 128-byte preamble and the meta
+    header (an ACR-NEMA file, or a bare dataset written by an older tool) is read as well, and a
+    missing Transfer Syntax UID is taken from the encoding the dataset was read in (pydicom could
+    not decode its pixels without one)."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels, force=True)
+        except Exception:
+            ds = None
+        if ds is None or "Rows" not in ds:  # pydicom's line ends 'Use force=True', which users cannot
+            raise InvalidDicomError(
+                "not a DICOM file (no 'DICM' prefix or meta header, nor an image dataset)"
+            ) from None
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        if implicit is not None:
+            ds.file_meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian
+                if implicit
+                else ExplicitVRLittleEndian
+                if little
+                else ExplicitVRBigEndian
+            )
+    return ds
+
+
+def _read_dicom(p: Path) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(p)
+        ds = _dcmread(p)
     except Exception as exc:
         raise InputError(f"{p}: not a readable DICOM file ({_why(exc, p)})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds:

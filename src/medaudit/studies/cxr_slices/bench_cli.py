@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,7 @@ def bench_scenarios_command(
 ) -> None:
     """Benchmark multimodal slice discovery on the study's failure scenarios (resumable, parallel)."""
     params = _scenario_params(set_, scenarios, n_train, n_test)  # --set errors first
+    _check_numbers(shares, runs, (n_train, n_test, slicer_seeds), min_gap, classifier, workers)
     cfg = BenchConfig(
         scenarios=_names(scenarios),
         slice_shares=_floats(shares),
@@ -159,6 +161,32 @@ def _scenario_params(
     for s in scenarios.split(","):
         params.setdefault(s.strip(), {}).update({"n_train": n_train, "n_test": n_test})
     return params
+
+
+def _check_numbers(
+    shares: str, runs: int, counts: tuple[int, int, int], min_gap: float, classifier: str, workers: int
+) -> None:
+    """The numbers and the classifier, before the output folder is claimed or the cohort embedded, one
+    line naming the flag: ``--runs 0`` looped for ever, ``--shares ''``, ``--slicer-seeds 0`` and
+    ``--min-gap nan`` were internal errors, and ``--shares 1.5``, ``--n-train 0`` and an unknown
+    ``--classifier`` were refused only after the cohort was embedded into ``--out``."""
+    if runs < 1:
+        raise InputError(f"--runs {runs}: must be at least 1")
+    values = _floats(shares)
+    if not values:
+        raise InputError(f"--shares '{shares}': give at least one test-slice share in (0, 1)")
+    for v in values:
+        if not (math.isfinite(v) and 0.0 < v < 1.0):
+            raise InputError(f"--shares {v:g}: a test-slice share must lie in (0, 1)")
+    for flag, v in zip(("--n-train", "--n-test", "--slicer-seeds"), counts, strict=True):
+        if v < 1:
+            raise InputError(f"{flag} {v}: must be at least 1")
+    if not math.isfinite(min_gap):
+        raise InputError(f"--min-gap {min_gap}: must be a finite accuracy gap")
+    if classifier not in ("head", "cnn"):
+        raise InputError(f"--classifier '{classifier}': choose head or cnn")
+    if workers < 0:
+        raise InputError(f"--workers {workers}: must be 0 or more")
 
 
 def _check_config(cfg: BenchConfig) -> None:

@@ -108,6 +108,7 @@ def run_demo(
 
     quiet = _check_args(out_dir, cache_dir, views, force, quiet)
     _check_settings(seed, corr, (epochs, n_train, n_test, n_slices), rank_by, slicer, device)
+    _check_names(task, attribute, arch, class_weight, {"image": image_encoder, "report": report_encoder})
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -177,6 +178,29 @@ def _check_settings(
     if slicer not in ("both", "mixture", "rules"):
         raise InputError(f"--slicer '{slicer}': choose both, mixture or rules")
     check_device(device)
+
+
+def _check_names(
+    task: str, attribute: str, arch: str, class_weight: str | None, encoders: dict[str, str]
+) -> None:
+    """The classifier and the audit encoders the demo will build, before the cohort is built (an
+    unknown ``--image-encoder`` was refused once the classifier had trained, minutes in), and an
+    ``--attribute`` that is the ``--task`` itself (it was 'training pool too small for r=0.7')."""
+    from medaudit.audit.encoders import list_encoders
+    from medaudit.studies.cxr_slices.classifier import ARCHS
+
+    if attribute.strip() == task.strip():
+        raise InputError(
+            f"--attribute '{attribute}': must differ from --task (a finding cannot be its own shortcut)"
+        )
+    if arch not in ARCHS:
+        raise InputError(f"--arch '{arch}': choose one of {', '.join(ARCHS)}")
+    if class_weight not in ("balanced", None):
+        raise InputError(f"--class-weight '{class_weight}': choose balanced or none")
+    for modality, name in encoders.items():
+        known = list_encoders(modality)[modality]
+        if name not in known:
+            raise InputError(f"--{modality}-encoder '{name}': unknown (registered: {', '.join(known)})")
 
 
 def _sizes(
