@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +352,77 @@ def test_bench_scenarios_numbers_are_refused_before_any_work(cli, tmp_path, flag
     exist: the flags are checked first.)"""
     args = ["bench-scenarios", "--out", tmp_path / "b", "--cohort", tmp_path / "none.csv", *flags]
     _refused(cli, args, [tmp_path], named)
+
+
+# -- follow-ups -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [".", "no"])
+def test_reports_the_encoder_cannot_use_give_one_line_not_the_lexicon_warning_too(
+    cli, audit_args, work, text
+):
+    """Reports that are all "." or all "no" printed the lexicon's "may be in another language" warning
+    and then the tfidf-svd error: two lines for one bad input."""
+    df = pd.read_csv(_table(work))
+    df["report"] = text
+    t = work / "data" / "bare.csv"
+    df.to_csv(t, index=False)
+    with warnings.catch_warnings(record=True) as shown:  # pytest records them: the CLI prints them
+        warnings.simplefilter("always")
+        line = _refused(cli, audit_args(t, work / "out"), [work], "bare.csv", "column 'report'", "tfidf-svd")
+    assert "another language" not in line
+    assert not [str(w.message) for w in shown if "another language" in str(w.message)]
+
+
+def test_demo_task_is_refused_before_the_cohort_is_built_naming_the_flag(cli, tmp_path):
+    """``--task nosuch`` was "column 'nosuch' not in cohort table; available: id, no_finding, ..." (every
+    column of the cohort table), after the cohort had been built into the cache folder."""
+    args = ["demo", "--quick", "--out", tmp_path / "d", "--cache-dir", tmp_path / "cache", "--task", "nosuch"]
+    line = _refused(cli, args, [tmp_path], "--task 'nosuch'", "cardiomegaly", "pneumothorax")
+    assert "image" not in line.split("choose", 1)[-1]  # the findings, not every column
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--ray-address", "bogus://x"], ["--ray-address 'bogus://x'", "HOST:PORT"]),
+        (["--n-cases", "3"], ["--n-cases 3", "(1500)"]),
+        (["--n-cases", "30", "--n-train", "20", "--n-test", "20"], ["--n-cases 30", "(40)"]),
+    ],
+)
+def test_bench_scenarios_ray_address_and_n_cases_are_refused_before_any_work(cli, tmp_path, flags, named):
+    """``--ray-address bogus://x`` was ``internal error: RuntimeError`` (Ray took ``bogus`` for a module);
+    ``--n-cases 3`` was refused (not naming the flag) only after the cohort had been built into
+    ``OUT/cache``, which was left behind."""
+    args = ["bench-scenarios", "--out", tmp_path / "b", "--cohort", tmp_path / "none.csv", *flags]
+    _refused(cli, args, [tmp_path], *named)
+
+
+def _mimic_predictions(cli, tmp_path: Path, text: str, *extra: object) -> str:
+    from test_cxr_readers import _mimic
+
+    root, reports = _mimic(tmp_path, gz=False)
+    pred = tmp_path / "pred.csv"
+    pred.write_text(text)
+    args = ["audit", "--dataset", f"mimic-cxr:{root}", "--dataset-reports", reports, "--predictions", pred]
+    args += ["--target", "edema", "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", *extra]
+    return _refused(cli, args, [tmp_path], "pred.csv")
+
+
+def test_predictions_with_two_id_columns_suggest_pred_id(cli, tmp_path):
+    """A predictions table with ``dicom_id`` and ``id`` was refused as "column 'id' is not a finding of
+    this dataset"; with ``--pred-id`` naming one, the other id column is ignored."""
+    from medaudit.audit.datasets import _map_findings
+
+    line = _mimic_predictions(cli, tmp_path, "dicom_id,id,edema\nd1,c1,0.2\n")
+    assert "--pred-id" in line and "'dicom_id'" in line and "'id'" in line, line
+    pred = pd.DataFrame({"dicom_id": ["d1"], "id": ["c1"], "edema": [0.2]})
+    assert _map_findings(pred, "dicom_id", ["Edema"], tmp_path / "p.csv") == {"edema": "Edema"}
+
+
+@pytest.mark.parametrize("rows", ["d1;0,2\n", "d1;0.2\n"])
+def test_a_semicolon_separated_predictions_file_gets_the_delimiter_hint(cli, tmp_path, rows):
+    """Excel's CSV in many European locales (``;``-separated, decimal commas) was "line 2 has 2 fields,
+    the header has 1" or "no id column ... columns: dicom_id;edema", with no word on the delimiter."""
+    line = _mimic_predictions(cli, tmp_path, "dicom_id;edema\n" + rows)
+    assert "looks ';'-separated" in line, line

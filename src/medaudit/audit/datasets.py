@@ -55,6 +55,8 @@ DATASET_KINDS: dict[str, tuple[str, ...]] = {
 _ALIASES = {"mimic": "mimic-cxr", "mimic-cxr-jpg": "mimic-cxr", "chestx-ray14": "nih", "open-i": "openi"}
 _GENERIC_ID = ("id",)
 _PATH_ID = ("image", "path", "image_path")
+#: the id columns a predictions table may have (detected, or chosen with ``--pred-id``).
+_ID_COLUMNS: tuple[str, ...] = (*(c for k in DATASET_KINDS.values() for c in k), *_GENERIC_ID, *_PATH_ID)
 #: metadata columns used by default when the dataset has them.
 DEFAULT_META = ("sex", "age", "view_position", "frontal_lateral")
 PROB_PREFIX = "prob__"
@@ -151,24 +153,34 @@ def _row(i: int) -> str:
 def read_predictions(path: str | os.PathLike[str], id_col: str | None = None) -> tuple[pd.DataFrame, str]:
     """Read a predictions table; returns it (id column as text) and the id column's name."""
     from medaudit.audit.table import read_table
+    from medaudit.audit.table_read import delimiter_hint
 
     p = Path(path)
     probe = read_table(p) if id_col is None else None
     cols = list(probe.columns) if probe is not None else [id_col]
     if id_col is None:
-        known = [c for k in DATASET_KINDS.values() for c in k] + list(_GENERIC_ID) + list(_PATH_ID)
         lower = {str(c).lower(): c for c in cols}
-        id_col = next((lower[k.lower()] for k in known if k.lower() in lower), None)
-        if id_col is None:
+        found = list(dict.fromkeys(lower[k.lower()] for k in _ID_COLUMNS if k.lower() in lower))
+        if not found:
             raise InputError(
-                f"{p}: no id column (expected one of {', '.join(known)}, or pass --pred-id); "
-                f"columns: {', '.join(map(str, cols))}"
+                f"{p}: no id column (expected one of {', '.join(_ID_COLUMNS)}, or pass --pred-id); "
+                f"columns: {', '.join(map(str, cols))}" + delimiter_hint(list(map(str, cols)), str(p))
             )
+        if len(found) > 1:  # the other one was refused as "not a finding"
+            raise InputError(
+                f"{p}: more than one id column ({', '.join(repr(str(c)) for c in found)}); name the one "
+                "to join on with --pred-id (the others are then ignored)"
+            )
+        id_col = found[0]
     df = read_table(p, text_columns=[id_col])
     if df.empty:  # a header alone: the join would say that no row matches an image
         raise InputError(f"{p}: holds no prediction rows, only the column names")
     if id_col not in df.columns:
-        raise InputError(f"{p}: missing id column '{id_col}'; columns: {', '.join(map(str, df.columns))}")
+        available = list(map(str, df.columns))
+        raise InputError(
+            f"{p}: missing id column '{id_col}'; columns: {', '.join(available)}"
+            + delimiter_hint(available, str(p))
+        )
     return df, str(id_col)
 
 
@@ -237,8 +249,9 @@ def _finding_for(column: str, labels: list[str]) -> str | None:
 def _map_findings(pred: pd.DataFrame, id_col: str, labels: list[str], src: Path) -> dict[str, str]:
     """Probability column -> label column; raises on an unknown column or a bad probability."""
     out: dict[str, str] = {}
+    ids = {k.lower() for k in _ID_COLUMNS}
     for col in pred.columns:
-        if col == id_col:
+        if col == id_col or str(col).lower() in ids:  # another id column: --pred-id chose this one
             continue
         lab = _finding_for(col, labels)
         if lab is None:

@@ -475,9 +475,11 @@ def _table_concepts(
     config: AuditConfig,
     audit_warnings: list[str],
     given: tuple[pd.DataFrame | None, str | None] | None = None,
-) -> pd.DataFrame | None:
-    """The reports' concept codes (``None`` with a warning when no report text can be used); ``given``
-    (codes aligned with the table's rows, and their warning) is used as it is."""
+) -> tuple[pd.DataFrame | None, str | None]:
+    """The reports' concept codes (``None`` with a warning when no report text can be used) and that
+    warning, added to ``audit_warnings`` but not yet shown: reports of "." or "no" also fail the report
+    encoder, and its error alone is the one line then; ``given`` (codes aligned with the table's rows,
+    and their warning) is used as it is."""
     if given is not None:
         concepts, msg = given
         if concepts is not None and len(concepts) != len(table):
@@ -491,8 +493,7 @@ def _table_concepts(
         )
     if msg:
         audit_warnings.append(msg)
-        rule_audit.warn(msg)
-    return concepts
+    return concepts, msg
 
 
 def _rule_slices(
@@ -545,8 +546,10 @@ def _run_audit(
     audit_warnings: list[str] = []
     with make_progress() as progress:
         table, modalities = _prepare_table(table, config, modalities, family, claim, progress, audit_warnings)
-        concepts = _table_concepts(table, lexicon, config, audit_warnings, given_concepts)
+        concepts, lexicon_warning = _table_concepts(table, lexicon, config, audit_warnings, given_concepts)
         found = _discover(table, config, family, modalities, concepts, progress, precomputed, audit_warnings)
+        if lexicon_warning:  # once the reports have been embedded: an error there is the one line
+            rule_audit.warn(lexicon_warning)
         table, concepts = found.table, found.concepts
         slices = _explain_slices(
             found.scores,

@@ -31,7 +31,7 @@ import pandas as pd
 
 from medaudit.audit.config import MODALITIES, ColumnMap, check_meta_columns
 from medaudit.audit.embeddings_file import load_embeddings
-from medaudit.audit.table_read import read_table, table_columns
+from medaudit.audit.table_read import delimiter_hint, read_table, table_columns
 from medaudit.data.images import check_pixel_limit
 from medaudit.errors import InputError
 from medaudit.io import missing_reason
@@ -224,7 +224,7 @@ def _check_columns(raw: pd.DataFrame, where: str, wanted: Iterable[tuple[str, st
         if col not in raw.columns:
             raise InputError(
                 f"{where}: unknown column '{col}' (for {role}); available columns: {', '.join(available)}"
-                + _delimiter_hint(available, where)
+                + delimiter_hint(available, where)
                 + _near_miss(col, available)
             )
 
@@ -234,24 +234,6 @@ def _near_miss(col: str, available: list[str]) -> str:
     printed in the list of available columns looks like ``id``)."""
     near = [a for a in available if a != col and a.strip().casefold() == col.strip().casefold()]
     return f" (column {near[0]!r} differs only by spaces or case)" if near else ""
-
-
-def _delimiter_hint(available: list[str], where: str) -> str:
-    """A hint when a file's whole header was read as one column holding another delimiter (a ``;``- or
-    tab-separated file named ``.csv``, a comma-separated one named ``.tsv``); ``""`` otherwise."""
-    if len(available) != 1 or where == "table":  # "table": a DataFrame, no delimiter involved
-        return ""
-    if where.lower().endswith((".tsv", ".tsv.gz", ".tab")):
-        read_as, others = "tab", ((";", "';'", "save it tab-separated"), (",", "comma", "name it .csv"))
-    else:
-        read_as, others = "comma", ((";", "';'", "save it with commas"), ("\t", "tab", "name it .tsv"))
-    for sep, name, fix in others:
-        if sep in available[0]:
-            return (
-                f" (the header was read as one column: the file looks {name}-separated, "
-                f"and this file name is read as {read_as}-separated; {fix})"
-            )
-    return ""
 
 
 def load_case_table(

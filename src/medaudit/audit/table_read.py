@@ -18,7 +18,7 @@ import pandas as pd
 from medaudit.errors import InputError
 from medaudit.io import check_unique_header, missing_reason
 
-__all__ = ["read_table", "table_columns"]
+__all__ = ["delimiter_hint", "read_table", "table_columns"]
 
 
 def _suffix(p: Path) -> str:
@@ -125,7 +125,7 @@ def _check_delimited(p: Path, sep: str) -> None:
                 raise InputError(
                     f"{p}: line {start} has {len(row)} fields, the header has {n}"
                     + _runs_on(row, n, line)
-                    + _excel_sep_hint(header)
+                    + (_excel_sep_hint(header) or delimiter_hint(header, str(p)))
                 )
     except UnicodeDecodeError as exc:
         raise InputError(not_utf8(p, exc)) from exc
@@ -139,6 +139,24 @@ def _check_delimited(p: Path, sep: str) -> None:
 
 def _blank_row(row: list[str]) -> bool:
     return not row or (len(row) == 1 and not row[0].strip())
+
+
+def delimiter_hint(available: list[str], where: str) -> str:
+    """A hint when a file's whole header was read as one column holding another delimiter (a ``;``- or
+    tab-separated file named ``.csv``, a comma-separated one named ``.tsv``); ``""`` otherwise."""
+    if len(available) != 1 or where == "table":  # "table": a DataFrame, no delimiter involved
+        return ""
+    if where.lower().endswith((".tsv", ".tsv.gz", ".tab")):
+        read_as, others = "tab", ((";", "';'", "save it tab-separated"), (",", "comma", "name it .csv"))
+    else:
+        read_as, others = "comma", ((";", "';'", "save it with commas"), ("\t", "tab", "name it .tsv"))
+    for sep, name, fix in others:
+        if sep in available[0]:
+            return (
+                f" (the header was read as one column: the file looks {name}-separated, "
+                f"and this file name is read as {read_as}-separated; {fix})"
+            )
+    return ""
 
 
 def _excel_sep_hint(header: list[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,7 @@ def bench_scenarios_command(
     """Benchmark multimodal slice discovery on the study's failure scenarios (resumable, parallel)."""
     params = _scenario_params(set_, scenarios, n_train, n_test)  # --set errors first
     _check_numbers(shares, runs, (n_train, n_test, slicer_seeds), min_gap, classifier, workers)
+    _check_scale(n_cases, n_train, n_test, ray_address)
     cfg = BenchConfig(
         scenarios=_names(scenarios),
         slice_shares=_floats(shares),
@@ -187,6 +189,24 @@ def _check_numbers(
         raise InputError(f"--classifier '{classifier}': choose head or cnn")
     if workers < 0:
         raise InputError(f"--workers {workers}: must be 0 or more")
+
+
+#: ``--ray-address`` forms Ray can connect to: ``local``, ``auto``, ``HOST:PORT`` or ``ray://HOST[:PORT]``.
+_RAY_ADDRESS = re.compile(r"local|auto|ray://[^\s:/]+(:\d{1,5})?|[^\s:/]+:\d{1,5}")
+
+
+def _check_scale(n_cases: int | None, n_train: int, n_test: int, ray_address: str | None) -> None:
+    """``--n-cases`` and ``--ray-address``, before the output folder is claimed: ``--n-cases 3`` was
+    refused only after the cohort was built and embedded into ``OUT/cache`` (a run draws ``--n-train``
+    and ``--n-test`` cases from disjoint pools), and ``--ray-address bogus://x`` was ``internal error:
+    RuntimeError`` (Ray took ``bogus`` for a module to import)."""
+    if n_cases is not None and n_cases < n_train + n_test:
+        raise InputError(
+            f"--n-cases {n_cases}: must be at least --n-train + --n-test ({n_train + n_test}): a run "
+            "draws its training and test cases from disjoint parts of the cohort"
+        )
+    if ray_address and not _RAY_ADDRESS.fullmatch(ray_address):
+        raise InputError(f"--ray-address '{ray_address}': expected local, auto, HOST:PORT or ray://HOST:PORT")
 
 
 def _check_config(cfg: BenchConfig) -> None:

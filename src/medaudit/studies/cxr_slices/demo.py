@@ -185,10 +185,15 @@ def _check_names(
 ) -> None:
     """The classifier and the audit encoders the demo will build, before the cohort is built (an
     unknown ``--image-encoder`` was refused once the classifier had trained, minutes in), and an
-    ``--attribute`` that is the ``--task`` itself (it was 'training pool too small for r=0.7')."""
+    ``--attribute`` that is the ``--task`` itself (it was 'training pool too small for r=0.7'); a
+    ``--task`` that is not a finding of the cohort was refused once the cohort was built, listing
+    every column of its table."""
     from medaudit.audit.encoders import list_encoders
+    from medaudit.data.phantom_cxr import LABEL_COLUMNS
     from medaudit.studies.cxr_slices.classifier import ARCHS
 
+    if task not in LABEL_COLUMNS:
+        raise InputError(f"--task '{task}': choose one of {', '.join(LABEL_COLUMNS)}")
     if attribute.strip() == task.strip():
         raise InputError(
             f"--attribute '{attribute}': must differ from --task (a finding cannot be its own shortcut)"
