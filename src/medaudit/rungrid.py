@@ -40,6 +40,7 @@ __all__ = [
     "ResultStore",
     "SerialBackend",
     "Task",
+    "WorkerDied",
     "canonical_json",
     "code_fingerprint",
     "make_backend",
@@ -236,6 +237,10 @@ def _init_worker(one_line_warnings: bool) -> None:
         warnings.formatwarning = _one_line_warning
 
 
+class WorkerDied(RuntimeError):
+    """A process-pool task whose worker process ended without an answer (killed by a signal)."""
+
+
 class PoolBackend(Backend):
     """A local process pool (spawn: torch and forked OpenMP thread pools do not mix)."""
 
@@ -246,28 +251,42 @@ class PoolBackend(Backend):
 
         self._workers = workers
         one_line = getattr(warnings.formatwarning, "__name__", "") == "_one_line_warning"
-        self._pool = ProcessPoolExecutor(
+        self._new_pool = lambda: ProcessPoolExecutor(
             max_workers=workers,
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
             initargs=(one_line,),
         )
+        self._pool = self._new_pool()
 
     @property
     def slots(self) -> int:
         return self._workers
 
     def submit(self, fn: TaskFn, payload: Mapping[str, Any]) -> Any:
-        return self._pool.submit(fn, payload)
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._pool.submit(fn, payload)
+        except BrokenProcessPool:  # a worker died (see wait): the other tasks run in a new pool
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = self._new_pool()
+            return self._pool.submit(fn, payload)
 
     def wait(self, handles: list[Any]) -> list[Outcome]:
         from concurrent.futures import FIRST_COMPLETED
         from concurrent.futures import wait as fwait
+        from concurrent.futures.process import BrokenProcessPool
 
         done, _ = fwait(handles, return_when=FIRST_COMPLETED)
         out = []
         for h in done:
             exc = h.exception()
+            if isinstance(exc, BrokenProcessPool):  # killed (the OOM killer, kill -9): the study went on
+                exc = WorkerDied(  # to an internal error (exit 1) with the tasks not yet started never run
+                    "a worker process ended abruptly (killed, or out of memory) and the pool stopped "
+                    "the tasks in flight; rerun the same command to resume them"
+                )
             out.append((h, None if exc else h.result(), exc))
         return out
 
@@ -401,7 +420,7 @@ def run_grid(
                 for handle, result, exc in backend.wait(list(in_flight)):
                     t = in_flight.pop(handle)
                     if exc is not None:
-                        if not keep_going:
+                        if not keep_going or _disk_full(exc):
                             raise exc
                         run.failed[t.key] = f"{type(exc).__name__}: {exc}"
                         line = escape(" ".join(f"{t.label}: {type(exc).__name__}: {exc}".split()))
@@ -418,6 +437,14 @@ def run_grid(
         raise
     backend.close()
     return run
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """A task that failed because the disk (or a quota) is full: every task left would fail the same, so
+    the grid stops and the command names the file, exit 2 (each task failed in turn, exit 1)."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _submit_ready(

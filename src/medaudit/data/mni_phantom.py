@@ -9,8 +9,15 @@ seeded intensity variation (global gamma and per-tissue contrast offsets).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import os
+import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +80,24 @@ def build_mni_phantom(
     cached = _cached_phantom(folder)
     if cached is not None:
         return cached
-    t1, labels, aff = _mni_tissue_labels()
+    with _build_lock(cache_dir, key):  # another run building the same cohort: wait for it, then reuse it
+        cached = _cached_phantom(folder, warn=True)
+        if cached is not None:
+            return cached
+        return _build(folder, n_subjects, spacing, seed, max_displacement)
+
+
+def _build(
+    folder: Path, n_subjects: int, spacing: float, seed: int, max_displacement: float
+) -> list[VolumeCase]:
+    """Simulate the cohort into ``folder`` (staged, published whole); returns its cases."""
     with atomic_output_dir(folder, kind="mni-phantom", flag="cohort cache folder") as stage:
+        t1, labels, aff = _mni_tissue_labels()  # once the folder is claimed: a bad cache path fails at once
         entries = [
             _write_phantom_subject(stage, i, t1, labels, aff, spacing, seed, max_displacement)
             for i in range(n_subjects)
         ]
+        names = [Path(e[k]).name for e in entries for k in ("image", "label")]
         atomic_write_json(
             stage / "manifest.json",
             {
@@ -89,6 +108,7 @@ def build_mni_phantom(
                 "seed": seed,
                 "max_displacement": max_displacement,
                 "cases": entries,
+                "sha256": {n: _sha256(stage / n) for n in names},
             },
         )
     return [
@@ -99,22 +119,82 @@ def build_mni_phantom(
     ]
 
 
-def _cached_phantom(folder: Path) -> list[VolumeCase] | None:
-    """The cohort cached in ``folder`` when its manifest reads and every file exists; else ``None``."""
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _build_lock(cache_dir: Path, key: str) -> Iterator[None]:
+    """Hold ``cache_dir/.KEY.build-lock`` (``flock``), waiting for a run that builds the same cohort:
+    two runs sharing a cache made it at the same moment, and the second failed ('another medaudit run is
+    writing it'). Where no lock can be made (a read-only place), the build itself names the folder."""
+    lock = cache_dir / f".{key}.build-lock"
+    while True:
         try:
-            data = json.loads(manifest.read_text())
-            cases = [VolumeCase.from_dict(d) for d in data["cases"]]
-            if any(c.label is None for c in cases):  # a phantom case always has its label map
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError:
+            fd = -1
+        if fd < 0:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            print(f"waiting for another run building the cohort cache {cache_dir / key}", file=sys.stderr)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file between our open and flock: retry
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _cached_phantom(folder: Path, warn: bool = False) -> list[VolumeCase] | None:
+    """The cohort cached in ``folder`` when its manifest reads and every file exists with the content the
+    manifest records (a truncated or damaged file failed every training that read it); else ``None``,
+    and the cohort is built again. With ``warn``, a damaged cache is named in a warning."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text())
+        cases = [VolumeCase.from_dict(d) for d in data["cases"]]
+        hashes = data["sha256"]  # a manifest written before the hashes were kept: built again, once
+        if any(c.label is None for c in cases):  # a phantom case always has its label map
+            return None
+        for c in cases:
+            c.image, c.label = folder / c.image.name, folder / c.label.name  # type: ignore[union-attr]
+        for p in [f for c in cases for f in (c.image, c.label)]:
+            if not p.is_file() or _sha256(p) != hashes[p.name]:  # type: ignore[union-attr]
+                if warn:
+                    warnings.warn(
+                        f"{p}: the cached cohort file is missing or damaged; the cohort is built again",
+                        stacklevel=3,
+                    )
                 return None
-            for c in cases:
-                c.image, c.label = folder / c.image.name, folder / c.label.name  # type: ignore[union-attr]
-            if all(c.image.is_file() and c.label.is_file() for c in cases):  # type: ignore[union-attr]
-                return cases
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass
-    return None
+        return cases
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _write_phantom_subject(

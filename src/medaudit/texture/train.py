@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -82,8 +82,10 @@ __all__ = [
     "load_config",
     "load_data",
     "load_model",
+    "read_split",
     "refuse_bool_number",
     "save_checkpoint",
+    "set_aside",
     "sliding_window_predict",
     "split_cases",
     "train",
@@ -409,6 +411,7 @@ def train(
     _check_no_foreign_history(out_dir, model_path)
     meta = _finished_run(model_path) if resume else {}
     if meta.get("config_key") in keys:
+        _restore_split(config, out_dir)
         return model_path
     previous = _read_text(out_dir / "config.json")  # before the run writes its own
     run = _setup_run(config, out_dir)  # the data are good: a warning now is not followed by an error
@@ -418,11 +421,18 @@ def train(
             "training again replaces its model.pt (to keep it, use another folder)",
             stacklevel=2,
         )
-    if resume and ckpt_path.is_file() and not _resume(run, ckpt_path, keys) and not meta:
+    resumed = _resume(run, ckpt_path, keys) if resume and ckpt_path.is_file() else None
+    if resumed is False and not meta:
         warnings.warn(  # an interrupted run of another config: its progress is not silently lost
             f"{out_dir}: holds an interrupted run of another config "
             f"({_config_change({'config': previous}, config)}); training starts over and replaces its "
             "checkpoint.pt (to keep it, use another folder)",
+            stacklevel=2,
+        )
+    elif resumed == "data":
+        warnings.warn(  # resumed, it would be a model trained partly on other data than the run reports
+            f"{out_dir}: holds an interrupted run whose data have changed since (a scan or label map of "
+            "its training or validation cases differs); training starts over and replaces its checkpoint.pt",
             stacklevel=2,
         )
     end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
@@ -456,6 +466,33 @@ def train(
     return model_path
 
 
+def read_split(path: Path) -> dict[str, list[tdata.VolumeCase]] | None:
+    """The splits of a run's ``split.json`` (``train``, ``val``, ``test``: lists of cases), or ``None``
+    when it is missing or does not read as one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        splits = {k: [tdata.VolumeCase.from_dict(c) for c in data[k]] for k in ("train", "val", "test")}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return splits
+
+
+def _restore_split(config: TrainConfig, out_dir: Path) -> None:
+    """A finished run's ``split.json`` that is missing or damaged (``texture eval`` and a study's
+    evaluations read its test cases: they failed on every rerun, a study with a JSONDecodeError) is
+    written again from the data, split as the run split them; a damaged one is kept as
+    ``split.json.unreadable-N``."""
+    path = out_dir / "split.json"
+    if read_split(path) is not None:
+        return
+    cases = load_data(config)
+    split = split_cases(cases, config.val_fraction, config.test_fraction, config.split_seed)
+    if path.exists() or path.is_symlink():
+        kept = set_aside(path)
+        warnings.warn(f"{path}: damaged; written again from the data (kept as {kept.name})", stacklevel=3)
+    atomic_write_json(path, {k: [absolute_case(c).to_dict() for c in v] for k, v in split.items()})
+
+
 def _finished_run(model_path: Path) -> dict[str, Any]:
     """The contents of a run folder's ``model.pt`` (``{}`` when there is none). A damaged one, or one
     that is not this run's, is kept under another name and rebuilt from the run, with a warning."""
@@ -464,7 +501,7 @@ def _finished_run(model_path: Path) -> dict[str, Any]:
     try:
         return load_checkpoint(model_path)
     except InputError:
-        kept = _set_aside(model_path)
+        kept = set_aside(model_path)
         warnings.warn(
             f"{model_path}: damaged; it is written again from the run (the unreadable file is kept as "
             f"{kept.name})",
@@ -473,7 +510,7 @@ def _finished_run(model_path: Path) -> dict[str, Any]:
         return {}
 
 
-def _set_aside(path: Path) -> Path:
+def set_aside(path: Path) -> Path:
     """Rename ``path`` to the first free ``NAME.unreadable-N`` beside it (a file medaudit may not have
     written is never overwritten or deleted); returns the new path."""
     i = 1
@@ -529,6 +566,25 @@ class _Run:
     start: int = 0
     history: dict[str, list[Any]] = field(default_factory=lambda: {"loss": [], "val_dice": []})
 
+    data_key: str = ""  # _data_key of train_vols and val_vols, as read
+
+
+def _data_key(*splits: list[dict[str, Any]]) -> str:
+    """SHA-256 of the volumes of a run as read (case ids, voxels, labels), stored in its checkpoints: a
+    checkpoint of other data (a scan changed on disk since) is not resumed; the config key names the data
+    by path only."""
+    h = hashlib.sha256()
+    for vols in splits:
+        for v in vols:
+            h.update(str(v["case_id"]).encode() + b"\0")
+            for k in ("image", "label"):
+                t = v.get(k)
+                if t is not None:
+                    h.update(str((k, t.dtype, tuple(t.shape))).encode())
+                    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(b"\1")
+    return h.hexdigest()
+
 
 def _setup_run(config: TrainConfig, out_dir: Path) -> _Run:
     """Load and split the data (before anything is written), then build the model, loss and optimiser."""
@@ -571,6 +627,7 @@ def _setup_run(config: TrainConfig, out_dir: Path) -> _Run:
         opt=torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
         scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
         use_amp=use_amp,
+        data_key=_data_key(train_vols, val_vols),
     )
 
 
@@ -582,9 +639,10 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> bool:
+def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> bool | Literal["data"]:
     """Continue from a checkpoint of the same config (weights, optimiser, scaler, RNG states, history);
-    ``False`` when the checkpoint is of another config (the run starts over)."""
+    ``False`` when the checkpoint is of another config, ``"data"`` when of the same config but other
+    data (a scan changed on disk since it was written): the run starts over."""
     try:
         st = load_checkpoint(ckpt_path)
     except InputError:  # truncated, garbled, not a dict: the run's own file, damaged
@@ -595,6 +653,8 @@ def _resume(run: _Run, ckpt_path: Path, keys: set[str]) -> bool:
         ) from None
     if st.get("config_key") not in keys:
         return False
+    if st.get("data_key", run.data_key) != run.data_key:  # a checkpoint written before data keys: resumed
+        return "data"
     try:
         run.model.load_state_dict(st["model"])
         run.opt.load_state_dict(st["optimizer"])
@@ -641,6 +701,7 @@ def _checkpoint(run: _Run, ckpt_path: Path, it: int, key: str) -> None:
             "rng": rng_state(),
             "iteration": it,
             "config_key": key,
+            "data_key": run.data_key,
             "history_loss": [float(x) for x in run.history["loss"]],
             "history_val": [[float(a), float(b)] for a, b in run.history["val_dice"]],
         },

@@ -284,6 +284,8 @@ def check_study_data(cfg: StudyConfig, read_volumes: bool = True) -> None:
     from medaudit.data.mri import check_case, get_cases
 
     if cfg.data.source == "mni-phantom":
+        if read_volumes:  # build (or check) the cached cohort: a cache path under a file, or one that
+            _build_cohort(cfg)  # cannot be made, failed every training task (exit 1, folder left)
         return
     try:
         cases = get_cases(cfg.data.source, cfg.data.path, **cfg.data.options)
@@ -291,6 +293,18 @@ def check_study_data(cfg: StudyConfig, read_volumes: bool = True) -> None:
             label_set = cfg.data.settings.get("label_set") or _train_config_default("label_set")
             for case in cases:
                 check_case(case, label_set, cfg.data.settings.get("spacing"))
+    except InputError as exc:
+        raise _err(cfg.source, "data", str(exc)) from None
+
+
+def _build_cohort(cfg: StudyConfig) -> None:
+    """Build the simulated cohort of the study's first training, as that training would, or verify its
+    cache (a damaged cached file is built again); an error names the config's ``data`` key."""
+    from medaudit.texture.train import load_data
+
+    first = next(t for t in build_tasks(cfg) if t.kind == "train")
+    try:
+        load_data(_make_train_config(first.spec))
     except InputError as exc:
         raise _err(cfg.source, "data", str(exc)) from None
 
@@ -486,6 +500,7 @@ def execute_task(payload: Mapping[str, Any]) -> dict[str, Any]:
         from medaudit.texture.train import train
 
         tdir = _train_dir(out_dir, key)
+        _set_aside_damaged_checkpoint(tdir / "checkpoint.pt")
         ckpt = Path(train(_make_train_config(spec), tdir, resume=True))
         atomic_write_json(
             _train_marker(out_dir, key),
@@ -514,6 +529,28 @@ def execute_task(payload: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown task kind {payload['kind']!r}")
 
 
+def _set_aside_damaged_checkpoint(ckpt: Path) -> None:
+    """A training's ``checkpoint.pt`` in the study's own folder that cannot be loaded (a disk fault: it
+    is written atomically) failed the task on every rerun, asking the user to delete a file inside the
+    study; it is kept as ``checkpoint.pt.unreadable-N`` and the training starts over (the same result,
+    training being deterministic), with a warning."""
+    import warnings
+
+    from medaudit.texture.checkpoint import load_checkpoint
+    from medaudit.texture.train import set_aside
+
+    if not ckpt.is_file():
+        return
+    try:
+        load_checkpoint(ckpt)
+    except InputError:
+        kept = set_aside(ckpt)
+        warnings.warn(
+            f"{ckpt}: damaged; the training starts over (the unreadable file is kept as {kept.name})",
+            stacklevel=2,
+        )
+
+
 @dataclass
 class StudyRun:
     """What :func:`run_study` did."""
@@ -535,10 +572,18 @@ def _is_done(task: Task, out_dir: Path, store: ResultStore) -> bool:
             return False
         try:
             rel = json.loads(marker.read_text())["checkpoint"]
-            return _loadable(_train_dir(out_dir, task.key) / rel)
+            return _loadable(_train_dir(out_dir, task.key) / rel) and _has_split(out_dir, task.key)
         except (ValueError, KeyError, TypeError):  # a damaged marker: the task is run again
             return False
     return store.has(task.key)
+
+
+def _has_split(out_dir: Path, key: str) -> bool:
+    """Whether a finished training's ``split.json`` (its test cases, read by its evaluations) reads: a
+    missing or damaged one failed every evaluation on every rerun; the training task writes it again."""
+    from medaudit.texture.train import read_split
+
+    return read_split(_train_dir(out_dir, key) / "split.json") is not None
 
 
 def _loadable(model: Path) -> bool:
@@ -791,5 +836,6 @@ def study_command(
         console.print(escape(f"report:  {run.report_path}"))
     if run.failed:
         for k, msg in list(run.failed.items())[:10]:
-            console.print(f"[red]failed[/red] {k[:16]}: {escape(msg)}")
+            # one line whatever the terminal's width (rich wrapped a long message over three)
+            console.print(f"[red]failed[/red] {k[:16]}: {escape(' '.join(msg.split()))}", soft_wrap=True)
         raise typer.Exit(1)
