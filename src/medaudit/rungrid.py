@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -301,6 +302,20 @@ class PoolBackend(Backend):
             with contextlib.suppress(OSError, AttributeError):
                 proc.terminate()
         self.close()
+
+
+#: ``--ray-address`` forms Ray connects to: ``local`` (a private instance, medaudit's), ``auto``,
+#: ``HOST:PORT`` (IPv6 in brackets) and a client URL (``ray://HOST[:PORT]``, ``anyscale://...``). Anything
+#: else reached Ray as a module name to import (``bogus://x``: an internal RuntimeError).
+_RAY_ADDRESS = re.compile(r"local|auto|(?:ray|anyscale)://\S+|(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}")
+
+
+def check_ray_address(address: str | None, flag: str = "--ray-address") -> None:
+    """Refuse a Ray address of no form Ray connects to, naming ``flag``, before any work."""
+    if address and not _RAY_ADDRESS.fullmatch(address):
+        raise InputError(
+            f"{flag} '{address}': expected local, auto, HOST:PORT or ray://HOST:PORT (a Ray client address)"
+        )
 
 
 class RayBackend(Backend):

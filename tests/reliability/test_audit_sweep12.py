@@ -426,3 +426,40 @@ def test_a_semicolon_separated_predictions_file_gets_the_delimiter_hint(cli, tmp
     the header has 1" or "no id column ... columns: dicom_id;edema", with no word on the delimiter."""
     line = _mimic_predictions(cli, tmp_path, "dicom_id;edema\n" + rows)
     assert "looks ';'-separated" in line, line
+
+
+# -- one check of --ray-address for every command that takes it ------------------------------------------
+
+
+def test_ray_address_forms():
+    """The forms Ray connects to pass; anything else is refused naming the flag (``bogus://x`` reached
+    Ray as a module name: an internal RuntimeError)."""
+    from medaudit.errors import InputError
+    from medaudit.rungrid import check_ray_address
+
+    for ok in (
+        None,
+        "",
+        "local",
+        "auto",
+        "10.0.0.5:6379",
+        "head:6379",
+        "ray://head:10001",
+        "ray://head",
+        "[::1]:6379",
+        "anyscale://proj/cluster",
+    ):
+        check_ray_address(ok)
+    for bad in ("bogus://x", "head", "http://head:8265", "ray:// head", "::1:6379"):
+        with pytest.raises(InputError, match=r"^--ray-address '"):
+            check_ray_address(bad)
+
+
+def test_audit_and_texture_study_refuse_a_bad_ray_address_before_work(cli, audit_args, work):
+    """``audit`` (which embeds images over Ray) and ``texture study`` refused it only where Ray started."""
+    before = snapshot(work)
+    rc, err = cli(*audit_args(_table(work), work / "out", "--ray-address", "bogus://x"))
+    assert rc == 2 and one_line(err).startswith("error: --ray-address 'bogus://x'"), err
+    rc, err = cli("texture", "study", "study_small", "--out", work / "s", "--ray-address", "bogus://x")
+    assert rc == 2 and one_line(err).startswith("error: --ray-address 'bogus://x'"), err
+    assert snapshot(work) == before

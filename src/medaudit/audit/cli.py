@@ -16,6 +16,7 @@ import typer
 from medaudit.audit.config import DEFAULT_ENCODERS, MODALITIES, AuditConfig, Fusion, RankRule, SlicerName
 from medaudit.errors import InputError
 from medaudit.io import missing_reason
+from medaudit.rungrid import check_ray_address
 
 __all__ = ["audit_command", "parse_embeddings", "parse_encoder_opts", "split_list"]
 
@@ -361,6 +362,7 @@ def audit_command(
     _check_table_or_dataset(table, dataset)
     _check_mode_flags(ctx, dataset is not None)
     cfg = _audit_config(ctx, config, values, workers)
+    check_ray_address(cfg.ray_address, "--ray-address" if ray_address else f"{config}: key 'ray_address'")
     if dataset is not None:
         return _run_dataset(cfg, params)
     from medaudit.audit.pipeline import run_audit

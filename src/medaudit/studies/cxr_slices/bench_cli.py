@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import typer
 
 from medaudit.errors import InputError
+from medaudit.rungrid import check_ray_address
 from medaudit.studies.cxr_slices import scenarios as sc
 from medaudit.studies.cxr_slices.bench_config import (
     DEFAULT_VARIANTS,
@@ -191,10 +191,6 @@ def _check_numbers(
         raise InputError(f"--workers {workers}: must be 0 or more")
 
 
-#: ``--ray-address`` forms Ray can connect to: ``local``, ``auto``, ``HOST:PORT`` or ``ray://HOST[:PORT]``.
-_RAY_ADDRESS = re.compile(r"local|auto|ray://[^\s:/]+(:\d{1,5})?|[^\s:/]+:\d{1,5}")
-
-
 def _check_scale(n_cases: int | None, n_train: int, n_test: int, ray_address: str | None) -> None:
     """``--n-cases`` and ``--ray-address``, before the output folder is claimed: ``--n-cases 3`` was
     refused only after the cohort was built and embedded into ``OUT/cache`` (a run draws ``--n-train``
@@ -205,8 +201,7 @@ def _check_scale(n_cases: int | None, n_train: int, n_test: int, ray_address: st
             f"--n-cases {n_cases}: must be at least --n-train + --n-test ({n_train + n_test}): a run "
             "draws its training and test cases from disjoint parts of the cohort"
         )
-    if ray_address and not _RAY_ADDRESS.fullmatch(ray_address):
-        raise InputError(f"--ray-address '{ray_address}': expected local, auto, HOST:PORT or ray://HOST:PORT")
+    check_ray_address(ray_address)
 
 
 def _check_config(cfg: BenchConfig) -> None:

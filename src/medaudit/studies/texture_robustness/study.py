@@ -49,6 +49,7 @@ from medaudit.io import atomic_write_json, missing_reason
 from medaudit.rungrid import (
     ResultStore,
     Task,
+    check_ray_address,
     code_fingerprint,
     make_backend,
     run_grid,
@@ -799,6 +800,7 @@ def study_command(
     from rich.markup import escape
     from rich.table import Table
 
+    check_ray_address(ray_address)
     cfg = load_config(config)
     if not ray_address and cfg.train.get("device"):  # local tasks: this machine must have the device
         from medaudit.device import check_device
