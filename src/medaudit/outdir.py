@@ -334,13 +334,25 @@ def _lock(path: Path, flag: str) -> Iterator[None]:
                     f"{flag} {path}: another medaudit run is writing it (lock {lock}); wait for it to finish"
                 ) from None
             raise
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
+        if still_the_lock(fd, lock):
             break
         os.close(fd)  # the previous holder removed the file between our open and flock: retry
+    with held_lock(fd, lock):
+        yield
+
+
+def still_the_lock(fd: int, lock: Path) -> bool:
+    """Whether the file locked through ``fd`` is still ``lock``: the previous holder removes its lock file
+    when done, and a run that opened it just before must then lock the new file instead."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(lock).st_ino
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def held_lock(fd: int, lock: Path) -> Iterator[None]:
+    """Hold the ``flock`` taken on ``fd``; on the way out remove ``lock`` and close ``fd``."""
     try:
         yield
     finally:

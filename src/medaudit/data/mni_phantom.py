@@ -26,6 +26,7 @@ import torch
 
 from medaudit.data.mri import VolumeCase, load_nifti, normalise_intensity, save_nifti
 from medaudit.io import atomic_output_dir, atomic_write_json, default_cache_dir
+from medaudit.outdir import held_lock, still_the_lock
 
 
 def _mni_tissue_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,19 +155,11 @@ def _build_lock(cache_dir: Path, key: str) -> Iterator[None]:
             except BaseException:
                 os.close(fd)
                 raise
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
+        if still_the_lock(fd, lock):
             break
         os.close(fd)  # the previous holder removed the file between our open and flock: retry
-    try:
+    with held_lock(fd, lock):
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock)
-        os.close(fd)
 
 
 def _cached_phantom(folder: Path, warn: bool = False) -> list[VolumeCase] | None:
