@@ -25,11 +25,24 @@ __all__ = [
     "read_config",
     "read_config_text",
     "read_mapping",
+    "refuse_bool_number",
     "validation_error",
     "yaml_error_text",
 ]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def refuse_bool_number(value: Any, annotation: Any) -> Any:
+    """``value`` unless it is true / false (or a list or mapping holding one) for a field of numbers:
+    pydantic reads ``iterations: yes`` as 1, ``seed: true`` as 1 and ``severity_version: true`` as the
+    old table. Used as a ``mode="before"`` validator by every config model."""
+    kind = str(annotation)
+    items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    if ("int" in kind or "float" in kind) and any(isinstance(x, bool) for x in items):
+        raise ValueError("expected a number, not true/false")
+    return value
+
 
 #: largest config file read (configs are kilobytes; a device such as ``/dev/zero`` never ends)
 MAX_CONFIG_BYTES = 16 * 2**20

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from medaudit.configfile import Config
+from medaudit.configfile import Config, refuse_bool_number
 from medaudit.errors import InputError
 
 __all__ = [
@@ -100,16 +100,6 @@ MAX_IMAGE_INPUT_PIXELS = 64_000_000
 MAX_IMAGE_BATCH_PIXELS = 2**28
 #: the largest weight of a modality in the fused space (weights are relative; 1e300 overflowed float32)
 MAX_FUSION_WEIGHT = 1e6
-
-
-def _no_bool_number(value: Any, annotation: Any) -> Any:
-    """``value`` unless it is true / false (or a list or mapping holding one) for a field of numbers:
-    pydantic reads ``seed: true`` and ``n_slices: yes`` as 1."""
-    kind = str(annotation)
-    items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
-    if ("int" in kind or "float" in kind) and any(isinstance(x, bool) for x in items):
-        raise ValueError("expected a number, not true/false")
-    return value
 
 
 def _non_finite(value: Any, path: str) -> str | None:
@@ -325,7 +315,7 @@ class AuditConfig(_Model):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, v: Any, info: Any) -> Any:
-        return _no_bool_number(v, cls.model_fields[info.field_name].annotation)
+        return refuse_bool_number(v, cls.model_fields[info.field_name].annotation)
 
     @field_validator("concepts", "cache_dir")
     @classmethod

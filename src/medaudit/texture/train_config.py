@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from medaudit.configfile import Config
+from medaudit.configfile import Config, refuse_bool_number
 from medaudit.data import mri as tdata
 from medaudit.errors import InputError
 from medaudit.texture.preprocess import INPUT_NORMS
@@ -22,16 +22,6 @@ MODES = ("clean", "filtered", "online")
 #: most feature channels of one U-Net level: a 3D convolution between two levels of ``c`` channels holds
 #: ``27 c^2`` weights, so ``channels: [4, 2**34]`` asked for terabytes and failed inside torch (exit 1)
 MAX_CHANNELS = 1024
-
-
-def refuse_bool_number(value: Any, annotation: Any) -> Any:
-    """``value`` unless it is true / false (or a list holding one) for a field of numbers: pydantic
-    reads ``iterations: yes`` as 1 and ``severity_version: true`` as the old table."""
-    kind = str(annotation)
-    items = value if isinstance(value, list) else [value]
-    if ("int" in kind or "float" in kind) and any(isinstance(x, bool) for x in items):
-        raise ValueError("expected a number, not true/false")
-    return value
 
 
 class TrainConfig(Config):

@@ -41,7 +41,7 @@ class Config(BaseModel):
     @classmethod
     def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
         """``seed: true`` is refused, not read as 1."""
-        from medaudit.texture.train_config import refuse_bool_number
+        from medaudit.configfile import refuse_bool_number
 
         return refuse_bool_number(v, cls.model_fields[str(info.field_name)].annotation)
 
