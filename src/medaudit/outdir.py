@@ -65,6 +65,13 @@ __all__ = [
 MARKER = ".medaudit-output"
 _STAGING = ".staging-"
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk (or a quota, or a file size limit) is full
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk, a quota or the file-size limit is full (every later write fails too)."""
+    return isinstance(exc, OSError) and exc.errno in _FULL
+
+
 _OLD = ".old-"
 
 # In-place claims being written by this process: what they write is listed in their markers.
@@ -568,7 +575,7 @@ def claim_output(
                     _publish(claim)
             except BaseException as exc:
                 _abandon(claim, created, keep_if, exc)
-                if isinstance(exc, OSError) and exc.errno in _FULL:
+                if isinstance(exc, OSError) and disk_full(exc):
                     # a write straight into the output (df.to_csv) says ENOSPC without a file: name --out;
                     # a file of the staging folder (removed now) is named where it was to be published
                     raise OSError(exc.errno, os.strerror(exc.errno), _published_name(claim, exc)) from exc

@@ -32,6 +32,7 @@ from rich.markup import escape
 from medaudit import __version__
 from medaudit.errors import InputError
 from medaudit.io import atomic_save
+from medaudit.outdir import disk_full
 
 __all__ = [
     "Backend",
@@ -435,7 +436,8 @@ def run_grid(
                 for handle, result, exc in backend.wait(list(in_flight)):
                     t = in_flight.pop(handle)
                     if exc is not None:
-                        if not keep_going or _disk_full(exc):
+                        # a full disk fails every task left the same way: stop, and the command names the file
+                        if not keep_going or disk_full(exc):
                             raise exc
                         run.failed[t.key] = f"{type(exc).__name__}: {exc}"
                         line = escape(" ".join(f"{t.label}: {type(exc).__name__}: {exc}".split()))
@@ -452,14 +454,6 @@ def run_grid(
         raise
     backend.close()
     return run
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """A task that failed because the disk (or a quota) is full: every task left would fail the same, so
-    the grid stops and the command names the file, exit 2 (each task failed in turn, exit 1)."""
-    import errno
-
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _submit_ready(
