@@ -44,7 +44,10 @@ __all__ = [
     "Task",
     "WorkerDied",
     "canonical_json",
+    "check_ray_address",
+    "check_ray_reachable",
     "code_fingerprint",
+    "connect_ray",
     "make_backend",
     "run_grid",
     "task_key",
@@ -319,6 +322,52 @@ def check_ray_address(address: str | None, flag: str = "--ray-address") -> None:
         )
 
 
+def _ray_endpoint(address: str) -> tuple[str, int] | None:
+    """The TCP endpoint a ``HOST:PORT`` or ``ray://HOST[:PORT]`` address connects to; ``None`` for the
+    forms Ray resolves itself (``local``, ``auto``, ``anyscale://``)."""
+    m = re.fullmatch(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+)(?::(\d{1,5}))?/?", address)
+    if m is None or address in ("local", "auto") or (m.group(2) is None and not address.startswith("ray://")):
+        return None
+    return m.group(1).strip("[]"), int(m.group(2) or 10001)
+
+
+def check_ray_reachable(address: str, flag: str = "--ray-address", timeout: float = 5.0) -> None:
+    """Refuse, naming ``flag``, a Ray address whose host does not resolve or does not accept a TCP
+    connection within ``timeout`` seconds. Ray itself retried such an address for about a minute and
+    then ended the process (``SystemExit 15``)."""
+    import socket
+
+    endpoint = _ray_endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        socket.create_connection(endpoint, timeout=timeout).close()
+    except OSError as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise InputError(
+            f"{flag} '{address}': cannot reach {endpoint[0]} port {endpoint[1]} ({why})"
+        ) from None
+
+
+def connect_ray(address: str, cpus: int, flag: str = "--ray-address") -> bool:
+    """Connect to the Ray cluster at ``address``, or start a private one with ``cpus`` CPUs for
+    ``local``; returns whether this call initialised Ray (and so must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address == "local":
+        ray.init(num_cpus=max(1, cpus), **kw)
+        return True
+    check_ray_reachable(address, flag)
+    try:
+        ray.init(address=address, **kw)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{flag} '{address}': cannot connect to a Ray cluster ({exc})") from exc
+    return True
+
+
 class RayBackend(Backend):
     """Tasks as Ray remote functions. ``address="local"`` starts a private instance with ``workers`` CPUs."""
 
@@ -329,14 +378,8 @@ class RayBackend(Backend):
             raise InputError(
                 "--ray-address needs Ray; install it with: pip install 'medaudit[scale]'"
             ) from None
-        self._ray, self._workers, self._started = ray, workers, False
-        if not ray.is_initialized():
-            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if address == "local":
-                ray.init(num_cpus=max(1, workers), **kw)
-            else:
-                ray.init(address=address, **kw)
-            self._started = True
+        self._ray, self._workers = ray, workers
+        self._started = connect_ray(address, workers)
         self._remote_cache: dict[Any, Any] = {}
         self._opts = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 0}
 

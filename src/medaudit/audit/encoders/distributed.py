@@ -35,6 +35,7 @@ from medaudit.audit.encoders.cache import (
 )
 from medaudit.errors import InputError, UnreadableImage
 from medaudit.io import atomic_save
+from medaudit.rungrid import connect_ray
 
 __all__ = ["encode_with_ray"]
 
@@ -92,19 +93,7 @@ class _ShardWriter:
 
 def _connect(address: str, num_workers: int | None) -> bool:
     """Connect to (or start) Ray; returns whether this call started it (and must shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
-    if address == "local":
-        ray.init(num_cpus=num_workers or os.cpu_count() or 1, **kw)
-    else:
-        try:
-            ray.init(address=address, **kw)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise InputError(f"--ray-address '{address}': cannot connect to a Ray cluster ({exc})") from exc
-    return True
+    return connect_ray(address, num_workers or os.cpu_count() or 1)
 
 
 def encode_with_ray(
