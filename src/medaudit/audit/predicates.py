@@ -40,7 +40,13 @@ def predicate_group(name: str) -> str:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.3g}" if abs(x) < 1e6 else f"{x:.4g}"
+    """A threshold as its predicate names it (and as it is applied): whole numbers in full (``2011``,
+    ``20110328``), from 100 up one decimal (``2011.2``, a decimal year), below that 3 significant
+    digits. (Three significant digits everywhere made every cut point of a year column ``2.01e+03``:
+    2010, so no rule could name a later period.)"""
+    if float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def concept_predicates(concepts: pd.DataFrame, states: Sequence[int] = (1, -1, 2)) -> dict[str, np.ndarray]:
