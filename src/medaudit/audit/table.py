@@ -31,7 +31,7 @@ import pandas as pd
 
 from medaudit.audit.config import MODALITIES, ColumnMap, check_meta_columns
 from medaudit.audit.embeddings_file import load_embeddings
-from medaudit.audit.meta_dates import dates_as_years
+from medaudit.audit.meta_values import numbers_from_text
 from medaudit.audit.table_read import delimiter_hint, read_table, table_columns
 from medaudit.data.images import check_pixel_limit
 from medaudit.errors import InputError
@@ -278,7 +278,7 @@ def load_case_table(
     prob, pred = _parse_predictions(raw, columns, probs, ids, use_prob, use_pred, threshold)
     reports, images = _parse_inputs(raw, columns, probs, ids, base, require)
     df = _case_frame(ids, labels, prob, pred, images, reports)
-    meta_df = dates_as_years(_plain_meta(raw[meta]), where) if meta else pd.DataFrame(index=raw.index)
+    meta_df = numbers_from_text(_plain_meta(raw[meta]), where) if meta else pd.DataFrame(index=raw.index)
     _check_meta_values(meta_df, probs, ids)
     _warn_mostly_numeric(meta_df[~probs.bad], where)  # the rows kept (a bad value is named above)
     table = _keep_good(df, meta_df, probs, ids, where, min_cases, source)

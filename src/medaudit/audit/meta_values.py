@@ -1,4 +1,6 @@
-"""Date metadata as decimal years, so that a period of time can define a slice.
+"""Metadata values that are numbers written as text: dates (as decimal years) and DICOM ages.
+
+**Dates**, so that a period of time can define a slice.
 
 A study date, an acquisition time or a scanner's installation date is metadata that hospital audits
 need: a failure that starts with a new scanner or protocol is a *period*. Read as text, each date was
@@ -11,6 +13,10 @@ value that is not missing is an ISO 8601 date (``2011-03-28``, ``2011/03/28``, o
 ``2011.235``): linear in time for the encoders, and readable in a rule (``study_date >= 2011.2``).
 Day-first or month-first dates (``03/28/2011``) are ambiguous and stay text; DICOM ``DA`` values
 (``20110328``) read from a CSV are numbers already and keep their order.
+
+**DICOM ages.** A column whose every present value is a DICOM Age String (``063Y``, ``006M``, ``012W``,
+``030D``: Patient's Age as headers hold it) becomes the age in years (63, 0.5, 0.23, 0.082). Read as
+text, every age was its own category, and no rule could say ``age >= 70``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["dates_as_years", "decimal_year"]
+__all__ = ["dates_as_years", "decimal_year", "dicom_ages_as_years", "numbers_from_text"]
 
 _ISO_DATE = re.compile(
     r"\d{4}[-/](0[1-9]|1[0-2])[-/](0[1-9]|[12]\d|3[01])"
@@ -38,17 +44,43 @@ def decimal_year(t: pd.Series) -> pd.Series:
     return out.astype("float64")
 
 
-def _is_date_text(s: pd.Series) -> tuple[bool, pd.Series]:
-    """Whether every present value of ``s`` is an ISO date string, and the mask of present values."""
+_DICOM_AGE = re.compile(r"(\d{3})([DWMY])")
+_YEARS_PER = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def _all_match(s: pd.Series, pattern: re.Pattern[str]) -> tuple[bool, pd.Series]:
+    """Whether every present value of ``s`` is a string matching ``pattern``, and the present mask."""
     present = s.map(
         lambda v: v is not None and not (isinstance(v, float) and np.isnan(v)) and str(v).strip() != ""
     )
     first = s[present].iloc[0] if present.any() else None
-    if not isinstance(first, str) or _ISO_DATE.fullmatch(first.strip()) is None:  # most columns stop here
+    if not isinstance(first, str) or pattern.fullmatch(first.strip()) is None:  # most columns stop here
         return False, present
     if not all(isinstance(v, str) for v in s[present]):
         return False, present
-    return bool(s[present].map(lambda v: _ISO_DATE.fullmatch(v.strip()) is not None).all()), present
+    return bool(s[present].map(lambda v: pattern.fullmatch(v.strip()) is not None).all()), present
+
+
+def _text_kind(s: pd.Series) -> bool:
+    return not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s))
+
+
+def dicom_ages_as_years(meta: pd.DataFrame) -> pd.DataFrame:
+    """``meta`` with its DICOM Age String columns (``063Y``) as ages in years, float64."""
+    out = meta.copy()
+    for col in out.columns:
+        if not _text_kind(out[col]) or pd.api.types.is_datetime64_any_dtype(out[col]):
+            continue
+        is_age, present = _all_match(out[col], _DICOM_AGE)
+        if is_age:
+            parts = out[col].where(present).str.strip().str.extract(_DICOM_AGE)
+            out[col] = pd.to_numeric(parts[0], errors="coerce") * parts[1].map(_YEARS_PER).astype(float)
+    return out
+
+
+def numbers_from_text(meta: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Dates as decimal years and DICOM ages as years (see the module docstring)."""
+    return dicom_ages_as_years(dates_as_years(meta, where))
 
 
 def dates_as_years(meta: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -62,9 +94,9 @@ def dates_as_years(meta: pd.DataFrame, where: str) -> pd.DataFrame:
         if pd.api.types.is_datetime64_any_dtype(s):
             out[col] = decimal_year(s)
             continue
-        if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        if not _text_kind(s):
             continue
-        is_date, present = _is_date_text(s)
+        is_date, present = _all_match(s, _ISO_DATE)
         if not is_date:
             continue
         parsed = pd.to_datetime(

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medaudit.audit.meta_dates import dates_as_years, decimal_year
+from medaudit.audit.meta_values import dates_as_years, decimal_year
 from medaudit.audit.pipeline import run_audit
 from medaudit.audit.predicates import metadata_predicates
 from test_audit_e2e import make_cases
@@ -86,3 +86,28 @@ def test_a_failure_that_starts_on_a_date_is_found_and_named(tmp_path: Path) -> N
     assert "study_date >= 2012." in rule, rule
     members = set(res.slices[0]["member_ids"])
     assert len(members & set(df["case"][late])) / len(members) >= 0.9
+
+
+def test_dicom_age_strings_become_years_and_give_age_cut_points(tmp_path: Path) -> None:
+    from medaudit.audit.table import load_case_table
+
+    rng = np.random.default_rng(1)
+    ages = rng.integers(20, 90, 120)
+    units = ["Y"] * 118 + ["M", "W"]
+    df = pd.DataFrame(
+        {
+            "id": [f"c{i}" for i in range(120)],
+            "label": rng.integers(0, 2, 120),
+            "prob": rng.random(120),
+            "report": ["Normal chest."] * 120,
+            "PatientAge": [f"{a:03d}{u}" for a, u in zip(ages, units, strict=True)],
+        }
+    )
+    df.loc[5, "PatientAge"] = None
+    (tmp_path / "t.csv").write_text(df.to_csv(index=False))
+    t = load_case_table(tmp_path / "t.csv", meta=["PatientAge"], require=("report",))
+    age = t.meta["PatientAge"].to_numpy()
+    assert age[0] == ages[0] and np.isnan(age[5])
+    assert age[118] == pytest.approx(ages[118] / 12) and age[119] == pytest.approx(ages[119] * 7 / 365.25)
+    names = list(metadata_predicates(t.meta))
+    assert any(n.startswith("PatientAge >= ") for n in names) and not any(" = " in n for n in names), names
