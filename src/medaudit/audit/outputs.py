@@ -26,7 +26,6 @@ slices) and ``explanation.headline`` / ``explanation.rule`` / ``explanation.conc
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -115,14 +114,23 @@ def write_slices_json(path: str | os.PathLike[str], payload: dict[str, Any]) -> 
 
 
 def read_slices_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check ``slices.json``; InputError if it is not a schema-1.x audit output."""
+    """Read and check ``slices.json``; InputError (one line naming the file) if it is not a schema-1.x
+    audit output: unreadable, not UTF-8, truncated or edited into another shape."""
+    from medaudit.configfile import load_json_strict
+
     p = Path(path)
+    if p.exists() and not p.is_file():  # a folder, or a device such as /dev/zero that never ends
+        raise InputError(f"{p}: not a slices.json file (not a regular file)")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = load_json_strict(p.read_text(encoding="utf-8"), str(p))
     except FileNotFoundError as exc:
         raise InputError(f"{p}: file not found") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{p}: not a readable JSON file ({exc})") from exc
+    except InputError:  # a key given twice
+        raise
+    except RecursionError:
+        raise InputError(f"{p}: not a readable JSON file (nested too deeply)") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError, a number too long
+        raise InputError(f"{p}: not a readable JSON file ({_one_line(exc)})") from None
     if not isinstance(data, dict):
         raise InputError(f"{p}: expected a JSON object")
     for key in _REQUIRED_TOP:
@@ -133,19 +141,43 @@ def read_slices_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError(
             f"{p}: schema_version {data['schema_version']} is not supported (expected {SCHEMA_VERSION})"
         )
+    if not isinstance(data["slices"], list):
+        raise InputError(f"{p}: key 'slices' must be a list, not {_json_kind(data['slices'])}")
     for i, s in enumerate(data["slices"]):
+        if not isinstance(s, dict):
+            raise InputError(f"{p}: slice {i + 1} must be an object, not {_json_kind(s)}")
         for key in _REQUIRED_SLICE:
             if key not in s:
                 raise InputError(f"{p}: slice {i + 1} lacks key '{key}'")
+        if not isinstance(s["rank"], int) or isinstance(s["rank"], bool) or s["rank"] < 1:
+            raise InputError(f"{p}: slice {i + 1}: key 'rank' must be a whole number >= 1")
+        ids = s["member_ids"]
+        if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
+            raise InputError(f"{p}: slice {i + 1}: key 'member_ids' must be a list of case ids (strings)")
     return data
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
 def read_membership(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read ``membership.parquet``; InputError unless it has ``id`` and ``slice_1..slice_k`` columns."""
+    import pyarrow as pa
+
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: file not found")
-    df = pd.read_parquet(p)
+    try:
+        df = pd.read_parquet(p)
+    except (OSError, ValueError, pa.ArrowException) as exc:  # truncated, empty, not Parquet
+        raise InputError(f"{p}: not a readable Parquet file ({_one_line(exc)})") from None
     cols = list(df.columns)
     if not cols or cols[0] != "id":
         raise InputError(f"{p}: first column must be 'id'")

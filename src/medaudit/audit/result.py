@@ -123,8 +123,11 @@ def slice_members(result: Any, slice_id: int | str, complement: bool = False) ->
     out["image"] = df["image"].to_numpy()[rows]
     out["report"] = df["report"].to_numpy()[rows]
     meta = table.meta.reset_index(drop=True)
-    for c in meta.columns:
-        out[c if c not in out.columns else f"meta_{c}"] = meta[c].to_numpy()[rows]
+    for c in meta.columns:  # a metadata column named as one of ours ("score", "slice_2") keeps its values
+        name = f"meta_{c}" if c in out.columns or c in score_cols else c
+        while name in out.columns or name in score_cols:
+            name = f"meta_{name}"
+        out[name] = meta[c].to_numpy()[rows]
     for c in score_cols:
         out[c] = mem[c].to_numpy()[rows]
     return out
@@ -136,20 +139,28 @@ def _fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _esc(text: str) -> str:
+    """HTML-escaped text whose control and bidirectional-control characters show as ``[U+XXXX]``, as in
+    report.html: a metadata value or concept name cannot hide or reorder what the table shows."""
+    from medaudit.report.html import neutralise_controls
+
+    return html.escape(neutralise_controls(text))
+
+
 def result_html(result: Any, max_rows: int = 20) -> str:
     """A compact, escaped HTML summary: counts, then one row per slice."""
     c = result.counts
     head = (
         f"<p><b>medaudit audit</b>: {c.get('cases')} cases, {c.get('errors')} errors "
         f"(error rate {_fmt(c.get('error_rate'))}), {len(result.slices)} slices; "
-        f"outputs in <code>{html.escape(str(result.out_dir))}</code></p>"
+        f"outputs in <code>{_esc(str(result.out_dir))}</code></p>"
     )
     frame = slices_frame(result.slices).reset_index()
     cols = ["rank", "size", "error_rate", "error_ci_low", "error_ci_high", "top_ngrams", "top_metadata"]
     cols += [c for c in ("kind", "rule", "concepts") if c in frame.columns]
-    th = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    th = "".join(f"<th>{_esc(c)}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols) + "</tr>"
+        "<tr>" + "".join(f"<td>{_esc(_fmt(r[c]))}</td>" for c in cols) + "</tr>"
         for r in frame.head(max_rows).to_dict(orient="records")
     )
     more = f"<p>… {len(frame) - max_rows} more slices</p>" if len(frame) > max_rows else ""

@@ -146,11 +146,13 @@ def _slice_context(
     s: dict[str, Any], table: Any, scores: np.ndarray, threshold: float, target: str | None, max_meta: int
 ) -> dict[str, Any]:
     """Everything the template shows for one slice (numbers formatted, optional fields made readable)."""
-    from medaudit.report.slice_browser import concept_names, rule_text, slice_terms
+    from medaudit.report.slice_browser import BrowserLimits, clip_text, concept_names, rule_text, slice_terms
 
     meta_rows = [
         {
             **m,
+            # a free-text column's value is shown cut, as in the member cards (slices.json has it whole)
+            "value": clip_text(str(m.get("value", "")), BrowserLimits.meta_chars),
             "in_fmt": _fmt(m["in_slice"]),
             "out_fmt": _fmt(m["out_slice"]),
             "effect_fmt": _fmt(m["effect"]),

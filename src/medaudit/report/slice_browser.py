@@ -8,7 +8,8 @@ the audit is bounded by :class:`BrowserLimits`:
 * **report text** is embedded for every case when the audit has at most ``all_reports_up_to`` cases,
   otherwise for the ``reports_per_slice`` best members of each slice; each report is cut at
   ``report_chars`` characters, and its control characters are shown as ``[U+XXXX]`` (before the
-  highlight spans are computed, so they fit the text shown). The search box searches these reports;
+  highlight spans are computed, so they fit the text shown; the spans count UTF-16 code units, as the
+  page's JavaScript does). Metadata values are cut at ``meta_chars``. The search box searches these reports;
 * **thumbnails** (``thumb_px`` pixels, JPEG) are embedded for the ``thumbs_per_slice`` best members
   of each slice; the browser creates an image element only for the page on screen.
 
@@ -33,6 +34,7 @@ from medaudit.report.html import neutralise_controls
 __all__ = [
     "BrowserLimits",
     "browser_data",
+    "clip_text",
     "complement_stats",
     "concept_names",
     "highlight_spans",
@@ -43,6 +45,7 @@ __all__ = [
 
 _SENTENCE_RE = re.compile("[^.!?\n\u2028\u2029]+[.!?]*")
 _WORD_RE = re.compile(r"[a-z0-9]+")
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")  # two UTF-16 code units each in JavaScript
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class BrowserLimits:
     all_reports_up_to: int = 5000
     reports_per_slice: int = 500
     report_chars: int = 3000
+    meta_chars: int = 200
     thumbs_per_slice: int = 100
     thumb_px: int = 96
     thumb_quality: int = 70
@@ -123,6 +127,16 @@ def highlight_spans(text: str, terms: Iterable[str]) -> list[list[int]]:
             start = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
             spans.append([start, m.end()])
     return spans
+
+
+def _utf16_spans(text: str, spans: list[list[int]]) -> list[list[int]]:
+    """``spans`` (character offsets of ``text``) as the browser's offsets: JavaScript strings count
+    UTF-16 code units, so each character beyond U+FFFF (an emoji, a math letter) before an offset
+    counts twice; without this a highlight after one began a character early and cut a pair in two."""
+    if not _ASTRAL.search(text):
+        return spans
+    units = np.cumsum([0] + [2 if ord(ch) > 0xFFFF else 1 for ch in text])
+    return [[int(units[a]), int(units[b])] for a, b in spans]
 
 
 def thumbnail_uri(path: object, size: int = 96, quality: int = 70) -> str | None:
@@ -213,11 +227,13 @@ def _cases_block(df: Any, used: np.ndarray) -> dict[str, list]:
     }
 
 
-def _reports_block(table: Any, texts: dict[int, str], pos: dict[int, int]) -> list[list]:
-    """``[case position, report text, metadata values]`` for each case whose report is embedded."""
+def _reports_block(table: Any, texts: dict[int, str], pos: dict[int, int], meta_chars: int) -> list[list]:
+    """``[case position, report text, metadata values]`` for each case whose report is embedded; a
+    metadata value is cut at ``meta_chars`` characters (a free-text column would otherwise embed all of
+    its text for every case: 63 MB for 1,500 cases of 42 kB notes)."""
     meta_vals = table.meta.to_numpy(dtype=object) if table.meta.shape[1] else None
     return [
-        [pos[r], t, [_cell(v) for v in meta_vals[r]] if meta_vals is not None else []]
+        [pos[r], t, [_cell(v, meta_chars) for v in meta_vals[r]] if meta_vals is not None else []]
         for r, t in texts.items()
     ]
 
@@ -237,7 +253,11 @@ def _slices_block(
     for x in lists:
         terms = slice_terms(x["s"], target)
         rows = x["rows"].tolist()
-        marks = [[pos[r], sp] for r in rows if r in texts and (sp := highlight_spans(texts[r], terms))]
+        marks = [
+            [pos[r], _utf16_spans(texts[r], sp)]
+            for r in rows
+            if r in texts and (sp := highlight_spans(texts[r], terms))
+        ]
         out.append(
             {
                 "rank": x["s"]["rank"],
@@ -286,13 +306,18 @@ def browser_data(
         "target": target,
         "meta_columns": [str(c) for c in table.meta.columns],
         "cases": _cases_block(df, used),
-        "reports": _reports_block(table, texts, pos),
+        "reports": _reports_block(table, texts, pos, limits.meta_chars),
         "thumbs": _thumbs_block(table, thumb_rows, pos, limits),
         "slices": _slices_block(lists, texts, pos, target),
     }
 
 
-def _cell(v: Any) -> Any:
+def clip_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def _cell(v: Any, limit: int = BrowserLimits.meta_chars) -> Any:
     """A metadata value as JSON (NaN / None -> None, numpy scalars -> Python, other -> str)."""
     if v is None:
         return None
@@ -302,4 +327,4 @@ def _cell(v: Any) -> Any:
         return None if not np.isfinite(v) else round(v, 4)
     if isinstance(v, bool | int):
         return v
-    return neutralise_controls(str(v))
+    return neutralise_controls(clip_text(str(v), limit))

@@ -23,6 +23,7 @@ starting with ``foo`` and ``~`` stands for up to two arbitrary words.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -31,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from medaudit.configfile import load_yaml_strict, yaml_error_text
+from medaudit.configfile import load_yaml_strict, read_config_text, yaml_error_text
 from medaudit.errors import InputError
 from medaudit.io import missing_reason
 
@@ -78,10 +79,15 @@ def _phrases_pattern(phrases: tuple[str, ...]) -> str:
     alts = []
     for syn in sorted(phrases, key=len, reverse=True):
         parts = []
-        for w in _WORD.findall(syn.lower()):
+        gap = 0  # adjacent "~" make one gap of up to 2 words each: "(?:w ){0,2}(?:w ){0,2}" backtracks
+        for w in [*_WORD.findall(syn.lower()), ""]:  # exponentially on a sentence it fails to match
             if w == "~":
-                parts.append(r"(?:[a-z0-9]+ ){0,2}")
-            else:
+                gap += 2
+                continue
+            if gap:
+                parts.append(r"(?:[a-z0-9]+ ){0," + str(gap) + "}")
+                gap = 0
+            if w:
                 core = re.escape(w.rstrip("*")) + (r"[a-z0-9]*" if w.endswith("*") else "")
                 parts.append(core + " ")
         if parts:
@@ -120,6 +126,26 @@ class Lexicon:
         return len(self.concepts)
 
 
+#: most gaps (``~``, adjacent ones counted as one) in one synonym or exclusion: each gap multiplies the
+#: ways a regular expression can fail on a sentence (12 gaps took seconds per report, 16 minutes)
+MAX_PHRASE_GAPS = 4
+# C0/C1 controls (not tab and line breaks: a name's whitespace reads as one space) and the Unicode
+# bidirectional controls, which the report shows as [U+XXXX]: a name holding one could hide or reorder
+# its text in slices.json, a notebook or a terminal
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_chars(text: str, where: str, what: str, name: bool = False) -> str:
+    """``text`` unless it holds an unpaired surrogate (a YAML escape ``"\\ud800"``: not text, and no
+    output file can be written with it) or, for a name, a control or bidirectional-control character."""
+    m = _SURROGATE.search(text) or (_CONTROLS.search(text) if name else None)
+    if m:
+        kind = "an unpaired surrogate" if _SURROGATE.match(m.group()) else "a control character"
+        raise InputError(f"{where}: {what} holds {kind} ({ascii(m.group())[1:-1]}), not plain text")
+    return text
+
+
 def _text(value: Any, where: str, key: str, default: str = "") -> str:
     """A scalar YAML value as text. A list or mapping is refused before ``str()`` could expand it
     (a "billion laughs" alias tree is tiny in YAML and gigabytes as text); ``yes`` / ``no`` read as
@@ -130,11 +156,12 @@ def _text(value: Any, where: str, key: str, default: str = "") -> str:
         raise InputError(f"{where}: key '{key}' is {str(value).lower()}, not text (quote it)")
     if not isinstance(value, (str, int, float)):
         raise InputError(f"{where}: key '{key}' must be text, not a {type(value).__name__}")
-    return str(value).strip()
+    return _check_chars(str(value).strip(), where, f"key '{key}'", name=key == "name")
 
 
 def _str_list(value: Any, where: str, key: str) -> tuple[str, ...]:
-    """A list of phrases; each must hold a word to match (not blank, not only punctuation or ``~``)."""
+    """A list of phrases; each must hold a word to match (not blank, not only punctuation or ``~``)
+    and at most :data:`MAX_PHRASE_GAPS` gaps."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
@@ -142,8 +169,16 @@ def _str_list(value: Any, where: str, key: str) -> tuple[str, ...]:
     for j, v in enumerate(value):
         if isinstance(v, bool):
             raise InputError(f"{where}: key '{key}' item {j + 1} is {str(v).lower()}, not text (quote it)")
-        if not [w for w in _WORD.findall(str(v).lower()) if w != "~"]:
+        _check_chars(str(v), where, f"key '{key}' item {j + 1}")
+        words = _WORD.findall(str(v).lower())
+        if not [w for w in words if w != "~"]:
             raise InputError(f"{where}: key '{key}' item {j + 1} ({str(v)!r}) has no word to match")
+        gaps = sum(1 for i, w in enumerate(words) if w == "~" and (i == 0 or words[i - 1] != "~"))
+        if gaps > MAX_PHRASE_GAPS:
+            raise InputError(
+                f"{where}: key '{key}' item {j + 1} has {gaps} '~' gaps between words, more than "
+                f"{MAX_PHRASE_GAPS} (write '~ ~' for a longer gap)"
+            )
     return tuple(str(v).strip() for v in value)
 
 
@@ -158,6 +193,8 @@ def _entry(item: Any, where: str, kind: str, i: int, keys: frozenset[str], needs
         raise InputError(f"{at}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(keys))})")
     if not name:
         raise InputError(f"{where}: {kind}s[{i}]: key 'name' is missing or empty")
+    if not _looks_as(name):  # only invisible characters: every rule would read "report mentions "
+        raise InputError(f"{where}: {kind}s[{i}]: key 'name' ({name!a}) has no visible character")
     return name, at
 
 
@@ -199,12 +236,28 @@ def _parse_qualifiers(value: Any, where: str) -> tuple[Qualifier, ...]:
     return tuple(quals)
 
 
+def _looks_as(name: str) -> str:
+    """What a name reads as: compatibility forms folded (NFKC: ``ＴＵＢＥ`` is ``TUBE``), invisible
+    format characters dropped (zero-width space, soft hyphen), case folded (``ß`` is ``ss``)."""
+    folded = unicodedata.normalize("NFKC", name)
+    folded = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    return " ".join(folded.casefold().split())
+
+
 def _unique_names(names: list[str], where: str, kind: str) -> set[str]:
-    """The lower-cased names; a duplicate (case-insensitive) is an :class:`InputError`."""
+    """The lower-cased names; a duplicate (case-insensitive, or one that only reads the same: see
+    :func:`_looks_as`) is an :class:`InputError`."""
     seen: set[str] = set()
+    looks: dict[str, str] = {}
     for name in names:
         if name.lower() in seen:
             raise InputError(f"{where}: duplicate {kind} name '{name}'")
+        other = looks.setdefault(_looks_as(name), name)
+        if other != name:
+            raise InputError(
+                f"{where}: duplicate {kind} name {name!a}: it reads as '{other}' "
+                "(it differs only in case, width or invisible characters)"
+            )
         seen.add(name.lower())
     return seen
 
@@ -259,8 +312,10 @@ def load_lexicon(path: str | Path) -> Lexicon:
     p = Path(path)
     if not p.is_file():  # missing, a folder, or a pipe / device (reading one would block or never end)
         raise InputError(f"{p}: {missing_reason(p, 'lexicon file')}")
-    try:
-        text = p.read_text(encoding="utf-8")
+    try:  # at most MAX_CONFIG_BYTES, as every config file: a lexicon is read whole, then parsed
+        text = read_config_text(p, "lexicon file")
+    except InputError:
+        raise
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: not a readable text file ({exc})") from exc
     try:

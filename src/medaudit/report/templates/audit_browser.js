@@ -187,14 +187,19 @@
   // ---- search over the embedded report text ------------------------------------------------------
   var box = document.getElementById("search-box"), out = document.getElementById("search-results");
   var MAX_HITS = 100;
+  // a case-insensitive match found in the report text itself, so its offsets are the text's: the
+  // offsets in text.toLowerCase() differ where lower-casing changes a length ("İ" becomes two units)
+  function escapeRe(s) { return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"); }
+  // a snippet bound moved off the middle of a surrogate pair (an emoji is two UTF-16 code units)
+  function low(text, i) { var c = text.charCodeAt(i); return c >= 0xDC00 && c <= 0xDFFF; }
   function search() {
-    var q = box.value.trim().toLowerCase();
+    var q = box.value.trim();
     out.replaceChildren();
     if (q.length < 2) return;
-    var hits = [];
+    var rx = new RegExp(escapeRe(q), "i"), hits = [];
     data.reports.forEach(function (r) {
-      var at = r[1].toLowerCase().indexOf(q);
-      if (at >= 0) hits.push([r[0], r[1], at]);
+      var m = rx.exec(r[1]);
+      if (m) hits.push([r[0], r[1], m.index, m[0].length]);
     });
     out.appendChild(el("p", "muted hit-count", hits.length + " report" + (hits.length === 1 ? "" : "s") +
       " match" + (hits.length > MAX_HITS ? " (first " + MAX_HITS + " shown)" : "")));
@@ -208,10 +213,12 @@
       ranks.forEach(function (rank) {
         li.appendChild(button("goto", "slice " + rank, function () { openSlice(String(rank), true); }));
       });
-      var from = Math.max(0, h[2] - 80), to = Math.min(h[1].length, h[2] + q.length + 80);
+      var from = Math.max(0, h[2] - 80), to = Math.min(h[1].length, h[2] + h[3] + 80);
+      if (from > 0 && low(h[1], from)) from--;
+      if (to < h[1].length && low(h[1], to)) to++;
       var snip = el("div", "snippet");
       markedText(snip, (from ? "…" : "") + h[1].slice(from, to) + (to < h[1].length ? "…" : ""),
-        [[h[2] - from + (from ? 1 : 0), h[2] - from + (from ? 1 : 0) + q.length]]);
+        [[h[2] - from + (from ? 1 : 0), h[2] - from + (from ? 1 : 0) + h[3]]]);
       li.appendChild(snip);
       ul.appendChild(li);
     });
