@@ -111,3 +111,19 @@ def test_dicom_age_strings_become_years_and_give_age_cut_points(tmp_path: Path) 
     assert age[118] == pytest.approx(ages[118] / 12) and age[119] == pytest.approx(ages[119] * 7 / 365.25)
     names = list(metadata_predicates(t.meta))
     assert any(n.startswith("PatientAge >= ") for n in names) and not any(" = " in n for n in names), names
+
+
+def test_a_value_holding_the_rules_and_is_quoted_in_its_predicate() -> None:
+    meta = pd.DataFrame({"site": ["A ∧ label = 0", "B", " C", "B"] * 5, "ok": ["x", "y", "x", "y"] * 5})
+    names = set(metadata_predicates(meta))
+    assert {'site = "A ∧ label = 0"', "site = B", 'site = " C"', "ok = x", "ok = y"} <= names, names
+
+
+def test_a_concept_name_holding_the_rules_and_is_refused(tmp_path: Path) -> None:
+    from medaudit.audit.concepts.lexicon import load_lexicon
+    from medaudit.errors import InputError
+
+    f = tmp_path / "lex.yaml"
+    f.write_text("concepts:\n  - name: 'tube ∧ label = 0'\n    synonyms: [tube]\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"lex\.yaml: concept 'tube ∧ label = 0': key 'name' holds '∧'"):
+        load_lexicon(f)

@@ -17,6 +17,7 @@ Constant columns (all true or all false) are dropped; they cannot define a slice
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,6 +38,13 @@ def predicate_group(name: str) -> str:
     if name.startswith(("report mentions ", "report denies ", "report is uncertain about ")):
         return "concept"
     return "metadata"
+
+
+def _shown(text: object) -> str:
+    """A column name or value as a predicate shows it: quoted (JSON) when it holds the rules' ``∧``
+    (``site = "A ∧ label = 0"`` must not read as two predicates), is blank or has outer spaces."""
+    t = str(text)
+    return json.dumps(t, ensure_ascii=False) if ("∧" in t or not t.strip() or t != t.strip()) else t
 
 
 def _fmt(x: float) -> str:
@@ -102,7 +110,7 @@ def metadata_predicates(
         )
         if numeric:
             out.update(
-                _numeric_predicates(str(col), pd.to_numeric(s, errors="coerce").to_numpy(float), n_bins)
+                _numeric_predicates(_shown(col), pd.to_numeric(s, errors="coerce").to_numpy(float), n_bins)
             )
             continue
         missing = s.isna().to_numpy()
@@ -111,9 +119,9 @@ def metadata_predicates(
         top = sorted(counts.index[:max_levels], key=lambda lv: (-counts[lv], lv))
         lv_arr = s.map(lambda x: None if pd.isna(x) else str(x)).to_numpy(dtype=object)
         for lv in top:
-            out[f"{col} = {lv}"] = lv_arr == lv
+            out[f"{_shown(col)} = {_shown(lv)}"] = lv_arr == lv
         if missing.any():
-            out[f"{col} is missing"] = missing
+            out[f"{_shown(col)} is missing"] = missing
     return out
 
 

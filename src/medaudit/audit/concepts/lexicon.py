@@ -195,6 +195,8 @@ def _entry(item: Any, where: str, kind: str, i: int, keys: frozenset[str], needs
         raise InputError(f"{where}: {kind}s[{i}]: key 'name' is missing or empty")
     if not _looks_as(name):  # only invisible characters: every rule would read "report mentions "
         raise InputError(f"{where}: {kind}s[{i}]: key 'name' ({name!a}) has no visible character")
+    if "∧" in name:  # the rules' "and": "x ∧ label = 0" would read as a conjunction of two predicates
+        raise InputError(f"{at}: key 'name' holds '∧', which joins the predicates of a rule")
     return name, at
 
 
